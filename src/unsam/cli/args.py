@@ -1,0 +1,87 @@
+"""Generate argparse flags from config dataclasses, so defaults and help live in one place."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+__all__ = ["add_config_arguments", "config_from_args"]
+
+
+def _flag(prefix: str, name: str) -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def _dest(prefix: str, name: str) -> str:
+    return (prefix + name).replace("-", "_")
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type, *, prefix: str = ""
+) -> None:
+    """Add one flag per field of ``config_cls`` (a dataclass built with :func:`unsam.config.param`).
+
+    Flags default to None (argparse.SUPPRESS), so only what the user sets overrides the config's
+    own defaults. Types: bool → ``--flag/--no-flag``; Literal → choices; tuple[float, ...] →
+    comma-separated list; ``X | None`` → X (write "none" to pass None).
+    """
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        help_text = f.metadata.get("help")
+        if not help_text:
+            raise TypeError(f"{config_cls.__name__}.{f.name} has no help text; declare it with unsam.config.param")
+        tp, optional = _strip_optional(hints[f.name])
+        default = f.default
+        help_full = f"{help_text} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": _dest(prefix, f.name), "default": argparse.SUPPRESS, "help": help_full}
+        if tp is bool:
+            parser.add_argument(_flag(prefix, f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if get_origin(tp) is Literal:
+            parser.add_argument(_flag(prefix, f.name), choices=[str(c) for c in get_args(tp)], **kwargs)
+            continue
+        if get_origin(tp) is tuple:
+            elem = get_args(tp)[0]
+
+            def parse_tuple(text: str, elem: Any = elem) -> tuple[Any, ...]:
+                return tuple(elem(v) for v in text.split(",") if v.strip())
+
+            parser.add_argument(_flag(prefix, f.name), type=parse_tuple, metavar="V1,V2,...", **kwargs)
+            continue
+        base = tp if tp in (int, float, str) else str
+
+        def parse(text: str, base: Any = base, optional: bool = optional) -> Any:
+            if optional and text.lower() == "none":
+                return None
+            return base(text)
+
+        parser.add_argument(_flag(prefix, f.name), type=parse, metavar=base.__name__.upper(), **kwargs)
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace, *, prefix: str = "", **overrides: Any) -> Any:
+    """Build ``config_cls`` from the flags the user set (plus ``overrides``); others keep defaults.
+
+    Raises:
+        ValueError: from the config's own validation, with its message.
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        dest = _dest(prefix, f.name)
+        if hasattr(args, dest):
+            values[f.name] = getattr(args, dest)
+    values.update(overrides)
+    return config_cls(**values)

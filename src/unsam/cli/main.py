@@ -1,0 +1,94 @@
+"""The ``unsam`` command. Subcommands are imported only when run, so ``unsam eval`` never pays for
+torch/transformers start-up.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+User errors (bad files, bad options, missing weights) end with one line on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+
+__all__ = ["main", "SUBCOMMANDS"]
+
+#: name -> (module, one-line help). The order is the pipeline's.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "baseline": ("unsam.cli.baseline", "weight-free classical masks (felzenszwalb / slic) for a folder of images"),
+    "dico": ("unsam.cli.dico", "divide-and-conquer masks for one image, with an overlay PNG"),
+    "pseudo-label": ("unsam.cli.pseudo_label", "divide-and-conquer pseudo-labels for a folder (resumable)"),
+    "train": ("unsam.cli.train", "train the whole-image Mask2Former on pseudo-labels (resumable)"),
+    "segment": ("unsam.cli.segment", "run a trained whole-image model on images"),
+    "self-train": ("unsam.cli.self_train", "add a trained model's confident masks to the pseudo-labels"),
+    "merge-gt": ("unsam.cli.merge_gt", "UnSAM+: ground truth plus pseudo-masks that overlap no GT mask"),
+    "convert-checkpoint": ("unsam.cli.convert_checkpoint", "convert an official UnSAM .pth to a transformers folder"),
+    "eval": ("unsam.cli.eval", "class-agnostic COCO AR/AP of predictions against ground truth"),
+}
+
+logger = logging.getLogger("unsam")
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            out[name] = (module, help_text)
+    return out
+
+
+def build_parser(commands: dict[str, tuple[str, str]], selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unsam",
+        description="UnSAM: segment anything without supervision (pure PyTorch, CPU first).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        for noisy in ("transformers", "huggingface_hub", "urllib3", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _available()
+    selected = next((a for a in argv if a in commands), None)
+    parser = build_parser(commands, selected)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose)
+    module = importlib.import_module(commands[args.command][0])
+    debug = args.debug or os.environ.get("UNSAM_DEBUG") == "1"
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"unsam {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

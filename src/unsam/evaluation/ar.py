@@ -1,0 +1,363 @@
+"""Class-agnostic COCO mask metrics (AR@1/10/100/1000, AP at 1000 detections), spec §8.1.
+
+Protocol: COCOeval ``iouType="segm"``, ``useCats=0``, IoU 0.50:0.05:0.95, maxDets 1/10/100/1000,
+areas all/small/medium/large. Unlike the original (spec §10 bug 24), *every* ground-truth image is
+evaluated, including images with no prediction. AP is computed from the precision array at the
+largest maxDets (pycocotools' own ``stats[0]`` is -1 with custom maxDets).
+
+Backends: faster-coco-eval (default, C++) and pycocotools (reference); both are fed the same
+ground-truth dict and the same results list, so their numbers agree to float precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from unsam.io.coco import MaskFileError, load_sa1b_folder
+from unsam.records import ImageRecord, MaskRecord, normalize_rle
+
+__all__ = ["METRIC_KEYS", "evaluate", "format_metrics", "prepare_ground_truth", "prepare_predictions"]
+
+logger = logging.getLogger(__name__)
+
+#: Keys of the metrics dict, in table order (``images`` = number of GT images evaluated).
+METRIC_KEYS = ("AR@1", "AR@10", "AR@100", "AR@1000", "AP", "AP50", "AP75", "ARs@1000", "ARm@1000", "ARl@1000", "images")
+
+MaskSource = str | os.PathLike[str] | dict[str, Any] | list[Any]
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise MaskFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError:
+        raise MaskFileError(f"{path}: not a UTF-8 JSON file") from None
+
+
+def _int(obj: dict[str, Any], key: str, where: str) -> int:
+    if key not in obj:
+        raise MaskFileError(f'{where}: missing field "{key}"')
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise MaskFileError(f'{where}: field "{key}" must be an integer, found {v!r}')
+    return int(v)
+
+
+def _records_to_gt(images: Sequence[ImageRecord]) -> dict[str, Any]:
+    anns = []
+    for img in images:
+        for k, m in enumerate(img.masks):
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img.id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "segmentation": m.rle,
+                    "area": float(m.area),
+                    "bbox": m.bbox,
+                }
+            )
+    return {
+        "images": [img.info() for img in images],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "object"}],
+    }
+
+
+def prepare_ground_truth(gt: MaskSource | Sequence[ImageRecord]) -> dict[str, Any]:
+    """Normalise ground truth into a class-agnostic COCO dataset dict (category 1, crowd kept).
+
+    Args:
+        gt: path to a COCO-style instances JSON (COCO, LVIS, EntitySeg, PACO, PartImageNet, unsam
+            pseudo-labels), a folder of SA-1B per-image JSONs, a loaded dataset dict, or image records.
+
+    Raises:
+        MaskFileError: a malformed file, naming the file, position and field.
+    """
+    where = "ground truth"
+    if isinstance(gt, (str, os.PathLike)):
+        path = Path(gt)
+        where = str(path)
+        if path.is_dir():
+            return _records_to_gt(load_sa1b_folder(path))
+        data = _read_json(path)
+        if isinstance(data, dict) and "image" in data and "images" not in data:
+            from unsam.io.coco import load_sam_json
+
+            return _records_to_gt([load_sam_json(path)])
+    elif isinstance(gt, dict):
+        data = gt
+    else:
+        return _records_to_gt(list(gt))  # type: ignore[arg-type]
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise MaskFileError(f'{where}: ground truth needs a COCO dataset object with an "images" list')
+    if not isinstance(data.get("annotations", []), list):
+        raise MaskFileError(f'{where}: field "annotations" must be a list')
+    images = []
+    sizes: dict[int, tuple[int, int]] = {}
+    for i, img in enumerate(data["images"]):
+        w = f"{where}: images[{i}]"
+        if not isinstance(img, dict):
+            raise MaskFileError(f"{w}: expected an object")
+        image_id = _int(img, "id", w)
+        if image_id in sizes:
+            raise MaskFileError(f"{w}: duplicate image id {image_id}")
+        sizes[image_id] = (_int(img, "height", w), _int(img, "width", w))
+        entry = {"id": image_id, "height": sizes[image_id][0], "width": sizes[image_id][1]}
+        if "file_name" in img:
+            entry["file_name"] = img["file_name"]
+        images.append(entry)
+    anns = []
+    for i, ann in enumerate(data.get("annotations", [])):
+        w = f"{where}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise MaskFileError(f"{w}: expected an object")
+        image_id = _int(ann, "image_id", w)
+        if image_id not in sizes:
+            raise MaskFileError(f'{w}: image_id {image_id} is not in "images"')
+        seg = ann.get("segmentation")
+        if seg is None:
+            raise MaskFileError(f'{w}: missing field "segmentation"')
+        if isinstance(seg, dict) and isinstance(seg.get("counts"), str):
+            rle = seg
+            if tuple(int(v) for v in seg.get("size", ())) != sizes[image_id]:
+                raise MaskFileError(
+                    f'{w}: field "segmentation.size" is {seg.get("size")} but the image is {list(sizes[image_id])}'
+                )
+        else:
+            try:
+                rle = normalize_rle(seg, sizes[image_id])
+            except (ValueError, TypeError) as exc:
+                raise MaskFileError(f'{w}: field "segmentation": {exc}') from None
+        area = ann.get("area")
+        if area is None:
+            area = float(MaskRecord(rle=rle).area)
+        elif isinstance(area, bool) or not isinstance(area, (int, float)):
+            raise MaskFileError(f'{w}: field "area" must be a number, found {area!r}')
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": image_id,
+                "category_id": 1,
+                "iscrowd": int(bool(ann.get("iscrowd", 0))),
+                "segmentation": rle,
+                "area": float(area),
+                "bbox": ann.get("bbox") or MaskRecord(rle=rle).bbox,
+            }
+        )
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
+
+
+def prepare_predictions(
+    pred: MaskSource | Sequence[ImageRecord] | Sequence[MaskRecord], gt: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Normalise predictions into a COCO results list with the ground truth's image ids.
+
+    Images are matched by ``file_name`` when both sides carry file names (exact relative path
+    first, then base name), else by image id. Predictions whose image is not in the ground truth
+    are dropped and counted. Annotations without a score get score 1.0 (pseudo-labels).
+
+    Returns:
+        (results, counts) where counts has ``kept``, ``dropped`` and ``matched_by_file_name``.
+    """
+    where = "predictions"
+    if isinstance(pred, (str, os.PathLike)):
+        where = str(pred)
+        path = Path(pred)
+        data: Any = load_sa1b_folder(path) if path.is_dir() else _read_json(path)
+    else:
+        data = pred
+    gt_ids = {img["id"] for img in gt["images"]}
+    by_name = {img["file_name"]: img["id"] for img in gt["images"] if "file_name" in img}
+    by_base = {Path(name).name: i for name, i in by_name.items()}
+    entries: list[tuple[dict[str, Any], str]] = []
+    id_map: dict[int, int] | None = None
+    sizes: dict[int, tuple[int, int]] = {}
+    if isinstance(data, list) and data and isinstance(data[0], ImageRecord):
+        data = {"images": [r.info() for r in data], "annotations": [m.to_coco() | {"image_id": r.id} for r in data for m in r.masks]}
+    elif isinstance(data, list) and data and isinstance(data[0], MaskRecord):
+        data = [m.to_result() for m in data]
+    if isinstance(data, dict) and "image" in data and "images" not in data:
+        img = data["image"]
+        data = {"images": [{"id": img.get("image_id", img.get("id")), **img}], "annotations": [
+            {**a, "image_id": img.get("image_id", img.get("id"))} for a in data.get("annotations", [])]}
+    if isinstance(data, dict):
+        if not isinstance(data.get("images"), list) or not isinstance(data.get("annotations", []), list):
+            raise MaskFileError(f'{where}: a dataset needs "images" and "annotations" lists')
+        id_map = {}
+        for i, img in enumerate(data["images"]):
+            w = f"{where}: images[{i}]"
+            if not isinstance(img, dict):
+                raise MaskFileError(f"{w}: expected an object")
+            pid = _int(img, "id", w)
+            if "height" in img and "width" in img:
+                sizes[pid] = (_int(img, "height", w), _int(img, "width", w))
+            name = img.get("file_name")
+            if by_name and name is not None:
+                gid = by_name.get(name, by_base.get(Path(name).name))
+                if gid is not None:
+                    id_map[pid] = gid
+            elif pid in gt_ids:
+                id_map[pid] = pid
+        entries = [(a, f"{where}: annotations[{i}]") for i, a in enumerate(data.get("annotations", []))]
+    elif isinstance(data, list):
+        entries = [(a, f"{where}: [{i}]") for i, a in enumerate(data)]
+    else:
+        raise MaskFileError(f"{where}: predictions must be a COCO results list or a COCO dataset object")
+    gt_sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    results: list[dict[str, Any]] = []
+    dropped = 0
+    for ann, w in entries:
+        if not isinstance(ann, dict):
+            raise MaskFileError(f"{w}: expected an object, found {type(ann).__name__}")
+        pid = _int(ann, "image_id", w)
+        gid = pid if id_map is None else id_map.get(pid)
+        if gid is None or gid not in gt_ids:
+            dropped += 1
+            continue
+        seg = ann.get("segmentation")
+        if seg is None:
+            raise MaskFileError(f'{w}: missing field "segmentation"')
+        score = ann.get("score", 1.0)
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not np.isfinite(score):
+            raise MaskFileError(f'{w}: field "score" must be a finite number, found {score!r}')
+        if not (isinstance(seg, dict) and isinstance(seg.get("counts"), str)):
+            try:
+                seg = normalize_rle(seg, sizes.get(pid))
+            except (ValueError, TypeError) as exc:
+                raise MaskFileError(f'{w}: field "segmentation": {exc}') from None
+        size = tuple(int(v) for v in seg.get("size", ()))
+        if size != gt_sizes[gid]:
+            raise MaskFileError(
+                f'{w}: field "segmentation.size" is {list(size)} but ground-truth image {gid} is {list(gt_sizes[gid])} (H, W)'
+            )
+        results.append({"image_id": gid, "category_id": 1, "segmentation": seg, "score": float(score)})
+    if dropped:
+        logger.warning("%s: %d prediction(s) belong to images not in the ground truth; ignored", where, dropped)
+    return results, {"kept": len(results), "dropped": dropped, "matched_by_file_name": int(bool(by_name) and id_map is not None)}
+
+
+def _summarize(E: Any, max_dets: Sequence[int]) -> dict[str, float | None]:
+    precision = np.asarray(E.eval["precision"])  # [T, R, K, A, M]
+    recall = np.asarray(E.eval["recall"])  # [T, K, A, M]
+    iou_thrs = np.asarray(E.params.iouThrs)
+    m_last = len(max_dets) - 1
+
+    def mean(x: np.ndarray) -> float | None:
+        valid = x[x > -1]
+        return float(np.mean(valid)) if valid.size else None
+
+    out: dict[str, float | None] = {}
+    for m, k in enumerate(max_dets):
+        out[f"AR@{k}"] = mean(recall[:, :, 0, m])
+    k_last = max_dets[-1]
+    out["AP"] = mean(precision[:, :, :, 0, m_last])
+    out["AP50"] = mean(precision[np.isclose(iou_thrs, 0.5)][:, :, :, 0, m_last])
+    out["AP75"] = mean(precision[np.isclose(iou_thrs, 0.75)][:, :, :, 0, m_last])
+    for a, label in ((1, "s"), (2, "m"), (3, "l")):
+        out[f"AR{label}@{k_last}"] = mean(recall[:, :, a, m_last])
+    return out
+
+
+def evaluate(
+    gt: MaskSource | Sequence[ImageRecord],
+    pred: MaskSource | Sequence[ImageRecord] | Sequence[MaskRecord],
+    *,
+    max_dets: Sequence[int] = (1, 10, 100, 1000),
+    iou_type: Literal["segm", "bbox"] = "segm",
+    backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval",
+) -> dict[str, Any]:
+    """Class-agnostic COCO metrics of predicted masks against ground truth.
+
+    Args:
+        gt: COCO-style JSON path, SA-1B per-image JSON folder, dataset dict, or image records.
+        pred: COCO results list / dataset JSON (e.g. pseudo-labels) path or object, image records
+            or mask records. Dataset annotations without a score count as score 1.0.
+        max_dets: detection limits per image, ascending; AP and the per-area AR use the last.
+        iou_type: "segm" (masks, the protocol) or "bbox".
+        backend: "faster-coco-eval" (fast) or "pycocotools" (reference).
+
+    Returns:
+        dict with ``AR@k`` for each k, ``AP``, ``AP50``, ``AP75``, ``ARs@K``, ``ARm@K``, ``ARl@K``
+        (K = last max_dets) as fractions in [0, 1] (None where undefined, e.g. no small GT mask),
+        plus ``images`` (GT images evaluated), ``gt_masks``, ``pred_masks``, ``seconds``.
+
+    Example:
+        >>> m = unsam.evaluate("instances.json", "pred.json")  # doctest: +SKIP
+        >>> m["AR@1000"]  # doctest: +SKIP
+    """
+    max_dets = [int(k) for k in max_dets]
+    if not max_dets or sorted(max_dets) != max_dets or max_dets[0] < 1:
+        raise ValueError(f"max_dets must be ascending positive integers, got {max_dets}")
+    t0 = time.perf_counter()
+    gt_dict = prepare_ground_truth(gt)
+    results, counts = prepare_predictions(pred, gt_dict)
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        coco_gt = COCO(gt_dict)
+        coco_dt = coco_gt.loadRes(results) if results else COCO()
+        if not results:
+            coco_dt.dataset = {"images": gt_dict["images"], "annotations": [], "categories": gt_dict["categories"]}
+            coco_dt.createIndex()
+        E = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type)
+        run = E
+    elif backend == "pycocotools":
+        from pycocotools.coco import COCO as PyCOCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = PyCOCO()
+            coco_gt.dataset = gt_dict
+            coco_gt.createIndex()
+            if results:
+                coco_dt = coco_gt.loadRes(results)
+            else:
+                coco_dt = PyCOCO()
+                coco_dt.dataset = {"images": gt_dict["images"], "annotations": [], "categories": gt_dict["categories"]}
+                coco_dt.createIndex()
+        E = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        run = E
+    else:
+        raise ValueError(f'backend must be "faster-coco-eval" or "pycocotools", got {backend!r}')
+    E.params.useCats = 0
+    E.params.maxDets = max_dets
+    E.params.imgIds = sorted(img["id"] for img in gt_dict["images"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        run.evaluate()
+        run.accumulate()
+    metrics: dict[str, Any] = _summarize(E, max_dets)
+    metrics["images"] = len(gt_dict["images"])
+    metrics["gt_masks"] = sum(1 for a in gt_dict["annotations"] if not a["iscrowd"])
+    metrics["pred_masks"] = counts["kept"]
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    logger.info("evaluated %d images, %d predictions in %.2f s", metrics["images"], counts["kept"], metrics["seconds"])
+    return metrics
+
+
+def format_metrics(metrics: dict[str, Any], title: str | None = None) -> str:
+    """A small aligned table of the metrics (percentages with 1 decimal)."""
+    keys = [k for k in metrics if k.startswith(("AR", "AP"))]
+    cells = ["n/a" if metrics[k] is None else f"{100 * metrics[k]:.1f}" for k in keys]
+    widths = [max(len(k), len(c)) for k, c in zip(keys, cells)]
+    head = "  ".join(k.rjust(w) for k, w in zip(keys, widths))
+    row = "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    lines = [title] if title else []
+    lines += [head, row, f"({metrics.get('images', '?')} images, {metrics.get('gt_masks', '?')} GT masks, "
+              f"{metrics.get('pred_masks', '?')} predicted masks; values in %)"]
+    return "\n".join(lines)
