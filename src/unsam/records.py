@@ -162,8 +162,8 @@ class MaskRecord:
         stability_score: SAM's stability score, or None.
         point_coords: prompt points ``((x, y), ...)`` in pixels, or None.
         crop_box: crop the mask was generated in, XYWH pixels, or None.
-        level: granularity, 0 = whole object (divide mask), 1..6 = conquer level for
-            theta = 0.6 ... 0.1; larger is finer.
+        level: granularity in the hierarchy: 0 = whole object (divide mask); 1..6 = conquer
+            level for theta = 0.6 ... 0.1 (level 1 holds the finest parts, level 6 the coarsest).
         parent_id: annotation id of the mask this one was split from, or None.
         theta: conquer merge threshold the mask was emitted at, or None.
         source: producer: "maskcut", "conquer", "model", "gt", "felzenszwalb", "slic", ...
