@@ -62,10 +62,12 @@ def encode_masks(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
-    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8, copy=False))
-    rles = mask_utils.encode(fortran)
-    for r in rles:
-        r["counts"] = r["counts"].decode("utf-8")
+    masks = masks.view(np.uint8) if masks.dtype == np.bool_ else (masks != 0).view(np.uint8)
+    rles = []
+    for m in masks:  # one mask at a time: cache-friendly, no (H, W, N) Fortran copy of the whole stack
+        rle = mask_utils.encode(np.asfortranarray(m)[:, :, None])[0]
+        rle["counts"] = rle["counts"].decode("utf-8")
+        rles.append(rle)
     return rles
 
 

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -219,34 +220,43 @@ def prepare_predictions(
         entries = [(a, f"{where}: [{i}]") for i, a in enumerate(data)]
     else:
         raise MaskFileError(f"{where}: predictions must be a COCO results list or a COCO dataset object")
-    gt_sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    gt_sizes = {img["id"]: [img["height"], img["width"]] for img in gt["images"]}
     results: list[dict[str, Any]] = []
     dropped = 0
     for ann, w in entries:
-        if not isinstance(ann, dict):
-            raise MaskFileError(f"{w}: expected an object, found {type(ann).__name__}")
-        pid = _int(ann, "image_id", w)
+        # hot loop (up to 1000 masks x images): plain checks, no helper calls on the common path
+        try:
+            pid = ann["image_id"]
+            seg = ann["segmentation"]
+        except (KeyError, TypeError):
+            if not isinstance(ann, dict):
+                raise MaskFileError(f"{w}: expected an object, found {type(ann).__name__}") from None
+            missing = "image_id" if "image_id" not in ann else "segmentation"
+            raise MaskFileError(f'{w}: missing field "{missing}"') from None
+        if type(pid) is not int:
+            pid = _int(ann, "image_id", w)
         gid = pid if id_map is None else id_map.get(pid)
-        if gid is None or gid not in gt_ids:
+        if gid is None or gid not in gt_sizes:
             dropped += 1
             continue
-        seg = ann.get("segmentation")
-        if seg is None:
-            raise MaskFileError(f'{w}: missing field "segmentation"')
         score = ann.get("score", 1.0)
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not np.isfinite(score):
+        if type(score) is not float:
+            if isinstance(score, bool) or not isinstance(score, (int, float)):
+                raise MaskFileError(f'{w}: field "score" must be a finite number, found {score!r}')
+            score = float(score)
+        if not math.isfinite(score):
             raise MaskFileError(f'{w}: field "score" must be a finite number, found {score!r}')
-        if not (isinstance(seg, dict) and isinstance(seg.get("counts"), str)):
+        if not (type(seg) is dict and type(seg.get("counts")) is str):
             try:
                 seg = normalize_rle(seg, sizes.get(pid))
             except (ValueError, TypeError) as exc:
                 raise MaskFileError(f'{w}: field "segmentation": {exc}') from None
-        size = tuple(int(v) for v in seg.get("size", ()))
-        if size != gt_sizes[gid]:
+        size = seg.get("size")
+        if size != gt_sizes[gid] and [int(v) for v in size or ()] != gt_sizes[gid]:
             raise MaskFileError(
-                f'{w}: field "segmentation.size" is {list(size)} but ground-truth image {gid} is {list(gt_sizes[gid])} (H, W)'
+                f'{w}: field "segmentation.size" is {size} but ground-truth image {gid} is {gt_sizes[gid]} (H, W)'
             )
-        results.append({"image_id": gid, "category_id": 1, "segmentation": seg, "score": float(score)})
+        results.append({"image_id": gid, "category_id": 1, "segmentation": seg, "score": score})
     if dropped:
         logger.warning("%s: %d prediction(s) belong to images not in the ground truth; ignored", where, dropped)
     return results, {"kept": len(results), "dropped": dropped, "matched_by_file_name": int(bool(by_name) and id_map is not None)}
@@ -310,11 +320,21 @@ def evaluate(
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCO, COCOeval_faster
 
+        from faster_coco_eval.core import mask as fmask
+
         coco_gt = COCO(gt_dict)
-        coco_dt = coco_gt.loadRes(results) if results else COCO()
-        if not results:
-            coco_dt.dataset = {"images": gt_dict["images"], "annotations": [], "categories": gt_dict["categories"]}
-            coco_dt.createIndex()
+        # what loadRes does, with the areas computed in one batched C call (segm matching
+        # needs no boxes; with iouType="bbox" they are computed too)
+        segs = [r["segmentation"] for r in results]
+        areas = fmask.area(segs).tolist() if segs else []
+        boxes = fmask.toBbox(segs).tolist() if segs and iou_type == "bbox" else None
+        for k, (r, a) in enumerate(zip(results, areas)):
+            r["area"] = a
+            r["id"] = k + 1
+            r["iscrowd"] = 0
+            if boxes is not None:
+                r["bbox"] = boxes[k]
+        coco_dt = COCO({"images": gt_dict["images"], "annotations": results, "categories": gt_dict["categories"]})
         E = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type)
         run = E
     elif backend == "pycocotools":

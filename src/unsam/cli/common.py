@@ -1,0 +1,87 @@
+"""Pieces shared by the CLI subcommands: image listing, progress bars, run summaries."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unsam.io.images import ImageListing, list_images
+
+__all__ = ["add_run_arguments", "list_inputs", "tqdm_progress", "print_run_summary", "write_overlays"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of every folder-processing command (resumable runs, unsam.runner)."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--image-ids-from", metavar="GT.json", help="reuse image ids of this COCO JSON (matched by file name)")
+    g.add_argument("--shard", metavar="I/N", help="process only images I, I+N, I+2N, ... of the sorted listing")
+    g.add_argument("--workers", type=int, default=1, help="worker processes sharing the machine's cores (default: 1)")
+    g.add_argument("--recursive", action="store_true", help="also take images from sub-folders")
+    g.add_argument("--overlay-dir", metavar="DIR", help="also write one overlay PNG per image here")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def list_inputs(path: str, *, recursive: bool = False) -> ImageListing:
+    """List images of a folder (or one file); a clear error when there are none."""
+    listing = list_images(path, recursive=recursive)
+    if listing.skipped:
+        print(f"{path}: skipping {len(listing.skipped)} non-image file(s): "
+              + ", ".join(p.name for p in listing.skipped[:5]) + (" ..." if len(listing.skipped) > 5 else ""),
+              file=sys.stderr)
+    if not listing.images:
+        raise FileNotFoundError(f"{path}: no image files found (extensions: .jpg .jpeg .png .bmp .tif .tiff .webp ...)")
+    return listing
+
+
+def tqdm_progress(desc: str, disable: bool = False) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar, and a ``close()``."""
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, initial=done, desc=desc, unit="img", disable=disable or None,
+                              dynamic_ncols=True)
+        else:
+            bar["bar"].update(done - bar["bar"].n)
+
+    def close() -> None:
+        if "bar" in bar:
+            bar["bar"].close()
+
+    return progress, close
+
+
+def print_run_summary(result: Any) -> None:
+    import statistics
+
+    secs = result.seconds_per_image
+    timing = f", {statistics.median(secs):.2f} s/image (median)" if secs else ""
+    print(f"wrote {result.output}: {result.images_total - len(result.skipped)} images, {result.masks} masks"
+          f" ({result.images_done_now} processed now, {result.images_resumed} resumed){timing}")
+    for s in result.skipped:
+        print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
+
+
+def write_overlays(output_json: Path, root: Path, overlay_dir: str, limit: int | None = None) -> int:
+    """Write one overlay PNG per image of a finished run (skips overlays that already exist)."""
+    from unsam.io.coco import load_coco_dataset
+    from unsam.io.images import load_image
+    from unsam.io.overlay import write_overlay
+
+    out = Path(overlay_dir)
+    n = 0
+    for rec in load_coco_dataset(output_json)[:limit]:
+        target = out / (Path(rec.file_name or str(rec.id)).with_suffix("").as_posix().replace("/", "__") + ".png")
+        if target.exists():
+            continue
+        write_overlay(target, load_image(root / (rec.file_name or "")), list(rec.masks))
+        n += 1
+    return n

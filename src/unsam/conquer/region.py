@@ -1,0 +1,222 @@
+"""Per-image conquer driver: divide masks → multi-granular sub-masks (spec §3.1, §3.3).
+
+For every divide mask: crop the image to the mask's tight bounding box (last row and column
+included, fixing spec §10 bug 13), resize the crop to ``crop_size``² with PIL bicubic, extract
+patch features (all crops of the image batched through the extractor), merge patches bottom-up
+(:func:`unsam.conquer.merge.merge_regions`), upsample every emitted cluster to the crop size with
+the original's bicubic 0/255 rule, keep those lying > ``coverage_thresh`` inside the divide mask,
+and run NMS among the survivors of that region. Everything stays in crop coordinates; no
+full-image mask is built for a candidate (spec §10 bug 16).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from unsam.config import param
+from unsam.conquer.filter import coverage, windowed_nms
+from unsam.conquer.merge import DEFAULT_THETAS, merge_regions
+from unsam.masks import boxes_xyxy_from_masks, resize_image, resize_mask
+
+if TYPE_CHECKING:
+    from unsam.features import FeatureExtractor
+
+__all__ = ["ConquerConfig", "ConquerMask", "conquer", "region_box"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConquerConfig:
+    """Conquer stage (spec §3); defaults are the original's."""
+
+    crop_size: int = param(
+        256, "side of the square each divide-mask crop is resized to for feature extraction, pixels (spec §3.1)"
+    )
+    thetas: tuple[float, ...] = param(
+        DEFAULT_THETAS, "cosine merge thresholds, one mask level each, finest first (spec §3.2)"
+    )
+    min_size: int = param(4, "smallest emitted cluster, in patches (spec §3.2)")
+    coverage_thresh: float = param(
+        0.9, "keep a conquer mask only if more than this fraction of it lies inside its divide mask (spec §3.3)"
+    )
+    nms_iou_thresh: float = param(
+        0.9, "per-region NMS: a mask whose IoU with a larger one is above this is removed (spec §3.3)"
+    )
+    nms_window: int = param(
+        5, "per-region NMS compares each kept mask with the next nms_window - 1 masks by area (spec §3.3)"
+    )
+    full_nms: bool = param(False, "per-region NMS over all pairs instead of the original's window rule")
+    batch_size: int = param(8, "divide-mask crops per feature-extractor call")
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 1:
+            raise ValueError(f"ConquerConfig.crop_size must be >= 1 pixel, got {self.crop_size}; the original uses 256")
+        if not self.thetas or not all(math.isfinite(t) and -1.0 <= t <= 1.0 for t in self.thetas):
+            raise ValueError(f"ConquerConfig.thetas must be non-empty, with values in [-1, 1]; got {self.thetas}")
+        if self.min_size < 1:
+            raise ValueError(f"ConquerConfig.min_size must be >= 1 patch, got {self.min_size}")
+        if not 0.0 <= self.coverage_thresh < 1.0:
+            raise ValueError(f"ConquerConfig.coverage_thresh must be in [0, 1), got {self.coverage_thresh}")
+        if not 0.0 <= self.nms_iou_thresh <= 1.0:
+            raise ValueError(f"ConquerConfig.nms_iou_thresh must be in [0, 1], got {self.nms_iou_thresh}")
+        if self.nms_window < 2:
+            raise ValueError(f"ConquerConfig.nms_window must be >= 2, got {self.nms_window}; the original uses 5")
+        if self.batch_size < 1:
+            raise ValueError(f"ConquerConfig.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True, eq=False)
+class ConquerMask:
+    """One conquer mask, in the crop of its divide mask.
+
+    Attributes:
+        parent: index of the divide mask (in the ``divide_masks`` passed to :func:`conquer`).
+        level: 1-based merge level (index of ``theta`` in ``ConquerConfig.thetas``).
+        theta: merge threshold of that level.
+        box_xyxy: the crop box (x0, y0, x1, y1) in image pixels, x1/y1 exclusive: the tight
+            bounding box of the divide mask.
+        mask: (y1 - y0, x1 - x0) bool mask on the crop grid.
+    """
+
+    parent: int
+    level: int
+    theta: float
+    box_xyxy: tuple[int, int, int, int]
+    mask: npt.NDArray[np.bool_]
+
+
+def region_box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int] | None:
+    """Tight box (x0, y0, x1, y1) of a mask, x1/y1 exclusive; None if it is empty or < 2 px wide/high.
+
+    The original took inclusive maxima and sliced with them, dropping the last row and column
+    (spec §10 bug 13); here x1 = last column + 1. A box of one row or column is degenerate and
+    skipped, as the original did.
+    """
+    x0, y0, x1, y1 = (int(v) for v in boxes_xyxy_from_masks(np.asarray(mask, dtype=bool)[None])[0])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0, y0, x1, y1
+
+
+@dataclass(frozen=True)
+class _Region:
+    parent: int
+    box: tuple[int, int, int, int]
+
+
+def _extract(extractor: FeatureExtractor, crops: list[npt.NDArray[np.uint8]]) -> torch.Tensor:
+    batch = np.stack(crops)
+    with torch.inference_mode():
+        feats = extractor(batch)
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 4 or feats.shape[0] != len(crops):
+        shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+        raise ValueError(
+            f"the feature extractor returned {shape} for {len(crops)} crops; "
+            f"expected a (B, h, w, C) tensor with B = {len(crops)}"
+        )
+    return feats.detach().cpu()
+
+
+def _region_masks(
+    feats: torch.Tensor, divide_crop: npt.NDArray[np.bool_], region: _Region, config: ConquerConfig
+) -> list[ConquerMask]:
+    """Merge one region's features and filter its masks (coverage, then NMS), level by level."""
+    x0, y0, x1, y1 = region.box
+    crop_hw = (y1 - y0, x1 - x0)
+    levels = merge_regions(feats, thetas=config.thetas, min_size=config.min_size)
+    candidates: list[ConquerMask] = []
+    passed: dict[int, npt.NDArray[np.bool_] | None] = {}  # cluster id -> crop mask (None: failed)
+    for lvl in levels:
+        for cid in lvl.emitted:
+            if cid not in passed:  # an unchanged cluster keeps its id across levels: do it once
+                mask = resize_mask(lvl.labels == cid, crop_hw)
+                inside = coverage(mask[None], divide_crop)[0] > config.coverage_thresh
+                passed[cid] = mask if inside else None
+            mask = passed[cid]
+            if mask is not None:
+                candidates.append(ConquerMask(region.parent, lvl.level, lvl.theta, region.box, mask))
+    areas = [int(np.count_nonzero(c.mask)) for c in candidates]
+    kept = windowed_nms(
+        [c.mask for c in candidates],
+        areas,
+        iou_thresh=config.nms_iou_thresh,
+        window=config.nms_window,
+        full_nms=config.full_nms,
+    )
+    logger.debug(
+        "region %d box %s: %d emitted-cluster masks pass coverage, %d after NMS",
+        region.parent,
+        region.box,
+        len(candidates),
+        len(kept),
+    )
+    return [candidates[i] for i in sorted(kept)]  # back to level-by-level order
+
+
+def conquer(
+    image: npt.NDArray[np.uint8],
+    divide_masks: Sequence[npt.NDArray[np.bool_]],
+    extractor: FeatureExtractor,
+    config: ConquerConfig = ConquerConfig(),
+) -> list[ConquerMask]:
+    """Split every divide mask of one image into multi-granular conquer masks (spec §3).
+
+    Args:
+        image: (H, W, 3) uint8 RGB image.
+        divide_masks: K (H, W) bool masks (or a (K, H, W) array), the divide stage's output.
+        extractor: called on (B, crop_size, crop_size, 3) uint8 RGB crops, returns
+            (B, h, w, C) float patch features (DINO keys; h = crop_size / patch size).
+        config: conquer settings.
+
+    Returns:
+        The surviving conquer masks, region by region (in ``divide_masks`` order), within a region
+        level by level and, within a level, by cluster id (older clusters first). Empty and
+        degenerate (< 2 px wide or high) divide masks yield nothing.
+
+    Raises:
+        ValueError: on a malformed image or mask, or a feature extractor whose output does not fit.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+    patch = getattr(extractor, "patch_size", None)
+    if isinstance(patch, int) and patch > 0 and config.crop_size % patch:
+        raise ValueError(
+            f"ConquerConfig.crop_size={config.crop_size} is not a multiple of the extractor's patch size {patch}"
+        )
+    hw = image.shape[:2]
+    divide_list = list(divide_masks)
+    regions: list[_Region] = []
+    for k, divide_mask in enumerate(divide_list):
+        divide_mask = np.asarray(divide_mask, dtype=bool)
+        if divide_mask.shape != hw:
+            raise ValueError(f"divide mask {k} has shape {divide_mask.shape}, but the image is {hw}")
+        box = region_box(divide_mask)
+        if box is None:
+            logger.debug("divide mask %d is empty or thinner than 2 px: skipped", k)
+            continue
+        regions.append(_Region(k, box))
+
+    size = (config.crop_size, config.crop_size)
+    out: list[ConquerMask] = []
+    for start in range(0, len(regions), config.batch_size):
+        chunk = regions[start : start + config.batch_size]
+        crops = [resize_image(image[r.box[1] : r.box[3], r.box[0] : r.box[2]], size) for r in chunk]
+        feats = _extract(extractor, crops)
+        for region, region_feats in zip(chunk, feats):
+            x0, y0, x1, y1 = region.box
+            divide_crop = np.asarray(divide_list[region.parent], dtype=bool)[y0:y1, x0:x1]
+            out.extend(_region_masks(region_feats, divide_crop, region, config))
+    logger.debug(
+        "conquer: %d divide masks, %d regions, %d conquer masks", len(divide_list), len(regions), len(out)
+    )
+    return out

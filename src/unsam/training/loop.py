@@ -1,0 +1,793 @@
+"""Training loop of the whole-image model: optimizer, schedule, checkpoints, exact resume, DDP (spec §6.4).
+
+Run directory layout (``unsam train --output RUN_DIR``)::
+
+    RUN_DIR/train_config.json                      TrainConfig + data paths + versions
+    RUN_DIR/loss.csv                               step, loss, lr, seconds_per_step (one row a step)
+    RUN_DIR/loss.png                               the loss curve (rewritten at every checkpoint)
+    RUN_DIR/checkpoints/step_0000500/model/        save_pretrained folder (config.json + model.safetensors)
+    RUN_DIR/checkpoints/step_0000500/training_state.pt   optimizer, scheduler, step, RNG states
+    RUN_DIR/model/                                 final save_pretrained folder
+
+``WholeImageSegmenter.from_pretrained(RUN_DIR)`` reads ``RUN_DIR/model`` (or the newest checkpoint).
+
+Exact resume: a checkpoint holds the weights, the AdamW state, the scheduler state, the step and
+the python / numpy / torch (CPU and CUDA) RNG states of every process. The data stream is a pure
+function of ``(seed, step)`` (see :mod:`unsam.training.data`), so a run resumed from step ``k``
+reproduces the straight run's weights and loss rows bit for bit (same machine, same thread
+count, same number of processes). ``training_state.pt`` loads with ``torch.load(weights_only=True)``.
+
+Multi-process data parallel: launch with ``torchrun --nproc_per_node N -m unsam.cli.main train ...``.
+Each process takes ``batch_size / N`` images per step; gradients are averaged by
+DistributedDataParallel (gloo on CPU, nccl on CUDA); the loss normaliser (number of target
+masks) is summed over processes as in the original; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unsam.config import config_hash, config_to_dict
+from unsam.io.coco import load_coco_dataset
+from unsam.io.files import append_line_durable, atomic_write, atomic_write_json, atomic_write_text
+from unsam.training.config import TrainConfig
+from unsam.training.data import StepBatchSampler, TrainDataset, check_images, collate
+
+__all__ = [
+    "StepLog",
+    "TrainResult",
+    "DistInfo",
+    "train",
+    "lr_factor",
+    "build_param_groups",
+    "build_optimizer",
+    "build_scheduler",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "checkpoint_dir",
+    "read_loss_csv",
+    "write_loss_plot",
+    "load_train_config",
+    "LOSS_CSV_HEADER",
+]
+
+logger = logging.getLogger(__name__)
+
+LOSS_CSV_HEADER = ("step", "loss", "lr", "seconds_per_step")
+_STEP_PREFIX = "step_"
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """One finished optimizer step (reported to the progress callback on rank 0).
+
+    Attributes:
+        step: number of optimizer steps done (1 for the first step).
+        max_steps: steps the run will do in total.
+        loss: total weighted loss of the step (all decoder layers), averaged over processes.
+        lr: learning rate of the non-backbone parameters at this step.
+        seconds: wall time of the step (data wait + forward + backward + update).
+    """
+
+    step: int
+    max_steps: int
+    loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        run_dir: the run directory.
+        model_dir: the final ``save_pretrained`` folder (``run_dir / "model"``).
+        steps: optimizer steps done in total (== max_steps).
+        start_step: step the run (re)started from (0 for a fresh run).
+        final_loss: loss of the last step run by this call, or None when no step was run.
+    """
+
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    start_step: int
+    final_loss: float | None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Process group facts: ``rank`` of ``world_size`` processes, ``local_rank`` on this host."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ---------------------------------------------------------------------------------------------
+_NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """LR multiplier at ``step`` (0-based): detectron2's WarmupMultiStepLR (linear warmup).
+
+    factor = warmup(step) * gamma ** (number of milestones <= step), with
+    warmup(step) = warmup_factor * (1 - a) + a, a = step / warmup_steps, for step < warmup_steps.
+    """
+    factor = 1.0
+    if step < config.warmup_steps:
+        alpha = step / config.warmup_steps
+        factor = config.warmup_factor * (1.0 - alpha) + alpha
+    drops = sum(1 for m in config.lr_milestones() if m <= step)
+    return factor * config.lr_gamma**drops
+
+
+def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups as the original's ``build_optimizer`` (spec §6.4).
+
+    Backbone parameters (``model.pixel_level_module.encoder``) get ``lr * backbone_lr_mult``;
+    parameters of normalisation layers get ``weight_decay_norm`` and of ``nn.Embedding`` layers
+    ``weight_decay_embed``; everything else ``weight_decay``. Frozen parameters are left out.
+
+    Returns:
+        One group per trainable parameter (detectron2 style), each with ``lr``,
+        ``weight_decay`` and ``name``.
+    """
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param_name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            lr = config.lr
+            if full.startswith(("model.pixel_level_module.encoder.", "pixel_level_module.encoder.")):
+                lr = config.lr * config.backbone_lr_mult
+            wd = config.weight_decay
+            if isinstance(module, _NORM_TYPES):
+                wd = config.weight_decay_norm
+            elif isinstance(module, nn.Embedding):
+                wd = config.weight_decay_embed
+            groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": full})
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`build_param_groups` (betas 0.9/0.999, eps 1e-8, as detectron2's)."""
+    return torch.optim.AdamW(build_param_groups(model, config), lr=config.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR applying :func:`lr_factor` to every group's base LR."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config=config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory helpers
+# ---------------------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
+    """``RUN_DIR/checkpoints/step_0000500`` for step 500."""
+    return Path(run_dir) / "checkpoints" / f"{_STEP_PREFIX}{step:07d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, ``[(step, path), ...]`` by ascending step."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if not p.name.startswith(_STEP_PREFIX) or not p.is_dir():
+            continue
+        try:
+            step = int(p.name[len(_STEP_PREFIX) :])
+        except ValueError:
+            continue
+        if (p / "training_state.pt").is_file() and (p / "model" / "config.json").is_file():
+            out.append((step, p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Newest complete checkpoint folder of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def load_train_config(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The TrainConfig and the whole record stored in ``RUN_DIR/train_config.json``.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or malformed file, naming it.
+    """
+    path = Path(run_dir) / "train_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; is {run_dir} an `unsam train` run directory?")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        values = dict(record["train"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a valid train_config.json ({exc})") from None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown TrainConfig fields {unknown}; written by a newer unsam?")
+    if isinstance(values.get("lr_steps"), list):
+        values["lr_steps"] = tuple(values["lr_steps"])
+    return TrainConfig(**values), record
+
+
+def read_loss_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """Rows of a ``loss.csv`` as dicts of floats (``step`` as an integer-valued float)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for row in rows:
+        try:
+            out.append({k: float(row[k]) for k in LOSS_CSV_HEADER})
+        except (KeyError, TypeError, ValueError):
+            break  # a partial last line of an interrupted run
+    return out
+
+
+def write_loss_plot(csv_path: str | os.PathLike[str], png_path: str | os.PathLike[str]) -> Path | None:
+    """Plot loss (and a moving average) against step into a PNG; None when there is no row yet."""
+    rows = read_loss_csv(csv_path)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+    window = max(1, min(len(loss) // 20, 200))
+    if window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (all decoder layers)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    return atomic_write(png_path, lambda fh: fh.write(data))
+
+
+def _truncate_loss_csv(path: Path, last_step: int) -> None:
+    """Keep the header and the complete rows with step <= last_step (later rows are redone)."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    kept = [",".join(LOSS_CSV_HEADER)]
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) != len(LOSS_CSV_HEADER):
+            break  # an empty or partial last line
+        try:
+            if int(fields[0]) > last_step:
+                break
+            [float(v) for v in fields]
+        except ValueError:
+            break
+        kept.append(line)
+    atomic_write_text(path, "\n".join(kept) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state (weights_only-loadable)
+# ---------------------------------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed helpers
+# ---------------------------------------------------------------------------------------------
+def _dist_info_from_env() -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def _resolve_device(config: TrainConfig, info: DistInfo) -> torch.device:
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'device "{config.device}" requested but CUDA is not available; use --device cpu')
+        if info.distributed:
+            device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _sync_num_masks(criterion: nn.Module) -> None:
+    """Make the Mask2Former loss normalise by the mean number of target masks over all processes.
+
+    transformers only does that through ``accelerate``; here the instance's ``get_num_masks`` is
+    replaced by one that all-reduces the count (the original Mask2Former criterion does the same).
+    """
+    import torch.distributed as dist
+
+    def get_num_masks(class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        count = torch.as_tensor(float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device)
+        dist.all_reduce(count)
+        return torch.clamp(count / dist.get_world_size(), min=1)
+
+    criterion.get_num_masks = get_num_masks  # type: ignore[method-assign]
+
+
+def _gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own shard-writing progress bar while saving."""
+    from transformers.utils import logging as tf_logging
+
+    enabled = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            tf_logging.enable_progress_bar()
+
+
+def _save_pretrained_atomic(model: nn.Module, target: Path) -> None:
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with _quiet_transformers():
+        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+    _replace_dir(tmp, target)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; an older folder at ``target`` is removed after the move."""
+    old = None
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: TrainConfig,
+    rng_states: list[dict[str, Any]],
+) -> Path:
+    target = checkpoint_dir(run_dir, step)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    with _quiet_transformers():
+        model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+        "world_size": len(rng_states),
+        "config": config_to_dict(config),
+        "format": 1,
+    }
+    with open(tmp / "training_state.pt", "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _replace_dir(tmp, target)
+    if config.keep_checkpoints > 0:
+        for _, old in list_checkpoints(run_dir)[: -config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _load_model_weights(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint weights missing; delete the broken checkpoint folder {folder.parent}")
+    state = load_file(str(path))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: does not match the model ({len(result.missing_keys)} missing, e.g. "
+            f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. "
+            f"{result.unexpected_keys[:3]}); was the run trained with another --config / --num-queries?"
+        )
+
+
+_EXACT_FIELDS = ("batch_size", "seed", "crop_size", "max_masks_per_image", "hflip", "scale_jitter", "bf16")
+
+
+def _check_resume_config(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
+    for key in ("config", "num_queries"):
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(
+                f"{where}: the checkpoint was trained with {key}={saved.get(key)!r} but this run asks for "
+                f"{getattr(config, key)!r}; resume with the same value or start a new --output"
+            )
+    now = config_to_dict(config)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        inexact = [k for k in changed if k in _EXACT_FIELDS]
+        logger.warning(
+            "resuming with changed settings %s%s",
+            ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed),
+            f" (the resumed run will not reproduce an uninterrupted one because of {', '.join(inexact)})"
+            if inexact
+            else "",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: exists and is not a folder; choose another --output")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ValueError(
+            f"{run_dir}: run folder exists and is not empty; pass --resume to continue that run, "
+            "or choose a new --output"
+        )
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    import unsam
+
+    return {"unsam": unsam.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def train(
+    config: TrainConfig,
+    annotations: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    skip_bad_images: bool = False,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> TrainResult:
+    """Train the whole-image Mask2Former on a COCO dataset JSON of (pseudo-)masks.
+
+    Works in one process or under ``torchrun`` (read from the ``WORLD_SIZE``/``RANK`` environment;
+    the process group is created here when needed and destroyed at the end).
+
+    Args:
+        config: the training settings.
+        annotations: COCO dataset JSON (unsam pseudo-labels or ground truth; polygons are fine).
+        images: folder the JSON's ``file_name`` values are relative to.
+        run_dir: output folder (layout: module docstring).
+        resume: continue from the newest checkpoint in ``run_dir`` (a fresh start when it has none).
+            Without it an existing non-empty ``run_dir`` is an error.
+        skip_bad_images: drop images that are missing or whose size differs from the JSON (listed
+            in ``run_dir/skipped_images.txt``) instead of stopping.
+        on_step: called on rank 0 after every step (the CLI drives its progress bar with it).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
+        FloatingPointError: the loss became NaN or infinite (lower ``lr``).
+    """
+    run_dir = Path(run_dir)
+    info = _dist_info_from_env()
+    created_group = False
+    if info.distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+            created_group = True
+    try:
+        return _train(config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    annotations: Path,
+    images: Path,
+    run_dir: Path,
+    resume: bool,
+    skip_bad_images: bool,
+    on_step: Callable[[StepLog], None] | None,
+    info: DistInfo,
+) -> TrainResult:
+    from unsam.models.whole_image import IMAGE_MEAN, IMAGE_STD, build_model, freeze_batchnorm
+
+    t_start = time.perf_counter()
+    device = _resolve_device(config, info)
+    if info.is_main:
+        _prepare_run_dir(run_dir, resume)
+    _barrier(info)
+
+    # data
+    records = load_coco_dataset(annotations)
+    usable, bad = check_images(records, images, skip_bad=skip_bad_images)
+    if not usable:
+        raise ValueError(f"{annotations}: no image with at least one mask; nothing to train on")
+    scale_range = (config.min_scale, config.max_scale) if config.scale_jitter else None
+    dataset = TrainDataset(
+        usable,
+        images,
+        crop_size=config.resolved_crop_size,
+        seed=config.seed,
+        max_masks=config.max_masks_per_image,
+        hflip=config.hflip,
+        scale_range=scale_range,
+    )
+
+    # model, optimizer, schedule
+    _seed_all(config.seed)
+    model = build_model(config.config, num_queries=config.num_queries, backbone_checkpoint=config.backbone_checkpoint)
+    freeze_batchnorm(model)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    state: dict[str, Any] | None = None
+    start_step = 0
+    if ckpt is not None:
+        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        _check_resume_config(state.get("config", {}), config, ckpt)
+        _load_model_weights(model, ckpt / "model")
+        start_step = int(state["step"])
+        logger.info("resuming from %s (step %d)", ckpt, start_step)
+    elif resume:
+        logger.info("%s has no checkpoint yet; starting from step 0", run_dir)
+    model.to(device)
+    model.train()
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    if start_step >= config.max_steps:
+        logger.info("run already has %d >= max_steps=%d steps; nothing to train", start_step, config.max_steps)
+
+    # files (rank 0)
+    csv_path = run_dir / "loss.csv"
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            run_dir / "train_config.json",
+            {
+                "train": config_to_dict(config),
+                "config_hash": config_hash(config),
+                "annotations": str(annotations.resolve()),
+                "images": str(images.resolve()),
+                "world_size": info.world_size,
+                "num_images": dataset.num_images,
+                "versions": _versions(),
+            },
+            indent=2,
+        )
+        if bad:
+            atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{r}\n" for p, r in bad))
+        if csv_path.exists():
+            _truncate_loss_csv(csv_path, start_step)
+        else:
+            atomic_write_text(csv_path, ",".join(LOSS_CSV_HEADER) + "\n")
+
+    net: nn.Module = model
+    if info.distributed:
+        _sync_num_masks(model.criterion)
+        net = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,  # BatchNorm is frozen: buffers never change
+        )
+
+    sampler = StepBatchSampler(
+        start_step=start_step,
+        max_steps=config.max_steps,
+        batch_size=config.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=partial(collate, mean=IMAGE_MEAN, std=IMAGE_STD),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
+    )
+    batches = iter(loader)
+
+    # RNG: restored last, right before the first step, so nothing above shifts it
+    if state is not None and len(state["rng"]) == info.world_size:
+        _set_rng_state(state["rng"][info.rank])
+    else:
+        if state is not None:
+            logger.warning(
+                "checkpoint was written by %d process(es), this run has %d: RNG states are re-seeded, "
+                "so the resumed run is not bit-identical to an uninterrupted one",
+                len(state["rng"]),
+                info.world_size,
+            )
+        _seed_all(config.seed * 1_000_003 + start_step * 7919 + info.rank)
+
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = start_step
+    last_loss: float | None = None
+    t_step = time.perf_counter()
+    logger.info(
+        "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), device %s",
+        config.config, dataset.num_images, start_step, config.max_steps, config.batch_size, info.world_size, device,
+    )
+    while step < config.max_steps:
+        batch = next(batches)
+        lr = max(float(g["lr"]) for g in optimizer.param_groups)  # the non-backbone LR
+        with autocast:
+            out = net(
+                pixel_values=batch["pixel_values"].to(device, non_blocking=True),
+                pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
+                mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
+                class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
+            )
+        loss = out.loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_value = loss.detach().float()
+        if info.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_value)
+            loss_value /= info.world_size
+        last_loss = float(loss_value.item())
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(
+                f"loss became {last_loss} at step {step}; lower --lr or check the masks of images "
+                f"{batch['image_ids']}"
+            )
+        now = time.perf_counter()
+        seconds = now - t_step
+        t_step = now
+        if info.is_main:
+            append_line_durable(csv_path, f"{step},{last_loss!r},{lr!r},{seconds:.4f}")
+            if on_step is not None:
+                on_step(StepLog(step=step, max_steps=config.max_steps, loss=last_loss, lr=lr, seconds=seconds))
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            rng_states = _gather_objects(_rng_state(), info)
+            if info.is_main:
+                path = _save_checkpoint(run_dir, step, model, optimizer, scheduler, config, rng_states)
+                write_loss_plot(csv_path, run_dir / "loss.png")
+                logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
+            _barrier(info)
+            t_step = time.perf_counter()  # checkpoint time is not a step's time
+
+    model_dir = run_dir / "model"
+    if info.is_main:
+        _save_pretrained_atomic(model, model_dir)
+        write_loss_plot(csv_path, run_dir / "loss.png")
+        logger.info("trained to step %d in %.1f s; model in %s", step, time.perf_counter() - t_start, model_dir)
+    _barrier(info)
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, start_step=start_step, final_loss=last_loss)

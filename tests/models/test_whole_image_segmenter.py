@@ -1,0 +1,237 @@
+"""Tests of unsam.models.whole_image.segmenter: inference rule, bounded memory, loading, records."""
+
+from __future__ import annotations
+
+import pickle
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unsam.models.whole_image.segmenter as segmenter
+from tests.reference.mask2former_inference import instance_inference_naive
+from unsam.models.whole_image import build_model
+from unsam.models.whole_image.segmenter import (
+    HUB_ID,
+    SegmentConfig,
+    SegmenterProducer,
+    WholeImageSegmenter,
+    postprocess_masks,
+    resolve_model_folder,
+)
+from unsam.records import annotation_id, decode_rles, rle_iou_matrix
+
+SMALL = SegmentConfig(min_size=64, max_size=128, max_masks=20, chunk_size=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model("tiny", num_queries=24)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = np.zeros((75, 101, 3), dtype=np.uint8)
+    img[:, :50] = (200, 40, 40)
+    img[30:, 60:] = (20, 180, 60)
+    return np.clip(img + rng.integers(0, 30, size=img.shape), 0, 255).astype(np.uint8)
+
+
+# --- the inference rule -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_postprocess_matches_the_original_order(seed: int, chunk_size: int) -> None:
+    """Top-k before upsampling (bug 22 fixed) gives the original's masks and scores exactly."""
+    g = torch.Generator().manual_seed(seed)
+    q = 40
+    class_logits = torch.randn(q, 2, generator=g) * 2
+    mask_logits = torch.randn(q, 24, 32, generator=g) * 4
+    padded, valid, image_hw = (96, 128), (90, 121), (137, 181)
+    out = postprocess_masks(class_logits, mask_logits, padded_hw=padded, valid_hw=valid, image_hw=image_hw,
+                            max_masks=15, chunk_size=chunk_size)
+    idx, scores, masks = instance_inference_naive(class_logits, mask_logits, padded, valid, image_hw, topk=15)
+    np.testing.assert_array_equal(out.query_indices, idx)
+    np.testing.assert_allclose(out.scores, scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(decode_rles(out.rles), masks)
+    np.testing.assert_array_equal(out.areas, masks.reshape(15, -1).sum(1))
+    fg = class_logits.softmax(-1)[:, 0].numpy()
+    np.testing.assert_allclose(out.class_probs, fg[idx], rtol=1e-6)
+    assert np.all(np.diff(out.class_probs) <= 0)
+
+
+def test_postprocess_hand_computed_score() -> None:
+    """One query, logits +2 on a 2x2 block, -3 elsewhere, no resize: score = p * sigmoid(2)."""
+    logits = torch.full((1, 4, 4), -3.0)
+    logits[0, :2, :2] = 2.0
+    cls = torch.tensor([[1.0, 0.0]])
+    out = postprocess_masks(cls, logits, padded_hw=(4, 4), valid_hw=(4, 4), image_hw=(4, 4))
+    p = float(torch.softmax(cls, -1)[0, 0])
+    assert out.areas.tolist() == [4]
+    assert out.scores[0] == pytest.approx(p * float(torch.sigmoid(torch.tensor(2.0))) * 4 / (4 + 1e-6), rel=1e-6)
+    expected = np.zeros((4, 4), dtype=bool)
+    expected[:2, :2] = True
+    np.testing.assert_array_equal(decode_rles(out.rles)[0], expected)
+
+
+def test_postprocess_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"same Q, got \(3, 2\) and \(4, 8, 8\)"):
+        postprocess_masks(torch.zeros(3, 2), torch.zeros(4, 8, 8), padded_hw=(32, 32), valid_hw=(32, 32),
+                          image_hw=(32, 32))
+
+
+def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
+    """Large image, many queries: no tensor larger than chunk_size x H x W is ever created."""
+    sizes: list[int] = []
+
+    def interpolate(*args, **kwargs):
+        out = F.interpolate(*args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(segmenter, "F", types.SimpleNamespace(interpolate=interpolate))
+    g = torch.Generator().manual_seed(0)
+    q, chunk = 300, 4
+    image_hw = (1500, 2000)  # resized to (1024, 1365), padded to (1024, 1376)
+    out = postprocess_masks(torch.randn(q, 2, generator=g), torch.randn(q, 256, 344, generator=g),
+                            padded_hw=(1024, 1376), valid_hw=(1024, 1365), image_hw=image_hw,
+                            max_masks=40, chunk_size=chunk)
+    assert len(out.rles) == 40 and out.rles[0]["size"] == [1500, 2000]
+    assert len(sizes) == 2 * 10  # two resizes per chunk, 40 / 4 chunks
+    assert max(sizes) <= chunk * 1500 * 2000
+    assert max(sizes) * 50 < q * 1500 * 2000  # the original would hold all 300 queries at full size
+
+
+def test_only_last_mask_prediction_keeps_the_result(tiny_model) -> None:
+    x = torch.randn(1, 3, 64, 96)
+    tiny_model.eval()
+    with torch.no_grad():
+        plain = tiny_model(pixel_values=x)
+        with segmenter._only_last_mask_prediction(tiny_model):
+            lean = tiny_model(pixel_values=x, output_auxiliary_logits=True)
+    torch.testing.assert_close(lean.masks_queries_logits, plain.masks_queries_logits)
+    torch.testing.assert_close(lean.class_queries_logits, plain.class_queries_logits)
+    assert all(aux["masks_queries_logits"].numel() == 0 for aux in lean.auxiliary_logits)  # earlier layers dropped
+    with torch.no_grad():  # the hook is gone afterwards
+        again = tiny_model(pixel_values=x, output_auxiliary_logits=True)
+    assert all(aux["masks_queries_logits"].numel() > 0 for aux in again.auxiliary_logits)
+
+
+# --- the segmenter ------------------------------------------------------------------------------
+
+
+def test_segmenter_records(tiny_model, image) -> None:
+    seg = WholeImageSegmenter(tiny_model, SMALL)
+    records = seg(image, image_id=42)
+    assert 0 < len(records) <= 20
+    scores = [r.score for r in records]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    assert [r.id for r in records] == [annotation_id(42, k) for k in range(len(records))]
+    assert all(r.image_id == 42 and r.source == "model" and r.level == 0 for r in records)
+    assert all(r.image_hw == (75, 101) and r.area > 0 for r in records)
+    # the same numbers as the raw model output pushed through the naive original rule
+    class_logits, mask_logits, padded, valid = seg.predict_logits(image)
+    assert padded == (64, 96) and valid == (64, 86)
+    idx, ref_scores, ref_masks = instance_inference_naive(class_logits, mask_logits, padded, valid, (75, 101), topk=20)
+    keep = ref_masks.reshape(20, -1).any(1)
+    order = np.argsort(-ref_scores[keep], kind="stable")
+    np.testing.assert_allclose(scores, ref_scores[keep][order], rtol=1e-5)
+    np.testing.assert_array_equal(np.stack([r.decode() for r in records]), ref_masks[keep][order])
+
+
+def test_segmenter_thresholds_and_nms(tiny_model, image) -> None:
+    base = WholeImageSegmenter(tiny_model, SMALL)(image)
+    cut = float(np.median([r.score for r in base]))
+    high = WholeImageSegmenter(tiny_model, SegmentConfig(**{**SMALL.__dict__, "score_thresh": cut}))(image)
+    assert high and all(r.score >= cut for r in high) and len(high) < len(base)
+    nms = WholeImageSegmenter(tiny_model, SegmentConfig(**{**SMALL.__dict__, "nms_iou_thresh": 0.5}))(image)
+    iou = rle_iou_matrix([r.rle for r in nms], [r.rle for r in nms])
+    np.fill_diagonal(iou, 0)
+    assert len(nms) <= len(base) and iou.max(initial=0.0) <= 0.5
+    assert nms[0].rle == base[0].rle  # the best mask always survives
+
+
+def test_segmenter_large_image_bounded(tiny_model, monkeypatch) -> None:
+    """A 1500x2000 image with max_masks 30: full-resolution work happens chunk by chunk."""
+    sizes: list[int] = []
+
+    def interpolate(*args, **kwargs):
+        out = F.interpolate(*args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(segmenter, "F", types.SimpleNamespace(interpolate=interpolate))
+    big = np.random.default_rng(1).integers(0, 256, size=(1500, 2000, 3), dtype=np.uint8)
+    seg = WholeImageSegmenter(tiny_model, SegmentConfig(min_size=128, max_size=256, max_masks=24, chunk_size=2))
+    records = seg(big, image_id=1)
+    assert all(r.image_hw == (1500, 2000) for r in records)
+    assert max(sizes) <= 2 * 1500 * 2000
+
+
+def test_segment_config_validation() -> None:
+    with pytest.raises(ValueError, match="min_size <= max_size"):
+        SegmentConfig(min_size=800, max_size=600)
+    with pytest.raises(ValueError, match="max_masks must be >= 1"):
+        SegmentConfig(max_masks=0)
+    with pytest.raises(ValueError, match=r"score_thresh must be in \[0, 1\]"):
+        SegmentConfig(score_thresh=1.5)
+    with pytest.raises(ValueError, match="nms_iou_thresh"):
+        SegmentConfig(nms_iou_thresh=-0.1)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        SegmentConfig(chunk_size=0)
+    assert SegmentConfig().max_masks == 1000 and SegmentConfig().min_size == 1024  # spec §6.5
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def test_save_and_load_roundtrip_and_run_dirs(tmp_path, tiny_model, image) -> None:
+    seg = WholeImageSegmenter(tiny_model, SMALL, mean=(120.0, 110.0, 100.0), std=(60.0, 50.0, 40.0))
+    expected = seg(image)
+    seg.save_pretrained(tmp_path / "folder")
+    loaded = WholeImageSegmenter.from_pretrained(tmp_path / "folder", config=SMALL)
+    assert loaded.mean == (120.0, 110.0, 100.0) and loaded.std == (60.0, 50.0, 40.0)
+    got = loaded(image)
+    assert [r.rle for r in got] == [r.rle for r in expected]
+    assert [r.score for r in got] == pytest.approx([r.score for r in expected], rel=1e-6)
+
+    run = tmp_path / "run"
+    seg.save_pretrained(run / "checkpoints" / "step_0000010" / "model")
+    newer = run / "checkpoints" / "step_0000020" / "model"
+    seg.save_pretrained(newer)
+    assert resolve_model_folder(run) == newer  # newest periodic checkpoint while training runs
+    seg.save_pretrained(run / "model")
+    assert resolve_model_folder(run) == run / "model"  # the final model once written
+    assert resolve_model_folder(run / "model") == run / "model"
+    with pytest.raises(FileNotFoundError, match="no model found"):
+        resolve_model_folder(tmp_path / "empty")
+
+
+def test_from_pretrained_errors(tmp_path, monkeypatch) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        WholeImageSegmenter.from_pretrained(tmp_path / "missing_dir" / "x.pth")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    with pytest.raises(RuntimeError) as info:
+        WholeImageSegmenter.from_pretrained(HUB_ID)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"https://huggingface.co/{HUB_ID}" in message and "unsam convert-checkpoint" in message
+
+
+def test_producer_settings_and_pickling(tmp_path, tiny_model, image) -> None:
+    WholeImageSegmenter(tiny_model, SMALL).save_pretrained(tmp_path / "run" / "model")
+    producer = SegmenterProducer(tmp_path / "run", SMALL)
+    settings = producer.settings()
+    assert settings["model"].endswith("run/model") and settings["segment"]["max_masks"] == 20
+    records = producer(image, image_id=7)
+    clone = pickle.loads(pickle.dumps(producer))
+    assert clone._segmenter is None  # workers load their own copy
+    assert [r.rle for r in clone(image, image_id=7)] == [r.rle for r in records]

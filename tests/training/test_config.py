@@ -1,0 +1,62 @@
+"""TrainConfig: defaults from spec §6.3-6.4, validation messages, generated CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from unsam.cli.args import add_config_arguments, config_from_args
+from unsam.training.config import LR_STEP_FRACTIONS, TrainConfig
+
+
+def test_defaults_are_the_papers() -> None:
+    c = TrainConfig()
+    assert c.config == "r50"
+    assert (c.lr, c.batch_size) == (5e-5, 16)  # checkpoint names lr5e-5 / bs16 (spec §6.4)
+    assert c.backbone_lr_mult == 0.1
+    assert (c.weight_decay, c.weight_decay_norm, c.weight_decay_embed) == (0.05, 0.0, 0.0)
+    assert c.grad_clip == 0.01
+    assert c.max_steps == 200_000
+    assert c.lr_milestones() == (177_776, 192_592)
+    assert c.lr_gamma == 0.1
+    assert (c.warmup_steps, c.warmup_factor) == (10, 1.0)
+    assert c.resolved_crop_size == 1024
+    assert TrainConfig(config="tiny").resolved_crop_size < 1024
+    assert c.max_masks_per_image == 500
+    assert c.hflip and not c.scale_jitter and not c.bf16
+    assert c.device == "cpu"
+    assert LR_STEP_FRACTIONS == (0.88888, 0.96296)
+
+
+def test_milestones_scale_with_max_steps() -> None:
+    assert TrainConfig(max_steps=1000).lr_milestones() == (889, 963)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_steps": 0}, "max_steps=0 must be > 0"),
+        ({"lr": -1.0}, "lr=-1.0 must be > 0"),
+        ({"crop_size": 100}, "multiple of 32"),
+        ({"grad_clip": -0.1}, "grad_clip=-0.1 must be >= 0"),
+        ({"lr_steps": (0.9, 0.5)}, "ascending fractions"),
+        ({"min_scale": 2.0, "max_scale": 1.0}, "need 0 < min <= max"),
+        ({"warmup_factor": 0.0}, "warmup_factor"),
+    ],
+)
+def test_validation_messages(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_every_field_is_a_flag_with_help() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, TrainConfig)  # raises when a field has no help text
+    args = parser.parse_args(["--config", "tiny", "--max-steps", "7", "--no-hflip", "--lr-steps", "0.5,0.75"])
+    c = config_from_args(TrainConfig, args)
+    assert (c.config, c.max_steps, c.hflip, c.lr_steps) == ("tiny", 7, False, (0.5, 0.75))
+    assert c.batch_size == TrainConfig().batch_size  # unset flags keep the dataclass default
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f.name
