@@ -130,4 +130,4 @@ def resize_image(
     h, w = int(hw[0]), int(hw[1])
     if image.shape[:2] == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), resample))
+    return np.array(Image.fromarray(image).resize((w, h), resample))  # writable (C code may need it)

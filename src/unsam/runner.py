@@ -163,7 +163,10 @@ def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
         return {"skipped": file_name, "reason": exc.reason}
     h, w = image.shape[:2]
     masks = _WORKER_PRODUCER(image, image_id=image_id)
-    record = ImageRecord(id=image_id, file_name=file_name, height=h, width=w).with_masks(masks, assign_ids=True)
+    # producers that link masks (parent_id) assign ids themselves; the rest get them here
+    record = ImageRecord(id=image_id, file_name=file_name, height=h, width=w).with_masks(
+        masks, assign_ids=any(m.id is None or m.image_id != image_id for m in masks)
+    )
     return image_record_to_json(record, seconds=round(time.perf_counter() - t0, 4))
 
 

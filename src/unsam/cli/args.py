@@ -39,8 +39,8 @@ def add_config_arguments(
     """
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
-        if not f.init:
-            continue
+        if not f.init or dataclasses.is_dataclass(hints[f.name]):
+            continue  # nested stage configs get their own prefixed group (see the callers)
         help_text = f.metadata.get("help")
         if not help_text:
             raise TypeError(f"{config_cls.__name__}.{f.name} has no help text; declare it with unsam.config.param")

@@ -102,7 +102,8 @@ def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
         raise ImageReadError(path, reason.splitlines()[0]) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(path, f"decoded to an unexpected shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()  # PIL-backed arrays are read-only
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -1,0 +1,64 @@
+"""``unsam pseudo-label IMAGES_DIR -o OUT.json``: divide-and-conquer pseudo-labels, resumable.
+
+Each finished image is appended to ``OUT.json.work.jsonl``; rerunning the same command after an
+interruption continues where it stopped and writes the same file an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from unsam.cli.args import add_config_arguments, config_from_args
+from unsam.cli.common import add_run_arguments, list_inputs, print_run_summary, tqdm_progress, write_overlays
+from unsam.conquer.region import ConquerConfig
+from unsam.divide.maskcut import MaskCutConfig
+from unsam.pipeline import DicoProducer, PipelineConfig
+from unsam.refine.crf import RefineConfig
+from unsam.runner import assign_image_ids, parse_shard, run_images
+
+NESTED = (("maskcut", "maskcut_", MaskCutConfig), ("conquer", "conquer_", ConquerConfig), ("refine", "refine_", RefineConfig))
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of PipelineConfig and its stage configs (--maskcut-*, --conquer-*, --refine-*)."""
+    g = parser.add_argument_group("pipeline")
+    add_config_arguments(g, PipelineConfig)
+    g.add_argument("--refine", dest="refine_method", choices=["none", "crf"], default=argparse.SUPPRESS,
+                   help="shorthand for --refine-method (default: none)")
+    for name, prefix, cls in NESTED:
+        add_config_arguments(parser.add_argument_group(f"{name} ({cls.__doc__.splitlines()[0]})"), cls, prefix=prefix)
+
+
+def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    nested = {name: config_from_args(cls, args, prefix=prefix) for name, prefix, cls in NESTED}
+    return dataclasses.replace(config_from_args(PipelineConfig, args), **nested)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", help="folder of images (sorted; other files are skipped and reported)")
+    parser.add_argument("-o", "--output", required=True, help="COCO dataset JSON to write")
+    add_run_arguments(parser)
+    add_pipeline_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = pipeline_config_from_args(args)
+    listing = list_inputs(args.images, recursive=args.recursive)
+    names = [listing.relative(p) for p in listing.images]
+    ids = assign_image_ids(names, args.image_ids_from)
+    producer = DicoProducer(config)
+    if args.workers <= 1:
+        producer.setup()  # load weights before the progress bar starts; errors surface at once
+    progress, close = tqdm_progress("pseudo-label", disable=args.no_progress)
+    try:
+        result = run_images(producer, listing.images, listing.root, args.output, image_ids=ids,
+                            shard=parse_shard(args.shard), workers=args.workers, progress=progress)
+    finally:
+        close()
+    print_run_summary(result)
+    if args.overlay_dir:
+        n = write_overlays(Path(args.output), listing.root, args.overlay_dir)
+        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir}")
+    return 0

@@ -1,0 +1,214 @@
+"""Divide-and-conquer pseudo-labelling (spec §2-§5): the one place that chains the stages.
+
+    divide  (MaskCut on DINO keys, or a trained unsam whole-image model's confident masks)
+      → conquer (bottom-up merging inside each divide region, 6 levels)
+      → refine (optional DenseCRF, spec §4.2)
+      → MaskRecords with level / parent_id / theta / source / refined.
+
+Example:
+    >>> dico = unsam.DivideAndConquer(features="facebook/dino-vitb8")   # doctest: +SKIP
+    >>> records = dico(unsam.load_image("photo.jpg"))                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from unsam.config import config_to_dict, param
+from unsam.conquer.filter import paste_mask
+from unsam.conquer.region import ConquerConfig, conquer
+from unsam.divide.maskcut import MaskCutConfig, maskcut
+from unsam.records import MaskRecord, annotation_id, encode_masks
+from unsam.refine.crf import RefineConfig, refine_masks
+
+__all__ = ["PipelineConfig", "DivideAndConquer", "DicoProducer", "conquer_score"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of the whole divide-and-conquer pipeline; stage settings are nested configs."""
+
+    features: str = param(
+        "facebook/dino-vitb8",
+        "patch features: a DINO hub id (facebook/dino-vits8|vits16|vitb8|vitb16), a local HF folder, an official "
+        "DINO .pth, or 'classic' (weight-free, lower quality)",
+    )
+    divide: str = param("maskcut", "divide stage: 'maskcut' (training-free, spec §2.2) or 'model:RUN_DIR' (a trained unsam whole-image model)")
+    divide_score_thresh: float = param(0.1, "with divide=model:..., keep masks scoring above this (the original's detector threshold, spec §2.1)")
+    divide_max_masks: int = param(100, "with divide=model:..., at most this many divide masks per image (spec §2.1)")
+    device: str = param("cpu", "torch device for the feature extractor / divide model, e.g. cpu or cuda")
+    dtype: Literal["float32", "bfloat16"] = param("float32", "feature-extractor compute dtype (output is float32)")
+    maskcut: MaskCutConfig = field(default_factory=MaskCutConfig, metadata={"help": "MaskCut settings"})
+    conquer: ConquerConfig = field(default_factory=ConquerConfig, metadata={"help": "conquer settings"})
+    refine: RefineConfig = field(default_factory=RefineConfig, metadata={"help": "refinement settings"})
+
+    def __post_init__(self) -> None:
+        if self.divide != "maskcut" and not self.divide.startswith("model:"):
+            raise ValueError(f"divide must be 'maskcut' or 'model:RUN_DIR', got {self.divide!r}")
+        if self.divide == "model:":
+            raise ValueError("divide 'model:' needs a path: model:RUN_DIR")
+        if not 0.0 <= self.divide_score_thresh <= 1.0 or self.divide_max_masks < 1:
+            raise ValueError("divide_score_thresh must be in [0, 1] and divide_max_masks >= 1")
+
+
+def conquer_score(parent_score: float, level: int, num_levels: int) -> float:
+    """Ranking score of a conquer mask: coarser levels rank higher (they are more often whole
+    objects), scaled by the divide mask's score. Level ``num_levels`` (coarsest) gets 0.95 × parent,
+    level 1 (finest) 0.45 × parent; divide masks keep their own score (1.0 for MaskCut).
+
+    Only the order matters (AR@k keeps the k best); the original gave every pseudo-mask score 1.
+    """
+    frac = level / max(1, num_levels)
+    return float(parent_score * (0.45 + 0.5 * frac))
+
+
+class DivideAndConquer:
+    """Training-free multi-granular masks for one image, in the style of SAM's automatic mask generator.
+
+    Args:
+        features: feature extractor spec (see :class:`PipelineConfig`) or a ready
+            :class:`unsam.features.FeatureExtractor`.
+        config: pipeline settings; keyword overrides (``divide=``, ``device=``, ``maskcut=``,
+            ``conquer=``, ``refine=`` ...) are applied on top.
+
+    Attributes:
+        last_timings: seconds per stage of the last call (divide, conquer, refine, encode, total).
+    """
+
+    def __init__(self, features: Any = None, *, config: PipelineConfig | None = None, **overrides: Any) -> None:
+        import dataclasses
+
+        from unsam.features import FeatureExtractor, load_feature_extractor
+
+        config = config or PipelineConfig()
+        if isinstance(features, str):
+            overrides["features"] = features
+        if isinstance(overrides.get("refine"), str):
+            overrides["refine"] = dataclasses.replace(config.refine, method=overrides["refine"])
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        if self.config.refine.method == "crf":
+            from unsam.refine.crf import _densecrf
+
+            _densecrf()  # fail now, with the install command, not after the first image
+        if isinstance(features, FeatureExtractor):
+            self.extractor = features
+        else:
+            self.extractor = load_feature_extractor(
+                self.config.features, device=self.config.device, dtype=self.config.dtype
+            )
+        self.divide_model = None
+        if self.config.divide.startswith("model:"):
+            from unsam.models.whole_image import WholeImageSegmenter
+
+            self.divide_model = WholeImageSegmenter.from_pretrained(self.config.divide[len("model:"):], device=self.config.device)
+        self.last_timings: dict[str, float] = {}
+
+    def divide(self, image: npt.NDArray[np.uint8]) -> list[tuple[npt.NDArray[np.bool_], float]]:
+        """Object-level masks: [(full-resolution (H, W) bool mask, score)]."""
+        if self.divide_model is None:
+            return maskcut(image, self.extractor, self.config.maskcut)
+        records = [r for r in self.divide_model(image) if r.score > self.config.divide_score_thresh]
+        records = sorted(records, key=lambda r: -r.score)[: self.config.divide_max_masks]
+        return [(r.decode(), float(r.score)) for r in records if r.area > 0]
+
+    def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int = 0) -> list[MaskRecord]:
+        """Divide-and-conquer masks of one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            image_id: stored in every record; annotation ids are ``annotation_id(image_id, k)`` and
+                conquer masks point at their divide mask through ``parent_id``.
+
+        Returns:
+            Divide masks (level 0) first, then each region's conquer masks (levels 1..6), each with
+            ``score`` (see :func:`conquer_score`), ``theta``, ``source`` and ``refined``.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        cfg = self.config
+        hw = image.shape[:2]
+        t0 = time.perf_counter()
+        divided = self.divide(image)
+        t1 = time.perf_counter()
+        parts = conquer(image, [m for m, _ in divided], self.extractor, cfg.conquer) if divided else []
+        t2 = time.perf_counter()
+
+        source = "maskcut" if self.divide_model is None else "model"
+        num_levels = len(cfg.conquer.thetas)
+        # (mask getter, fields) in output order: divide masks, then conquer masks region by region
+        items: list[tuple[Any, dict[str, Any]]] = []
+        for k, (mask, score) in enumerate(divided):
+            items.append((lambda m=mask: m, {"score": score, "level": 0, "source": source, "parent": None}))
+        for part in parts:
+            parent_score = divided[part.parent][1]
+            items.append((
+                lambda p=part: paste_mask(p.mask, p.box_xyxy, hw),
+                {"score": conquer_score(parent_score, part.level, num_levels), "level": part.level,
+                 "theta": part.theta, "source": "conquer", "parent": part.parent},
+            ))
+        records: list[MaskRecord] = []
+        refine_s = 0.0
+        encode_s = 0.0
+        kept_index: dict[int, int] = {}  # divide index -> output position (for parent ids)
+        for pos, (get_mask, fields) in enumerate(items):
+            mask = get_mask()  # one full-size mask at a time: memory stays bounded (spec §10 bug 16)
+            refined = "none"
+            if cfg.refine.method != "none":
+                tr = time.perf_counter()
+                out, _iou = refine_masks(image, [mask], cfg.refine)[0]
+                refine_s += time.perf_counter() - tr
+                if out is None:
+                    continue
+                mask, refined = out, cfg.refine.method
+            if not mask.any():
+                continue
+            te = time.perf_counter()
+            rle = encode_masks(mask[None])[0]
+            encode_s += time.perf_counter() - te
+            parent = fields.pop("parent")
+            if fields["level"] == 0:
+                kept_index[pos] = len(records)
+                parent_id = None
+            else:
+                if parent not in kept_index:
+                    continue  # its divide mask was rejected by refinement: drop the orphan part
+                parent_id = annotation_id(image_id, kept_index[parent])
+            records.append(MaskRecord(rle=rle, image_id=image_id, id=annotation_id(image_id, len(records)),
+                                      parent_id=parent_id, refined=refined, **fields))
+        t3 = time.perf_counter()
+        self.last_timings = {"divide": t1 - t0, "conquer": t2 - t1, "refine": refine_s, "encode": encode_s,
+                             "total": t3 - t0}
+        logger.debug("%d divide + %d conquer masks -> %d records in %.2f s", len(divided), len(parts),
+                     len(records), t3 - t0)
+        return records
+
+
+class DicoProducer:
+    """Picklable :class:`unsam.runner.MaskProducer` running :class:`DivideAndConquer` per image."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self._dico: DivideAndConquer | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {"producer": "divide-and-conquer", **config_to_dict(self.config)}
+
+    def setup(self) -> None:
+        if self._dico is None:
+            self._dico = DivideAndConquer(config=self.config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_dico": None}  # models are loaded again in each worker
+
+    def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int) -> list[MaskRecord]:
+        if self._dico is None:
+            self._dico = DivideAndConquer(config=self.config)
+        return self._dico(image, image_id=image_id)
