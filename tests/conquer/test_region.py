@@ -119,7 +119,8 @@ def textured_scene(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     h, w = 90, 110
     yy, xx = np.mgrid[0:h, 0:w] / 40.0
-    image = np.stack([np.sin(yy * rng.uniform(1, 3) + xx * rng.uniform(1, 3) + rng.uniform(0, 6)) for _ in range(3)], -1)
+    waves = [np.sin(yy * rng.uniform(1, 3) + xx * rng.uniform(1, 3) + rng.uniform(0, 6)) for _ in range(3)]
+    image = np.stack(waves, -1)
     image = (image * 60 + 128).astype(np.float64)
     divide = []
     for _ in range(5):
@@ -131,7 +132,9 @@ def textured_scene(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     return np.clip(image, 0, 255).astype(np.uint8), divide
 
 
-def reference_conquer(image: np.ndarray, divide: list[np.ndarray], extractor: ColourExtractor, cfg: ConquerConfig):
+def reference_conquer(
+    image: np.ndarray, divide: list[np.ndarray], extractor: ColourExtractor, cfg: ConquerConfig
+) -> list[tuple]:
     """The driver rebuilt from the references: merge_naive, loop coverage, loop NMS."""
     out = []
     for parent, dmask in enumerate(divide):
@@ -163,7 +166,8 @@ def test_matches_reference_pipeline(seed: int, full_nms: bool) -> None:
     assert len({m.level for m in out}) > 2  # several granularities survive
     for got, (parent, level, theta, box, mask) in zip(out, expected):
         assert isinstance(got, ConquerMask)
-        assert (got.parent, got.level, got.theta, got.box_xyxy) == (parent, level, theta, tuple(int(v) for v in box))
+        box = tuple(int(v) for v in box)
+        assert (got.parent, got.level, got.theta, got.box_xyxy) == (parent, level, theta, box)
         np.testing.assert_array_equal(got.mask, mask)
         x0, y0, x1, y1 = got.box_xyxy
         inside = (got.mask & divide[parent][y0:y1, x0:x1]).sum() / got.mask.sum()
@@ -213,3 +217,29 @@ def test_config_defaults_are_the_originals() -> None:
     import dataclasses
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(ConquerConfig))
+
+
+@pytest.mark.data
+def test_real_image_with_classic_extractor(coco_gt, coco_images) -> None:
+    """Smoke test against the real FeatureExtractor contract on a COCO image, GT masks as divide masks."""
+    features = pytest.importorskip("unsam.features")
+    from pycocotools.coco import COCO
+
+    from unsam.io.images import load_image
+
+    coco = COCO(str(coco_gt))
+    info = coco.loadImgs(139)[0]  # 000000000139.jpg, a living room with many objects
+    image = load_image(coco_images / info["file_name"])
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[139], iscrowd=False))[:6]
+    divide = [coco.annToMask(a).astype(bool) for a in anns]
+    out = conquer(image, divide, features.ClassicFeatureExtractor(), ConquerConfig())
+    assert out, "expected some conquer masks on a real image"
+    assert [m.parent for m in out] == sorted(m.parent for m in out)
+    for parent in {m.parent for m in out}:
+        region = [m for m in out if m.parent == parent]
+        box = region_box(divide[parent])
+        x0, y0, x1, y1 = box
+        for m in region:
+            assert m.box_xyxy == box and m.mask.shape == (y1 - y0, x1 - x0)
+            assert (m.mask & divide[parent][y0:y1, x0:x1]).sum() / m.mask.sum() > 0.9
+        assert [m.level for m in region] == sorted(m.level for m in region)

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
+    shard = parse_shard(args.shard)
     listing = list_inputs(args.images, recursive=args.recursive)
     names = [listing.relative(p) for p in listing.images]
     ids = assign_image_ids(names, args.image_ids_from)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     progress, close = tqdm_progress("pseudo-label", disable=args.no_progress)
     try:
         result = run_images(producer, listing.images, listing.root, args.output, image_ids=ids,
-                            shard=parse_shard(args.shard), workers=args.workers, progress=progress)
+                            shard=shard, workers=args.workers, progress=progress)
     finally:
         close()
     print_run_summary(result)

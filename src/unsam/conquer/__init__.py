@@ -5,6 +5,8 @@
 :func:`conquer` runs the whole stage on one image's divide masks.
 """
 
+from __future__ import annotations
+
 from unsam.conquer.filter import coverage, paste_mask, windowed_nms
 from unsam.conquer.merge import DEFAULT_THETAS, MergeLevel, merge_regions
 from unsam.conquer.region import ConquerConfig, ConquerMask, conquer, region_box
