@@ -95,9 +95,9 @@ class DivideAndConquer:
             overrides["refine"] = dataclasses.replace(config.refine, method=overrides["refine"])
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         if self.config.refine.method == "crf":
-            from unsam.refine.crf import _densecrf
+            from unsam.refine.crf import require_crf
 
-            _densecrf()  # fail now, with the install command, not after the first image
+            require_crf()  # fail now, with the install command, not after the first image
         if isinstance(features, FeatureExtractor):
             self.extractor = features
         else:

@@ -177,9 +177,21 @@ def _results(producer: Any, tasks: list[tuple[str, str, int]], workers: int) -> 
             yield _process_one(t)
         return
     threads = max(1, _cpu_count() // workers)
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(producer, threads)) as pool:
-        yield from pool.imap_unordered(_process_one, tasks, chunksize=1)
+    # BLAS pools must be sized before a worker starts: oversubscribed OpenBLAS threads slow
+    # eigen-solvers down by orders of magnitude. Spawned workers inherit this environment.
+    blas_vars = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {v: os.environ.get(v) for v in blas_vars}
+    os.environ.update({v: str(threads) for v in blas_vars})
+    try:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(producer, threads)) as pool:
+            yield from pool.imap_unordered(_process_one, tasks, chunksize=1)
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
 
 
 def _cpu_count() -> int:

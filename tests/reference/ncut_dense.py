@@ -30,6 +30,11 @@ def ncut_dense(feats: np.ndarray, tau: float, eps: float) -> np.ndarray:
     return vecs[:, 1]
 
 
+def first_argmax(x: np.ndarray, rtol: float = 1e-6) -> int:
+    top = float(np.max(x))
+    return int(np.flatnonzero(x >= top - rtol * abs(top))[0])
+
+
 def maskcut_patches_dense(
     feats: np.ndarray,
     tau: float = 0.15,
@@ -40,8 +45,9 @@ def maskcut_patches_dense(
 ) -> list[np.ndarray]:
     """The original maskcut_forward loop on an (h, w, C) grid; returns the non-empty patch masks.
 
-    The only change to the original is the eigenvector sign, fixed so that its entry of largest
-    magnitude is positive (the original inherits LAPACK's arbitrary sign; see unsam.divide.maskcut).
+    Two changes to the original, both in unsam.divide.maskcut too: the eigenvector sign is fixed
+    so that its entry of largest magnitude is positive (the original inherits LAPACK's arbitrary
+    sign), and argmax takes the first index among near-ties (relative 1e-6; zeroed patches tie).
     """
     h, w, c = feats.shape
     flat = np.asarray(feats, dtype=np.float32).reshape(h * w, c).copy()
@@ -55,17 +61,17 @@ def maskcut_patches_dense(
             painting[painting <= 0] = 0
             flat = (flat.reshape(h, w, c) * (1 - painting)[..., None]).reshape(h * w, c).astype(np.float32)
         v = ncut_dense(flat, tau, eps)
-        if v[np.argmax(np.abs(v))] < 0:
+        if v[first_argmax(np.abs(v))] < 0:
             v = -v
         bip = v > np.sum(v) / len(v)
-        seed = np.argmax(np.abs(v))
+        seed = first_argmax(np.abs(v))
         b2 = bip.reshape(h, w)
         nc = int(b2[0][0]) + int(b2[0][-1]) + int(b2[-1][0]) + int(b2[-1][-1])
         reverse = True if nc >= 3 else bip[seed] != 1
         if reverse:
             v = v * -1
             bip = np.logical_not(bip)
-        seed = np.argmax(v)
+        seed = first_argmax(v)
         objects, _ = ndimage.label(bip.reshape(h, w).astype(float))
         cc = objects[np.unravel_index(seed, (h, w))]
         mask = np.zeros((h, w))

@@ -22,7 +22,12 @@ One deliberate determinism fix: the original's result depends on the arbitrary s
 the eigenvector (its corner rule only fires when the sign puts the ``argmax |v|`` patch on the
 ``v > mean`` side). Here the sign is fixed so that the entry of largest magnitude is positive,
 which always gives the corner rule its intended effect: the seed's side is the object unless it
-touches ≥ 3 grid corners.
+touches ≥ 3 grid corners. Likewise ``argmax`` takes the first index among near-ties (the patches
+zeroed in step 6 tie exactly, so otherwise rounding noise would pick the seed among them).
+
+Speed: the cosine matrix is computed once per image (zeroing a patch only zeroes its row and
+column), and the affinity graph per iteration; with ``eigsh`` the three cuts on a 60×60 grid take
+~1.7 s on 2 loaded CPU cores versus ~28 s for the original dense solver.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ class MaskCutConfig:
     )
     tau: float = param(0.15, "cosine-affinity binarisation threshold in (-1, 1) (spec §2.2 step 2)")
     eps: float = param(1e-5, "weight that replaces sub-threshold affinities, > 0 (spec §2.2 step 2)")
-    num_masks: int = param(3, "NCut iterations, i.e. at most this many masks per image (N, spec §2.2 step 7)")
+    num_masks: int = param(
+        3, "NCut iterations, i.e. at most this many masks per image (N, spec §2.2 step 7)"
+    )
     reject_iou_thresh: float = param(
         0.5, "a later mask whose IoU with the previous one exceeds this is dropped (spec §2.2 step 5)"
     )
@@ -88,7 +95,9 @@ class MaskCutConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 1:
-            raise ValueError(f"MaskCutConfig.image_size={self.image_size} must be >= 1 pixel (the paper uses 480)")
+            raise ValueError(
+                f"MaskCutConfig.image_size={self.image_size} must be >= 1 pixel (the paper uses 480)"
+            )
         if not -1.0 < self.tau < 1.0:
             raise ValueError(f"MaskCutConfig.tau={self.tau} is outside (-1, 1); the paper uses 0.15")
         if not self.eps > 0:
@@ -117,7 +126,8 @@ def _cosine_similarity(feats: torch.Tensor) -> torch.Tensor:
 def _affinity_from_similarity(
     sim: torch.Tensor, tau: float, eps: float
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    a = torch.where(sim > tau, 1.0, eps).to(torch.float64)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    a = torch.where(sim > tau, one, torch.tensor(float(eps), dtype=torch.float64))
     return a.numpy(), a.sum(dim=1).numpy()
 
 
@@ -143,9 +153,20 @@ def ncut_affinity(
     return _affinity_from_similarity(_cosine_similarity(f), tau, eps)
 
 
+def _first_argmax(x: npt.NDArray[np.float64], rtol: float = 1e-6) -> int:
+    """Index of the maximum; among entries within ``rtol`` of it, the first.
+
+    Patches whose features were zeroed (step 6) are indistinguishable, so their eigenvector
+    entries are equal up to rounding noise; a plain argmax would let that noise (solver, BLAS)
+    pick the seed among them. Taking the first near-maximal index makes the choice reproducible.
+    """
+    top = float(np.max(x))
+    return int(np.flatnonzero(x >= top - rtol * abs(top))[0])
+
+
 def _canonical_sign(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Flip ``v`` so that its entry of largest magnitude is positive."""
-    return -v if v[int(np.argmax(np.abs(v)))] < 0 else v
+    return -v if v[_first_argmax(np.abs(v))] < 0 else v
 
 
 def _second_largest_dense(m: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -247,12 +268,12 @@ def maskcut_patches(feats: torch.Tensor | np.ndarray, config: MaskCutConfig) -> 
             sim = sim_full
         v = _second_eigenvector(*_affinity_from_similarity(sim, config.tau, config.eps), config.solver)
         fg = v > v.mean()
-        seed = int(np.argmax(np.abs(v)))
+        seed = _first_argmax(np.abs(v))
         reverse = int(fg[corners].sum()) >= 3 or not fg[seed]
         if reverse:
             fg = ~fg
             v = -v
-        seed = int(np.argmax(v))
+        seed = _first_argmax(v)
         labels, _ = ndimage.label(fg.reshape(h, w))  # 4-connected (cross structure)
         mask = labels == labels.flat[seed]
         if i >= 1 and previous is not None:

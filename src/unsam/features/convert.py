@@ -20,9 +20,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import ViTConfig, ViTModel
+
+if TYPE_CHECKING:  # transformers is imported lazily: `import unsam.features` stays light
+    from transformers import ViTConfig, ViTModel
 
 __all__ = [
     "DINO_LAYER_NORM_EPS",
@@ -89,7 +92,9 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
                     name, stripped = name[len(prefix) :], True
         out[name] = value
     if not out:
-        raise ValueError(f"{source}: the checkpoint holds no tensors; is this an official DINO ViT checkpoint?")
+        raise ValueError(
+            f"{source}: the checkpoint holds no tensors; is this an official DINO ViT checkpoint?"
+        )
     return out
 
 
@@ -170,6 +175,8 @@ def dino_config_from_state_dict(
     heads = num_heads if num_heads is not None else max(1, hidden // 64)
     if hidden % heads:
         raise ValueError(f"hidden size {hidden} is not divisible by num_heads={heads}")
+    from transformers import ViTConfig
+
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     intermediate = int(fc1.shape[0]) if fc1 is not None else 4 * hidden
     return ViTConfig(
@@ -262,6 +269,8 @@ def vit_from_dino_checkpoint(
         FileNotFoundError: no such file.
         ValueError: unreadable file, unexpected or missing keys (named), wrong shapes.
     """
+    from transformers import ViTModel
+
     state = _drop_head(load_dino_state_dict(path))
     config = dino_config_from_state_dict(state, num_heads=num_heads)
     hf_state = convert_dino_state_dict(state, config.num_hidden_layers)

@@ -50,7 +50,7 @@ DINO_HUB_IDS = {
     "facebook/dino-vitb16": "dino_vitbase16_pretrain",
 }
 _OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dino/{0}/{0}.pth"
-_HF_DEFAULT_EPS = 1e-11
+_HF_DEFAULT_EPS = 1e-12
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar", ".safetensors", ".bin")
 
@@ -156,7 +156,9 @@ class DinoFeatureExtractor(FeatureExtractor):
             keys = self._keys
             self._keys = None
             if keys is None:
-                raise RuntimeError(f"the key hook on {self.key_module_name} did not fire during the forward pass")
+                raise RuntimeError(
+                    f"the key hook on {self.key_module_name} did not fire during the forward pass"
+                )
             if keys.shape[1] != h * w + 1:
                 raise RuntimeError(
                     f"expected {h * w} patch tokens + CLS from a {s}x{s2} input, got {keys.shape[1]} tokens"
@@ -165,15 +167,9 @@ class DinoFeatureExtractor(FeatureExtractor):
 
 
 def _hub_offline() -> bool:
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
+    from unsam.hub import hub_offline
 
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return False
+    return hub_offline()
 
 
 def _missing_hub_message(model_id: str) -> str:
@@ -202,7 +198,9 @@ def _missing_file_message(path: Path) -> str:
     return f"feature weights {str(path)!r} do not exist: {where} and point --features PATH at it."
 
 
-def _from_pretrained(source: str, *, local_only: bool, cache_dir: str | None) -> tuple[nn.Module, dict[str, Any]]:
+def _from_pretrained(
+    source: str, *, local_only: bool, cache_dir: str | None
+) -> tuple[nn.Module, dict[str, Any]]:
     """``ViTModel.from_pretrained`` without a pooler, with the loading report."""
     from transformers import ViTModel
 
@@ -220,7 +218,9 @@ def _check_loaded(model: nn.Module, info: dict[str, Any], source: str) -> nn.Mod
     """Strict loading: a plain ViT whose every weight came from the checkpoint."""
     model_type = getattr(model.config, "model_type", "vit")
     if model_type != "vit":
-        raise ValueError(f"{source}: model_type={model_type!r}; only plain ViT (DINO v1) models are supported")
+        raise ValueError(
+            f"{source}: model_type={model_type!r}; only plain ViT (DINO v1) models are supported"
+        )
     missing = sorted(info.get("missing_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
     unexpected = sorted(

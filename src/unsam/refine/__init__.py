@@ -14,6 +14,7 @@ from unsam.refine.crf import (
     crf_available,
     crf_refine_mask,
     refine_masks,
+    require_crf,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "refine_masks",
     "context_crop_box",
     "crf_available",
+    "require_crf",
     "CRF_INSTALL_HINT",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "refine_masks",
     "context_crop_box",
     "crf_available",
+    "require_crf",
     "CRF_INSTALL_HINT",
 ]
 
@@ -51,6 +52,15 @@ def _densecrf() -> ModuleType:
     except ImportError:
         raise ImportError(CRF_INSTALL_HINT) from None
     return dcrf
+
+
+def require_crf() -> None:
+    """Fail now, with the install command, when CRF is chosen but pydensecrf2 is missing.
+
+    Raises:
+        ImportError: ``refine="crf" needs pydensecrf2: pip install "unsam[crf]"``.
+    """
+    _densecrf()
 
 
 def crf_available() -> bool:
@@ -135,11 +145,15 @@ class RefineConfig:
     context_ratio: float = param(
         2.0, "side of the square context crop as a multiple of max(box w, box h) (spec §4.1 step 2)"
     )
-    max_side: int = param(900, "crops whose longer side exceeds this are downscaled to it, pixels (spec §4.1 step 3)")
+    max_side: int = param(
+        900, "crops whose longer side exceeds this are downscaled to it, pixels (spec §4.1 step 3)"
+    )
     max_area_frac: float = param(
         0.9, "reject a refined mask covering more than this fraction of the image (spec §4.1 step 6)"
     )
-    min_iou: float = param(0.5, "reject a refined mask whose IoU with the raw mask is below this (spec §4.1 step 7)")
+    min_iou: float = param(
+        0.5, "reject a refined mask whose IoU with the raw mask is below this (spec §4.1 step 7)"
+    )
     gaussian_sxy: float = param(3.0, "CRF Gaussian pairwise spatial std, pixels (spec §2.2 step 9)")
     gaussian_compat: float = param(7.0, "CRF Gaussian pairwise weight (spec §2.2 step 9)")
     bilateral_sxy: float = param(50.0, "CRF bilateral pairwise spatial std, pixels (spec §2.2 step 9)")
@@ -151,9 +165,13 @@ class RefineConfig:
         if self.method not in ("none", "crf"):
             raise ValueError(f"RefineConfig.method={self.method!r}; expected 'none' or 'crf'")
         if not self.context_ratio > 0:
-            raise ValueError(f"RefineConfig.context_ratio={self.context_ratio} must be > 0 (the original uses 2.0)")
+            raise ValueError(
+                f"RefineConfig.context_ratio={self.context_ratio} must be > 0 (the original uses 2.0)"
+            )
         if self.max_side < 1:
-            raise ValueError(f"RefineConfig.max_side={self.max_side} must be >= 1 pixel (the original uses 900)")
+            raise ValueError(
+                f"RefineConfig.max_side={self.max_side} must be >= 1 pixel (the original uses 900)"
+            )
         if not 0.0 < self.max_area_frac <= 1.0:
             raise ValueError(f"RefineConfig.max_area_frac={self.max_area_frac} must be in (0, 1]")
         if not 0.0 <= self.min_iou <= 1.0:
@@ -231,7 +249,7 @@ def refine_masks(
             raise ValueError(f"mask {i} has shape {np.shape(m)}; expected the image's {hw}")
     if config.method == "none":
         return [(np.asarray(m, dtype=bool), 1.0) for m in masks]
-    _densecrf()  # fail before any work when the optional dependency is missing
+    require_crf()  # fail before any work when the optional dependency is missing
     crf_config = config.crf
     total = float(hw[0] * hw[1])
     out: list[tuple[npt.NDArray[np.bool_] | None, float]] = []
