@@ -145,11 +145,12 @@ def work_file_for(output: str | os.PathLike[str]) -> Path:
 _WORKER_PRODUCER: Any = None
 
 
-def _worker_init(producer: Any, threads: int) -> None:
+def _worker_init(producer: Any, threads: int | None) -> None:
     global _WORKER_PRODUCER
-    import torch
+    if threads is not None:  # worker processes only; the caller's own setting is left alone
+        import torch
 
-    torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(max(1, threads))
     producer.setup()
     _WORKER_PRODUCER = producer
 
@@ -172,7 +173,7 @@ def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
 
 def _results(producer: Any, tasks: list[tuple[str, str, int]], workers: int) -> Iterator[dict[str, Any]]:
     if workers <= 1 or len(tasks) <= 1:
-        _worker_init(producer, int(os.environ.get("UNSAM_THREADS", "0")) or _cpu_count())
+        _worker_init(producer, None)
         for t in tasks:
             yield _process_one(t)
         return

@@ -76,7 +76,6 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.slow
 def test_resume_is_exact(shapes: tuple[Path, Path], tmp_path: Path) -> None:
     """6 straight steps == 3 steps, interruption (mid step 4), resume, 3 more steps: same weights and losses."""
     ann, images = shapes
@@ -145,3 +144,32 @@ def test_bf16_autocast_step_runs(shapes: tuple[Path, Path], tmp_path: Path) -> N
     ann, images = shapes
     result = train(dataclasses.replace(TINY, max_steps=1, bf16=True), ann, images, tmp_path / "run")
     assert result.final_loss is not None and np.isfinite(result.final_loss)
+
+
+def test_loader_workers_do_not_change_the_run(shapes: tuple[Path, Path], tmp_path: Path) -> None:
+    """Samples are a pure function of (seed, position): worker processes give the same weights."""
+    ann, images = shapes
+    config = dataclasses.replace(TINY, max_steps=2, checkpoint_every=100)
+    a = train(config, ann, images, tmp_path / "w0")
+    b = train(dataclasses.replace(config, num_workers=2), ann, images, tmp_path / "w2")
+    wa, wb = _weights(a.model_dir), _weights(b.model_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert read_loss_csv(a.run_dir / "loss.csv")[1]["loss"] == read_loss_csv(b.run_dir / "loss.csv")[1]["loss"]
+
+
+def test_non_finite_loss_stops_before_the_update(
+    shapes: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import unsam.training.loop as loop
+
+    real = loop.collate
+
+    def nan_collate(samples, mean, std):  # noqa: ANN001, ANN202
+        batch = real(samples, mean, std)
+        batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(loop, "collate", nan_collate)
+    with pytest.raises(loop.NonFiniteLossError, match=r"loss became nan at step 1; the weights were not updated"):
+        train(dataclasses.replace(TINY, max_steps=2), *shapes, tmp_path / "run")
+    assert read_loss_csv(tmp_path / "run" / "loss.csv") == [] and list_checkpoints(tmp_path / "run") == []

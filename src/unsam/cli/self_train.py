@@ -20,7 +20,9 @@ from unsam.training.selftrain import SelfTrainConfig
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--model", required=True, metavar="RUN_DIR", help="trained model: run folder, model folder or .pth")
-    g.add_argument("--annotations", required=True, metavar="PSEUDO.json", help="current pseudo-labels (COCO dataset JSON)")
+    g.add_argument(
+        "--annotations", required=True, metavar="PSEUDO.json", help="current pseudo-labels (COCO dataset JSON)"
+    )
     g.add_argument("--images", required=True, metavar="DIR", help="folder the JSON's file_name values are relative to")
     g.add_argument("-o", "--output", required=True, metavar="NEW.json", help="COCO dataset JSON to write")
     g.add_argument("--workers", type=int, default=1, help="prediction worker processes (default: 1)")
@@ -46,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
     pseudo = load_coco_dataset(args.annotations)
     root = Path(args.images)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found (the folder {args.annotations}'s file_name values are relative to)")
+        raise FileNotFoundError(
+            f"{root}: image folder not found (the folder {args.annotations}'s file_name values are relative to)"
+        )
     missing_names = [img.id for img in pseudo if not img.file_name]
     if missing_names:
-        raise ValueError(f"{args.annotations}: image id {missing_names[0]} has no file_name; self-training needs one per image")
+        raise ValueError(
+            f"{args.annotations}: image id {missing_names[0]} has no file_name; self-training needs one per image"
+        )
     names = {img.file_name: img.id for img in pseudo}
     paths = [root / str(img.file_name) for img in pseudo]
     output = Path(args.output)

@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and run")
     g.add_argument("--annotations", metavar="PSEUDO.json", help="COCO dataset JSON with the training masks")
     g.add_argument("--images", metavar="DIR", help="folder the JSON's file_name values are relative to")
-    g.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, loss curve, model)")
+    g.add_argument(
+        "-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, loss curve, model)"
+    )
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its newest checkpoint")
     g.add_argument(
         "--skip-bad-images",

@@ -38,7 +38,7 @@ import numpy.typing as npt
 import torch
 
 from unsam.io.images import ImageReadError, image_size, load_image
-from unsam.records import ImageRecord, MaskRecord, decode_rles
+from unsam.records import ImageRecord, decode_rles
 
 __all__ = [
     "IMAGE_PAD_VALUE",
@@ -203,7 +203,9 @@ def check_images(
     """
     root = Path(image_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found (pass the folder the JSON's file_name values are relative to)")
+        raise FileNotFoundError(
+            f"{root}: image folder not found (pass the folder the JSON's file_name values are relative to)"
+        )
     good: list[ImageRecord] = []
     bad: list[tuple[str, str]] = []
     empty = 0
@@ -216,7 +218,9 @@ def check_images(
         path = root / img.file_name
         try:
             if not path.is_file():
-                raise ImageReadError(path, "no such file (is --images the folder the JSON's file_name values are relative to?)")
+                raise ImageReadError(
+                    path, "no such file (is --images the folder the JSON's file_name values are relative to?)"
+                )
             hw = image_size(path)
             if hw != (img.height, img.width):
                 raise ImageReadError(

@@ -53,6 +53,7 @@ from unsam.training.config import TrainConfig
 from unsam.training.data import StepBatchSampler, TrainDataset, check_images, collate
 
 __all__ = [
+    "NonFiniteLossError",
     "StepLog",
     "TrainResult",
     "DistInfo",
@@ -74,6 +75,10 @@ logger = logging.getLogger(__name__)
 
 LOSS_CSV_HEADER = ("step", "loss", "lr", "seconds_per_step")
 _STEP_PREFIX = "step_"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the images."""
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((int(version), tuple(int(v) for v in internal), gauss))
     n = state["numpy"]
     np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -500,7 +511,9 @@ def _load_model_weights(model: nn.Module, folder: Path) -> None:
 
     path = folder / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint weights missing; delete the broken checkpoint folder {folder.parent}")
+        raise FileNotFoundError(
+            f"{path}: checkpoint weights missing; delete the broken checkpoint folder {folder.parent}"
+        )
     state = load_file(str(path))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -586,7 +599,7 @@ def train(
 
     Raises:
         ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
-        FloatingPointError: the loss became NaN or infinite (lower ``lr``).
+        NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
     """
     run_dir = Path(run_dir)
     info = _dist_info_from_env()
@@ -621,8 +634,7 @@ def _train(
 
     t_start = time.perf_counter()
     device = _resolve_device(config, info)
-    if info.is_main:
-        _prepare_run_dir(run_dir, resume)
+    _prepare_run_dir(run_dir, resume)  # read-only check, on every rank so that all stop together
     _barrier(info)
 
     # data
@@ -642,10 +654,14 @@ def _train(
     )
 
     # model, optimizer, schedule
-    _seed_all(config.seed)
-    model = build_model(config.config, num_queries=config.num_queries, backbone_checkpoint=config.backbone_checkpoint)
-    freeze_batchnorm(model)
     ckpt = latest_checkpoint(run_dir) if resume else None
+    _seed_all(config.seed)
+    model = build_model(
+        config.config,
+        num_queries=config.num_queries,
+        backbone_checkpoint=config.backbone_checkpoint if ckpt is None else None,  # resumed weights win
+    )
+    freeze_batchnorm(model)
     state: dict[str, Any] | None = None
     start_step = 0
     if ckpt is not None:
@@ -749,6 +765,17 @@ def _train(
                 class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
             )
         loss = out.loss
+        loss_value = loss.detach().float()
+        if info.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_value)  # every rank sees the same value, so all stop together
+            loss_value /= info.world_size
+        if not math.isfinite(float(loss_value)):
+            raise NonFiniteLossError(
+                f"loss became {float(loss_value)} at step {step + 1}; the weights were not updated. Lower --lr "
+                f"or check the masks of images {batch['image_ids']}, then --resume from the last checkpoint"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -756,18 +783,7 @@ def _train(
         optimizer.step()
         scheduler.step()
         step += 1
-        loss_value = loss.detach().float()
-        if info.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(loss_value)
-            loss_value /= info.world_size
-        last_loss = float(loss_value.item())
-        if not math.isfinite(last_loss):
-            raise FloatingPointError(
-                f"loss became {last_loss} at step {step}; lower --lr or check the masks of images "
-                f"{batch['image_ids']}"
-            )
+        last_loss = float(loss_value)
         now = time.perf_counter()
         seconds = now - t_step
         t_step = now

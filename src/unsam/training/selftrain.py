@@ -261,7 +261,9 @@ def merge_ground_truth(
         over = overlap_matrix(masks, gt_masks, config.overlap).max(axis=1, initial=0.0)
         keep = [m for m, o in zip(masks, over) if o < config.iou_thresh]
         kept_ids = {m.id for m in keep}
-        kept[img.id] = [m if m.parent_id is None or m.parent_id in kept_ids else m.replace(parent_id=None) for m in keep]
+        kept[img.id] = [
+            m if m.parent_id is None or m.parent_id in kept_ids else m.replace(parent_id=None) for m in keep
+        ]
         dropped += len(masks) - len(keep)
     used = {m.id for ms in kept.values() for m in ms if m.id is not None}
 
@@ -292,7 +294,8 @@ def merge_ground_truth(
         if g.id in taken_ids:
             raise ValueError(
                 f"ground-truth image {g.id} ({g.file_name}) has no pseudo-labels and its id is used by another "
-                "pseudo-label image; give the two files consistent image ids (e.g. unsam pseudo-label --image-ids-from GT.json)"
+                "pseudo-label image; give the two files consistent image ids "
+                "(e.g. unsam pseudo-label --image-ids-from GT.json)"
             )
         gts = gt_records(g, g.id, 0)
         n_gt += len(gts)
