@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.reference.mask2former_official import official_entries
+from tests.reference.mask2former_official import official_entries, synthetic_official_state_dict
 from unsam.models.whole_image import build_model
 from unsam.models.whole_image.convert import (
     PREPROCESSOR_FILE,
@@ -24,23 +24,9 @@ from unsam.models.whole_image.segmenter import SegmentConfig, WholeImageSegmente
 NUM_QUERIES = 6  # same structure as the released 2000-query model, cheaper
 
 
-def _official_state_dict(num_queries: int = NUM_QUERIES, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every official tensor name with its shape, filled with distinct random values."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, shape, _ in official_entries(num_queries):
-        t = torch.randn(shape, generator=g)
-        if len(shape) >= 2:  # fan-in scaling keeps a 50-layer forward pass finite
-            t = t / math.sqrt(math.prod(shape[1:]))
-        elif name.endswith(("running_var", "norm.weight", "norm1.weight", "norm2.weight")) or ".1.weight" in name:
-            t = t.abs() * 0.5 + 0.5
-        sd[name] = t
-    return sd
-
-
 @pytest.fixture(scope="module")
 def official() -> dict[str, torch.Tensor]:
-    return _official_state_dict()
+    return synthetic_official_state_dict(NUM_QUERIES)
 
 
 @pytest.fixture(scope="module")

@@ -107,19 +107,23 @@ def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
     assert max(sizes) * 50 < q * 1500 * 2000  # the original would hold all 300 queries at full size
 
 
-def test_only_last_mask_prediction_keeps_the_result(tiny_model) -> None:
-    x = torch.randn(1, 3, 64, 96)
+@pytest.mark.parametrize("hw", [(64, 96), (96, 64)])
+def test_lean_mask_predictions_keep_the_result(tiny_model, hw) -> None:
+    """The bounded-memory mask predictor gives exactly the stock transformers outputs."""
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, *hw)
     tiny_model.eval()
     with torch.no_grad():
         plain = tiny_model(pixel_values=x)
-        with segmenter._only_last_mask_prediction(tiny_model):
+        with segmenter._lean_mask_predictions(tiny_model):
             lean = tiny_model(pixel_values=x, output_auxiliary_logits=True)
-    torch.testing.assert_close(lean.masks_queries_logits, plain.masks_queries_logits)
-    torch.testing.assert_close(lean.class_queries_logits, plain.class_queries_logits)
+    assert torch.equal(lean.masks_queries_logits, plain.masks_queries_logits)
+    assert torch.equal(lean.class_queries_logits, plain.class_queries_logits)
     assert all(aux["masks_queries_logits"].numel() == 0 for aux in lean.auxiliary_logits)  # earlier layers dropped
-    with torch.no_grad():  # the hook is gone afterwards
+    with torch.no_grad():  # the stock forward is back afterwards
         again = tiny_model(pixel_values=x, output_auxiliary_logits=True)
     assert all(aux["masks_queries_logits"].numel() > 0 for aux in again.auxiliary_logits)
+    assert "forward" not in vars(tiny_model.model.transformer_module.decoder.mask_predictor)
 
 
 # --- the segmenter ------------------------------------------------------------------------------
@@ -201,10 +205,14 @@ def test_save_and_load_roundtrip_and_run_dirs(tmp_path, tiny_model, image) -> No
     assert [r.score for r in got] == pytest.approx([r.score for r in expected], rel=1e-6)
 
     run = tmp_path / "run"
-    seg.save_pretrained(run / "checkpoints" / "step_0000010" / "model")
+    older = run / "checkpoints" / "step_0000010" / "model"
+    seg.save_pretrained(older)
+    (older.parent / "training_state.pt").write_bytes(b"")
     newer = run / "checkpoints" / "step_0000020" / "model"
     seg.save_pretrained(newer)
-    assert resolve_model_folder(run) == newer  # newest periodic checkpoint while training runs
+    assert resolve_model_folder(run) == older  # step 20 is still being written (no training state yet)
+    (newer.parent / "training_state.pt").write_bytes(b"")
+    assert resolve_model_folder(run) == newer  # newest complete periodic checkpoint while training runs
     seg.save_pretrained(run / "model")
     assert resolve_model_folder(run) == run / "model"  # the final model once written
     assert resolve_model_folder(run / "model") == run / "model"
@@ -215,6 +223,15 @@ def test_save_and_load_roundtrip_and_run_dirs(tmp_path, tiny_model, image) -> No
 def test_from_pretrained_errors(tmp_path, monkeypatch) -> None:
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         WholeImageSegmenter.from_pretrained(tmp_path / "missing_dir" / "x.pth")
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from unsam.models.whole_image import model_config
+
+    cfg = model_config("tiny", num_queries=4)
+    cfg.num_labels = 3  # a COCO-style multi-class model is not class-agnostic
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(tmp_path / "three_classes")
+    with pytest.raises(ValueError, match="has 3 classes.*num_labels=1"):
+        WholeImageSegmenter.from_pretrained(tmp_path / "three_classes")
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)

@@ -121,3 +121,21 @@ def official_entries(num_queries: int = 2000) -> list[Entry]:
     add(p + "class_embed.bias", (2,), "class_predictor.bias")
     add("criterion.empty_weight", (2,), "criterion.empty_weight")
     return out
+
+
+def synthetic_official_state_dict(num_queries: int = 6, seed: int = 0) -> dict:
+    """Every official tensor with its shape, filled with distinct random values (a forward pass stays finite)."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape, _ in official_entries(num_queries):
+        t = torch.randn(shape, generator=g)
+        if len(shape) >= 2:  # fan-in scaling keeps a 50-layer forward pass finite
+            t = t / math.sqrt(math.prod(shape[1:]))
+        elif name.endswith(("running_var", "norm.weight", "norm1.weight", "norm2.weight")) or ".1.weight" in name:
+            t = t.abs() * 0.5 + 0.5  # positive variances and norm scales
+        sd[name] = t
+    return sd

@@ -7,7 +7,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="official UnSAM whole-image checkpoint (detectron2 Mask2Former R50 .pth)")
-    parser.add_argument("-o", "--output", required=True, help="folder to write (safetensors + config.json + preprocessing)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="folder to write (safetensors + config.json + preprocessing)")
     parser.add_argument("--num-queries", type=int, default=None,
                         help="expected number of queries (default: read from the checkpoint; UnSAM: 2000)")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from unsam.cli.args import add_config_arguments, config_from_args
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     ids = assign_image_ids(names, args.image_ids_from)
     producer = SegmenterProducer(args.model, config)
     producer.setup()  # load (and convert / download) once, before the progress bar, so errors come first
-    progress, close = tqdm_progress("segment", disable=args.no_progress or not sys.stderr.isatty())
+    progress, close = tqdm_progress("segment", disable=args.no_progress)
     try:
         result = run_images(producer, images, root, args.output, image_ids=ids, shard=parse_shard(args.shard),
                             workers=args.workers, progress=progress, info={"model": producer.settings()["model"]})

@@ -319,7 +319,9 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: no tensor dict found; expected a ResNet state_dict (e.g. dino_resnet50_pretrain.pth)")
+        raise ValueError(
+            f"{path}: no tensor dict found; expected a ResNet state_dict (e.g. dino_resnet50_pretrain.pth)"
+        )
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):

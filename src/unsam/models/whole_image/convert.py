@@ -324,7 +324,8 @@ def convert_to_model(
         if missing:
             parts.append(f"{len(missing)} model tensors have no source (e.g. {', '.join(missing[:3])})")
         if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} converted tensors have no place ({', '.join(result.unexpected_keys[:3])})")
+            extra = ", ".join(result.unexpected_keys[:3])
+            parts.append(f"{len(result.unexpected_keys)} converted tensors have no place ({extra})")
         raise ValueError(f"{where}: incomplete conversion: {'; '.join(parts)}")
     model.eval()
     return model

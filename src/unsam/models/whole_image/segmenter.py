@@ -15,7 +15,8 @@ Inference rule (spec §6.5), with the original's memory bug fixed (spec §10 bug
 
 During the forward pass only the last decoder layer's mask logits are kept (transformers keeps
 every layer's, ``decoder_layers x num_queries x H/4 x W/4`` floats, which alone is ~8 GB for 2000
-queries at 1024x1536).
+queries at 1024x1536), and the per-head attention masks are built from booleans (see
+``_lean_mask_predictions``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class SegmentConfig:
     max_masks: int = param(1000, "top-k queries kept by foreground probability, chosen before upsampling")
     mask_threshold: float = param(0.0, "mask logit cutoff: a pixel is inside when its logit > this (0 = prob 0.5)")
     score_thresh: float = param(0.0, "drop masks whose final score (fg prob x mean in-mask prob) is below this, [0, 1]")
-    nms_iou_thresh: float | None = param(None, "optional greedy mask NMS: IoU cutoff in [0, 1]; none = off, as the original")
+    nms_iou_thresh: float | None = param(
+        None, "optional greedy mask NMS: IoU cutoff in [0, 1]; none = off, as the original"
+    )
     chunk_size: int = param(16, "masks upsampled to full resolution at once (memory ~ chunk_size x H x W x 12 bytes)")
     device: str = param("cpu", "torch device for the model and the upsampling, e.g. cpu, cuda, cuda:1, mps")
 
@@ -168,8 +171,8 @@ def postprocess_masks(
             logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
         logits = logits[0]
         binary = logits > mask_threshold
-        area = binary.flatten(1).sum(1)
-        inside = torch.where(binary, logits.sigmoid_(), 0.0).flatten(1).sum(1)
+        area = binary.flatten(1).sum(1, dtype=torch.int64)
+        inside = logits.sigmoid_().mul_(binary).flatten(1).sum(1)  # in place: no second full-size tensor
         del logits
         scores.append(top_prob[start : start + chunk_size] * inside / (area.to(inside.dtype) + 1e-6))
         areas.append(area)
@@ -212,7 +215,8 @@ def resolve_model_folder(path: str | os.PathLike[str]) -> Path:
     """The ``save_pretrained`` folder inside ``path`` (a model folder or a training run folder).
 
     Looks for ``config.json`` in ``path``, then ``path/model`` (a finished run's final model),
-    then the newest ``path/checkpoints/<step>/model`` (or ``<step>/``) by step number.
+    then the newest ``path/checkpoints/<step>/model`` (or ``<step>/``) by step number, preferring
+    complete checkpoints (``training_state.pt`` written beside the model).
 
     Raises:
         FileNotFoundError: no model folder found, naming what was looked for.
@@ -230,7 +234,10 @@ def resolve_model_folder(path: str | os.PathLike[str]) -> Path:
             if c.is_dir() and ((c / "model" / "config.json").is_file() or (c / "config.json").is_file())
         ]
         if candidates:
-            best = max(candidates, key=lambda c: (_step_of(c if c.name != "model" else c.parent), c.stat().st_mtime))
+            # a checkpoint is complete once its training state is written beside the model
+            complete = [c for c in candidates if (c.parent / "training_state.pt").is_file()]
+            best = max(complete or candidates,
+                       key=lambda c: (_step_of(c if c.name != "model" else c.parent), c.stat().st_mtime))
             logger.info("%s: no final model yet, using the latest checkpoint %s", path, best)
             return best
     raise FileNotFoundError(
@@ -251,6 +258,11 @@ def _load_transformers_folder(folder: Path) -> Any:
         raise ValueError(f"{folder}: cannot load a Mask2Former model ({str(exc).splitlines()[0]})") from None
     finally:
         tf_logger.setLevel(previous)
+    if int(model.config.num_labels) != 1:
+        raise ValueError(
+            f"{folder}: the model has {model.config.num_labels} classes; unsam's whole-image segmenter expects a "
+            "class-agnostic model (num_labels=1, as built by unsam.models.whole_image.build_model)"
+        )
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("num_batches_tracked")]
     unexpected = list(info.get("unexpected_keys", []))
     mismatched = list(info.get("mismatched_keys", []))
@@ -267,14 +279,15 @@ def _download_from_hub(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(
-            repo_id, allow_patterns=["*.json", "*.safetensors", *(f"*{s}" for s in _CHECKPOINT_SUFFIXES)]
+            repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", *(f"*{s}" for s in _CHECKPOINT_SUFFIXES)]
         )
     except Exception as exc:  # offline, unknown repo, auth: all end in the same advice
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.split(". ")[0]
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         raise RuntimeError(
-            f"cannot download {repo_id} from the Hugging Face hub ({reason}); download its checkpoint file "
+            f"{repo_id} is no local file or folder, and cannot be downloaded from the Hugging Face hub ({reason}); "
+            "if it is a hub id, download its checkpoint file "
             f"from https://huggingface.co/{repo_id} and pass the local file's path as the model (an official .pth "
             "is converted on the fly, or once with: unsam convert-checkpoint FILE.pth -o DIR)"
         ) from None
@@ -293,7 +306,7 @@ def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, An
     path = Path(text).expanduser()
     if not path.exists():
         if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.endswith(_CHECKPOINT_SUFFIXES):
-            path = _download_from_hub(text)
+            path = _download_from_hub(text)  # a typo'd local path also lands here; the error names both
             if not (path / "config.json").is_file():
                 found = sorted(p for p in path.rglob("*") if p.suffix in _CHECKPOINT_SUFFIXES)
                 if len(found) != 1:
@@ -320,29 +333,43 @@ def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, An
 
 
 @contextlib.contextmanager
-def _only_last_mask_prediction(model: Any) -> Iterator[None]:
-    """Inside the block, the decoder keeps only its last layer's mask logits (bounded memory).
+def _lean_mask_predictions(model: Any) -> Iterator[None]:
+    """Inside the block, the decoder's mask predictor works with bounded memory (inference only).
 
-    transformers' decoder stores every layer's (Q, H/4, W/4) mask prediction; at inference only the
-    last one is used. A forward hook on the mask predictor replaces the earlier ones by empty tensors
-    (the attention masks it derives for the next layer are untouched).
+    transformers' ``Mask2FormerMaskPredictor.forward`` is replaced, for this model instance, by the
+    same computation with three savings that leave the outputs unchanged:
+
+    - only the last call's (Q, H/4, W/4) mask logits are returned; earlier calls (used by the
+      decoder only for their attention masks) return empty tensors, so the decoder no longer keeps
+      ``decoder_layers`` of them (~8 GB for 2000 queries at 1024x1536);
+    - the attention mask is thresholded (``sigmoid < 0.5``) *before* being repeated over the heads,
+      so the repeat copies booleans instead of floats (4x less memory, the same mask);
+    - the last call skips the attention mask, which nothing reads after the last layer.
     """
     decoder = model.model.transformer_module.decoder
+    predictor = decoder.mask_predictor
     total = len(decoder.layers) + 1
     calls = [0]
 
-    def hook(module: Any, args: Any, output: Any) -> Any:
+    def forward(outputs: torch.Tensor, pixel_embeddings: torch.Tensor, attention_mask_target_size: Any = None) -> Any:
         calls[0] += 1
-        if calls[0] % total:
-            mask, attention = output
-            return mask.new_empty((*mask.shape[:2], 0, 0)), attention
-        return output
+        last = calls[0] % total == 0
+        mask_embeddings = predictor.mask_embedder(outputs.transpose(0, 1))
+        outputs_mask = torch.einsum("bqc, bchw -> bqhw", mask_embeddings, pixel_embeddings)
+        if last:
+            return outputs_mask, None
+        attention_mask = F.interpolate(
+            outputs_mask, size=attention_mask_target_size, mode="bilinear", align_corners=False
+        )
+        attention_mask = attention_mask.sigmoid().flatten(2) < 0.5  # (B, Q, hw) bool
+        attention_mask = attention_mask.unsqueeze(1).expand(-1, predictor.num_heads, -1, -1).flatten(0, 1)
+        return outputs_mask.new_empty((*outputs_mask.shape[:2], 0, 0)), attention_mask.detach()
 
-    handle = decoder.mask_predictor.register_forward_hook(hook)
+    predictor.forward = forward
     try:
         yield
     finally:
-        handle.remove()
+        del predictor.forward  # back to the class's forward
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +462,9 @@ class WholeImageSegmenter:
         )
         return path
 
-    def predict_logits(self, image: npt.NDArray[np.uint8]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
+    def predict_logits(
+        self, image: npt.NDArray[np.uint8]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
         """Raw model output for one image.
 
         Args:
@@ -456,13 +485,13 @@ class WholeImageSegmenter:
         )
         valid_hw = resized_hw(image.shape[0], image.shape[1], cfg.min_size, cfg.max_size)
         padded_hw = (int(x.shape[2]), int(x.shape[3]))
-        with torch.inference_mode(), _only_last_mask_prediction(self.model):
+        with torch.inference_mode(), _lean_mask_predictions(self.model):
             out = self.model(pixel_values=x)
         masks = out.masks_queries_logits[0]
         if masks.numel() == 0:
             raise RuntimeError(
                 "the transformers Mask2Former decoder no longer calls its mask predictor once per layer as "
-                "expected; unsam.models.whole_image.segmenter._only_last_mask_prediction needs updating"
+                "expected; unsam.models.whole_image.segmenter._lean_mask_predictions needs updating"
             )
         return out.class_queries_logits[0], masks, padded_hw, valid_hw
 
