@@ -1,4 +1,5 @@
-"""Stateless mask math shared by every stage: IoU matrices, mask NMS, boxes, resizing.
+"""Stateless mask math shared by every stage: boxes and resizing (NMS: unsam.conquer.filter for
+crop masks, the segmenter's RLE NMS for full-resolution masks).
 
 Dense masks here are numpy bool arrays or torch bool tensors; RLE math lives in unsam.records.
 """
@@ -13,72 +14,10 @@ import torch
 from PIL import Image
 
 __all__ = [
-    "mask_iou_matrix",
-    "mask_nms",
     "boxes_xyxy_from_masks",
     "resize_mask",
     "resize_image",
 ]
-
-
-def mask_iou_matrix(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-    """Pairwise IoU of binary masks via one matmul.
-
-    Args:
-        a: (N, H, W) bool masks.
-        b: (M, H, W) bool masks on the same grid; defaults to ``a``.
-
-    Returns:
-        (N, M) float32 tensor; IoU of two empty masks is 0.
-    """
-    ta = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a)
-    tb = ta if b is None else torch.as_tensor(np.asarray(b) if isinstance(b, np.ndarray) else b)
-    if ta.ndim != 3 or tb.ndim != 3 or ta.shape[1:] != tb.shape[1:]:
-        raise ValueError(f"masks must be (N, H, W) on one grid, got {tuple(ta.shape)} and {tuple(tb.shape)}")
-    fa = ta.reshape(ta.shape[0], -1).to(torch.float32)
-    fb = tb.reshape(tb.shape[0], -1).to(torch.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
-
-
-def mask_nms(
-    masks: torch.Tensor | np.ndarray,
-    scores: Sequence[float] | np.ndarray | torch.Tensor,
-    iou_thresh: float,
-    *,
-    window: int | None = None,
-) -> list[int]:
-    """Greedy mask NMS; returns kept indices in descending score order.
-
-    Masks are visited by descending score (stable: ties keep input order). A kept mask removes
-    every later mask whose IoU with it is ``> iou_thresh``. With ``window=k`` a kept mask at
-    sorted position i only looks at positions i+1 .. i+k-1 (the original conquer NMS uses
-    ``NMS-step 5`` → window 5, i.e. the 4 following masks; spec §3.3).
-
-    Args:
-        masks: (N, H, W) bool.
-        scores: (N,) ranking scores (e.g. area for the conquer NMS).
-        iou_thresh: IoU cutoff in [0, 1]; a pair strictly above it is a duplicate.
-        window: None for full NMS, else the window size (>= 2).
-    """
-    n = len(scores)
-    if n == 0:
-        return []
-    s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    m = torch.as_tensor(np.asarray(masks) if isinstance(masks, np.ndarray) else masks)
-    iou = mask_iou_matrix(m[torch.as_tensor(order)]).numpy()
-    removed = np.zeros(n, dtype=bool)
-    keep: list[int] = []
-    for i in range(n):
-        if removed[i]:
-            continue
-        keep.append(int(order[i]))
-        stop = n if window is None else min(n, i + window)
-        dup = iou[i, i + 1 : stop] > iou_thresh
-        removed[i + 1 : stop] |= dup
-    return keep
 
 
 def boxes_xyxy_from_masks(masks: torch.Tensor | np.ndarray) -> np.ndarray:

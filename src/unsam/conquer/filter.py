@@ -57,9 +57,8 @@ def windowed_nms(
     kept masks: the original's ``range(i + 1, i + step)``). So duplicates further apart in the
     ranking survive (spec §10 bug 17); ``full_nms=True`` compares with all later positions.
 
-    Same result as :func:`unsam.masks.mask_nms` but with exact float64 IoU, computed lazily per
-    pair instead of as an (N, N) float32 matrix over (N, h*w) copies, so large crops with many
-    candidates stay cheap. Pairs whose area ratio already bounds the IoU to ``<= iou_thresh``
+    IoU is exact (float64) and computed lazily per pair instead of as an (N, N) float32 matrix
+    over (N, h*w) copies, so large crops with many candidates stay cheap. Pairs whose area ratio already bounds the IoU to ``<= iou_thresh``
     (``IoU <= min(area) / max(area)``) are skipped without touching the pixels.
 
     Args:
