@@ -164,6 +164,20 @@ def prepare_ground_truth(gt: MaskSource | Sequence[ImageRecord]) -> dict[str, An
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
 
 
+class _Where:
+    """``"<file>: annotations[<i>]"``, formatted only when an error message needs it."""
+
+    __slots__ = ("label", "index")
+
+    def __init__(self, label: str, index: int) -> None:
+        self.label, self.index = label, index
+
+    def __str__(self) -> str:
+        return f"{self.label}[{self.index}]"
+
+    __format__ = lambda self, spec: str(self)  # noqa: E731 - f-strings call __format__
+
+
 def prepare_predictions(
     pred: MaskSource | Sequence[ImageRecord] | Sequence[MaskRecord], gt: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -186,7 +200,8 @@ def prepare_predictions(
     gt_ids = {img["id"] for img in gt["images"]}
     by_name = {img["file_name"]: img["id"] for img in gt["images"] if "file_name" in img}
     by_base = {Path(name).name: i for name, i in by_name.items()}
-    entries: list[tuple[dict[str, Any], str]] = []
+    entries: list[Any] = []
+    label = where
     id_map: dict[int, int] | None = None
     sizes: dict[int, tuple[int, int]] = {}
     if isinstance(data, list) and data and isinstance(data[0], ImageRecord):
@@ -215,16 +230,20 @@ def prepare_predictions(
                     id_map[pid] = gid
             elif pid in gt_ids:
                 id_map[pid] = pid
-        entries = [(a, f"{where}: annotations[{i}]") for i, a in enumerate(data.get("annotations", []))]
+        entries = data.get("annotations", [])
+        label = f"{where}: annotations"
     elif isinstance(data, list):
-        entries = [(a, f"{where}: [{i}]") for i, a in enumerate(data)]
+        entries = data
+        label = f"{where}: "
     else:
         raise MaskFileError(f"{where}: predictions must be a COCO results list or a COCO dataset object")
     gt_sizes = {img["id"]: [img["height"], img["width"]] for img in gt["images"]}
     results: list[dict[str, Any]] = []
     dropped = 0
-    for ann, w in entries:
-        # hot loop (up to 1000 masks x images): plain checks, no helper calls on the common path
+    for i, ann in enumerate(entries):
+        # hot loop (up to 1000 masks x images): plain checks, no helper calls on the common path;
+        # the position text for errors is only built when one is raised
+        w = _Where(label, i)
         try:
             pid = ann["image_id"]
             seg = ann["segmentation"]
@@ -323,17 +342,16 @@ def evaluate(
         from faster_coco_eval.core import mask as fmask
 
         coco_gt = COCO(gt_dict)
-        # what loadRes does, with the areas computed in one batched C call (segm matching
-        # needs no boxes; with iouType="bbox" they are computed too)
-        segs = [r["segmentation"] for r in results]
-        areas = fmask.area(segs).tolist() if segs else []
-        boxes = fmask.toBbox(segs).tolist() if segs and iou_type == "bbox" else None
-        for k, (r, a) in enumerate(zip(results, areas)):
-            r["area"] = a
+        # what loadRes does, minus its per-annotation Python calls: faster-coco-eval computes
+        # the areas of RLE results itself while it decodes them (checked against pycocotools in
+        # tests/evaluation); boxes are only needed for iouType="bbox"
+        boxes = fmask.toBbox([r["segmentation"] for r in results]).tolist() if results and iou_type == "bbox" else None
+        for k, r in enumerate(results):
             r["id"] = k + 1
             r["iscrowd"] = 0
             if boxes is not None:
                 r["bbox"] = boxes[k]
+                r["area"] = boxes[k][2] * boxes[k][3]
         coco_dt = COCO({"images": gt_dict["images"], "annotations": results, "categories": gt_dict["categories"]})
         E = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type)
         run = E
