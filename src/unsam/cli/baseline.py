@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 from unsam.baselines import BaselineConfig, BaselineProducer
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, list_inputs, print_run_summary, tqdm_progress, write_overlays
-from unsam.runner import assign_image_ids, parse_shard, run_images
+from unsam.cli.common import add_run_arguments, list_inputs, run_folder
+from unsam.runner import parse_shard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,17 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(BaselineConfig, args, method=args.method)
+    parse_shard(args.shard)  # bad flags fail before any work
     listing = list_inputs(args.images, recursive=args.recursive)
-    names = [listing.relative(p) for p in listing.images]
-    ids = assign_image_ids(names, args.image_ids_from)
-    progress, close = tqdm_progress(f"{args.method}", disable=args.no_progress)
-    try:
-        result = run_images(BaselineProducer(config), listing.images, listing.root, args.output,
-                            image_ids=ids, shard=parse_shard(args.shard), workers=args.workers, progress=progress)
-    finally:
-        close()
-    print_run_summary(result)
-    if args.overlay_dir:
-        n = write_overlays(Path(args.output), listing.root, args.overlay_dir)
-        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir}")
+    run_folder(BaselineProducer(config), listing.images, listing.root, args, desc=args.method)
     return 0

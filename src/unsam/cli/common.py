@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from unsam.io.images import ImageListing, list_images
 
-__all__ = ["add_run_arguments", "list_inputs", "tqdm_progress", "print_run_summary", "write_overlays"]
+__all__ = ["add_run_arguments", "list_inputs", "tqdm_progress", "print_run_summary", "write_overlays", "run_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +70,49 @@ def print_run_summary(result: Any) -> None:
         print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
 
 
-def write_overlays(output_json: Path, root: Path, overlay_dir: str, limit: int | None = None) -> int:
-    """Write one overlay PNG per image of a finished run (skips overlays that already exist)."""
+def write_overlays(output_json: Path, root: Path, overlay_dir: str, min_score: float = 0.0) -> int:
+    """Write one overlay PNG per image of a finished run, drawing the masks scoring >= ``min_score``."""
     from unsam.io.coco import load_coco_dataset
     from unsam.io.images import load_image
     from unsam.io.overlay import write_overlay
 
     out = Path(overlay_dir)
     n = 0
-    for rec in load_coco_dataset(output_json)[:limit]:
+    for rec in load_coco_dataset(output_json):
         target = out / (Path(rec.file_name or str(rec.id)).with_suffix("").as_posix().replace("/", "__") + ".png")
-        if target.exists():
-            continue
-        write_overlay(target, load_image(root / (rec.file_name or "")), list(rec.masks))
+        masks = [m for m in rec.masks if m.score >= min_score]
+        write_overlay(target, load_image(root / (rec.file_name or "")), masks)
         n += 1
     return n
+
+
+def run_folder(
+    producer: Any,
+    images: Sequence[Path],
+    root: Path,
+    args: argparse.Namespace,
+    *,
+    desc: str,
+    info: dict[str, Any] | None = None,
+    overlay_min_score: float = 0.0,
+) -> Any:
+    """The body of every folder command: ids, shard, progress bar, resumable run, summary, overlays.
+
+    ``args`` carries the flags of :func:`add_run_arguments` plus ``output``.
+    """
+    from unsam.runner import assign_image_ids, parse_shard, run_images
+
+    shard = parse_shard(args.shard)
+    ids = assign_image_ids([p.relative_to(root).as_posix() for p in images], args.image_ids_from)
+    progress, close = tqdm_progress(desc, disable=args.no_progress)
+    try:
+        result = run_images(producer, images, root, args.output, image_ids=ids, shard=shard,
+                            workers=args.workers, progress=progress, info=info)
+    finally:
+        close()
+    print_run_summary(result)
+    if args.overlay_dir:
+        n = write_overlays(Path(args.output), root, args.overlay_dir, overlay_min_score)
+        extra = f" (masks scoring >= {overlay_min_score})" if overlay_min_score > 0 else ""
+        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir}{extra}")
+    return result

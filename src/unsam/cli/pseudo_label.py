@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
-
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, list_inputs, print_run_summary, tqdm_progress, write_overlays
+from unsam.cli.common import add_run_arguments, list_inputs, run_folder
 from unsam.conquer.region import ConquerConfig
 from unsam.divide.maskcut import MaskCutConfig
 from unsam.pipeline import DicoProducer, PipelineConfig
 from unsam.refine.crf import RefineConfig
-from unsam.runner import assign_image_ids, parse_shard, run_images
+from unsam.runner import parse_shard
 
 NESTED = (("maskcut", "maskcut_", MaskCutConfig), ("conquer", "conquer_", ConquerConfig), ("refine", "refine_", RefineConfig))
 
@@ -45,21 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
-    shard = parse_shard(args.shard)
+    parse_shard(args.shard)  # bad flags fail before weights are loaded
     listing = list_inputs(args.images, recursive=args.recursive)
-    names = [listing.relative(p) for p in listing.images]
-    ids = assign_image_ids(names, args.image_ids_from)
     producer = DicoProducer(config)
     if args.workers <= 1:
         producer.setup()  # load weights before the progress bar starts; errors surface at once
-    progress, close = tqdm_progress("pseudo-label", disable=args.no_progress)
-    try:
-        result = run_images(producer, listing.images, listing.root, args.output, image_ids=ids,
-                            shard=shard, workers=args.workers, progress=progress)
-    finally:
-        close()
-    print_run_summary(result)
-    if args.overlay_dir:
-        n = write_overlays(Path(args.output), listing.root, args.overlay_dir)
-        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir}")
+    run_folder(producer, listing.images, listing.root, args, desc="pseudo-label")
     return 0

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, list_inputs, print_run_summary, tqdm_progress
+from unsam.cli.common import add_run_arguments, list_inputs, run_folder
 from unsam.models.whole_image.segmenter import HUB_ID, SegmentConfig, SegmenterProducer
-from unsam.runner import assign_image_ids, parse_shard, run_images
+from unsam.runner import parse_shard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,39 +45,15 @@ def _collect_images(inputs: list[str], recursive: bool) -> tuple[Path, list[Path
     return root, images
 
 
-def _write_overlays(output: Path, root: Path, overlay_dir: str, min_score: float) -> int:
-    from unsam.io.coco import load_coco_dataset
-    from unsam.io.images import load_image
-    from unsam.io.overlay import write_overlay
-
-    out = Path(overlay_dir)
-    n = 0
-    for rec in load_coco_dataset(output):
-        name = Path(rec.file_name or str(rec.id)).with_suffix("").as_posix().replace("/", "__") + ".png"
-        masks = [m for m in rec.masks if m.score >= min_score]
-        write_overlay(out / name, load_image(root / (rec.file_name or "")), masks)
-        n += 1
-    return n
-
-
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     config = config_from_args(SegmentConfig, args)
+    parse_shard(args.shard)  # bad flags fail before the model is loaded
     root, images = _collect_images(args.images, args.recursive)
-    names = [p.relative_to(root).as_posix() for p in images]
-    ids = assign_image_ids(names, args.image_ids_from)
     producer = SegmenterProducer(args.model, config)
     producer.setup()  # load (and convert / download) once, before the progress bar, so errors come first
-    progress, close = tqdm_progress("segment", disable=args.no_progress)
-    try:
-        result = run_images(producer, images, root, args.output, image_ids=ids, shard=parse_shard(args.shard),
-                            workers=args.workers, progress=progress, info={"model": producer.settings()["model"]})
-    finally:
-        close()
-    print_run_summary(result)
-    if args.overlay_dir:
-        n = _write_overlays(Path(args.output), root, args.overlay_dir, args.overlay_min_score)
-        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir} (masks scoring >= {args.overlay_min_score})")
+    run_folder(producer, images, root, args, desc="segment", info={"model": producer.settings()["model"]},
+               overlay_min_score=args.overlay_min_score)
     return 0
