@@ -67,7 +67,7 @@ def child(arch: str, repeats: int, refine: str) -> dict:
         # split the divide / conquer stages into feature extraction, CRF and the rest (NCut / merging)
         import time
 
-        import unsam.divide.maskcut as maskcut_module
+        maskcut_module = sys.modules["unsam.divide.maskcut"]  # the package re-exports a function of that name
 
         spent = {"features": 0.0, "crf": 0.0}
         extractor, crf = dico.extractor, maskcut_module.crf_refine_mask
