@@ -16,6 +16,9 @@ level: O(E log E) for E adjacent pairs.
 Exact ties are broken deterministically: the pair with the smaller first id, then the smaller
 second id (new clusters get ids ``h*w, h*w+1, ...`` in merge order). The original took the first
 maximal key in dict order; spec §3.2 accepts any deterministic rule.
+
+:func:`merge_graph` runs the same merge on any region-adjacency graph (superpixels, see
+:mod:`unsam.conquer.superpixels`); :func:`merge_regions` is it on the 4-connected patch grid.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["DEFAULT_THETAS", "MergeLevel", "merge_regions", "unit_rows", "row_similarities"]
+__all__ = [
+    "DEFAULT_THETAS",
+    "GraphMergeLevel",
+    "MergeLevel",
+    "grid_edges",
+    "merge_graph",
+    "merge_regions",
+    "row_similarities",
+    "unit_rows",
+]
 
 #: Merge thresholds of the original, finest level first (spec §3.2, ``--thetas``).
 DEFAULT_THETAS: tuple[float, ...] = (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
@@ -80,19 +92,26 @@ class MergeLevel:
         return self.labels[None, :, :] == ids[:, None, None]
 
 
-def _features_float64(feats: torch.Tensor | npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+def _as_float64(feats: torch.Tensor | npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     if isinstance(feats, torch.Tensor):
         tensor = feats.detach().cpu()
         if tensor.dtype not in (torch.float32, torch.float64):
             tensor = tensor.float()  # float16 / bfloat16 have no (exact) numpy view
-        array = np.asarray(tensor.numpy(), dtype=np.float64)  # much faster than torch's .double()
-    else:
-        array = np.asarray(feats, dtype=np.float64)
-    if array.ndim != 3 or min(array.shape) < 1:
-        raise ValueError(f"feats must be an (h, w, C) patch-feature grid, got shape {tuple(array.shape)}")
+        return np.asarray(tensor.numpy(), dtype=np.float64)  # much faster than torch's .double()
+    return np.asarray(feats, dtype=np.float64)
+
+
+def _check_finite(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     if not np.isfinite(array).all():
         raise ValueError("feats contains NaN or infinite values; check the feature extractor's output")
     return np.ascontiguousarray(array)
+
+
+def _features_float64(feats: torch.Tensor | npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    array = _as_float64(feats)
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise ValueError(f"feats must be an (h, w, C) patch-feature grid, got shape {tuple(array.shape)}")
+    return _check_finite(array)
 
 
 def _check_thetas(thetas: Sequence[float], min_size: int) -> tuple[float, ...]:
@@ -145,38 +164,145 @@ def merge_regions(
     theta_values = _check_thetas(thetas, min_size)
     grid = _features_float64(feats)
     h, w, c = grid.shape
-    num_patches = h * w
-    capacity = 2 * num_patches - 1  # every merge creates one cluster
-
-    sums = np.empty((capacity, c), dtype=np.float64)
-    sums[:num_patches] = grid.reshape(num_patches, c)
-    dirs = np.empty((capacity, c), dtype=np.float64)
-    dirs[:num_patches] = unit_rows(sums[:num_patches])
-    sizes = [1] * num_patches
-    alive = [True] * num_patches
-    parent = np.arange(capacity, dtype=np.int64)
-    neighbours: list[set[int] | None] = [set() for _ in range(num_patches)]
-
-    ids = np.arange(num_patches, dtype=np.int64).reshape(h, w)
-    first = np.concatenate([ids[:, :-1].ravel(), ids[:-1, :].ravel()])
-    second = np.concatenate([ids[:, 1:].ravel(), ids[1:, :].ravel()])
-    grid_dirs = dirs[:num_patches].reshape(h, w, c)
-    sims = np.concatenate(  # horizontal then vertical pairs, same order as first/second
+    dirs = unit_rows(grid)
+    sims = np.concatenate(  # horizontal then vertical pairs, the order of grid_edges
         [
-            row_similarities(grid_dirs[:, :-1], grid_dirs[:, 1:]).ravel(),
-            row_similarities(grid_dirs[:-1], grid_dirs[1:]).ravel(),
+            row_similarities(dirs[:, :-1], dirs[:, 1:]).ravel(),
+            row_similarities(dirs[:-1], dirs[1:]).ravel(),
         ]
     )
+    levels = _merge(grid.reshape(h * w, c), grid_edges(h, w), theta_values, min_size, None, sims)
+    return [
+        MergeLevel(theta=theta, level=level, labels=labels.reshape(h, w), emitted=emitted)
+        for theta, level, labels, emitted in levels
+    ]
+
+
+def grid_edges(h: int, w: int) -> npt.NDArray[np.int64]:
+    """(E, 2) 4-adjacent patch pairs ``(a, b)``, ``a < b``, of an (h, w) grid in row-major ids:
+    all horizontal pairs (row by row), then all vertical pairs."""
+    ids = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    first = np.concatenate([ids[:, :-1].ravel(), ids[:-1, :].ravel()])
+    second = np.concatenate([ids[:, 1:].ravel(), ids[1:, :].ravel()])
+    return np.stack([first, second], axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class GraphMergeLevel:
+    """The clusters of a region graph after one merge threshold (see :func:`merge_graph`).
+
+    Attributes:
+        theta: the similarity threshold of this level.
+        level: 1-based index of ``theta`` in the threshold list.
+        labels: (N,) int64 cluster id of every node. Ids below N are untouched single nodes;
+            merged clusters have ids ``>= N``.
+        emitted: ascending ids of the live clusters that still have an adjacent cluster and a
+            total node weight ``>= min_size``.
+    """
+
+    theta: float
+    level: int
+    labels: npt.NDArray[np.int64]
+    emitted: tuple[int, ...]
+
+
+def merge_graph(
+    feats: torch.Tensor | npt.NDArray[np.floating],
+    edges: npt.NDArray[np.integer],
+    thetas: Sequence[float] = DEFAULT_THETAS,
+    min_size: int = 1,
+    weights: npt.NDArray[np.integer] | None = None,
+) -> list[GraphMergeLevel]:
+    """:func:`merge_regions` on an arbitrary region-adjacency graph (e.g. superpixels).
+
+    Same rule as on the patch grid: the globally most similar pair of adjacent clusters (cosine of
+    their feature sums: centroid linkage, every node counting once) is merged while its similarity
+    is ``>= theta``, state carried over between thresholds, ties to the smaller id pair. On a grid
+    graph (:func:`grid_edges`) with unit weights it returns exactly what :func:`merge_regions` does.
+
+    Args:
+        feats: (N, C) float node features (e.g. the mean patch feature of each superpixel).
+        edges: (E, 2) int node pairs; each adjacent pair once, in any order (a pair is stored
+            with the smaller id first).
+        thetas: cosine-similarity thresholds in [-1, 1], applied in order.
+        min_size: smallest emitted cluster, as a total node weight.
+        weights: (N,) positive int node weights counted by ``min_size`` (e.g. superpixel areas in
+            pixels); default 1 per node. They do not enter the similarity.
+
+    Returns:
+        One :class:`GraphMergeLevel` per threshold, in ``thetas`` order.
+
+    Raises:
+        ValueError: on malformed features, edges or weights, or invalid thresholds.
+    """
+    theta_values = _check_thetas(thetas, min_size)
+    nodes = _as_float64(feats)
+    if nodes.ndim != 2 or min(nodes.shape) < 1:
+        raise ValueError(f"feats must be an (N, C) node-feature matrix, got shape {tuple(nodes.shape)}")
+    nodes = _check_finite(nodes)
+    n = nodes.shape[0]
+    e = np.asarray(edges)
+    if e.size == 0:
+        e = np.zeros((0, 2), dtype=np.int64)
+    if e.ndim != 2 or e.shape[1] != 2 or not np.issubdtype(e.dtype, np.integer):
+        raise ValueError(f"edges must be an (E, 2) integer array of node pairs, got {e.shape} {e.dtype}")
+    if e.size and (e.min() < 0 or e.max() >= n or (e[:, 0] == e[:, 1]).any()):
+        raise ValueError(
+            f"edges must join two different nodes with ids in [0, {n}); "
+            "found ids out of range or a self-loop"
+        )
+    lo = np.minimum(e[:, 0], e[:, 1]).astype(np.int64)
+    hi = np.maximum(e[:, 0], e[:, 1]).astype(np.int64)
+    if len(np.unique(lo * n + hi)) != len(lo):
+        raise ValueError("edges lists a node pair twice; pass each adjacent pair once")
+    w = None
+    if weights is not None:
+        w = np.asarray(weights)
+        if w.shape != (n,) or not np.issubdtype(w.dtype, np.integer) or (w < 1).any():
+            raise ValueError(f"weights must be ({n},) positive integers, got shape {w.shape} {w.dtype}")
+    levels = _merge(nodes, np.stack([lo, hi], axis=1), theta_values, min_size, w, None)
+    return [GraphMergeLevel(theta=t, level=lv, labels=lab, emitted=em) for t, lv, lab, em in levels]
+
+
+def _merge(
+    nodes: npt.NDArray[np.float64],
+    edges: npt.NDArray[np.int64],
+    theta_values: tuple[float, ...],
+    min_size: int,
+    weights: npt.NDArray[np.integer] | None,
+    sims: npt.NDArray[np.float64] | None,
+) -> list[tuple[float, int, npt.NDArray[np.int64], tuple[int, ...]]]:
+    """The heap/union-find merge shared by :func:`merge_regions` and :func:`merge_graph`.
+
+    ``nodes`` (N, C) float64 C-contiguous, ``edges`` (E, 2) int64 with ``a < b``, ``sims`` the
+    (E,) initial edge similarities when already known (else computed here). Returns
+    ``(theta, level, labels (N,), emitted)`` per threshold.
+    """
+    num_nodes, c = nodes.shape
+    capacity = max(1, 2 * num_nodes - 1)  # every merge creates one cluster
+
+    sums = np.empty((capacity, c), dtype=np.float64)
+    sums[:num_nodes] = nodes
+    dirs = np.empty((capacity, c), dtype=np.float64)
+    dirs[:num_nodes] = unit_rows(sums[:num_nodes])
+    sizes = [1] * num_nodes if weights is None else [int(v) for v in weights]
+    alive = [True] * num_nodes
+    parent = np.arange(capacity, dtype=np.int64)
+    neighbours: list[set[int] | None] = [set() for _ in range(num_nodes)]
+
+    first, second = edges[:, 0], edges[:, 1]
+    if sims is None:
+        sims = row_similarities(dirs[first], dirs[second])
     heap: list[tuple[float, int, int]] = []
     for a, b, s in zip(first.tolist(), second.tolist(), sims.tolist()):
         neighbours[a].add(b)  # type: ignore[union-attr]
         neighbours[b].add(a)  # type: ignore[union-attr]
-        heap.append((-s, a, b))  # a < b: left/up patch first
+        heap.append((-s, a, b))  # a < b
     heapq.heapify(heap)
-    live = set(range(num_patches))
-    next_id = num_patches
+    live = set(range(num_nodes))
+    next_id = num_nodes
 
-    levels: list[MergeLevel] = []
+    levels: list[tuple[float, int, npt.NDArray[np.int64], tuple[int, ...]]] = []
     for level, theta in enumerate(theta_values, start=1):
         while heap:
             neg_sim, i, j = heap[0]
@@ -211,7 +337,7 @@ def merge_regions(
                     nq.discard(j)  # type: ignore[union-attr]
                     nq.add(k)  # type: ignore[union-attr]
                     heapq.heappush(heap, (-s, q, k))  # q < k: k is the newest id
-        labels = _roots(parent[:next_id])[:num_patches].reshape(h, w)
+        labels = _roots(parent[:next_id])[:num_nodes]
         emitted = tuple(sorted(k for k in live if neighbours[k] and sizes[k] >= min_size))
-        levels.append(MergeLevel(theta=theta, level=level, labels=labels, emitted=emitted))
+        levels.append((theta, level, labels, emitted))
     return levels

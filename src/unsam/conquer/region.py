@@ -7,6 +7,11 @@ patch features (all crops of the image batched through the extractor), merge pat
 the original's bicubic 0/255 rule, keep those lying > ``coverage_thresh`` inside the divide mask,
 and run NMS among the survivors of that region. Everything stays in crop coordinates; no
 full-image mask is built for a candidate (spec §10 bug 16).
+
+``units="superpixels"`` (not in the original) merges Felzenszwalb superpixels of the crop at its
+native resolution instead of the patches (:mod:`unsam.conquer.superpixels`); the patch features
+are still extracted from the ``crop_size``² crop and pooled per superpixel, and the coverage
+filter and NMS rules are the same.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +29,7 @@ import torch
 from unsam.config import param
 from unsam.conquer.filter import coverage, windowed_nms
 from unsam.conquer.merge import DEFAULT_THETAS, merge_regions
+from unsam.conquer.superpixels import cluster_nms, superpixel_clusters
 from unsam.masks import boxes_xyxy_from_masks, resize_image, resize_mask
 
 if TYPE_CHECKING:
@@ -56,6 +62,34 @@ class ConquerConfig:
     )
     full_nms: bool = param(False, "per-region NMS over all pairs instead of the original's window rule")
     batch_size: int = param(8, "divide-mask crops per feature-extractor call")
+    # --- superpixel units: not in the original; defaults measured with the classic features ---
+    units: Literal["patches", "superpixels"] = param(
+        "patches",
+        "what conquer merges: 'patches' of the crop_size² crop (the original, spec §3.2) or "
+        "'superpixels': Felzenszwalb superpixels of the crop at native resolution (pixel-accurate "
+        "boundaries; see unsam.conquer.superpixels)",
+    )
+    superpixel_scales: tuple[float, ...] = param(
+        (50.0, 100.0, 200.0, 400.0),
+        "with units=superpixels: Felzenszwalb scales, one merge hierarchy each (larger = coarser)",
+    )
+    superpixel_sigma: float = param(
+        0.8, "with units=superpixels: Felzenszwalb Gaussian pre-smoothing, pixels"
+    )
+    superpixel_min_size: int = param(
+        20, "with units=superpixels: smallest superpixel, pixels of the working crop"
+    )
+    superpixel_min_area: int = param(
+        64, "with units=superpixels: smallest emitted cluster, pixels of the crop"
+    )
+    superpixel_max_side: int = param(
+        640, "with units=superpixels: crops are downscaled so the longer side is at most this many pixels"
+    )
+    superpixel_colour_weight: float = param(
+        0.7,
+        "with units=superpixels: append each superpixel's whitened mean Lab colour to its pooled "
+        "feature, scaled to this fraction of the features' RMS norm (0: features only)",
+    )
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -72,6 +106,24 @@ class ConquerConfig:
             raise ValueError(f"ConquerConfig.nms_window must be >= 2, got {self.nms_window}; the original uses 5")
         if self.batch_size < 1:
             raise ValueError(f"ConquerConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.units not in ("patches", "superpixels"):
+            raise ValueError(f"ConquerConfig.units must be 'patches' or 'superpixels', got {self.units!r}")
+        scales = self.superpixel_scales
+        if not scales or not all(math.isfinite(v) and v > 0 for v in scales):
+            raise ValueError(f"ConquerConfig.superpixel_scales must be positive numbers, got {scales}")
+        if not self.superpixel_sigma >= 0 or self.superpixel_min_size < 1 or self.superpixel_min_area < 1:
+            raise ValueError(
+                "ConquerConfig needs superpixel_sigma >= 0, superpixel_min_size >= 1 and "
+                f"superpixel_min_area >= 1; got {self.superpixel_sigma}, {self.superpixel_min_size}, "
+                f"{self.superpixel_min_area}"
+            )
+        weight = self.superpixel_colour_weight
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"ConquerConfig.superpixel_colour_weight must be >= 0, got {weight}")
+        if self.superpixel_max_side < 16:
+            raise ValueError(
+                f"ConquerConfig.superpixel_max_side must be >= 16 pixels, got {self.superpixel_max_side}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +137,8 @@ class ConquerMask:
         box_xyxy: the crop box (x0, y0, x1, y1) in image pixels, x1/y1 exclusive: the tight
             bounding box of the divide mask.
         mask: (y1 - y0, x1 - x0) bool mask on the crop grid.
+        scale: with ``units="superpixels"``, the rank of the mask's Felzenszwalb scale among
+            ``superpixel_scales`` sorted ascending (0 = finest superpixels); 0 for patches.
     """
 
     parent: int
@@ -92,6 +146,7 @@ class ConquerMask:
     theta: float
     box_xyxy: tuple[int, int, int, int]
     mask: npt.NDArray[np.bool_]
+    scale: int = 0
 
 
 def region_box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int] | None:
@@ -162,6 +217,60 @@ def _region_masks(
     return [candidates[i] for i in sorted(kept)]  # back to level-by-level order
 
 
+def _region_masks_superpixels(
+    feats: torch.Tensor,
+    crop: npt.NDArray[np.uint8],
+    divide_crop: npt.NDArray[np.bool_],
+    region: _Region,
+    config: ConquerConfig,
+) -> list[ConquerMask]:
+    """``units="superpixels"``: merge superpixels of the crop, then the same coverage filter and NMS."""
+    crop_hw = crop.shape[:2]
+    factor = min(1.0, config.superpixel_max_side / max(crop_hw))
+    work_hw = (max(1, round(crop_hw[0] * factor)), max(1, round(crop_hw[1] * factor)))
+    scaled = work_hw != crop_hw
+    work = resize_image(crop, work_hw) if scaled else crop
+    work_divide = resize_mask(divide_crop, work_hw) if scaled else divide_crop
+    scales = sorted(config.superpixel_scales)  # scale index = coarseness rank
+    clusters = superpixel_clusters(
+        work,
+        feats.numpy(),
+        scales=scales,
+        thetas=config.thetas,
+        sigma=config.superpixel_sigma,
+        superpixel_min_size=config.superpixel_min_size,
+        min_area=max(1, round(config.superpixel_min_area * factor * factor)),
+        colour_weight=config.superpixel_colour_weight,
+    )
+    if not len(clusters):
+        return []
+    areas = clusters.areas
+    inside = clusters.overlap(work_divide) / np.maximum(areas, 1)
+    passed = np.flatnonzero((inside > config.coverage_thresh) & (areas > 0))
+    iou = clusters.iou()[passed][:, passed].tocsr()
+    window = None if config.full_nms else config.nms_window
+    kept = passed[cluster_nms(iou, areas[passed], config.nms_iou_thresh, window)]
+    kept = sorted(kept.tolist(), key=lambda i: (clusters.level[i], i))  # level by level
+    logger.debug(
+        "region %d box %s: %d superpixel clusters, %d pass coverage, %d after NMS",
+        region.parent,
+        region.box,
+        len(clusters),
+        len(passed),
+        len(kept),
+    )
+    out = []
+    for i in kept:
+        mask = clusters.mask(i)
+        if scaled:
+            mask = resize_mask(mask, crop_hw)
+            if not mask.any():
+                continue
+        level, theta, scale = int(clusters.level[i]), float(clusters.theta[i]), int(clusters.scale[i])
+        out.append(ConquerMask(region.parent, level, theta, region.box, mask, scale=scale))
+    return out
+
+
 def conquer(
     image: npt.NDArray[np.uint8],
     divide_masks: Sequence[npt.NDArray[np.bool_]],
@@ -215,7 +324,11 @@ def conquer(
         for region, region_feats in zip(chunk, feats):
             x0, y0, x1, y1 = region.box
             divide_crop = np.asarray(divide_list[region.parent], dtype=bool)[y0:y1, x0:x1]
-            out.extend(_region_masks(region_feats, divide_crop, region, config))
+            if config.units == "superpixels":
+                crop = image[y0:y1, x0:x1]
+                out.extend(_region_masks_superpixels(region_feats, crop, divide_crop, region, config))
+            else:
+                out.extend(_region_masks(region_feats, divide_crop, region, config))
     logger.debug(
         "conquer: %d divide masks, %d regions, %d conquer masks", len(divide_list), len(regions), len(out)
     )
