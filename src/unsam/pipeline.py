@@ -14,7 +14,7 @@ superpixels at 4 scales (pixel-accurate boundaries; each superpixel's feature is
 features plus its own mean colour, see :mod:`unsam.conquer.superpixels`) over 16 dense thresholds,
 ranking coarser superpixel scales first; at most the 1000 best-ranked masks are kept (AR@1000
 keeps no more); MaskCut skips its CRF. On the 144 COCO val2017 images of the shared data this
-gives AR@1000 0.20 against 0.153 for the multi-scale Felzenszwalb baseline (spec preset: ~0.04).
+gives AR@1000 0.201 against 0.153 for the multi-scale Felzenszwalb baseline (spec preset: 0.035).
 A preset only replaces settings still at their spec default; settings given explicitly keep their
 value (``preset="spec"`` turns the preset off, ``"classic"`` forces it).
 

@@ -249,11 +249,11 @@ def superpixel_clusters(
     maps = [felzenszwalb_superpixels(image, s, sigma, superpixel_min_size) for s in scales]
     h, w = image.shape[:2]
     # common refinement of all scales' superpixels
-    joint = np.zeros((h, w), dtype=np.int64)
-    for lab in maps:
-        joint = joint * (int(lab.max()) + 1) + lab
-    _, cells = np.unique(joint, return_inverse=True)
-    cells = cells.reshape(h, w).astype(np.int64)
+    cells = np.zeros(h * w, dtype=np.int64)
+    for lab in maps:  # renumbered after each scale, so the pair code cannot overflow
+        pair = cells * (int(lab.max()) + 1) + lab.ravel()
+        cells = np.unique(pair, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    cells = cells.reshape(h, w)
     num_cells = int(cells.max()) + 1
     cell_area = np.bincount(cells.ravel(), minlength=num_cells).astype(np.int64)
     first_pixel = np.zeros(num_cells, dtype=np.int64)
