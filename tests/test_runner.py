@@ -89,8 +89,10 @@ def test_resume_with_other_settings_is_refused(folder: Path, tmp_path: Path) -> 
         def settings(self) -> dict[str, Any]:
             return {"producer": "other"}
 
-    with pytest.raises(ValueError, match="used other settings; rerun with the same options"):
+    with pytest.raises(ValueError, match=r"unfinished run with other settings \(settings.producer\)"):
         _run(folder, out, Other())
+    _run(folder, out, Other(), overwrite=True)  # --overwrite starts over
+    assert json.loads(out.read_text())["info"]["settings"] == {"producer": "other"}
 
 
 def test_shards_partition_the_listing(folder: Path, tmp_path: Path) -> None:

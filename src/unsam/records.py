@@ -11,7 +11,7 @@ Conversion to and from on-disk formats lives in :mod:`unsam.io.coco`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -29,6 +29,8 @@ __all__ = [
     "decode_rle",
     "decode_rles",
     "normalize_rle",
+    "rle_counts_errors",
+    "check_rles",
     "rle_iou_matrix",
     "box_xyxy_to_xywh",
 ]
@@ -134,6 +136,92 @@ def normalize_rle(segmentation: Any, image_hw: tuple[int, int] | None) -> dict[s
             '({"size": [H, W], "counts": ...})'
         )
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("utf-8")}
+
+
+def rle_counts_errors(rles: Sequence[dict[str, Any]], *, chunk_chars: int = 1 << 20) -> list[tuple[int, str]]:
+    """Find compressed RLEs whose ``counts`` string is malformed, vectorised over all of them.
+
+    pycocotools does not validate a counts string: a corrupt one decodes to garbage (or reads past
+    its end). This decodes every string the way pycocotools' ``rleFrString`` does (6-bit groups from
+    ``chr(48)``, a continuation bit 0x20, sign bit 0x10 of the last group, counts after the second
+    stored as differences to the count two before) and checks that each string ends on a complete
+    count, that no run is negative and that the runs add up to ``H * W``.
+
+    Args:
+        rles: ``{"size": [H, W], "counts": str | bytes}`` dicts (uncompressed RLEs are skipped).
+
+    Returns:
+        ``[(index, reason), ...]`` for the malformed ones, in order (empty when all are valid).
+    """
+    picked = [(i, r["counts"]) for i, r in enumerate(rles) if isinstance(r.get("counts"), (str, bytes))]
+    out: list[tuple[int, str]] = []
+    start = 0
+    while start < len(picked):  # chunks of about chunk_chars characters stay in the CPU caches
+        stop, chars = start, 0
+        while stop < len(picked) and (chars < chunk_chars or stop == start):
+            chars += len(picked[stop][1])
+            stop += 1
+        out += _rle_chunk_errors(rles, picked[start:stop])
+        start = stop
+    return out
+
+
+def _rle_chunk_errors(rles: Sequence[dict[str, Any]], picked: list[tuple[int, Any]]) -> list[tuple[int, str]]:
+    errors: dict[int, str] = {}
+    raw = [c.encode("ascii", "replace") if isinstance(c, str) else c for _, c in picked]
+    lengths = np.fromiter((len(b) for b in raw), dtype=np.int64, count=len(raw))
+    sizes = np.array([int(rles[i]["size"][0]) * int(rles[i]["size"][1]) for i, _ in picked], dtype=np.int64)
+    c = np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int64) - 48
+    owner = np.repeat(np.arange(len(raw)), lengths)
+    if c.size == 0:
+        return [(i, "counts is empty") for i, _ in picked]
+    bad_char = (c < 0) | (c > 63)
+    for k in np.unique(owner[bad_char]):
+        errors[int(k)] = "counts has a character outside the RLE alphabet"
+    last = np.cumsum(lengths) - 1
+    nonempty = lengths > 0
+    ends = (c & 0x20) == 0  # the last group of a count
+    for k in np.flatnonzero(nonempty & ~ends[np.clip(last, 0, None)]):
+        errors.setdefault(int(k), "counts ends in the middle of a number (truncated)")
+    ends[last[nonempty]] = True  # a count never runs into the next string
+    totals = np.zeros(len(raw), dtype=np.int64)
+    if ends.any():
+        tok_end = np.flatnonzero(ends)
+        tok_start = np.concatenate(([0], tok_end[:-1] + 1))
+        tok_owner = owner[tok_end]
+        tok_len = tok_end - tok_start + 1
+        for k in np.unique(tok_owner[tok_len > 12]):
+            errors.setdefault(int(k), "counts holds a number too large for any image")
+        pos = np.arange(len(c)) - np.repeat(tok_start, tok_len)
+        value = np.add.reduceat((c & 0x1F) << np.minimum(5 * pos, 60), tok_start)
+        negative = (c[tok_end] & 0x10) != 0
+        value = np.where(negative, value - (np.int64(1) << np.minimum(5 * tok_len, 62)), value)
+        # counts[m] = value[m] + counts[m - 2] for m > 2, so per string counts at odd m are running
+        # sums of the values at odd m, at even m >= 2 running sums of the values at even m >= 2
+        first_tok = np.searchsorted(tok_owner, tok_owner)
+        m = np.arange(len(tok_end)) - first_tok
+        counts = value.copy()
+        for parity in (0, 1):
+            sel = (m % 2 == parity) & (m >= 1)
+            run = np.cumsum(np.where(sel, value, 0))
+            before = np.where(first_tok > 0, run[np.maximum(first_tok - 1, 0)], 0)
+            counts[sel] = (run - before)[sel]
+        for k in np.unique(tok_owner[counts < 0]):
+            errors.setdefault(int(k), "counts decodes to a negative run length")
+        totals = np.bincount(tok_owner, weights=counts, minlength=len(raw)).astype(np.int64)
+    for k in np.flatnonzero(totals != sizes):
+        errors.setdefault(int(k), f"counts add up to {int(totals[k])} pixels, not H*W = {int(sizes[k])}")
+    return [(picked[k][0], reason) for k, reason in sorted(errors.items())]
+
+
+def check_rles(rles: Sequence[dict[str, Any]], where: Callable[[int], str]) -> None:
+    """Raise ``ValueError`` naming the first malformed compressed RLE (``where(index)`` gives its
+    position, e.g. ``"pred.json: [12]"``); see :func:`rle_counts_errors`."""
+    errors = rle_counts_errors(rles)
+    if errors:
+        i, reason = errors[0]
+        more = f" ({len(errors) - 1} more malformed)" if len(errors) > 1 else ""
+        raise ValueError(f'{where(i)}: field "segmentation": {reason}{more}')
 
 
 def rle_iou_matrix(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> npt.NDArray[np.float64]:

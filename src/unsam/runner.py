@@ -4,12 +4,19 @@ Used by ``unsam pseudo-label`` and ``unsam baseline``. Each finished image is ap
 to a work file ``OUT.work.jsonl`` beside the output; a killed run restarts where it stopped: no
 image is done twice, none is lost, and the final COCO JSON is identical to an uninterrupted run's
 (images in sorted listing order, deterministic ids). Unreadable images are recorded as skipped with
-the reason. The work file's first line records the settings; resuming with different settings is
-refused, so one output never mixes two configurations.
+the reason. The work file's first line records the settings and the image-id rule; resuming with
+different ones is refused, so one output never mixes two configurations.
+
+Image ids are fixed when an image is first done: a rerun over a folder that has gained images keeps
+every finished image (read back from the work file, or from the finished output) with its id, and
+gives the new images ids no other image has. A lock (``OUT.lock``) keeps two runs off one output.
+Before the final file is renamed into place it is validated (unique image and annotation ids, every
+annotation's image present, RLE sizes equal to their image's); the work file is then removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -27,10 +34,17 @@ from unsam.io.coco import (
     CATEGORIES,
     MaskFileError,
     image_record_from_json,
+    validate_dataset,
     image_record_to_json,
     read_jsonl,
 )
-from unsam.io.files import append_line_durable, atomic_write_json, truncate_partial_line
+from unsam.io.files import (
+    append_line_durable,
+    atomic_write_json,
+    check_output_file,
+    run_lock,
+    truncate_partial_line,
+)
 from unsam.io.images import ImageReadError, load_image
 from unsam.records import ImageRecord, MaskRecord
 
@@ -38,6 +52,7 @@ __all__ = [
     "MaskProducer",
     "RunResult",
     "assign_image_ids",
+    "id_rule",
     "parse_shard",
     "run_images",
     "work_file_for",
@@ -71,6 +86,11 @@ class RunResult:
     masks: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds_per_image: list[float] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """1 when every image of the run was unreadable (nothing was produced), else 0."""
+        return 1 if self.images_total > 0 and len(self.skipped) == self.images_total else 0
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -135,6 +155,19 @@ def assign_image_ids(file_names: Sequence[str], ids_from: str | os.PathLike[str]
     return {name: i + 1 for i, name in enumerate(names)}
 
 
+def id_rule(ids_from: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """How :func:`assign_image_ids` numbered a run's images, as recorded in its work file: from the
+    file names, or from a COCO file (its path and a hash of its content)."""
+    if ids_from is None:
+        return {"rule": "file names"}
+    path = Path(ids_from)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: cannot read it (given as --image-ids-from: {exc.strerror})") from None
+    return {"rule": "image ids of a COCO file", "file": str(path), "sha256": digest}
+
+
 def work_file_for(output: str | os.PathLike[str]) -> Path:
     """The append-only work file of a run writing ``output``."""
     output = Path(output)
@@ -143,19 +176,33 @@ def work_file_for(output: str | os.PathLike[str]) -> Path:
 
 # --- worker side -------------------------------------------------------------------------------
 _WORKER_PRODUCER: Any = None
+_WORKER_ERROR: BaseException | None = None
 
 
 def _worker_init(producer: Any, threads: int | None) -> None:
-    global _WORKER_PRODUCER
-    if threads is not None:  # worker processes only; the caller's own setting is left alone
-        import torch
+    """Load the producer's models once per worker. A failure is kept and reported by the first
+    task (raising here would make ``multiprocessing.Pool`` respawn the worker forever)."""
+    global _WORKER_PRODUCER, _WORKER_ERROR
+    try:
+        if threads is not None:  # worker processes only; the caller's own setting is left alone
+            import torch
 
-        torch.set_num_threads(max(1, threads))
-    producer.setup()
-    _WORKER_PRODUCER = producer
+            torch.set_num_threads(max(1, threads))
+        producer.setup()
+        _WORKER_PRODUCER = producer
+    except Exception as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
+        _WORKER_ERROR = exc
+
+
+class WorkerSetupError(RuntimeError):
+    """A worker could not load its models and the error could not be passed on as it was."""
+
+    user_error = True
 
 
 def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
+    if _WORKER_ERROR is not None:
+        return {"fatal": _WORKER_ERROR}
     path, file_name, image_id = task
     t0 = time.perf_counter()
     try:
@@ -163,7 +210,10 @@ def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
     except ImageReadError as exc:
         return {"skipped": file_name, "reason": exc.reason}
     h, w = image.shape[:2]
-    masks = _WORKER_PRODUCER(image, image_id=image_id)
+    try:
+        masks = _WORKER_PRODUCER(image, image_id=image_id)
+    except MemoryError:
+        return {"skipped": file_name, "reason": f"out of memory on a {w}x{h} image"}
     # producers that link masks (parent_id) assign ids themselves; the rest get them here
     record = ImageRecord(id=image_id, file_name=file_name, height=h, width=w).with_masks(
         masks, assign_ids=any(m.id is None or m.image_id != image_id for m in masks)
@@ -203,6 +253,89 @@ def _cpu_count() -> int:
 
 
 # --- driver --------------------------------------------------------------------------------------
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the settings that differ between two (nested) settings dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _describe(old: dict[str, Any], header: dict[str, Any]) -> str:
+    diff = _differences({k: old.get(k) for k in ("settings", "shard", "image_ids")},
+                        {k: header[k] for k in ("settings", "shard", "image_ids")})
+    return ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+
+
+def _rows_from_work_file(work: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Finished rows of an interrupted run (file name -> row); refuses other settings."""
+    if truncate_partial_line(work):
+        logger.warning("%s: dropped an incomplete last line left by an interrupted run", work)
+    rows = read_jsonl(work)
+    if not rows or rows[0].get("unsam_work_file") not in (1, 2):
+        raise ValueError(f"{work}: not an unsam work file; move it away or choose another output")
+    if any(rows[0].get(k) != header[k] for k in ("settings", "shard", "image_ids")):
+        raise ValueError(
+            f"{work}: an unfinished run with other settings ({_describe(rows[0], header)}) is in this "
+            f"work file; rerun with the same options to resume, or pass --overwrite to start over"
+        )
+    done: dict[str, dict[str, Any]] = {}
+    for row in rows[1:]:
+        key = row.get("skipped") or row.get("image", {}).get("file_name")
+        if key is not None:
+            done[key] = row
+    return done
+
+
+def _rows_from_output(output: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows of a finished output written by the same command, so a rerun over a folder that has
+    gained images does only the new ones; refuses a file written otherwise."""
+    try:
+        data = json.loads(output.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{output}: exists and is not a finished unsam output ({exc}); choose another "
+                         "-o or pass --overwrite to replace it") from None
+    info = data.get("info") if isinstance(data, dict) else None
+    if not isinstance(info, dict) or "settings" not in info:
+        raise ValueError(f"{output}: exists and was not written by this command; choose another -o or "
+                         "pass --overwrite to replace it")
+    if any(info.get(k) != header[k] for k in ("settings", "shard", "image_ids")):
+        raise ValueError(
+            f"{output}: a finished run with other settings ({_describe(info, header)}) wrote this "
+            "file; choose another -o, or pass --overwrite to replace it"
+        )
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in data.get("annotations", []):
+        per_image.setdefault(int(ann["image_id"]), []).append(ann)
+    done: dict[str, dict[str, Any]] = {}
+    for img in data.get("images", []):
+        done[img["file_name"]] = {"image": img, "annotations": per_image.get(int(img["id"]), [])}
+    for s in info.get("skipped", []):
+        done[s["file_name"]] = {"skipped": s["file_name"], "reason": s["reason"]}
+    return done
+
+
+def _fixed_ids(names: Sequence[str], base: dict[str, int], done: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Final ids: a finished image keeps its id; a new one takes its ``base`` id unless another
+    image holds it, else the next id above all others (in listing order)."""
+    ids = {n: int(r["image"]["id"]) for n, r in done.items() if "image" in r}
+    used = set(ids.values())
+    next_id = max([0, *used, *base.values()]) + 1
+    for name in names:
+        if name in ids:
+            continue
+        if base[name] in used:
+            ids[name], next_id = next_id, next_id + 1
+        else:
+            ids[name] = base[name]
+        used.add(ids[name])
+    return ids
+
+
 def run_images(
     producer: MaskProducer,
     images: Sequence[Path],
@@ -210,80 +343,120 @@ def run_images(
     output: str | os.PathLike[str],
     *,
     image_ids: dict[str, int] | None = None,
+    ids_rule: dict[str, Any] | None = None,
     shard: tuple[int, int] = (0, 1),
     workers: int = 1,
     progress: Callable[[int, int], Any] | None = None,
     info: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run ``producer`` over ``images`` and write a class-agnostic COCO dataset JSON to ``output``.
 
     Args:
         producer: see :class:`MaskProducer`; its ``settings()`` are stored in the work file and the
-            output's ``info`` and must match when resuming.
+            output's ``info`` and must match when resuming. Its ``setup()`` runs here first, so a
+            missing model fails before any worker starts.
         images: image paths in listing order (sorted).
         root: folder the ``file_name`` fields are relative to.
         output: COCO dataset JSON to write (atomically, at the end).
-        image_ids: file_name → image id (default :func:`assign_image_ids`).
+        image_ids: file_name → image id for images not done before (default
+            :func:`assign_image_ids`); images already done keep the id they were given.
+        ids_rule: how ``image_ids`` were made (:func:`id_rule`), checked when resuming.
         shard: (I, N): this run does images[I::N] of the listing.
         workers: processes; each loads the producer's models once and gets cores/workers threads.
         progress: called as ``progress(done, total)`` after each image (the CLI passes a tqdm update).
         info: extra fields for the output's ``info``.
+        overwrite: start over even if an unfinished or finished run with other settings exists.
 
     Returns:
         A :class:`RunResult`.
 
     Raises:
-        ValueError: the work file was written with different settings.
+        ValueError: the work file or the existing output was written with other settings.
+        unsam.io.files.RunLockedError: another run is writing the same output.
     """
-    output = Path(output)
+    output = check_output_file(output, "-o")
     names = [p.relative_to(root).as_posix() for p in images]
-    ids = image_ids or assign_image_ids(names)
-    i_shard, n_shard = shard
-    mine = [(str(p), n, ids[n]) for k, (p, n) in enumerate(zip(images, names)) if k % n_shard == i_shard]
+    base_ids = image_ids or assign_image_ids(names)
     settings = json.loads(json.dumps(producer.settings(), default=str))
-    header = {"unsam_work_file": 1, "settings": settings, "shard": [i_shard, n_shard]}
+    header = {"unsam_work_file": 2, "settings": settings, "shard": list(shard),
+              "image_ids": ids_rule or {"rule": "given" if image_ids else "file names"}}
+    producer.setup()  # a missing model fails here, once, before any work or worker
+    with run_lock(output):
+        work = work_file_for(output)
+        done = _previous_rows(work, output, header, overwrite)
+        ids = _fixed_ids(names, base_ids, done)
+        i_shard, n_shard = shard
+        mine = [(str(p), n, ids[n]) for k, (p, n) in enumerate(zip(images, names)) if k % n_shard == i_shard]
+        todo = [t for t in mine if t[1] not in done]
+        resumed = len(mine) - len(todo)
+        if resumed:
+            logger.info("%s: %d of %d image(s) already done", output, resumed, len(mine))
+        seconds = _process(producer, todo, workers, work, done, resumed, len(mine), progress)
+        dataset, skipped = _assemble(mine, done, header, info, work)
+        validate_dataset(dataset, where=f"refusing to write {output}")
+        atomic_write_json(output, dataset)
+        work.unlink(missing_ok=True)
+    n_masks = len(dataset["annotations"])
+    logger.info("wrote %s: %d images, %d masks, %d skipped", output, len(dataset["images"]), n_masks, len(skipped))
+    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds)
 
-    work = work_file_for(output)
-    done: dict[str, dict[str, Any]] = {}
-    if work.exists():
-        if truncate_partial_line(work):
-            logger.warning("%s: dropped an incomplete last line left by an interrupted run", work)
-        rows = read_jsonl(work)
-        if not rows or rows[0].get("unsam_work_file") != 1:
-            raise ValueError(f"{work}: not an unsam work file; move it away or choose another output")
-        old = rows[0]
-        if old.get("settings") != settings or old.get("shard") != [i_shard, n_shard]:
-            raise ValueError(
-                f"{work}: this unfinished run used other settings; rerun with the same options to resume, "
-                f"or delete {work.name} to start over"
-            )
-        for row in rows[1:]:
-            key = row.get("skipped") or row.get("image", {}).get("file_name")
-            if key is not None:
-                done[key] = row
+
+def _previous_rows(work: Path, output: Path, header: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
+    """What earlier runs finished (from the work file, else the finished output); starts the work file."""
+    if overwrite:
+        work.unlink(missing_ok=True)
+        done: dict[str, dict[str, Any]] = {}
+    elif work.exists():
+        return _rows_from_work_file(work, header)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        append_line_durable(work, json.dumps(header))
-    todo = [t for t in mine if t[1] not in done]
-    resumed = len(mine) - len(todo)
-    if resumed:
-        logger.info("%s: resuming, %d of %d image(s) already done", work, resumed, len(mine))
+        done = _rows_from_output(output, header) if output.exists() else {}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    append_line_durable(work, json.dumps(header))
+    for row in done.values():  # a finished output's rows: the work file stands alone if killed
+        append_line_durable(work, json.dumps(row, separators=(",", ":")))
+    return done
+
+
+def _process(
+    producer: Any,
+    todo: list[tuple[str, str, int]],
+    workers: int,
+    work: Path,
+    done: dict[str, dict[str, Any]],
+    finished: int,
+    total: int,
+    progress: Callable[[int, int], Any] | None,
+) -> list[float]:
+    """Run the images left, appending each finished one to the work file; seconds per image."""
     seconds: list[float] = []
     if progress is not None:
-        progress(resumed, len(mine))
-    finished = resumed
+        progress(finished, total)
     for row in _results(producer, todo, workers):
+        if "fatal" in row:
+            exc = row["fatal"]
+            raise exc if isinstance(exc, BaseException) else WorkerSetupError(str(exc))
         append_line_durable(work, json.dumps(row, separators=(",", ":")))
         key = row.get("skipped") or row["image"]["file_name"]
         done[key] = row
         if "skipped" in row:
-            logger.warning("skipped %s: %s", row["skipped"], row["reason"])
+            logger.info("skipped %s: %s", row["skipped"], row["reason"])
         else:
             seconds.append(float(row.get("seconds", 0.0)))
         finished += 1
         if progress is not None:
-            progress(finished, len(mine))
+            progress(finished, total)
+    return seconds
 
+
+def _assemble(
+    mine: list[tuple[str, str, int]],
+    done: dict[str, dict[str, Any]],
+    header: dict[str, Any],
+    info: dict[str, Any] | None,
+    work: Path,
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The final COCO dataset dict, images in listing order, and the skipped files."""
     records: list[ImageRecord] = []
     skipped: list[dict[str, str]] = []
     for _, name, _ in mine:
@@ -293,13 +466,10 @@ def run_images(
         else:
             records.append(image_record_from_json(row, where=f"{work}: {name}"))
     dataset = {
-        "info": {"description": "unsam masks", "settings": settings, "shard": [i_shard, n_shard],
-                 "skipped": skipped, **(info or {})},
+        "info": {"description": "unsam masks", "settings": header["settings"], "shard": header["shard"],
+                 "image_ids": header["image_ids"], "skipped": skipped, **(info or {})},
         "images": [r.info() for r in records],
         "annotations": [m.to_coco() for r in records for m in r.masks],
         "categories": CATEGORIES,
     }
-    atomic_write_json(output, dataset)
-    n_masks = len(dataset["annotations"])
-    logger.info("wrote %s: %d images, %d masks, %d skipped", output, len(records), n_masks, len(skipped))
-    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds)
+    return dataset, skipped

@@ -9,9 +9,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from unsam.io.images import ImageListing, list_images
+from unsam.io.files import check_output_file, check_outputs
+from unsam.io.images import ImageListing, list_image_inputs
 
-__all__ = ["add_run_arguments", "list_inputs", "tqdm_progress", "print_run_summary", "write_overlays", "run_folder"]
+__all__ = [
+    "add_run_arguments",
+    "list_inputs",
+    "check_run_outputs",
+    "overlay_names",
+    "tqdm_progress",
+    "print_run_summary",
+    "write_overlays",
+    "run_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,18 +35,48 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recursive", action="store_true", help="also take images from sub-folders")
     g.add_argument("--overlay-dir", metavar="DIR", help="also write one overlay PNG per image here")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over when -o (or its unfinished work file) was written with other settings")
 
 
-def list_inputs(path: str, *, recursive: bool = False) -> ImageListing:
-    """List images of a folder (or one file); a clear error when there are none."""
-    listing = list_images(path, recursive=recursive)
+def list_inputs(paths: str | Sequence[str], *, recursive: bool = False) -> ImageListing:
+    """List the images of folders and/or files (one listing for every command); a clear error
+    when there are none. Non-image files are reported once, on stderr."""
+    inputs = [paths] if isinstance(paths, str) else list(paths)
+    listing = list_image_inputs(inputs, recursive=recursive)
+    label = inputs[0] if len(inputs) == 1 else str(listing.root)
     if listing.skipped:
-        print(f"{path}: skipping {len(listing.skipped)} non-image file(s): "
+        print(f"{label}: skipping {len(listing.skipped)} non-image file(s): "
               + ", ".join(p.name for p in listing.skipped[:5]) + (" ..." if len(listing.skipped) > 5 else ""),
               file=sys.stderr)
     if not listing.images:
-        raise FileNotFoundError(f"{path}: no image files found (extensions: .jpg .jpeg .png .bmp .tif .tiff .webp ...)")
+        raise FileNotFoundError(f"{label}: no image files found (extensions: .jpg .jpeg .png .bmp .tif .tiff .webp ...)")
     return listing
+
+
+def check_run_outputs(
+    inputs: str | Sequence[str],
+    listing: ImageListing,
+    outputs: Sequence[tuple[str, str | None]],
+    extra_inputs: Sequence[str | Path] = (),
+) -> None:
+    """Before any work: refuse outputs that are folders, or that would overwrite an input file or
+    lie inside an input image folder (``outputs`` = ``(flag, path)``; the first is the -o file)."""
+    if outputs and outputs[0][1] is not None:
+        check_output_file(outputs[0][1], outputs[0][0])
+    given = [inputs] if isinstance(inputs, str) else list(inputs)
+    check_outputs(outputs, input_files=[*listing.images, *extra_inputs],
+                  input_dirs=[p for p in given if Path(p).is_dir()])
+
+
+def overlay_names(file_names: Sequence[str]) -> dict[str, str]:
+    """Overlay PNG name of each image: its path with "/" as "__" and ".png" for its extension, or
+    with the extension kept (``a.jpg.png``) where two images would share a name."""
+    stems = {n: Path(n).with_suffix("").as_posix().replace("/", "__") for n in file_names}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {n: (stem if counts[stem] == 1 else n.replace("/", "__")) + ".png" for n, stem in stems.items()}
 
 
 def tqdm_progress(desc: str, disable: bool = False) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -68,6 +108,8 @@ def print_run_summary(result: Any) -> None:
           f" ({result.images_done_now} processed now, {result.images_resumed} resumed){timing}")
     for s in result.skipped:
         print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
+    if result.exit_code:
+        print(f"error: none of the {result.images_total} image(s) could be read (listed above)", file=sys.stderr)
 
 
 def write_overlays(output_json: Path, root: Path, overlay_dir: str, min_score: float = 0.0) -> int:
@@ -78,8 +120,10 @@ def write_overlays(output_json: Path, root: Path, overlay_dir: str, min_score: f
 
     out = Path(overlay_dir)
     n = 0
-    for rec in load_coco_dataset(output_json):
-        target = out / (Path(rec.file_name or str(rec.id)).with_suffix("").as_posix().replace("/", "__") + ".png")
+    records = load_coco_dataset(output_json)
+    names = overlay_names([rec.file_name or str(rec.id) for rec in records])
+    for rec in records:
+        target = out / names[rec.file_name or str(rec.id)]
         masks = [m for m in rec.masks if m.score >= min_score]
         write_overlay(target, load_image(root / (rec.file_name or "")), masks)
         n += 1
@@ -95,19 +139,21 @@ def run_folder(
     desc: str,
     info: dict[str, Any] | None = None,
     overlay_min_score: float = 0.0,
-) -> Any:
+) -> int:
     """The body of every folder command: ids, shard, progress bar, resumable run, summary, overlays.
 
-    ``args`` carries the flags of :func:`add_run_arguments` plus ``output``.
+    ``args`` carries the flags of :func:`add_run_arguments` plus ``output``. Returns the exit code:
+    1 when no image could be read, else 0.
     """
-    from unsam.runner import assign_image_ids, parse_shard, run_images
+    from unsam.runner import assign_image_ids, id_rule, parse_shard, run_images
 
     shard = parse_shard(args.shard)
     ids = assign_image_ids([p.relative_to(root).as_posix() for p in images], args.image_ids_from)
     progress, close = tqdm_progress(desc, disable=args.no_progress)
     try:
-        result = run_images(producer, images, root, args.output, image_ids=ids, shard=shard,
-                            workers=args.workers, progress=progress, info=info)
+        result = run_images(producer, images, root, args.output, image_ids=ids,
+                            ids_rule=id_rule(args.image_ids_from), shard=shard, workers=args.workers,
+                            progress=progress, info=info, overwrite=args.overwrite)
     finally:
         close()
     print_run_summary(result)
@@ -115,4 +161,4 @@ def run_folder(
         n = write_overlays(Path(args.output), root, args.overlay_dir, overlay_min_score)
         extra = f" (masks scoring >= {overlay_min_score})" if overlay_min_score > 0 else ""
         print(f"wrote {n} overlay PNG(s) to {args.overlay_dir}{extra}")
-    return result
+    return result.exit_code

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from unsam.evaluation.ar import METRIC_KEYS, evaluate, format_metrics
-from unsam.io.files import atomic_write_json
+from unsam.io.files import atomic_write_json, check_output_file, check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
         max_dets = [int(v) for v in args.max_dets.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--max-dets must be comma-separated integers, got {args.max_dets!r}") from None
+    if args.json:
+        check_output_file(args.json, "--json")
+        check_outputs([("--json", args.json)], input_files=[args.gt, args.pred])
     metrics = evaluate(args.gt, args.pred, max_dets=max_dets, iou_type=args.iou_type, backend=args.backend)
     print(format_metrics(metrics, title=f"class-agnostic {args.iou_type} metrics: {args.pred} vs {args.gt}"))
     if args.json:

@@ -2,8 +2,9 @@
 torch/transformers start-up.
 
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
-User errors (bad files, bad options, missing weights) end with one line on stderr and exit code 2;
-``--debug`` shows the traceback instead.
+User errors (bad files, bad options, missing weights: ``ValueError``, ``OSError``, ``ImportError``
+and exceptions marked ``user_error = True``) end with one line on stderr and exit code 2;
+``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "self-train": ("unsam.cli.self_train", "add a trained model's confident masks to the pseudo-labels"),
     "merge-gt": ("unsam.cli.merge_gt", "UnSAM+: ground truth plus pseudo-masks that overlap no GT mask"),
     "convert-checkpoint": ("unsam.cli.convert_checkpoint", "convert an official UnSAM .pth to a transformers folder"),
+    "prompt": ("unsam.cli.prompt", "promptable model: 6 granularity masks per click on one image"),
     "eval": ("unsam.cli.eval", "class-agnostic COCO AR/AP of predictions against ground truth"),
 }
 
@@ -46,14 +48,34 @@ def build_parser(commands: dict[str, tuple[str, str]], selected: str | None) -> 
         prog="unsam",
         description="UnSAM: segment anything without supervision (pure PyTorch, CPU first).",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    _add_global_flags(parser, default=True)
+    parser.add_argument("--version", action="version", version=f"unsam {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_global_flags(p, default=False)  # -v / --debug also after the command name
         if name == selected:
             importlib.import_module(module).add_arguments(p)
     return parser
+
+
+def _version() -> str:
+    from unsam import __version__
+
+    return __version__
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, *, default: bool) -> None:
+    g = parser.add_argument_group("output") if not default else parser
+    g.add_argument("-v", "--verbose", action="count", default=0 if default else argparse.SUPPRESS,
+                   help="more log output (-vv: debug)")
+    g.add_argument("--debug", action="store_true", default=False if default else argparse.SUPPRESS,
+                   help="show tracebacks instead of one-line errors")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors the user can fix (bad input, missing weights, a busy output): one line, exit 2."""
+    return isinstance(exc, (ValueError, OSError, ImportError)) or bool(getattr(exc, "user_error", False))
 
 
 def _configure_logging(verbose: int) -> None:
@@ -82,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
-        if debug:
+    except Exception as exc:
+        if debug or not is_user_error(exc):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"unsam {args.command}: error: {message}", file=sys.stderr)

@@ -8,11 +8,9 @@ same command) and shardable; unreadable images are skipped and reported.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, list_inputs, run_folder
+from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder
 from unsam.models.whole_image.segmenter import HUB_ID, SegmentConfig, SegmenterProducer
 from unsam.runner import parse_shard
 
@@ -22,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help=f"a training run folder, a save_pretrained folder, an official UnSAM .pth, or a hub id ({HUB_ID})",
+        help=f"a training run folder, a save_pretrained folder, an official UnSAM .pth, or a hub id ({HUB_ID}); "
+        "promptable:PATH runs the promptable model's point-grid automatic mask generator",
     )
     parser.add_argument("-o", "--output", required=True, help="COCO dataset JSON to write (images + scored masks)")
     parser.add_argument(
@@ -36,24 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(g, SegmentConfig)
 
 
-def _collect_images(inputs: list[str], recursive: bool) -> tuple[Path, list[Path]]:
-    """Sorted, de-duplicated image paths of all inputs and the folder their names are relative to."""
-    listings = [list_inputs(p, recursive=recursive) for p in inputs]
-    root = Path(os.path.commonpath([str(listing.root.resolve()) for listing in listings]))
-    paths = {p.resolve() for listing in listings for p in listing.images}
-    images = sorted(paths, key=lambda p: p.relative_to(root).as_posix())
-    return root, images
-
-
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     config = config_from_args(SegmentConfig, args)
     parse_shard(args.shard)  # bad flags fail before the model is loaded
-    root, images = _collect_images(args.images, args.recursive)
-    producer = SegmenterProducer(args.model, config)
+    listing = list_inputs(args.images, recursive=args.recursive)
+    check_run_outputs(args.images, listing, [("-o", args.output), ("--overlay-dir", args.overlay_dir)],
+                      extra_inputs=[args.image_ids_from] if args.image_ids_from else [])
+    if args.model.startswith("promptable:"):  # the promptable model's point-grid AMG (PROMPTABLE.md §4)
+        from unsam.models.promptable.amg import PromptableAMGProducer
+
+        producer = PromptableAMGProducer(args.model.removeprefix("promptable:"))
+    else:
+        producer = SegmenterProducer(args.model, config)
     producer.setup()  # load (and convert / download) once, before the progress bar, so errors come first
-    run_folder(producer, images, root, args, desc="segment", info={"model": producer.settings()["model"]},
-               overlay_min_score=args.overlay_min_score)
-    return 0
+    return run_folder(producer, listing.images, listing.root, args, desc="segment",
+                      info={"model": producer.settings()["model"]}, overlay_min_score=args.overlay_min_score)

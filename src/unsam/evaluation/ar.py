@@ -179,16 +179,22 @@ class _Where:
 
 
 def prepare_predictions(
-    pred: MaskSource | Sequence[ImageRecord] | Sequence[MaskRecord], gt: dict[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    pred: MaskSource | Sequence[ImageRecord] | Sequence[MaskRecord],
+    gt: dict[str, Any],
+    *,
+    iou_type: Literal["segm", "bbox"] = "segm",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Normalise predictions into a COCO results list with the ground truth's image ids.
 
     Images are matched by ``file_name`` when both sides carry file names (exact relative path
     first, then base name), else by image id. Predictions whose image is not in the ground truth
-    are dropped and counted. Annotations without a score get score 1.0 (pseudo-labels).
+    are dropped and counted. Annotations without a score get score 1.0 (pseudo-labels). Polygon
+    segmentations are rasterised at the ground-truth image's size. With ``iou_type="bbox"``,
+    results that carry only a ``bbox`` (XYWH) are accepted.
 
     Returns:
-        (results, counts) where counts has ``kept``, ``dropped`` and ``matched_by_file_name``.
+        (results, counts) where counts has ``kept``, ``dropped``, ``matched_by_file_name``, and
+        ``where``: a function of a result's index giving its position in the input, for errors.
     """
     where = "predictions"
     if isinstance(pred, (str, os.PathLike)):
@@ -239,6 +245,7 @@ def prepare_predictions(
         raise MaskFileError(f"{where}: predictions must be a COCO results list or a COCO dataset object")
     gt_sizes = {img["id"]: [img["height"], img["width"]] for img in gt["images"]}
     results: list[dict[str, Any]] = []
+    index: list[int] = []  # position in the input of each result, for error messages
     dropped = 0
     for i, ann in enumerate(entries):
         # hot loop (up to 1000 masks x images): plain checks, no helper calls on the common path;
@@ -250,8 +257,13 @@ def prepare_predictions(
         except (KeyError, TypeError):
             if not isinstance(ann, dict):
                 raise MaskFileError(f"{w}: expected an object, found {type(ann).__name__}") from None
-            missing = "image_id" if "image_id" not in ann else "segmentation"
-            raise MaskFileError(f'{w}: missing field "{missing}"') from None
+            if iou_type == "bbox" and "image_id" in ann and "bbox" in ann:
+                seg = None
+                pid = ann["image_id"]
+            else:
+                missing = "image_id" if "image_id" not in ann else "segmentation"
+                hint = "; it has only a bbox: score bboxes with --iou-type bbox" if "bbox" in ann else ""
+                raise MaskFileError(f'{w}: missing field "{missing}"{hint}') from None
         if type(pid) is not int:
             pid = _int(ann, "image_id", w)
         gid = pid if id_map is None else id_map.get(pid)
@@ -265,9 +277,18 @@ def prepare_predictions(
             score = float(score)
         if not math.isfinite(score):
             raise MaskFileError(f'{w}: field "score" must be a finite number, found {score!r}')
+        if seg is None:  # a bbox-only result (iou_type="bbox")
+            box = ann["bbox"]
+            if not (isinstance(box, list) and len(box) == 4
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+                raise MaskFileError(f'{w}: field "bbox" must be [x, y, w, h] numbers, found {box!r}')
+            results.append({"image_id": gid, "category_id": 1, "bbox": [float(v) for v in box],
+                            "score": score})
+            index.append(i)
+            continue
         if not (type(seg) is dict and type(seg.get("counts")) is str):
             try:
-                seg = normalize_rle(seg, sizes.get(pid))
+                seg = normalize_rle(seg, sizes.get(pid) or tuple(gt_sizes[gid]))
             except (ValueError, TypeError) as exc:
                 raise MaskFileError(f'{w}: field "segmentation": {exc}') from None
         size = seg.get("size")
@@ -276,9 +297,12 @@ def prepare_predictions(
                 f'{w}: field "segmentation.size" is {size} but ground-truth image {gid} is {gt_sizes[gid]} (H, W)'
             )
         results.append({"image_id": gid, "category_id": 1, "segmentation": seg, "score": score})
+        index.append(i)
     if dropped:
         logger.warning("%s: %d prediction(s) belong to images not in the ground truth; ignored", where, dropped)
-    return results, {"kept": len(results), "dropped": dropped, "matched_by_file_name": int(bool(by_name) and id_map is not None)}
+    return results, {"kept": len(results), "dropped": dropped,
+                     "matched_by_file_name": int(bool(by_name) and id_map is not None),
+                     "where": lambda k: str(_Where(label, index[k]))}
 
 
 def _summarize(E: Any, max_dets: Sequence[int]) -> dict[str, float | None]:
@@ -335,7 +359,37 @@ def evaluate(
         raise ValueError(f"max_dets must be ascending positive integers, got {max_dets}")
     t0 = time.perf_counter()
     gt_dict = prepare_ground_truth(gt)
-    results, counts = prepare_predictions(pred, gt_dict)
+    results, counts = prepare_predictions(pred, gt_dict, iou_type=iou_type)
+    try:
+        return _evaluate(gt_dict, results, counts, max_dets, iou_type, backend, t0)
+    except (RuntimeError, ValueError) as exc:
+        # faster-coco-eval validates RLE strings but names no file: find the culprit
+        _raise_malformed_rle(gt, gt_dict["annotations"], lambda k: f"{gt}: annotations[{k}]")
+        _raise_malformed_rle(pred, results, counts["where"])
+        raise exc
+
+
+def _raise_malformed_rle(source: Any, entries: list[dict[str, Any]], where: Any) -> None:
+    from unsam.records import rle_counts_errors
+
+    segs = [e["segmentation"] for e in entries if isinstance(e.get("segmentation"), dict)]
+    if len(segs) != len(entries):
+        return
+    errors = rle_counts_errors(segs)
+    if errors:
+        k, reason = errors[0]
+        raise MaskFileError(f'{where(k)}: field "segmentation": {reason}')
+
+
+def _evaluate(
+    gt_dict: dict[str, Any],
+    results: list[dict[str, Any]],
+    counts: dict[str, Any],
+    max_dets: list[int],
+    iou_type: str,
+    backend: str,
+    t0: float,
+) -> dict[str, Any]:
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCO, COCOeval_faster
 
@@ -345,13 +399,15 @@ def evaluate(
         # what loadRes does, minus its per-annotation Python calls: faster-coco-eval computes
         # the areas of RLE results itself while it decodes them (checked against pycocotools in
         # tests/evaluation); boxes are only needed for iouType="bbox"
-        boxes = fmask.toBbox([r["segmentation"] for r in results]).tolist() if results and iou_type == "bbox" else None
+        need_boxes = iou_type == "bbox" and any("bbox" not in r for r in results)
+        boxes = fmask.toBbox([r["segmentation"] for r in results]).tolist() if need_boxes else None
         for k, r in enumerate(results):
             r["id"] = k + 1
             r["iscrowd"] = 0
-            if boxes is not None:
-                r["bbox"] = boxes[k]
-                r["area"] = boxes[k][2] * boxes[k][3]
+            if iou_type == "bbox":
+                box = r["bbox"] if "bbox" in r else boxes[k]  # type: ignore[index]
+                r["bbox"] = box
+                r["area"] = box[2] * box[3]
         coco_dt = COCO({"images": gt_dict["images"], "annotations": results, "categories": gt_dict["categories"]})
         E = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type)
         run = E

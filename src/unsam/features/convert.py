@@ -112,18 +112,9 @@ def load_dino_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: checkpoint not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from unsam.io.checkpoints import load_safetensors, load_torch_file
 
-        obj: object = load_file(str(p), device="cpu")
-    else:
-        try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle/zip errors carry long, unhelpful traces
-            raise ValueError(
-                f"{p}: cannot read as a PyTorch checkpoint with weights_only=True ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); re-save it as a plain state dict"
-            ) from None
+    obj: object = load_safetensors(p) if p.suffix == ".safetensors" else load_torch_file(p, "DINO checkpoint")
     return _unwrap(obj, str(p))
 
 

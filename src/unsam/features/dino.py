@@ -311,6 +311,10 @@ def load_feature_extractor(
                     f"{path}: folder has no config.json; save a transformers ViTModel there with "
                     "save_pretrained or pass an official DINO .pth file"
                 )
+            from unsam.io.checkpoints import check_safetensors_file
+
+            for weights in path.glob("*.safetensors"):
+                check_safetensors_file(weights)  # a truncated download is named here
             net = _check_loaded(*_from_pretrained(str(path), local_only=True, cache_dir=None), str(path))
         else:
             net = vit_from_dino_checkpoint(path, num_heads=num_heads)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from unsam.io.files import atomic_write_json
-from unsam.records import ImageRecord, MaskRecord
+from unsam.records import ImageRecord, MaskRecord, check_rles
 
 __all__ = [
     "CATEGORIES",
@@ -38,6 +38,7 @@ __all__ = [
     "image_record_to_json",
     "image_record_from_json",
     "read_jsonl",
+    "validate_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ def _load_json(path: str | os.PathLike[str]) -> Any:
         raise MaskFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError:
         raise MaskFileError(f"{path}: not a UTF-8 text file (is it a JSON file?)") from None
+
+
+def _check_rles(masks: Sequence[MaskRecord], where: Any) -> None:
+    """MaskFileError naming ``where(i)`` for the first malformed RLE of ``masks``."""
+    try:
+        check_rles([m.rle for m in masks], where)
+    except ValueError as exc:
+        raise MaskFileError(str(exc)) from None
 
 
 def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
@@ -107,6 +116,35 @@ def coco_dataset_dict(images: Sequence[ImageRecord], *, info: dict[str, Any] | N
     return out
 
 
+def validate_dataset(dataset: dict[str, Any], *, where: str) -> None:
+    """Check a COCO dataset dict before it is written: unique image ids, unique annotation ids,
+    every annotation's image present, and every RLE's size equal to its image's (H, W).
+
+    Raises:
+        ValueError: ``"{where}: <the first problem>"``.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+    names: dict[int, Any] = {}
+    for img in dataset.get("images", []):
+        if img["id"] in sizes:
+            raise ValueError(f"{where}: image id {img['id']} is given to both {names[img['id']]} and "
+                             f"{img.get('file_name')}")
+        sizes[img["id"]] = (int(img["height"]), int(img["width"]))
+        names[img["id"]] = img.get("file_name")
+    seen: set[int] = set()
+    for i, ann in enumerate(dataset.get("annotations", [])):
+        if ann["image_id"] not in sizes:
+            raise ValueError(f"{where}: annotations[{i}] belongs to image id {ann['image_id']}, which is not "
+                             "in the file")
+        if ann["id"] in seen:
+            raise ValueError(f"{where}: annotation id {ann['id']} is used twice (annotations[{i}])")
+        seen.add(ann["id"])
+        seg = ann.get("segmentation")
+        if isinstance(seg, dict) and tuple(int(v) for v in seg["size"]) != sizes[ann["image_id"]]:
+            raise ValueError(f"{where}: annotations[{i}] has an RLE of size {seg['size']} but image "
+                             f"{ann['image_id']} ({names[ann['image_id']]}) is {list(sizes[ann['image_id']])}")
+
+
 def write_coco_dataset(
     path: str | os.PathLike[str], images: Sequence[ImageRecord], *, info: dict[str, Any] | None = None
 ) -> Path:
@@ -132,6 +170,7 @@ def _parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
         _int_field(img, "width", w)
         infos[image_id] = img
     per_image: dict[int, list[MaskRecord]] = {k: [] for k in infos}
+    parsed: list[MaskRecord] = []
     for i, ann in enumerate(anns):
         w = f"{where}: annotations[{i}]"
         if not isinstance(ann, dict):
@@ -145,6 +184,8 @@ def _parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
         per_image[image_id].append(rec)
+        parsed.append(rec)
+    _check_rles(parsed, lambda i: f"{where}: annotations[{i}]")
     return [
         ImageRecord(
             id=k,
@@ -197,6 +238,7 @@ def _parse_results(data: list[Any], where: str) -> list[MaskRecord]:
             out.append(MaskRecord.from_coco(ann, None, where=w))
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
+    _check_rles(out, lambda i: f"{where}: [{i}]")
     return out
 
 
@@ -240,6 +282,7 @@ def _parse_sam(data: dict[str, Any], where: str) -> ImageRecord:
             masks.append(MaskRecord.from_coco(ann, (h, w), where=wh))
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
+    _check_rles(masks, lambda i: f"{where}: annotations[{i}]")
     return ImageRecord(id=image_id, file_name=img.get("file_name"), height=h, width=w, masks=tuple(masks))
 
 
@@ -317,6 +360,7 @@ def image_record_from_json(data: dict[str, Any], *, where: str = "record") -> Im
             masks.append(MaskRecord.from_coco(ann, (h, w), where=f"{where}: annotations[{i}]"))
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
+    _check_rles(masks, lambda i: f"{where}: annotations[{i}]")
     return ImageRecord(id=image_id, file_name=img.get("file_name"), height=h, width=w, masks=tuple(masks))
 
 

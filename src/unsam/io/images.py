@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "load_image", "list_images", "ImageListing", "image_size"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "load_image", "list_images", "ImageListing", "image_size", "list_image_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +164,28 @@ def list_images(root: str | os.PathLike[str], *, recursive: bool = False) -> Ima
     if skipped:
         logger.info("%s: skipped %d non-image file(s): %s", root, len(skipped), ", ".join(p.name for p in skipped[:5]))
     return ImageListing(root, tuple(images), tuple(skipped))
+
+
+def list_image_inputs(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> ImageListing:
+    """One listing for every command: image files and/or folders, merged, de-duplicated and sorted.
+
+    The root is the deepest folder holding every input; file names are relative to it. Paths are
+    made absolute but symbolic links are *not* resolved, so a link inside a folder that points
+    elsewhere is listed under the folder like any other file.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+    """
+    listings = [list_images(p, recursive=recursive) for p in inputs]
+    if len(listings) == 1:
+        return listings[0]
+    roots = [os.path.abspath(listing.root) for listing in listings]
+    root = Path(os.path.commonpath(roots))
+    seen: dict[str, Path] = {}
+    for listing in listings:
+        for p in listing.images:
+            absolute = Path(os.path.abspath(p))
+            seen.setdefault(absolute.relative_to(root).as_posix(), absolute)
+    images = tuple(seen[k] for k in sorted(seen))
+    skipped = tuple(sorted({q for listing in listings for q in listing.skipped}))
+    return ImageListing(root, images, skipped)

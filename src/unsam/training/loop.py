@@ -80,6 +80,8 @@ _STEP_PREFIX = "step_"
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step and the images."""
 
+    user_error = True
+
 
 @dataclass(frozen=True)
 class StepLog:
@@ -507,14 +509,14 @@ def _save_checkpoint(
 
 
 def _load_model_weights(model: nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_file
+    from unsam.io.checkpoints import load_safetensors
 
     path = folder / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: checkpoint weights missing; delete the broken checkpoint folder {folder.parent}"
         )
-    state = load_file(str(path))
+    state = load_safetensors(path)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -656,16 +658,18 @@ def _train(
     # model, optimizer, schedule
     ckpt = latest_checkpoint(run_dir) if resume else None
     _seed_all(config.seed)
-    model = build_model(
-        config.config,
-        num_queries=config.num_queries,
-        backbone_checkpoint=config.backbone_checkpoint if ckpt is None else None,  # resumed weights win
-    )
+    model = build_model(config.config, num_queries=config.num_queries)
+    if config.backbone_init is not None and ckpt is None:  # a new run; resumed weights win
+        from unsam.training.backbone_init import load_backbone_init
+
+        load_backbone_init(model, config.backbone_init)
     freeze_batchnorm(model)
     state: dict[str, Any] | None = None
     start_step = 0
     if ckpt is not None:
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        from unsam.io.checkpoints import load_torch_file
+
+        state = load_torch_file(ckpt / "training_state.pt", "training state")
         _check_resume_config(state.get("config", {}), config, ckpt)
         _load_model_weights(model, ckpt / "model")
         start_step = int(state["step"])

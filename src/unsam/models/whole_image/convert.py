@@ -42,6 +42,7 @@ __all__ = [
     "RULES",
     "PREPROCESSOR_FILE",
     "convert_official_state_dict",
+    "official_target_names",
     "convert_checkpoint",
     "load_official_state_dict",
     "write_preprocessor_config",
@@ -139,6 +140,17 @@ def _target_names(key: str) -> tuple[list[str], Transform] | None:
     return None
 
 
+def official_target_names(key: str) -> list[str] | None:
+    """The transformers name(s) of one official name (no ``module.`` prefix) by :data:`RULES`, or None.
+
+    E.g. ``backbone.res2.0.conv1.norm.weight`` ->
+    ``["model.pixel_level_module.encoder.encoder.stages.0.layers.0.layer.0.normalization.weight"]``
+    (used by :mod:`unsam.training.backbone_init` for detectron2 ResNet checkpoints).
+    """
+    match = _target_names(key)
+    return None if match is None else match[0]
+
+
 def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename (and q/k/v-split) an official detectron2 Mask2Former state dict for transformers.
 
@@ -196,6 +208,9 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
         ValueError: the file cannot be read safely, or holds no ``model`` tensor dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give the official UnSAM whole-image .pth file itself "
+                         "(a folder written by save_pretrained needs no conversion)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

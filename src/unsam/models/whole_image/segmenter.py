@@ -249,6 +249,10 @@ def resolve_model_folder(path: str | os.PathLike[str]) -> Path:
 def _load_transformers_folder(folder: Path) -> Any:
     from transformers import Mask2FormerForUniversalSegmentation
 
+    from unsam.io.checkpoints import check_safetensors_file
+
+    for weights in folder.glob("*.safetensors"):
+        check_safetensors_file(weights)  # a truncated file is named here, not deep in transformers
     tf_logger = logging.getLogger("transformers.models.mask2former.configuration_mask2former")
     previous = tf_logger.level
     tf_logger.setLevel(logging.ERROR)
