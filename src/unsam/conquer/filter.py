@@ -6,7 +6,7 @@ All masks here live in crop coordinates (the divide mask's bounding box); only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -42,12 +42,13 @@ def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_], area_a: int, area_b
 
 
 def windowed_nms(
-    masks: npt.NDArray[np.bool_] | Sequence[npt.NDArray[np.bool_]],
+    masks: npt.NDArray[np.bool_] | Sequence[npt.NDArray[np.bool_] | Callable[[], npt.NDArray[np.bool_]]],
     areas_or_scores: Sequence[float] | npt.NDArray[np.floating] | npt.NDArray[np.integer],
     iou_thresh: float = 0.9,
     window: int = 5,
     *,
     full_nms: bool = False,
+    areas: Sequence[int] | None = None,
 ) -> list[int]:
     """Greedy mask NMS with the original conquer window rule (spec §3.3; ``NMS()``).
 
@@ -62,16 +63,20 @@ def windowed_nms(
     (``IoU <= min(area) / max(area)``) are skipped without touching the pixels.
 
     Args:
-        masks: (N, h, w) bool array, or N (h, w) bool arrays on one grid.
+        masks: (N, h, w) bool array, or N (h, w) bool arrays on one grid, or N functions
+            returning them: those are called only when a pixel comparison is needed and at most
+            ``window + 1`` of their masks are held at once (``full_nms``: two).
         areas_or_scores: (N,) ranking scores, usually the mask areas.
         iou_thresh: a pair with IoU strictly above this is a duplicate.
         window: window size, >= 2 (``NMS-step`` of the original; 5 compares 4 followers).
         full_nms: compare every pair (classical greedy NMS); ``window`` is then ignored.
+        areas: (N,) pixel counts of the masks when known (saves building lazy masks to count).
 
     Returns:
         Indices of the kept masks, in ranking order (highest score first).
     """
-    items = [np.asarray(m, dtype=bool) for m in masks]
+    lazy = len(masks) > 0 and callable(masks[0])
+    items = list(masks) if lazy else [np.asarray(m, dtype=bool) for m in masks]
     scores = areas_or_scores
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().cpu().numpy()
@@ -79,14 +84,29 @@ def windowed_nms(
     n = len(items)
     if s.shape != (n,):
         raise ValueError(f"areas_or_scores must have one value per mask ({n}), got shape {s.shape}")
-    if n and any(m.shape != items[0].shape or m.ndim != 2 for m in items):
+    if n and not lazy and any(m.shape != items[0].shape or m.ndim != 2 for m in items):
         raise ValueError("masks must all be (h, w) arrays on the same grid")
     if not full_nms and window < 2:
         raise ValueError(f"window must be >= 2 (the original uses NMS-step 5), got {window}")
     if not 0.0 <= iou_thresh <= 1.0:
         raise ValueError(f"iou_thresh must be in [0, 1], got {iou_thresh}")
     order = np.argsort(-s, kind="stable").tolist()
-    areas = [int(np.count_nonzero(m)) for m in items]
+    cache: dict[int, npt.NDArray[np.bool_]] = {}
+    limit = 2 if full_nms else window + 1
+
+    def get(k: int) -> npt.NDArray[np.bool_]:
+        if not lazy:
+            return items[k]
+        if k not in cache:
+            if len(cache) >= limit:
+                cache.pop(next(iter(cache)))  # oldest first: the ranking walks forward
+            cache[k] = np.asarray(items[k](), dtype=bool)
+        return cache[k]
+
+    if areas is None:
+        areas = [int(np.count_nonzero(get(k))) for k in range(n)]
+    elif len(areas) != n:
+        raise ValueError(f"areas must have one value per mask ({n}), got {len(areas)}")
     removed = [False] * n
     keep: list[int] = []
     for pos, i in enumerate(order):
@@ -101,7 +121,7 @@ def windowed_nms(
             small, large = sorted((areas[i], areas[j]))
             if large == 0 or small / large <= iou_thresh:
                 continue  # IoU <= small / large <= iou_thresh: cannot be a duplicate
-            if _iou(items[i], items[j], areas[i], areas[j]) > iou_thresh:
+            if _iou(get(i), get(j), areas[i], areas[j]) > iou_thresh:
                 removed[later] = True
     return keep
 

@@ -8,6 +8,14 @@ the original's bicubic 0/255 rule, keep those lying > ``coverage_thresh`` inside
 and run NMS among the survivors of that region. Everything stays in crop coordinates; no
 full-image mask is built for a candidate (spec §10 bug 16).
 
+Memory does not grow with the number of candidates: a :class:`ConquerMask` holds a compact source
+(the patch-grid cluster, or the superpixel cluster of a shared cell map at the working resolution)
+and builds its crop-grid mask only when ``.mask`` is read. Per region, at most ``nms_window + 1``
+crop masks exist at once during NMS (``full_nms`` with patches: one mask per pair compared, built
+again as needed). So conquer's peak is about ``R x S x 8 x w_work^2`` bytes for the superpixel
+cell maps (R regions, S scales, w_work <= superpixel_max_side) plus ``(nms_window + 2) x h x w``
+bytes for crop masks of the largest (h, w) crop, on top of the features.
+
 ``units="superpixels"`` (not in the original) merges Felzenszwalb superpixels of the crop at its
 native resolution instead of the patches (:mod:`unsam.conquer.superpixels`); the patch features
 are still extracted from the ``crop_size``² crop and pooled per superpixel, and the coverage
@@ -16,9 +24,10 @@ filter and NMS rules are the same.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -29,7 +38,7 @@ import torch
 from unsam.config import param
 from unsam.conquer.filter import coverage, windowed_nms
 from unsam.conquer.merge import DEFAULT_THETAS, merge_regions
-from unsam.conquer.superpixels import cluster_nms, superpixel_clusters
+from unsam.conquer.superpixels import SuperpixelClusters, cluster_nms, superpixel_clusters
 from unsam.masks import boxes_xyxy_from_masks, resize_image, resize_mask
 
 if TYPE_CHECKING:
@@ -136,7 +145,8 @@ class ConquerMask:
         theta: merge threshold of that level.
         box_xyxy: the crop box (x0, y0, x1, y1) in image pixels, x1/y1 exclusive: the tight
             bounding box of the divide mask.
-        mask: (y1 - y0, x1 - x0) bool mask on the crop grid.
+        source: the (y1 - y0, x1 - x0) bool crop mask, or a function building it (compact:
+            memory does not grow with the number of masks); read it through :attr:`mask`.
         scale: with ``units="superpixels"``, the rank of the mask's Felzenszwalb scale among
             ``superpixel_scales`` sorted ascending (0 = finest superpixels); 0 for patches.
     """
@@ -145,8 +155,13 @@ class ConquerMask:
     level: int
     theta: float
     box_xyxy: tuple[int, int, int, int]
-    mask: npt.NDArray[np.bool_]
+    source: npt.NDArray[np.bool_] | Callable[[], npt.NDArray[np.bool_]]
     scale: int = 0
+
+    @property
+    def mask(self) -> npt.NDArray[np.bool_]:
+        """(y1 - y0, x1 - x0) bool mask on the crop grid (built on each access when lazy)."""
+        return self.source() if callable(self.source) else self.source
 
 
 def region_box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int] | None:
@@ -189,23 +204,28 @@ def _region_masks(
     crop_hw = (y1 - y0, x1 - x0)
     levels = merge_regions(feats, thetas=config.thetas, min_size=config.min_size)
     candidates: list[ConquerMask] = []
-    passed: dict[int, npt.NDArray[np.bool_] | None] = {}  # cluster id -> crop mask (None: failed)
+    areas: list[int] = []
+    # cluster id -> (lazy crop mask, area), None when it failed coverage
+    passed: dict[int, tuple[Callable[[], npt.NDArray[np.bool_]], int] | None] = {}
     for lvl in levels:
         for cid in lvl.emitted:
             if cid not in passed:  # an unchanged cluster keeps its id across levels: do it once
-                mask = resize_mask(lvl.labels == cid, crop_hw)
+                make = functools.partial(resize_mask, lvl.labels == cid, crop_hw)  # patch grid: tiny
+                mask = make()
                 inside = coverage(mask[None], divide_crop)[0] > config.coverage_thresh
-                passed[cid] = mask if inside else None
-            mask = passed[cid]
-            if mask is not None:
-                candidates.append(ConquerMask(region.parent, lvl.level, lvl.theta, region.box, mask))
-    areas = [int(np.count_nonzero(c.mask)) for c in candidates]
+                passed[cid] = (make, int(np.count_nonzero(mask))) if inside else None
+                del mask
+            if passed[cid] is not None:
+                make, area = passed[cid]  # type: ignore[misc]
+                candidates.append(ConquerMask(region.parent, lvl.level, lvl.theta, region.box, make))
+                areas.append(area)
     kept = windowed_nms(
-        [c.mask for c in candidates],
+        [c.source for c in candidates],  # built lazily, a few at a time
         areas,
         iou_thresh=config.nms_iou_thresh,
         window=config.nms_window,
         full_nms=config.full_nms,
+        areas=areas,
     )
     logger.debug(
         "region %d box %s: %d emitted-cluster masks pass coverage, %d after NMS",
@@ -261,14 +281,20 @@ def _region_masks_superpixels(
     )
     out = []
     for i in kept:
-        mask = clusters.mask(i)
-        if scaled:
-            mask = resize_mask(mask, crop_hw)
-            if not mask.any():
-                continue
+        # never empty: clusters have area > 0 and resize_mask keeps the pixels above half its
+        # maximum, so an upsampled non-empty mask stays non-empty
+        make = functools.partial(_cluster_mask, clusters, int(i), crop_hw if scaled else None)
         level, theta, scale = int(clusters.level[i]), float(clusters.theta[i]), int(clusters.scale[i])
-        out.append(ConquerMask(region.parent, level, theta, region.box, mask, scale=scale))
+        out.append(ConquerMask(region.parent, level, theta, region.box, make, scale=scale))
     return out
+
+
+def _cluster_mask(
+    clusters: SuperpixelClusters, index: int, crop_hw: tuple[int, int] | None
+) -> npt.NDArray[np.bool_]:
+    """Crop-grid mask of one superpixel cluster (resized from the working grid when it differs)."""
+    mask = clusters.mask(index)
+    return resize_mask(mask, crop_hw) if crop_hw is not None else mask
 
 
 def conquer(

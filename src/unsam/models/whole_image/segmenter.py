@@ -69,7 +69,13 @@ class SegmentConfig:
     nms_iou_thresh: float | None = param(
         None, "optional greedy mask NMS: IoU cutoff in [0, 1]; none = off, as the original"
     )
-    chunk_size: int = param(16, "masks upsampled to full resolution at once (memory ~ chunk_size x H x W x 12 bytes)")
+    chunk_size: int = param(16, "at most this many masks upsampled to full resolution at once")
+    chunk_megabytes: int = param(
+        1024,
+        "memory cap of one upsampling chunk: masks per chunk = max(1, min(chunk_size, "
+        "chunk_megabytes * 2**20 // (12 * H * W))); peak memory of the post-processing is about "
+        "max(chunk_megabytes MiB, 12 * H * W bytes) on top of the model's",
+    )
     device: str = param("cpu", "torch device for the model and the upsampling, e.g. cpu, cuda, cuda:1, mps")
 
     def __post_init__(self) -> None:
@@ -83,8 +89,11 @@ class SegmentConfig:
             raise ValueError(f"SegmentConfig.score_thresh must be in [0, 1], got {self.score_thresh}")
         if self.nms_iou_thresh is not None and not 0.0 <= self.nms_iou_thresh <= 1.0:
             raise ValueError(f"SegmentConfig.nms_iou_thresh must be in [0, 1] or None, got {self.nms_iou_thresh}")
-        if self.chunk_size < 1:
-            raise ValueError(f"SegmentConfig.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.chunk_size < 1 or self.chunk_megabytes < 1:
+            raise ValueError(
+                f"SegmentConfig.chunk_size and chunk_megabytes must be >= 1, got {self.chunk_size}, "
+                f"{self.chunk_megabytes}"
+            )
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"SegmentConfig.device must be a device name such as 'cpu', got {self.device!r}")
 
@@ -124,6 +133,7 @@ def postprocess_masks(
     max_masks: int = 1000,
     mask_threshold: float = 0.0,
     chunk_size: int = 16,
+    chunk_bytes: int | None = None,
 ) -> ScoredMasks:
     """Top-k first, then chunked upsampling, scoring and RLE encoding (spec §6.5, bug 22 fixed).
 
@@ -140,6 +150,9 @@ def postprocess_masks(
         max_masks: queries kept by foreground probability, before upsampling.
         mask_threshold: binarisation cutoff on the upsampled logits.
         chunk_size: queries upsampled at once.
+        chunk_bytes: if given, fewer queries per chunk so that one chunk's full-resolution float
+            logits, sigmoid and bool mask (12 bytes a pixel) fit in this many bytes (at least one
+            query per chunk). So on a 48 MP photo one mask is upsampled at a time.
 
     Returns:
         :class:`ScoredMasks` (on the CPU), including empty masks (area 0, score 0).
@@ -154,6 +167,9 @@ def postprocess_masks(
         )
     if chunk_size < 1 or max_masks < 1:
         raise ValueError(f"chunk_size and max_masks must be >= 1, got {chunk_size} and {max_masks}")
+    if chunk_bytes is not None:
+        per_mask = 12 * int(image_hw[0]) * int(image_hw[1])
+        chunk_size = max(1, min(chunk_size, int(chunk_bytes) // max(per_mask, 1)))
     fg_prob = class_logits.float().softmax(-1)[:, 0]
     k = min(int(max_masks), int(fg_prob.shape[0]))
     top_prob, top_idx = fg_prob.topk(k, sorted=True)
@@ -521,6 +537,7 @@ class WholeImageSegmenter:
             max_masks=cfg.max_masks,
             mask_threshold=cfg.mask_threshold,
             chunk_size=cfg.chunk_size,
+            chunk_bytes=cfg.chunk_megabytes << 20,
         )
         del class_logits, mask_logits
         keep = np.flatnonzero((result.areas > 0) & (result.scores >= cfg.score_thresh))
