@@ -108,3 +108,19 @@ def test_rle_iou_matrix_matches_dense_iou() -> None:
             inter = (masks[i] & masks[j]).sum()
             union = (masks[i] | masks[j]).sum()
             assert iou[i, j] == pytest.approx(inter / union)
+
+
+def test_sam_fields_are_null_when_nothing_computed_them() -> None:
+    """Issue 11.3: no placeholder stability 1.0 / predicted_iou = score / point_coords []."""
+    import numpy as np
+
+    from unsam.records import MaskRecord
+
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:4] = True
+    sam = MaskRecord.from_mask(mask, score=0.3, source="conquer").to_sam()
+    assert sam["predicted_iou"] is None and sam["stability_score"] is None and sam["point_coords"] is None
+    back = MaskRecord.from_coco({**sam, "image_id": 0}, (4, 5))
+    assert back.score == 0.3 and back.predicted_iou is None and back.stability_score is None
+    no_score = {k: v for k, v in sam.items() if k != "score"}
+    assert MaskRecord.from_coco({**no_score, "image_id": 0}, (4, 5)).score == 1.0

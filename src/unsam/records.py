@@ -363,15 +363,21 @@ class MaskRecord:
         }
 
     def to_sam(self) -> dict[str, Any]:
-        """SAM automatic-mask-generator style record (``output_mode="coco_rle"``)."""
+        """SAM automatic-mask-generator style record (``output_mode="coco_rle"``).
+
+        ``predicted_iou``, ``stability_score`` and ``point_coords`` are ``null`` when the producer
+        has nothing to compute them from (never a placeholder value): the promptable model fills
+        all three, the whole-image model fills ``stability_score`` (from its mask logits), the
+        divide-and-conquer pipeline and the baselines fill none. Filter on ``score`` instead.
+        """
         return {
             "id": self.id,
             "segmentation": {"size": list(self.rle["size"]), "counts": self.rle["counts"]},
             "area": self.area,
             "bbox": self.bbox,
-            "predicted_iou": float(self.score if self.predicted_iou is None else self.predicted_iou),
-            "point_coords": [list(p) for p in (self.point_coords or ())],
-            "stability_score": float(1.0 if self.stability_score is None else self.stability_score),
+            "predicted_iou": None if self.predicted_iou is None else float(self.predicted_iou),
+            "point_coords": None if self.point_coords is None else [list(p) for p in self.point_coords],
+            "stability_score": None if self.stability_score is None else float(self.stability_score),
             "crop_box": list(self.crop_box) if self.crop_box is not None else [0, 0, self.image_hw[1], self.image_hw[0]],
             "score": float(self.score),
             "level": int(self.level),
@@ -417,8 +423,10 @@ class MaskRecord:
             return float(value)
 
         score = num("score", None)
+        if score is None:  # a SAM record: rank by its predicted IoU when it has one
+            score = num("predicted_iou", None)
         if score is None:
-            score = num("predicted_iou", 1.0)
+            score = 1.0
         point_coords = ann.get("point_coords")
         crop_box = ann.get("crop_box")
         image_id = ann.get("image_id", 0)

@@ -66,6 +66,11 @@ class SegmentConfig:
     max_masks: int = param(1000, "top-k queries kept by foreground probability, chosen before upsampling")
     mask_threshold: float = param(0.0, "mask logit cutoff: a pixel is inside when its logit > this (0 = prob 0.5)")
     score_thresh: float = param(0.0, "drop masks whose final score (fg prob x mean in-mask prob) is below this, [0, 1]")
+    stability_score_thresh: float = param(
+        0.0,
+        "drop masks whose stability score (SAM's: IoU of the masks at logit thresholds +-1) is "
+        "below this, [0, 1]; SAM's automatic mask generator uses 0.95",
+    )
     nms_iou_thresh: float | None = param(
         None, "optional greedy mask NMS: IoU cutoff in [0, 1]; none = off, as the original"
     )
@@ -114,6 +119,9 @@ class ScoredMasks:
         scores: (k,) float32 final score = foreground probability x mean sigmoid inside the mask.
         areas: (k,) int64 mask area in pixels of the original image.
         rles: k COCO compressed RLE dicts on the original image grid.
+        stability: (k,) float32 SAM's stability score: IoU of the masks thresholded at
+            ``mask_threshold + 1`` and ``mask_threshold - 1`` on the upsampled logits (1 when both
+            are empty).
     """
 
     query_indices: npt.NDArray[np.int64]
@@ -121,6 +129,7 @@ class ScoredMasks:
     scores: npt.NDArray[np.float32]
     areas: npt.NDArray[np.int64]
     rles: list[dict[str, Any]]
+    stability: npt.NDArray[np.float32]
 
 
 def postprocess_masks(
@@ -177,6 +186,7 @@ def postprocess_masks(
     out_hw = (int(image_hw[0]), int(image_hw[1]))
     scores: list[torch.Tensor] = []
     areas: list[torch.Tensor] = []
+    stability: list[torch.Tensor] = []
     rles: list[dict[str, Any]] = []
     for start in range(0, k, chunk_size):
         idx = top_idx[start : start + chunk_size]
@@ -188,6 +198,10 @@ def postprocess_masks(
         logits = logits[0]
         binary = logits > mask_threshold
         area = binary.flatten(1).sum(1, dtype=torch.int64)
+        # SAM's stability score (offset 1.0 in logit units): the high mask lies inside the low one
+        high = (logits > mask_threshold + 1.0).flatten(1).sum(1, dtype=torch.int64)
+        low = (logits > mask_threshold - 1.0).flatten(1).sum(1, dtype=torch.int64)
+        stability.append(torch.where(low > 0, high.double() / low.clamp(min=1).double(), 1.0).float())
         inside = logits.sigmoid_().mul_(binary).flatten(1).sum(1)  # in place: no second full-size tensor
         del logits
         scores.append(top_prob[start : start + chunk_size] * inside / (area.to(inside.dtype) + 1e-6))
@@ -200,6 +214,7 @@ def postprocess_masks(
         scores=(torch.cat(scores) if scores else torch.zeros(0)).cpu().numpy().astype(np.float32),
         areas=(torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long)).cpu().numpy().astype(np.int64),
         rles=rles,
+        stability=(torch.cat(stability) if stability else torch.zeros(0)).cpu().numpy().astype(np.float32),
     )
 
 
@@ -540,7 +555,10 @@ class WholeImageSegmenter:
             chunk_bytes=cfg.chunk_megabytes << 20,
         )
         del class_logits, mask_logits
-        keep = np.flatnonzero((result.areas > 0) & (result.scores >= cfg.score_thresh))
+        keep = np.flatnonzero(
+            (result.areas > 0) & (result.scores >= cfg.score_thresh)
+            & (result.stability >= cfg.stability_score_thresh)
+        )
         if cfg.nms_iou_thresh is not None and keep.size > 1:
             sub = _nms_rles([result.rles[i] for i in keep], result.scores[keep], cfg.nms_iou_thresh)
             keep = keep[sub]
@@ -551,6 +569,7 @@ class WholeImageSegmenter:
                 image_id=int(image_id),
                 id=annotation_id(int(image_id), rank),
                 score=float(result.scores[i]),
+                stability_score=float(result.stability[i]),
                 level=0,
                 source="model",
             )
