@@ -34,9 +34,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="worker processes sharing the machine's cores (default: 1)")
     g.add_argument("--recursive", action="store_true", help="also take images from sub-folders")
     g.add_argument("--overlay-dir", metavar="DIR", help="also write one overlay PNG per image here")
+    add_overlay_arguments(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--overwrite", action="store_true",
                    help="start over when -o (or its unfinished work file) was written with other settings")
+
+
+def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
+    """``--overlay-top-k`` / ``--overlay-min-score``: what overlays draw (the JSON keeps every mask)."""
+    from unsam.io.overlay import OVERLAY_TOP_K
+
+    group.add_argument("--overlay-top-k", type=int, default=OVERLAY_TOP_K, metavar="K",
+                       help=f"overlays draw the K best-scoring masks (default: {OVERLAY_TOP_K}; 0: none); "
+                            "the JSON keeps every mask")
+    group.add_argument("--overlay-min-score", type=float, default=min_score, metavar="S",
+                       help=f"overlays draw only masks scoring at least S (default: {min_score})")
 
 
 def list_inputs(paths: str | Sequence[str], *, recursive: bool = False) -> ImageListing:
@@ -112,8 +124,11 @@ def print_run_summary(result: Any) -> None:
         print(f"error: none of the {result.images_total} image(s) could be read (listed above)", file=sys.stderr)
 
 
-def write_overlays(output_json: Path, root: Path, overlay_dir: str, min_score: float = 0.0) -> int:
-    """Write one overlay PNG per image of a finished run, drawing the masks scoring >= ``min_score``."""
+def write_overlays(
+    output_json: Path, root: Path, overlay_dir: str, min_score: float = 0.0, top_k: int | None = None
+) -> int:
+    """Write one overlay PNG per image of a finished run, drawing its ``top_k`` best masks among
+    those scoring >= ``min_score``."""
     from unsam.io.coco import load_coco_dataset
     from unsam.io.images import load_image
     from unsam.io.overlay import write_overlay
@@ -124,8 +139,8 @@ def write_overlays(output_json: Path, root: Path, overlay_dir: str, min_score: f
     names = overlay_names([rec.file_name or str(rec.id) for rec in records])
     for rec in records:
         target = out / names[rec.file_name or str(rec.id)]
-        masks = [m for m in rec.masks if m.score >= min_score]
-        write_overlay(target, load_image(root / (rec.file_name or "")), masks)
+        write_overlay(target, load_image(root / (rec.file_name or "")), rec.masks, top_k=top_k,
+                      min_score=min_score)
         n += 1
     return n
 
@@ -138,7 +153,6 @@ def run_folder(
     *,
     desc: str,
     info: dict[str, Any] | None = None,
-    overlay_min_score: float = 0.0,
 ) -> int:
     """The body of every folder command: ids, shard, progress bar, resumable run, summary, overlays.
 
@@ -158,7 +172,8 @@ def run_folder(
         close()
     print_run_summary(result)
     if args.overlay_dir:
-        n = write_overlays(Path(args.output), root, args.overlay_dir, overlay_min_score)
-        extra = f" (masks scoring >= {overlay_min_score})" if overlay_min_score > 0 else ""
-        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir}{extra}")
+        n = write_overlays(Path(args.output), root, args.overlay_dir, args.overlay_min_score,
+                           args.overlay_top_k)
+        extra = f", scoring >= {args.overlay_min_score}" if args.overlay_min_score > 0 else ""
+        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir} (the {args.overlay_top_k} best masks{extra})")
     return result.exit_code
