@@ -1,0 +1,110 @@
+"""Promptable losses against hand-computed values (unsam.training.promptable.losses)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unsam.training.promptable.losses import (
+    LossConfig,
+    box_l1_loss,
+    dice_loss,
+    giou_loss,
+    iou_score_loss,
+    layer_losses,
+    point_sample,
+    sigmoid_bce_loss,
+    uncertain_point_coords,
+    weighted_total,
+)
+from unsam.training.promptable.matching import Match
+
+
+def test_point_sample_hand_values() -> None:
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    # pixel centres of a 2x2 map are at 0.25 / 0.75 (align_corners=False)
+    coords = torch.tensor([[[0.25, 0.25], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75]]])
+    torch.testing.assert_close(point_sample(x, coords), torch.tensor([[[0.0, 1.0, 1.5, 2.0]]]))
+
+
+def test_pointwise_losses_hand_values() -> None:
+    logits = torch.tensor([[0.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0]])
+    assert sigmoid_bce_loss(logits, labels).item() == pytest.approx(math.log(2))
+    # sigma = 0.5, 0.5: 1 - (2 * 0.5 + 1) / (1 + 1 + 1) = 1/3
+    dice = dice_loss(logits, labels)
+    assert dice.item() == pytest.approx(1 / 3)
+    # IoU head regresses 1 - dice = 2/3: (0.5 - 2/3)^2 = 1/36
+    assert iou_score_loss(torch.tensor([0.5]), dice).item() == pytest.approx(1 / 36)
+
+
+def test_box_losses_hand_values() -> None:
+    a = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0]])
+    b = torch.tensor([[0.6, 0.5, 0.2, 0.2], [2.5, 0.5, 1.0, 1.0]])
+    torch.testing.assert_close(box_l1_loss(a, b), torch.tensor([0.1, 2.0]))
+    # overlap: inter 0.02, union 0.06, hull 0.06 -> GIoU 1/3 -> loss 2/3
+    # disjoint unit boxes 1 apart: inter 0, union 2, hull 3 -> GIoU -1/3 -> loss 4/3
+    torch.testing.assert_close(giou_loss(a, b), torch.tensor([2 / 3, 4 / 3]))
+
+
+def test_uncertain_points_pick_the_most_uncertain() -> None:
+    logits = torch.linspace(-4, 4, 64).reshape(1, 1, 8, 8)
+    g = torch.Generator().manual_seed(3)
+    pts = uncertain_point_coords(logits, 10, 3.0, 1.0, g)
+    assert pts.shape == (1, 10, 2)
+    g2 = torch.Generator().manual_seed(3)
+    cand = torch.rand((1, 30, 2), generator=g2)
+    unc = -point_sample(logits, cand).abs()[0, 0]
+    expected = cand[0, torch.argsort(unc, descending=True)[:10]]
+    torch.testing.assert_close(torch.sort(pts[0, :, 0]).values, torch.sort(expected[:, 0]).values)
+    mixed = uncertain_point_coords(logits, 8, 3.0, 0.75, torch.Generator().manual_seed(0))
+    assert mixed.shape == (1, 8, 2) and bool(((mixed >= 0) & (mixed <= 1)).all())
+
+
+def _hand_case() -> tuple:
+    """1 click x 2 tokens, constant logits 0, one empty target mask, token 1 matched to it.
+
+    (An empty mask is 0 at every point, also near the border where bilinear sampling of a full
+    mask would mix in the zero padding.)
+    """
+    mask_logits = torch.zeros((1, 2, 4, 4), requires_grad=True)
+    pred_iou = torch.tensor([[0.9, 0.3]], requires_grad=True)
+    pred_boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
+    masks = torch.zeros((1, 16, 16), dtype=torch.bool)
+    target_boxes = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    match = Match(query=torch.tensor([1]), target=torch.tensor([0]), click=torch.tensor([0]))
+    return mask_logits, pred_iou, pred_boxes, masks, target_boxes, match
+
+
+def test_layer_losses_hand_values() -> None:
+    mask_logits, pred_iou, pred_boxes, masks, target_boxes, match = _hand_case()
+    cfg = LossConfig(num_points=10)
+    out = layer_losses(mask_logits, pred_iou, pred_boxes, masks, target_boxes, match, 2.0, config=cfg)
+    # every sampled point: sigma = 0.5, label 0 -> BCE ln 2; dice 1 - (0 + 1) / (5 + 0 + 1) = 5/6
+    assert out["loss_mask_bce"].item() == pytest.approx(math.log(2) / 2)
+    assert out["loss_mask_dice"].item() == pytest.approx(5 / 6 / 2)
+    assert out["loss_iou"].item() == pytest.approx((0.3 - 1 / 6) ** 2 / 2)  # token 1's IoU, not token 0's
+    assert out["loss_bbox"].item() == pytest.approx(0.0) and out["loss_giou"].item() == pytest.approx(0.0, abs=1e-6)
+    total = weighted_total([out, out], cfg)
+    expected = 2 * (5 * math.log(2) / 2 + 5 * 5 / 12 + (0.3 - 1 / 6) ** 2 / 2)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_iou_loss_backpropagates_into_the_mask_logits() -> None:
+    """Spec §3.6: the IoU target (1 - dice) is not detached."""
+    mask_logits, pred_iou, _pred_boxes, masks, _target_boxes, match = _hand_case()
+    out = layer_losses(mask_logits, pred_iou, None, masks, None, match, 1.0, config=LossConfig(num_points=10))
+    out["loss_iou"].backward()
+    assert mask_logits.grad is not None and mask_logits.grad[0, 1].abs().sum() > 0
+    assert mask_logits.grad[0, 0].abs().sum() == 0  # the unmatched token gets nothing
+    assert pred_iou.grad[0, 0] == 0 and pred_iou.grad[0, 1] != 0
+    assert out["loss_bbox"].item() == 0.0  # no boxes given
+
+
+def test_empty_match_gives_zero_losses() -> None:
+    mask_logits, pred_iou, pred_boxes, masks, target_boxes, _ = _hand_case()
+    empty = Match(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    out = layer_losses(mask_logits, pred_iou, pred_boxes, masks, target_boxes, empty, 1.0)
+    assert all(v.item() == 0.0 for v in out.values())
