@@ -40,7 +40,6 @@ from unsam.io.coco import (
 )
 from unsam.io.files import (
     append_line_durable,
-    atomic_write_json,
     check_output_file,
     run_lock,
     truncate_partial_line,
@@ -86,6 +85,7 @@ class RunResult:
     masks: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds_per_image: list[float] = field(default_factory=list)
+    dataset: dict[str, Any] | None = field(default=None, repr=False)  # what was written, as a COCO dataset
 
     @property
     def exit_code(self) -> int:
@@ -349,6 +349,7 @@ def run_images(
     progress: Callable[[int, int], Any] | None = None,
     info: dict[str, Any] | None = None,
     overwrite: bool = False,
+    output_format: str = "coco-dataset",
 ) -> RunResult:
     """Run ``producer`` over ``images`` and write a class-agnostic COCO dataset JSON to ``output``.
 
@@ -367,6 +368,9 @@ def run_images(
         progress: called as ``progress(done, total)`` after each image (the CLI passes a tqdm update).
         info: extra fields for the output's ``info``.
         overwrite: start over even if an unfinished or finished run with other settings exists.
+        output_format: ``coco-dataset`` (default), ``coco-results`` or ``sam-folder`` (``output``
+            is then a folder); see :mod:`unsam.io.export`. The last two cannot carry the run's
+            settings, so their work file is kept after success: a rerun resumes from it.
 
     Returns:
         A :class:`RunResult`.
@@ -375,7 +379,16 @@ def run_images(
         ValueError: the work file or the existing output was written with other settings.
         unsam.io.files.RunLockedError: another run is writing the same output.
     """
-    output = check_output_file(output, "-o")
+    from unsam.io.export import OUTPUT_FORMATS, write_dataset_as
+
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if output_format == "sam-folder":
+        output = Path(output)
+        if output.is_file():
+            raise NotADirectoryError(f"-o {output}: is a file; --format sam-folder writes a folder")
+    else:
+        output = check_output_file(output, "-o")
     names = [p.relative_to(root).as_posix() for p in images]
     base_ids = image_ids or assign_image_ids(names)
     settings = json.loads(json.dumps(producer.settings(), default=str))
@@ -384,7 +397,7 @@ def run_images(
     producer.setup()  # a missing model fails here, once, before any work or worker
     with run_lock(output):
         work = work_file_for(output)
-        done = _previous_rows(work, output, header, overwrite)
+        done = _previous_rows(work, output, header, overwrite, output_format)
         ids = _fixed_ids(names, base_ids, done)
         i_shard, n_shard = shard
         mine = [(str(p), n, ids[n]) for k, (p, n) in enumerate(zip(images, names)) if k % n_shard == i_shard]
@@ -395,20 +408,28 @@ def run_images(
         seconds = _process(producer, todo, workers, work, done, resumed, len(mine), progress)
         dataset, skipped = _assemble(mine, done, header, info, work)
         validate_dataset(dataset, where=f"refusing to write {output}")
-        atomic_write_json(output, dataset)
-        work.unlink(missing_ok=True)
+        write_dataset_as(dataset, output, output_format)  # type: ignore[arg-type]
+        if output_format == "coco-dataset":  # the output itself carries everything a rerun needs
+            work.unlink(missing_ok=True)
     n_masks = len(dataset["annotations"])
     logger.info("wrote %s: %d images, %d masks, %d skipped", output, len(dataset["images"]), n_masks, len(skipped))
-    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds)
+    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds, dataset)
 
 
-def _previous_rows(work: Path, output: Path, header: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
+def _previous_rows(
+    work: Path, output: Path, header: dict[str, Any], overwrite: bool, output_format: str
+) -> dict[str, dict[str, Any]]:
     """What earlier runs finished (from the work file, else the finished output); starts the work file."""
     if overwrite:
         work.unlink(missing_ok=True)
         done: dict[str, dict[str, Any]] = {}
     elif work.exists():
         return _rows_from_work_file(work, header)
+    elif output_format != "coco-dataset":  # these outputs cannot be read back as a run's state
+        if output.is_file() or (output.is_dir() and any(output.iterdir())):
+            raise ValueError(f"{output}: exists and its work file {work.name} is gone, so what it holds "
+                             "cannot be checked; choose another -o or pass --overwrite to replace it")
+        done = {}
     else:
         done = _rows_from_output(output, header) if output.exists() else {}
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -173,3 +173,38 @@ def test_malformed_rle_names_file_and_index(tmp_path: Path, capsys: pytest.Captu
     assert main(["eval", "--gt", str(gt), "--pred", str(pred)]) == 2
     err = _err(capsys)
     assert f"{pred}: [1]" in err and "truncated" in err
+
+
+def test_formats_other_tools_read(images: Path, tmp_path: Path) -> None:
+    """Issue 11.4: --format coco-results loads with COCO.loadRes; sam-folder has one JSON per image;
+    --binary-masks writes PNGs equal to the masks."""
+    from pycocotools.coco import COCO
+
+    ds = tmp_path / "ds.json"
+    assert main(_baseline(images, "-o", str(ds), "--binary-masks", str(tmp_path / "bin"))) == 0
+    data = json.loads(ds.read_text())
+    res = tmp_path / "res.json"
+    assert main(_baseline(images, "-o", str(res), "--format", "coco-results")) == 0
+    gt = COCO()
+    gt.dataset = {k: data[k] for k in ("images", "annotations", "categories")}
+    gt.createIndex()
+    loaded = gt.loadRes(str(res))
+    assert len(loaded.anns) == len(data["annotations"])
+    sam = tmp_path / "sam"
+    assert main(_baseline(images, "-o", str(sam), "--format", "sam-folder")) == 0
+    files = sorted(p.name for p in sam.iterdir())
+    assert files == ["a.jpg.json", "a.png.json", "b.json"]
+    one = json.loads((sam / "b.json").read_text())
+    assert one["image"]["file_name"] == "b.png"
+    n_b = sum(1 for a in data["annotations"] if a["image_id"] == one["image"]["image_id"])
+    assert len(one["annotations"]) == n_b
+    # binary masks: the best-scoring mask of b.png equals its RLE
+    from unsam.records import MaskRecord
+
+    b_img = next(i for i in data["images"] if i["file_name"] == "b.png")
+    anns = sorted((a for a in data["annotations"] if a["image_id"] == b_img["id"]), key=lambda a: -a["score"])
+    png = np.asarray(Image.open(tmp_path / "bin" / "b" / "0000.png")) > 0
+    assert np.array_equal(png, MaskRecord.from_coco(anns[0], (b_img["height"], b_img["width"])).decode())
+    # a rerun of the results format resumes from its kept work file: nothing is done again
+    assert (tmp_path / "res.json.work.jsonl").exists()
+    assert main(_baseline(images, "-o", str(res), "--format", "coco-results")) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from unsam.baselines import BaselineConfig, BaselineProducer
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder
+from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder, run_outputs
 from unsam.runner import parse_shard
 
 
@@ -22,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(BaselineConfig, args, method=args.method)
     parse_shard(args.shard)  # bad flags fail before any work
     listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(args.images, listing, [("-o", args.output), ("--overlay-dir", args.overlay_dir)],
+    check_run_outputs(args.images, listing, run_outputs(args),
                       extra_inputs=[args.image_ids_from] if args.image_ids_from else [])
     return run_folder(BaselineProducer(config), listing.images, listing.root, args, desc=args.method)

@@ -16,6 +16,7 @@ __all__ = [
     "add_run_arguments",
     "list_inputs",
     "check_run_outputs",
+    "run_outputs",
     "overlay_names",
     "tqdm_progress",
     "print_run_summary",
@@ -36,6 +37,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overlay-dir", metavar="DIR", help="also write one overlay PNG per image here")
     add_overlay_arguments(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--format", dest="output_format", default="coco-dataset",
+                   choices=["coco-dataset", "coco-results", "sam-folder"],
+                   help="-o as a COCO dataset JSON (default; resumable from the file itself), a COCO "
+                        "results list (what COCO.loadRes reads) or a folder of SA-1B-style per-image JSONs")
+    g.add_argument("--binary-masks", metavar="DIR", help="also write every mask as a 0/255 PNG under DIR/<image>/")
     g.add_argument("--overwrite", action="store_true",
                    help="start over when -o (or its unfinished work file) was written with other settings")
 
@@ -66,6 +72,11 @@ def list_inputs(paths: str | Sequence[str], *, recursive: bool = False) -> Image
     return listing
 
 
+def run_outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The ``(flag, path)`` outputs of a folder command (``-o`` first)."""
+    return [("-o", args.output), ("--overlay-dir", args.overlay_dir), ("--binary-masks", args.binary_masks)]
+
+
 def check_run_outputs(
     inputs: str | Sequence[str],
     listing: ImageListing,
@@ -74,8 +85,8 @@ def check_run_outputs(
 ) -> None:
     """Before any work: refuse outputs that are folders, or that would overwrite an input file or
     lie inside an input image folder (``outputs`` = ``(flag, path)``; the first is the -o file)."""
-    if outputs and outputs[0][1] is not None:
-        check_output_file(outputs[0][1], outputs[0][0])
+    if outputs and outputs[0][1] is not None and not Path(outputs[0][1]).is_dir():
+        check_output_file(outputs[0][1], outputs[0][0])  # a folder -o is judged by the runner (--format)
     given = [inputs] if isinstance(inputs, str) else list(inputs)
     check_outputs(outputs, input_files=[*listing.images, *extra_inputs],
                   input_dirs=[p for p in given if Path(p).is_dir()])
@@ -84,11 +95,9 @@ def check_run_outputs(
 def overlay_names(file_names: Sequence[str]) -> dict[str, str]:
     """Overlay PNG name of each image: its path with "/" as "__" and ".png" for its extension, or
     with the extension kept (``a.jpg.png``) where two images would share a name."""
-    stems = {n: Path(n).with_suffix("").as_posix().replace("/", "__") for n in file_names}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    return {n: (stem if counts[stem] == 1 else n.replace("/", "__")) + ".png" for n, stem in stems.items()}
+    from unsam.io.export import distinct_stems
+
+    return {n: stem + ".png" for n, stem in distinct_stems(file_names).items()}
 
 
 def tqdm_progress(desc: str, disable: bool = False) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -125,17 +134,17 @@ def print_run_summary(result: Any) -> None:
 
 
 def write_overlays(
-    output_json: Path, root: Path, overlay_dir: str, min_score: float = 0.0, top_k: int | None = None
+    dataset: dict[str, Any], root: Path, overlay_dir: str, min_score: float = 0.0, top_k: int | None = None
 ) -> int:
-    """Write one overlay PNG per image of a finished run, drawing its ``top_k`` best masks among
-    those scoring >= ``min_score``."""
-    from unsam.io.coco import load_coco_dataset
+    """Write one overlay PNG per image of a finished run (its COCO dataset dict), drawing its
+    ``top_k`` best masks among those scoring >= ``min_score``."""
+    from unsam.io.coco import parse_coco_dataset
     from unsam.io.images import load_image
     from unsam.io.overlay import write_overlay
 
     out = Path(overlay_dir)
     n = 0
-    records = load_coco_dataset(output_json)
+    records = parse_coco_dataset(dataset, "run output")
     names = overlay_names([rec.file_name or str(rec.id) for rec in records])
     for rec in records:
         target = out / names[rec.file_name or str(rec.id)]
@@ -167,12 +176,18 @@ def run_folder(
     try:
         result = run_images(producer, images, root, args.output, image_ids=ids,
                             ids_rule=id_rule(args.image_ids_from), shard=shard, workers=args.workers,
-                            progress=progress, info=info, overwrite=args.overwrite)
+                            progress=progress, info=info, overwrite=args.overwrite,
+                            output_format=args.output_format)
     finally:
         close()
     print_run_summary(result)
+    if args.binary_masks:
+        from unsam.io.export import write_binary_masks
+
+        n = write_binary_masks(result.dataset, args.binary_masks)
+        print(f"wrote {n} mask PNG(s) to {args.binary_masks}")
     if args.overlay_dir:
-        n = write_overlays(Path(args.output), root, args.overlay_dir, args.overlay_min_score,
+        n = write_overlays(result.dataset, root, args.overlay_dir, args.overlay_min_score,
                            args.overlay_top_k)
         extra = f", scoring >= {args.overlay_min_score}" if args.overlay_min_score > 0 else ""
         print(f"wrote {n} overlay PNG(s) to {args.overlay_dir} (the {args.overlay_top_k} best masks{extra})")

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder
+from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder, run_outputs
 from unsam.conquer.region import ConquerConfig
 from unsam.divide.maskcut import MaskCutConfig
 from unsam.pipeline import DicoProducer, PipelineConfig
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
     parse_shard(args.shard)  # bad flags fail before weights are loaded
     listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(args.images, listing, [("-o", args.output), ("--overlay-dir", args.overlay_dir)],
+    check_run_outputs(args.images, listing, run_outputs(args),
                       extra_inputs=[args.image_ids_from] if args.image_ids_from else [])
     producer = DicoProducer(config)
     producer.setup()  # load weights in this process first: errors surface at once, before any worker

@@ -29,6 +29,7 @@ __all__ = [
     "coco_dataset_dict",
     "write_coco_dataset",
     "load_coco_dataset",
+    "parse_coco_dataset",
     "write_coco_results",
     "load_coco_results",
     "write_sam_json",
@@ -150,6 +151,11 @@ def write_coco_dataset(
 ) -> Path:
     """Atomically write a class-agnostic COCO dataset JSON (see :func:`coco_dataset_dict`)."""
     return atomic_write_json(path, coco_dataset_dict(images, info=info))
+
+
+def parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
+    """Image records of a loaded COCO dataset dict (``where`` names it in errors)."""
+    return _parse_coco_dataset(data, where)
 
 
 def _parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
