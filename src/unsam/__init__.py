@@ -20,6 +20,7 @@ _LAZY = {
     "list_images": ("unsam.io.images", "list_images"),
     "DivideAndConquer": ("unsam.pipeline", "DivideAndConquer"),
     "WholeImageSegmenter": ("unsam.models.whole_image", "WholeImageSegmenter"),
+    "PromptablePredictor": ("unsam.models.promptable.predictor", "PromptablePredictor"),
 }
 
 __all__ = ["ImageRecord", "MaskRecord", "__version__", *_LAZY]
@@ -32,3 +33,8 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'unsam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API, lazy names included (so ``dir(unsam)`` and tab completion show it)."""
+    return sorted({*globals(), *__all__})

@@ -29,9 +29,14 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type, *, prefix: str = ""
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    config_cls: type,
+    *,
+    prefix: str = "",
+    skip: tuple[str, ...] = (),
 ) -> None:
-    """Add one flag per field of ``config_cls`` (a dataclass built with :func:`unsam.config.param`).
+    """Add one flag per field of ``config_cls`` (a dataclass built with :func:`unsam.config.param`),
+    except the fields named in ``skip`` (set some other way, e.g. by a positional argument).
 
     Flags default to None (argparse.SUPPRESS), so only what the user sets overrides the config's
     own defaults. Types: bool → ``--flag/--no-flag``; Literal → choices; tuple[float, ...] →
@@ -39,7 +44,7 @@ def add_config_arguments(
     """
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
-        if not f.init or dataclasses.is_dataclass(hints[f.name]):
+        if not f.init or f.name in skip or dataclasses.is_dataclass(hints[f.name]):
             continue  # nested stage configs get their own prefixed group (see the callers)
         help_text = f.metadata.get("help")
         if not help_text:

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="COCO dataset JSON to write (with scores)")
     add_run_arguments(parser)
     g = parser.add_argument_group("baseline settings")
-    add_config_arguments(g, BaselineConfig)
+    add_config_arguments(g, BaselineConfig, skip=("method",))  # the positional METHOD sets it
 
 
 def run(args: argparse.Namespace) -> int:

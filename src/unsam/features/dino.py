@@ -298,6 +298,7 @@ def load_feature_extractor(
     looks_local = (
         path.exists()
         or name.startswith((".", "/", "~"))
+        or (path.parent != Path(".") and path.parent.is_dir())  # "runs/typo" where runs/ exists
         or name.lower().endswith(_CHECKPOINT_SUFFIXES)
         or name.count("/") != 1
     )

@@ -392,7 +392,7 @@ def _resolve_device(config: TrainConfig, info: DistInfo) -> torch.device:
     device = torch.device(config.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f'device "{config.device}" requested but CUDA is not available; use --device cpu')
+            raise ValueError(f'device "{config.device}" requested but CUDA is not available; use --device cpu')
         if info.distributed:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

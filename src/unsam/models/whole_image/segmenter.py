@@ -320,7 +320,9 @@ def _download_from_hub(repo_id: str) -> Path:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.split(". ")[0]
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
-        raise RuntimeError(
+        from unsam.features.base import MissingWeightsError
+
+        raise MissingWeightsError(
             f"{repo_id} is no local file or folder, and cannot be downloaded from the Hugging Face hub ({reason}); "
             "if it is a hub id, download its checkpoint file "
             f"from https://huggingface.co/{repo_id} and pass the local file's path as the model (an official .pth "
@@ -339,6 +341,11 @@ def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, An
 
     text = os.fspath(path_or_hub_id)
     path = Path(text).expanduser()
+    if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
+        raise FileNotFoundError(  # "runs/typo" where runs/ exists: a local path, not a hub id
+            f"{text}: no such file or folder in {path.parent} (expected a model folder, a training run "
+            "folder or an official UnSAM .pth)"
+        )
     if not path.exists():
         if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.endswith(_CHECKPOINT_SUFFIXES):
             path = _download_from_hub(text)  # a typo'd local path also lands here; the error names both
