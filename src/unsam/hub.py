@@ -6,12 +6,14 @@ the user sees the one-sentence "download X to Y" message.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
-__all__ = ["hub_offline"]
+__all__ = ["hub_offline", "quiet_loading"]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -40,3 +42,18 @@ def hub_offline() -> bool:
         endpoint = "https://huggingface.co"
     url = urlparse(endpoint)
     return _endpoint_unreachable(url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80))
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No transformers / huggingface_hub progress bars while a model loads (a library should not
+    draw bars the caller did not ask for); the previous setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -51,3 +51,17 @@ def test_version_and_dir() -> None:
     proc = subprocess.run([sys.executable, "-m", "unsam.cli.main", "--version"], capture_output=True, text=True)
     assert proc.stdout.strip() == f"unsam {unsam.__version__}"
     assert {"DivideAndConquer", "WholeImageSegmenter", "evaluate", "load_image"} <= set(dir(unsam))
+
+
+def test_loading_a_model_draws_no_progress_bar(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers import ViTConfig, ViTModel
+
+    from unsam.features import load_feature_extractor
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    patch_size=8, image_size=32)
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    capfd.readouterr()
+    load_feature_extractor(tmp_path / "vit")
+    err = capfd.readouterr().err
+    assert "Loading" not in err and "%|" not in err

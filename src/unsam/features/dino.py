@@ -204,13 +204,16 @@ def _from_pretrained(
     """``ViTModel.from_pretrained`` without a pooler, with the loading report."""
     from transformers import ViTModel
 
-    model, info = ViTModel.from_pretrained(
-        source,
-        add_pooling_layer=False,
-        output_loading_info=True,
-        local_files_only=local_only,
-        cache_dir=cache_dir,
-    )
+    from unsam.hub import quiet_loading
+
+    with quiet_loading():
+        model, info = ViTModel.from_pretrained(
+            source,
+            add_pooling_layer=False,
+            output_loading_info=True,
+            local_files_only=local_only,
+            cache_dir=cache_dir,
+        )
     return model, info
 
 

@@ -288,7 +288,10 @@ def _load_transformers_folder(folder: Path) -> Any:
     previous = tf_logger.level
     tf_logger.setLevel(logging.ERROR)
     try:
-        model, info = Mask2FormerForUniversalSegmentation.from_pretrained(folder, output_loading_info=True)
+        from unsam.hub import quiet_loading
+
+        with quiet_loading():
+            model, info = Mask2FormerForUniversalSegmentation.from_pretrained(folder, output_loading_info=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{folder}: cannot load a Mask2Former model ({str(exc).splitlines()[0]})") from None
     finally:
