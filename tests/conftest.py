@@ -1,4 +1,9 @@
-"""Shared fixtures. Data-heavy tests use ``shared_data`` and skip with a reason without ../shared."""
+"""Shared fixtures. Data-heavy tests use ``shared_data`` and skip with a reason without ../shared.
+
+Every test that uses ``shared_data`` (directly or through ``coco_gt`` / ``coco_images``) carries the
+``data`` marker: written on the test, and added here at collection for any test that lacks it, so
+``-m "not data"`` always deselects exactly the tests that need ../shared.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
 SHARED_DATA = Path(os.environ.get("UNSAM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("data") is None:
+            item.add_marker(pytest.mark.data)
 
 
 @pytest.fixture(scope="session")

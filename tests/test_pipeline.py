@@ -11,7 +11,13 @@ import pytest
 from unsam.conquer.region import ConquerConfig
 from unsam.divide.maskcut import MaskCutConfig
 from unsam.features import ClassicFeatureExtractor
-from unsam.pipeline import CLASSIC_PRESET, DivideAndConquer, PipelineConfig, conquer_score, resolve_preset
+from unsam.pipeline import (
+    CLASSIC_PRESET,
+    DivideAndConquer,
+    PipelineConfig,
+    conquer_score,
+    resolve_preset,
+)
 from unsam.records import annotation_id
 
 
@@ -28,7 +34,8 @@ def shapes_image() -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def check_structure(records, image_id: int) -> None:
+def check_structure(records, image_id: int, whole_image: int) -> None:
+    """``whole_image``: how many whole-image divide regions there must be (0 or 1)."""
     assert [r.id for r in records] == [annotation_id(image_id, k) for k in range(len(records))]
     by_id = {r.id: r for r in records}
     levels = [r.level for r in records]
@@ -40,7 +47,8 @@ def check_structure(records, image_id: int) -> None:
         else:
             assert r.source == "conquer" and r.theta is not None and by_id[r.parent_id].level == 0
     whole = [r for r in records if r.source == "image"]
-    assert len(whole) <= 1 and all(r.area == r.image_hw[0] * r.image_hw[1] and r.score == 1.0 for r in whole)
+    assert len(whole) == whole_image
+    assert all(r.area == r.image_hw[0] * r.image_hw[1] and r.score == 1.0 for r in whole)
 
 
 def test_classic_pipeline_records_on_a_synthetic_image() -> None:
@@ -48,7 +56,7 @@ def test_classic_pipeline_records_on_a_synthetic_image() -> None:
     assert dico.config.conquer.units == "superpixels" and dico.config.whole_image_region
     image = shapes_image()
     records = dico(image, image_id=7)
-    check_structure(records, 7)
+    check_structure(records, 7, whole_image=1)
     assert any(r.source == "maskcut" for r in records), "MaskCut found no object"
     assert records[0].source == "maskcut" and [r.source for r in records if r.level == 0][-1] == "image"
     parent_sources = {r.id: r.source for r in records if r.level == 0}
@@ -67,7 +75,7 @@ def test_spec_preset_keeps_the_original_pipeline_with_classic_features() -> None
     assert dico.config.conquer == ConquerConfig() and dico.config.maskcut == MaskCutConfig()
     assert not dico.config.whole_image_region
     records = dico(shapes_image(), image_id=3)
-    check_structure(records, 3)
+    check_structure(records, 3, whole_image=0)
     parts = [r for r in records if r.level > 0]
     assert parts and max(r.level for r in parts) <= 6
     assert all(r.source != "image" for r in records)
@@ -78,7 +86,7 @@ def test_whole_image_region_alone() -> None:
     dico = DivideAndConquer(features="classic", refine="crf")
     dico.divide = lambda image: []
     records = dico(shapes_image(), image_id=1)
-    check_structure(records, 1)
+    check_structure(records, 1, whole_image=1)
     assert records[0].source == "image" and records[0].refined == "none"  # never refined (it is > 90% of the image)
     assert len(records) > 5 and all(r.level > 0 and r.parent_id == records[0].id for r in records[1:])
     assert all(r.refined == "crf" for r in records[1:])
@@ -125,6 +133,7 @@ def test_classic_pipeline_beats_felzenszwalb_on_coco(coco_gt, coco_images) -> No
     Measured on these 3 images: classic DiCo 0.326, ``unsam baseline felzenszwalb`` 0.261 (on all
     144 images: 0.201 vs 0.153; benchmarks/classic_quality.py)."""
     import unsam
+    from unsam.baselines import BaselineConfig, baseline_masks
     from unsam.io.coco import coco_dataset_dict
     from unsam.records import ImageRecord
 
@@ -132,14 +141,19 @@ def test_classic_pipeline_beats_felzenszwalb_on_coco(coco_gt, coco_images) -> No
     images = sorted(gt["images"], key=lambda i: i["file_name"])[:3]
     ids = {i["id"] for i in images}
     dico = DivideAndConquer(features="classic")
-    preds = []
+    preds, baseline = [], []
     for info in images:
-        records = dico(unsam.load_image(coco_images / info["file_name"]), image_id=info["id"])
+        image = unsam.load_image(coco_images / info["file_name"])
+        records = dico(image, image_id=info["id"])
         preds.append(ImageRecord(info["id"], info["file_name"], info["height"], info["width"], tuple(records)))
+        baseline += [m.replace(image_id=info["id"]) for m in baseline_masks(image, BaselineConfig())]
     sub = {"images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
            "categories": gt["categories"]}
     metrics = unsam.evaluate(sub, coco_dataset_dict(preds))
+    felzenszwalb = unsam.evaluate(sub, baseline)
+    print(f"AR@1000 classic DiCo {metrics['AR@1000']:.3f}, felzenszwalb {felzenszwalb['AR@1000']:.3f}")
     assert metrics["AR@1000"] > 0.30
+    assert metrics["AR@1000"] > felzenszwalb["AR@1000"] + 0.03
 
 
 def test_max_masks_keeps_the_best_scores_and_their_parents() -> None:
@@ -147,7 +161,7 @@ def test_max_masks_keeps_the_best_scores_and_their_parents() -> None:
     full = DivideAndConquer(features="classic")(image, image_id=2)  # preset cap 1000: not reached here
     capped = DivideAndConquer(features="classic", max_masks=20)(image, image_id=2)
     assert len(full) > 20 == len(capped)
-    check_structure(capped, 2)  # every kept part's parent is kept (ids renumbered)
+    check_structure(capped, 2, whole_image=1)  # every kept part's parent is kept (ids renumbered)
     cut = sorted((r.score for r in full), reverse=True)[19]
     kept = {(r.rle["counts"], r.score, r.level) for r in capped}
     assert kept <= {(r.rle["counts"], r.score, r.level) for r in full}

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reference.merge_naive import merge_naive
-from tests.reference.nms_loop import nms_loop
+from tests.reference.conquer_naive import conquer_naive, pil_resize_image
 from unsam.conquer.region import ConquerConfig, ConquerMask, conquer, region_box
-from unsam.masks import resize_image, resize_mask
 
 RED, BLUE, GREEN, GREY = (255, 0, 0), (0, 0, 255), (0, 255, 0), (128, 128, 128)
 
@@ -108,7 +106,7 @@ def test_crop_includes_last_row_and_column_and_is_resized() -> None:
     mask[15:40, 10:47] = True
     extractor = ColourExtractor()
     out = conquer(image, [mask], extractor, ConquerConfig(crop_size=32))
-    expected_crop = resize_image(image[15:40, 10:47], (32, 32))
+    expected_crop = pil_resize_image(image[15:40, 10:47], 32, 32)
     np.testing.assert_array_equal(extractor.calls[0][0], expected_crop)
     assert (extractor.calls[0][0][-1, :, 1] > 200).any()  # green reached the bottom row
     assert out and all(m.box_xyxy == (10, 15, 47, 40) and m.mask.shape == (25, 37) for m in out)
@@ -132,28 +130,6 @@ def textured_scene(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     return np.clip(image, 0, 255).astype(np.uint8), divide
 
 
-def reference_conquer(
-    image: np.ndarray, divide: list[np.ndarray], extractor: ColourExtractor, cfg: ConquerConfig
-) -> list[tuple]:
-    """The driver rebuilt from the references: merge_naive, loop coverage, loop NMS."""
-    out = []
-    for parent, dmask in enumerate(divide):
-        ys, xs = np.nonzero(dmask)
-        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-        feats = extractor(resize_image(image[y0:y1, x0:x1], (cfg.crop_size, cfg.crop_size))[None])[0]
-        candidates = []
-        for theta, level, labels, emitted in merge_naive(feats.numpy(), cfg.thetas, cfg.min_size):
-            for cid in emitted:
-                m = resize_mask(labels == cid, (y1 - y0, x1 - x0))
-                area = m.sum()
-                if area and (m & dmask[y0:y1, x0:x1]).sum() / area > cfg.coverage_thresh:
-                    candidates.append((level, theta, (x0, y0, x1, y1), m))
-        kept = nms_loop([c[3] for c in candidates], [c[3].sum() for c in candidates], cfg.nms_iou_thresh,
-                        None if cfg.full_nms else cfg.nms_window)
-        out.extend((parent, *candidates[i]) for i in sorted(kept))
-    return out
-
-
 @pytest.mark.parametrize(("seed", "full_nms"), [(1, False), (2, False), (1, True), (2, True)])
 def test_matches_reference_pipeline(seed: int, full_nms: bool) -> None:
     image, divide = textured_scene(seed)
@@ -161,7 +137,7 @@ def test_matches_reference_pipeline(seed: int, full_nms: bool) -> None:
     extractor = ColourExtractor(texture=True)
     out = conquer(image, divide, extractor, cfg)
     assert [len(c) for c in extractor.calls] == [2, 2, 1]  # 5 regions in chunks of batch_size
-    expected = reference_conquer(image, divide, ColourExtractor(texture=True), cfg)
+    expected = conquer_naive(image, divide, ColourExtractor(texture=True), cfg)
     assert len(out) == len(expected) > 5
     assert len({m.level for m in out}) > 2  # several granularities survive
     for got, (parent, level, theta, box, mask) in zip(out, expected):

@@ -49,6 +49,7 @@ def _degraded_predictions(gt_path: Path, seed: int = 0) -> list[dict]:
     return results
 
 
+@pytest.mark.data
 def test_every_gt_mask_decodes_like_pycocotools(coco_gt: Path) -> None:
     coco = COCO(str(coco_gt))
     gt = prepare_ground_truth(coco_gt)
@@ -58,6 +59,7 @@ def test_every_gt_mask_decodes_like_pycocotools(coco_gt: Path) -> None:
         assert ours["iscrowd"] == ann["iscrowd"] and ours["area"] == ann["area"]
 
 
+@pytest.mark.data
 def test_gt_against_itself_is_perfect(coco_gt: Path) -> None:
     m = evaluate(coco_gt, coco_gt)
     for key in ("AR@100", "AR@1000", "AP", "AP50", "AP75", "ARs@1000", "ARm@1000", "ARl@1000"):
@@ -65,6 +67,7 @@ def test_gt_against_itself_is_perfect(coco_gt: Path) -> None:
     assert m["images"] == 144 and m["gt_masks"] == 1204
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("backend", ["faster-coco-eval", "pycocotools"])
 def test_degraded_predictions_match_pycocotools(coco_gt: Path, tmp_path: Path, backend: str) -> None:
     results = _degraded_predictions(coco_gt)

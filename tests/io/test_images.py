@@ -126,6 +126,7 @@ def test_list_images_sorted_and_reports_others(tmp_path: Path) -> None:
         list_images(tmp_path / "missing")
 
 
+@pytest.mark.data
 def test_real_coco_images_decode_at_their_annotated_size(coco_images: Path, coco_gt: Path) -> None:
     import json
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.reference.resnet_keys import hf_backbone_name, torchvision_resnet_state_dict
 from unsam.models.whole_image import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -75,7 +76,8 @@ def test_tiny_forward_shapes_and_loss(tiny: nn.Module) -> None:
     assert out.masks_queries_logits.shape == (2, q, 32, 40)  # 1/4 resolution
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    assert tiny.class_predictor.weight.grad is not None
+    grad = tiny.class_predictor.weight.grad
+    assert grad.shape == tiny.class_predictor.weight.shape and grad.abs().sum() > 0 and torch.isfinite(grad).all()
 
 
 # --- frozen BatchNorm ---------------------------------------------------------------------------
@@ -127,56 +129,42 @@ def test_frozen_batchnorm_equals_eval_batchnorm() -> None:
 
 
 def _torchvision_state_dict(depths: tuple[int, ...], hidden: tuple[int, ...], stem: int) -> dict[str, torch.Tensor]:
-    """A torchvision-style ResNet (bottleneck) state dict, written out naively, with distinct values."""
-    g = torch.Generator().manual_seed(3)
-    sd: dict[str, torch.Tensor] = {}
-
-    def bn(prefix: str, c: int) -> None:
-        sd[prefix + ".weight"] = torch.rand(c, generator=g) + 0.5
-        sd[prefix + ".bias"] = torch.randn(c, generator=g)
-        sd[prefix + ".running_mean"] = torch.randn(c, generator=g)
-        sd[prefix + ".running_var"] = torch.rand(c, generator=g) + 0.5
-        sd[prefix + ".num_batches_tracked"] = torch.tensor(7)
-
-    sd["conv1.weight"] = torch.randn(stem, 3, 7, 7, generator=g)
-    bn("bn1", stem)
-    cin = stem
-    for s, (depth, c) in enumerate(zip(depths, hidden), start=1):
-        w = c // 4
-        for j in range(depth):
-            src_c = cin if j == 0 else c
-            sd[f"layer{s}.{j}.conv1.weight"] = torch.randn(w, src_c, 1, 1, generator=g)
-            sd[f"layer{s}.{j}.conv2.weight"] = torch.randn(w, w, 3, 3, generator=g)
-            sd[f"layer{s}.{j}.conv3.weight"] = torch.randn(c, w, 1, 1, generator=g)
-            bn(f"layer{s}.{j}.bn1", w)
-            bn(f"layer{s}.{j}.bn2", w)
-            bn(f"layer{s}.{j}.bn3", c)
-            if j == 0:
-                sd[f"layer{s}.0.downsample.0.weight"] = torch.randn(c, src_c, 1, 1, generator=g)
-                bn(f"layer{s}.0.downsample.1", c)
-        cin = c
-    sd["fc.weight"] = torch.randn(10, cin, generator=g)
-    sd["fc.bias"] = torch.randn(10, generator=g)
-    return sd
+    return torchvision_resnet_state_dict(depths, hidden, stem)
 
 
-def test_load_backbone_checkpoint_maps_every_tensor(tmp_path, tiny: nn.Module) -> None:
-    sd = _torchvision_state_dict((1, 1, 1, 1), (32, 64, 128, 256), 16)
+def _tiny_with_depths(depths: list[int]) -> nn.Module:
+    """The tiny model with other ResNet stage depths (two blocks make BN swaps across blocks visible)."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    cfg = model_config("tiny")
+    cfg.backbone_config.depths = depths
+    torch.manual_seed(0)
+    return Mask2FormerForUniversalSegmentation(cfg)
+
+
+@pytest.mark.parametrize("depths", [(1, 1, 1, 1), (2, 2, 1, 1)], ids=["tiny", "two-blocks"])
+def test_load_backbone_checkpoint_maps_every_tensor(tmp_path, tiny: nn.Module, depths) -> None:
+    """Every backbone tensor equals the checkpoint tensor the independent name rules
+    (tests/reference/resnet_keys.py) send there; all source values are distinct."""
+    model = tiny if depths == (1, 1, 1, 1) else _tiny_with_depths(list(depths))
+    sd = _torchvision_state_dict(depths, (32, 64, 128, 256), 16)
+    # no two source tensors are equal (values differ element-wise), so a misplaced one cannot look right
+    values = list(sd.values())
+    for i, a in enumerate(values):
+        assert not any(a.shape == b.shape and (a == b).any() for b in values[i + 1:])
     path = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
-    load_backbone_checkpoint(tiny, path)
-    hb = backbone_module(tiny).state_dict()
-    torch.testing.assert_close(hb["embedder.embedder.convolution.weight"], sd["conv1.weight"])
-    torch.testing.assert_close(hb["embedder.embedder.normalization.running_var"], sd["bn1.running_var"])
-    torch.testing.assert_close(hb["encoder.stages.2.layers.0.layer.1.convolution.weight"], sd["layer3.0.conv2.weight"])
-    torch.testing.assert_close(hb["encoder.stages.3.layers.0.layer.2.normalization.bias"], sd["layer4.0.bn3.bias"])
-    torch.testing.assert_close(hb["encoder.stages.1.layers.0.shortcut.convolution.weight"], sd["layer2.0.downsample.0.weight"])
-    torch.testing.assert_close(hb["encoder.stages.0.layers.0.shortcut.normalization.running_mean"],
-                               sd["layer1.0.downsample.1.running_mean"])
-    # every backbone tensor came from the file: the multiset of values matches
-    src_total = sum(float(v.double().sum()) for k, v in sd.items() if not k.startswith("fc."))
-    dst_total = sum(float(v.double().sum()) for v in hb.values())
-    assert abs(src_total - dst_total) < 1e-6 * max(1.0, abs(src_total))
+    load_backbone_checkpoint(model, path)
+    hb = backbone_module(model).state_dict()
+    expected = {hf_backbone_name(k): k for k in sd if not k.startswith("fc.")}
+    assert len(expected) == len(sd) - 2  # the rules are one-to-one
+    assert set(hb) == set(expected)  # every backbone tensor has a source, num_batches_tracked included
+    for dst, src in expected.items():
+        assert hb[dst].shape == sd[src].shape and torch.equal(hb[dst], sd[src].to(hb[dst].dtype)), (dst, src)
+    # spot checks of the rules themselves, written out
+    assert expected["encoder.stages.0.layers.0.shortcut.normalization.running_mean"] == "layer1.0.downsample.1.running_mean"
+    assert expected["encoder.stages.3.layers.0.layer.2.normalization.bias"] == "layer4.0.bn3.bias"
+    assert expected["embedder.embedder.normalization.running_var"] == "bn1.running_var"
 
 
 def test_load_backbone_checkpoint_errors(tmp_path, tiny: nn.Module) -> None:

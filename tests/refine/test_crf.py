@@ -47,6 +47,7 @@ def test_crf_snaps_mask_to_colour_boundary() -> None:
     off = _shifted(truth, 4, 4)
     refined = crf_refine_mask(img, off)
     assert refined.shape == truth.shape and refined.dtype == bool
+    assert (refined != off).sum() > 200
     assert _iou(off, truth) < 0.7
     assert _iou(refined, truth) > 0.95
 
@@ -67,6 +68,7 @@ def test_refine_masks_accepts_and_pastes_back() -> None:
     off = _shifted(truth, 4, 4)
     ((refined, iou),) = refine_masks(img, [off], RefineConfig(method="crf"))
     assert refined is not None and refined.shape == (80, 80)
+    assert (refined != off).sum() > 200  # the CRF really ran: the shifted mask moved (4 px x 70 edge px)
     assert _iou(refined, truth) > 0.95
     assert iou == pytest.approx(_iou(off, refined))
 
@@ -96,6 +98,7 @@ def test_refine_masks_downscales_large_crops() -> None:
     off = _shifted(truth, 4, 4)
     ((refined, _),) = refine_masks(img, [off], RefineConfig(method="crf", max_side=40))
     assert refined is not None and refined.shape == (80, 80)
+    assert (refined != off).sum() > 200
     assert _iou(refined, truth) > 0.85
 
 

@@ -80,8 +80,17 @@ def test_augment_drops_masks_emptied_by_the_crop() -> None:
     masks = np.zeros((2, h, w), dtype=bool)
     masks[0, :, :10] = True  # left edge
     masks[1, :, 190:] = True  # right edge: a 64-wide crop never holds both
-    _, out_masks, _ = augment(_coordinate_image(h, w), encode_masks(masks), crop_size=64, rng=np.random.default_rng(3))
-    assert len(out_masks) <= 1
+    kept = []
+    for seed in range(8):
+        out, out_masks, _ = augment(_coordinate_image(h, w), encode_masks(masks), crop_size=64,
+                                    rng=np.random.default_rng(seed))
+        xs = out[:, :, 0].astype(int)  # the source column of every output pixel
+        expected = [k for k, (lo, hi) in enumerate(((0, 10), (190, 200))) if ((xs >= lo) & (xs < hi)).any()]
+        assert len(out_masks) == len(expected) <= 1, seed
+        for got, k in zip(out_masks, expected):
+            np.testing.assert_array_equal(got, masks[k][out[:, :, 1].astype(int), xs])
+        kept.append(tuple(expected))
+    assert set(kept) == {(), (0,), (1,)}, kept  # crops in the middle, at the left and at the right edge
 
 
 def test_scale_jitter_output_size() -> None:

@@ -143,7 +143,10 @@ def test_resume_with_another_model_size_is_refused(shapes: tuple[Path, Path], tm
 def test_bf16_autocast_step_runs(shapes: tuple[Path, Path], tmp_path: Path) -> None:
     ann, images = shapes
     result = train(dataclasses.replace(TINY, max_steps=1, bf16=True), ann, images, tmp_path / "run")
-    assert result.final_loss is not None and np.isfinite(result.final_loss)
+    rows = read_loss_csv(tmp_path / "run" / "loss.csv")
+    assert [r["step"] for r in rows] == [1] and np.isfinite(result.final_loss)
+    assert result.final_loss == pytest.approx(rows[0]["loss"], rel=1e-5)
+    assert result.final_loss > 1.0  # an untrained model on random shapes: a real loss, not 0
 
 
 def test_loader_workers_do_not_change_the_run(shapes: tuple[Path, Path], tmp_path: Path) -> None:
@@ -160,11 +163,11 @@ def test_loader_workers_do_not_change_the_run(shapes: tuple[Path, Path], tmp_pat
 def test_non_finite_loss_stops_before_the_update(
     shapes: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import unsam.training.loop as loop
+    from unsam.training import loop
 
     real = loop.collate
 
-    def nan_collate(samples, mean, std):  # noqa: ANN001, ANN202
+    def nan_collate(samples, mean, std):
         batch = real(samples, mean, std)
         batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
         return batch
