@@ -2,7 +2,7 @@
 
     divide  (MaskCut on DINO keys, or a trained unsam whole-image model's confident masks)
       → conquer (bottom-up merging inside each divide region, 6 levels)
-      → refine (optional DenseCRF, spec §4.2)
+      → refine (optional DenseCRF, spec §4.2, or CascadePSP, spec §4.1)
       → MaskRecords with level / parent_id / theta / source / refined.
 
 Presets. With DINO features every default is the spec's. The weight-free ``classic`` features
@@ -47,6 +47,7 @@ __all__ = [
     "DivideAndConquer",
     "DicoProducer",
     "conquer_score",
+    "memory_bound_bytes",
     "resolve_preset",
 ]
 
@@ -62,9 +63,9 @@ class PipelineConfig:
         "patch features: a DINO hub id (facebook/dino-vits8|vits16|vitb8|vitb16), a local HF folder, an official "
         "DINO .pth, or 'classic' (weight-free, lower quality)",
     )
-    divide: str = param("maskcut", "divide stage: 'maskcut' (training-free, spec §2.2) or 'model:RUN_DIR' (a trained unsam whole-image model)")
-    divide_score_thresh: float = param(0.1, "with divide=model:..., keep masks scoring above this (the original's detector threshold, spec §2.1)")
-    divide_max_masks: int = param(100, "with divide=model:..., at most this many divide masks per image (spec §2.1)")
+    divide: str = param("maskcut", "divide stage: 'maskcut' (training-free, spec §2.2), 'model:RUN_DIR' (a trained unsam whole-image model), or 'cutler:PATH' (CutLER's Cascade Mask R-CNN with cutler_cascade_final.pth, as the released UnSAM code; 'cutler' alone reads PATH from $UNSAM_CUTLER_WEIGHTS)")
+    divide_score_thresh: float = param(0.1, "with divide=model:.../cutler, keep masks scoring above this (the original's detector threshold, spec §2.1)")
+    divide_max_masks: int = param(100, "with divide=model:.../cutler, at most this many divide masks per image (spec §2.1)")
     device: str = param("cpu", "torch device for the feature extractor / divide model, e.g. cpu or cuda")
     dtype: Literal["float32", "bfloat16"] = param("float32", "feature-extractor compute dtype (output is float32)")
     maskcut: MaskCutConfig = field(default_factory=MaskCutConfig, metadata={"help": "MaskCut settings"})
@@ -91,10 +92,10 @@ class PipelineConfig:
             raise ValueError(f"preset must be 'auto', 'spec' or 'classic', got {self.preset!r}")
         if self.max_masks is not None and self.max_masks < 1:
             raise ValueError(f"max_masks must be >= 1 or None (keep all), got {self.max_masks}")
-        if self.divide != "maskcut" and not self.divide.startswith("model:"):
-            raise ValueError(f"divide must be 'maskcut' or 'model:RUN_DIR', got {self.divide!r}")
-        if self.divide == "model:":
-            raise ValueError("divide 'model:' needs a path: model:RUN_DIR")
+        if self.divide not in ("maskcut", "cutler") and not self.divide.startswith(("model:", "cutler:")):
+            raise ValueError(f"divide must be 'maskcut', 'model:RUN_DIR', 'cutler' or 'cutler:PATH', got {self.divide!r}")
+        if self.divide in ("model:", "cutler:"):
+            raise ValueError(f"divide {self.divide!r} needs a path: model:RUN_DIR or cutler:PATH")
         if not 0.0 <= self.divide_score_thresh <= 1.0 or self.divide_max_masks < 1:
             raise ValueError("divide_score_thresh must be in [0, 1] and divide_max_masks >= 1")
 
@@ -186,13 +187,20 @@ class DivideAndConquer:
         config = config or PipelineConfig()
         if isinstance(features, str):
             overrides["features"] = features
-        if isinstance(overrides.get("refine"), str):
-            overrides["refine"] = dataclasses.replace(config.refine, method=overrides["refine"])
+        if isinstance(overrides.get("refine"), str):  # "none" | "crf" | "cascadepsp" | "cascadepsp:PATH"
+            method, _, weights = overrides["refine"].partition(":")
+            extra = {"cascadepsp_weights": weights} if weights else {}
+            overrides["refine"] = dataclasses.replace(config.refine, method=method, **extra)
         config = dataclasses.replace(config, **overrides) if overrides else config
         if config.refine.method == "crf":
             from unsam.refine.crf import require_crf
 
             require_crf()  # fail now, with the install command, not after the first image
+        self.refiner = None  # CascadePSP, loaded once, before any other work (missing weights fail fast)
+        if config.refine.method == "cascadepsp":
+            from unsam.refine.cascadepsp import CascadePSPRefiner
+
+            self.refiner = CascadePSPRefiner.from_config(config.refine, device=config.device)
         if isinstance(features, FeatureExtractor):
             self.extractor = features
         else:
@@ -207,10 +215,19 @@ class DivideAndConquer:
             from unsam.models.whole_image import WholeImageSegmenter
 
             self.divide_model = WholeImageSegmenter.from_pretrained(self.config.divide[len("model:"):], device=self.config.device)
+        self.cutler = None
+        if self.config.divide == "cutler" or self.config.divide.startswith("cutler:"):
+            from unsam.divide.cutler import CutlerDetector, resolve_cutler_weights
+
+            self.cutler = CutlerDetector.from_checkpoint(resolve_cutler_weights(self.config.divide), device=self.config.device)
         self.last_timings: dict[str, float] = {}
 
     def divide(self, image: npt.NDArray[np.uint8]) -> list[tuple[npt.NDArray[np.bool_], float]]:
         """Object-level masks: [(full-resolution (H, W) bool mask, score)]."""
+        if self.cutler is not None:  # the released UnSAM divide (spec §2.1)
+            from unsam.divide.cutler import divide_cutler
+
+            return divide_cutler(image, self.cutler, self.config.divide_score_thresh, self.config.divide_max_masks)
         if self.divide_model is None:
             return maskcut(image, self.extractor, self.config.maskcut)
         records = [r for r in self.divide_model(image) if r.score > self.config.divide_score_thresh]
@@ -239,7 +256,7 @@ class DivideAndConquer:
         t0 = time.perf_counter()
         divided = self.divide(image)
         t1 = time.perf_counter()
-        source = "maskcut" if self.divide_model is None else "model"
+        source = "cutler" if self.cutler is not None else "maskcut" if self.divide_model is None else "model"
         sources = [source] * len(divided)
         if cfg.whole_image_region:  # the whole image as one more divide region (last, score 1)
             divided = [*divided, (np.ones(hw, dtype=bool), 1.0)]
@@ -270,6 +287,12 @@ class DivideAndConquer:
         refine_s = 0.0
         encode_s = 0.0
         kept_index: dict[int, int] = {}  # divide index -> output position (for parent ids)
+        psp_results = None  # CascadePSP: refined crops in item order, computed lazily in bounded batches
+        if self.refiner is not None:
+            to_refine = [i for i, (_, f) in enumerate(items)
+                         if (selected is None or i in selected) and f["source"] != "image"]
+            self.refiner.warn_cpu_time(hw, (items[i][0]() for i in to_refine))  # once, CPU only
+            psp_results = self.refiner.iter_refined(image, (items[i][0]() for i in to_refine))
         for pos, (get_mask, fields) in enumerate(items):
             if selected is not None and pos not in selected:
                 continue
@@ -277,7 +300,10 @@ class DivideAndConquer:
             refined = "none"
             if cfg.refine.method != "none" and fields["source"] != "image":  # the image stays whole
                 tr = time.perf_counter()
-                out, _iou = refine_masks(image, [mask], cfg.refine)[0]
+                if psp_results is not None:
+                    out = next(psp_results).full_mask(hw)
+                else:
+                    out, _iou = refine_masks(image, [mask], cfg.refine)[0]
                 refine_s += time.perf_counter() - tr
                 if out is None:
                     continue
@@ -327,3 +353,36 @@ class DicoProducer:
         if self._dico is None:
             self._dico = DivideAndConquer(config=self.config)
         return self._dico(image, image_id=image_id)
+
+
+def memory_bound_bytes(image_hw: tuple[int, int], config: PipelineConfig) -> int:
+    """Upper bound of the memory :class:`DivideAndConquer` needs for one image beyond the loaded
+    models and the decoded image (documented formula; checked by tests/memory).
+
+    ``peak <= H*W * (K + 1 + 6) + R * S * 12 * m^2 + R * 4 * c^2 * 4 + F + 256 MiB``
+
+    * ``H*W * (K + 1)``: the K divide masks (K = ``maskcut.num_masks``, or ``divide_max_masks`` for a
+      detector or model divide) plus the whole-image region, one byte a pixel;
+    * ``6 * H*W``: one output mask at a time — the crop-grid mask, its upsampling buffers, the
+      full-size canvas and the Fortran copy pycocotools encodes (masks leave as RLE at once);
+    * ``R * S * 12 * m^2``: conquer's superpixel cell maps (int64) and cluster tables, for R regions,
+      S superpixel scales and working side m = min(longer crop side, ``superpixel_max_side``);
+      patch units keep only patch-grid labels instead (``(nms_window + 2)`` crop masks, in the
+      6 * H*W term);
+    * ``R * 4 * c^2 * 4``: the feature crops (c = ``conquer.crop_size``);
+    * ``F``: the feature extractor's activations for one batch (a few hundred MiB for ViT-B/8 at
+      480 px; counted in the 256 MiB slack for ``classic``).
+
+    The number of candidate or output masks does not appear: candidates are built lazily and
+    output masks are encoded one at a time.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    hw = h * w
+    divide = config.maskcut.num_masks if config.divide == "maskcut" else config.divide_max_masks
+    regions = divide + (1 if config.whole_image_region else 0)
+    cfg = config.conquer
+    scales = len(cfg.superpixel_scales) if cfg.units == "superpixels" else 0
+    side = min(max(h, w), cfg.superpixel_max_side)
+    conquer_bytes = regions * scales * 12 * side * side
+    feature_bytes = regions * 4 * cfg.crop_size * cfg.crop_size * 4
+    return int(hw * (regions + 6) + conquer_bytes + feature_bytes + (256 << 20))

@@ -140,7 +140,7 @@ def test_missing_pydensecrf_message(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (CRFConfig, {"iterations": 0}, "iterations=0"),
         (CRFConfig, {"bilateral_srgb": 0.0}, "bilateral_srgb=0.0"),
-        (RefineConfig, {"method": "cascadepsp"}, "method='cascadepsp'"),
+        (RefineConfig, {"method": "dense"}, "method='dense'"),
         (RefineConfig, {"max_area_frac": 0.0}, "max_area_frac=0.0"),
         (RefineConfig, {"gaussian_sxy": -1.0}, "gaussian_sxy=-1.0"),
     ],

@@ -3,10 +3,12 @@
     MaskCutConfig, maskcut        training-free MaskCut on patch features (spec §2.2)
     maskcut_patches               steps 2-7 on a (h, w, C) feature grid
     ncut_second_eigenvector       the Normalized-Cut eigenvector (fast ARPACK path)
+    CutlerConfig, CutlerDetector, divide_cutler   CutLER Cascade Mask R-CNN divide (spec §2.1)
 """
 
 from __future__ import annotations
 
+from unsam.divide.cutler import CutlerConfig, CutlerDetector, divide_cutler
 from unsam.divide.maskcut import (
     MaskCutConfig,
     maskcut,
@@ -15,4 +17,13 @@ from unsam.divide.maskcut import (
     ncut_second_eigenvector,
 )
 
-__all__ = ["MaskCutConfig", "maskcut", "maskcut_patches", "ncut_affinity", "ncut_second_eigenvector"]
+__all__ = [
+    "CutlerConfig",
+    "CutlerDetector",
+    "MaskCutConfig",
+    "divide_cutler",
+    "maskcut",
+    "maskcut_patches",
+    "ncut_affinity",
+    "ncut_second_eigenvector",
+]

@@ -139,8 +139,23 @@ def crf_refine_mask(
 class RefineConfig:
     """Mask refinement after divide-and-conquer (spec §4; CRF variant §4.2)."""
 
-    method: Literal["none", "crf"] = param(
-        "none", "refinement method: none (keep raw masks, the CPU default) or crf (spec §4.2)"
+    method: Literal["none", "crf", "cascadepsp"] = param(
+        "none",
+        "refinement method: none (keep raw masks, the CPU default), crf (spec §4.2) or cascadepsp "
+        "(the original's CascadePSP, spec §4.1; needs the official weights file, slow on CPU)",
+    )
+    cascadepsp_weights: str | None = param(
+        None,
+        "CascadePSP weights file 'model' (github.com/hkchengrex/CascadePSP releases v1.0); "
+        "None reads the environment variable UNSAM_CASCADEPSP_WEIGHTS",
+    )
+    cascadepsp_channel_order: Literal["rgb", "bgr"] = param(
+        "rgb",
+        "CascadePSP input channel order: rgb (what it was trained on) or bgr (what UnSAM fed it, "
+        "for parity with the released pseudo-labels; CASCADEPSP.md §2.2)",
+    )
+    min_side: int = param(
+        100, "CascadePSP: crops whose longer side is below this are upsampled to it, pixels (spec §4.1 step 3)"
     )
     context_ratio: float = param(
         2.0, "side of the square context crop as a multiple of max(box w, box h) (spec §4.1 step 2)"
@@ -162,8 +177,18 @@ class RefineConfig:
     iterations: int = param(10, "CRF mean-field iterations (spec §2.2 step 9)")
 
     def __post_init__(self) -> None:
-        if self.method not in ("none", "crf"):
-            raise ValueError(f"RefineConfig.method={self.method!r}; expected 'none' or 'crf'")
+        if self.method not in ("none", "crf", "cascadepsp"):
+            raise ValueError(
+                f"RefineConfig.method={self.method!r}; expected 'none', 'crf' or 'cascadepsp'"
+            )
+        if self.cascadepsp_channel_order not in ("rgb", "bgr"):
+            raise ValueError(
+                f"RefineConfig.cascadepsp_channel_order={self.cascadepsp_channel_order!r}; expected 'rgb' or 'bgr'"
+            )
+        if self.min_side < 1 or (self.method == "cascadepsp" and self.min_side > self.max_side):
+            raise ValueError(
+                f"RefineConfig.min_side={self.min_side} must be in [1, max_side={self.max_side}] (the original uses 100)"
+            )
         if not self.context_ratio > 0:
             raise ValueError(
                 f"RefineConfig.context_ratio={self.context_ratio} must be > 0 (the original uses 2.0)"
@@ -249,6 +274,11 @@ def refine_masks(
             raise ValueError(f"mask {i} has shape {np.shape(m)}; expected the image's {hw}")
     if config.method == "none":
         return [(np.asarray(m, dtype=bool), 1.0) for m in masks]
+    if config.method == "cascadepsp":
+        raise ValueError(
+            "refine_masks runs DenseCRF; for method='cascadepsp' use "
+            "unsam.refine.CascadePSPRefiner.from_config(config).refine_masks(image, masks)"
+        )
     require_crf()  # fail before any work when the optional dependency is missing
     crf_config = config.crf
     total = float(hw[0] * hw[1])

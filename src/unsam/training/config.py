@@ -36,8 +36,11 @@ class TrainConfig:
         "r50", "model config: r50 (the paper's ResNet-50, 2000 queries) or tiny (tests / CPU experiments)"
     )
     num_queries: int | None = param(None, "number of object queries; None keeps the model config's (2000 for r50)")
-    backbone_checkpoint: str | None = param(
-        None, "local ResNet-50 checkpoint (e.g. DINO dino_resnet50_pretrain.pth) for the backbone; None = random init"
+    backbone_init: str | None = param(
+        None,
+        "ResNet-50 weights for the backbone of a new run (not --resume): the paper's DINO "
+        "dino_RN50_pretrain_d2_format.pkl (detectron2 pickle), a torchvision-style .pth or a .safetensors; "
+        "None = random init",
     )
     max_steps: int = param(200_000, "optimizer steps to train for (the paper: 200,000)")
     batch_size: int = param(16, "global images per step, split over torchrun processes (paper ckpt name: bs16)")

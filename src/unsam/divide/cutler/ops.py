@@ -1,0 +1,479 @@
+"""Detection ops of the CutLER Cascade Mask R-CNN as pure, vectorised torch functions.
+
+Each op reproduces the detectron2 / torchvision kernel the released detector runs
+(spec ``CUTLER_DETECTOR.md`` §4): ``roi_align`` (torchvision ``roi_align``, aligned, adaptive
+sampling), ``nms`` / ``batched_nms`` (torchvision CPU kernel), ``decode_boxes`` / ``encode_boxes``
+(detectron2 ``Box2BoxTransform``), ``paste_masks_in_image`` (detectron2 ``mask_ops``),
+``clip_boxes``, ``assign_boxes_to_levels`` (detectron2 ``poolers``). All boxes are XYXY float32
+in absolute pixels. The naive loop references live in ``tests/reference/cutler_ops_naive.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SCALE_CLAMP",
+    "assign_boxes_to_levels",
+    "batched_nms",
+    "box_area",
+    "clip_boxes",
+    "decode_boxes",
+    "encode_boxes",
+    "multilevel_roi_align",
+    "nms",
+    "nonempty_boxes",
+    "paste_masks_in_image",
+    "roi_align",
+]
+
+#: Upper clamp of the predicted log-scale deltas dw, dh (detectron2 ``_DEFAULT_SCALE_CLAMP``).
+SCALE_CLAMP = math.log(1000.0 / 16)
+
+# Bilinear samples per roi_align chunk: bounds its index memory (~100 bytes per sample).
+_ROI_ALIGN_CHUNK = 1 << 20
+
+
+def _check_boxes(boxes: torch.Tensor, name: str = "boxes") -> None:
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must be (N, 4) XYXY, got shape {tuple(boxes.shape)}")
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Areas ``(x1 - x0) * (y1 - y0)`` of ``(N, 4)`` XYXY boxes → ``(N,)`` (same dtype)."""
+    _check_boxes(boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def clip_boxes(boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Clip ``(N, 4)`` XYXY boxes to ``x ∈ [0, w]``, ``y ∈ [0, h]`` (detectron2 ``Boxes.clip``).
+
+    Returns a new ``(N, 4)`` tensor of the input dtype.
+    """
+    _check_boxes(boxes)
+    h, w = image_hw
+    x0 = boxes[:, 0].clamp(min=0, max=w)
+    y0 = boxes[:, 1].clamp(min=0, max=h)
+    x1 = boxes[:, 2].clamp(min=0, max=w)
+    y1 = boxes[:, 3].clamp(min=0, max=h)
+    return torch.stack((x0, y0, x1, y1), dim=-1)
+
+
+def nonempty_boxes(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """``(N,)`` bool: width > threshold and height > threshold."""
+    _check_boxes(boxes)
+    return ((boxes[:, 2] - boxes[:, 0]) > threshold) & ((boxes[:, 3] - boxes[:, 1]) > threshold)
+
+
+def decode_boxes(
+    deltas: torch.Tensor,
+    boxes: torch.Tensor,
+    weights: tuple[float, float, float, float],
+    scale_clamp: float = SCALE_CLAMP,
+) -> torch.Tensor:
+    """Apply ``(dx, dy, dw, dh)`` deltas to reference boxes (detectron2 ``apply_deltas``).
+
+    Args:
+        deltas: ``(N, 4)`` float regression outputs.
+        boxes: ``(N, 4)`` XYXY reference boxes.
+        weights: ``(wx, wy, ww, wh)``; deltas are divided by them.
+        scale_clamp: upper bound of ``dw``, ``dh`` after the division (no lower bound).
+
+    Returns:
+        ``(N, 4)`` float32 XYXY boxes.
+    """
+    _check_boxes(deltas, "deltas")
+    _check_boxes(boxes)
+    deltas = deltas.float()
+    boxes = boxes.to(deltas.dtype)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = deltas[:, 0] / wx
+    dy = deltas[:, 1] / wy
+    dw = torch.clamp(deltas[:, 2] / ww, max=scale_clamp)
+    dh = torch.clamp(deltas[:, 3] / wh, max=scale_clamp)
+    pred_ctr_x = dx * widths + ctr_x
+    pred_ctr_y = dy * heights + ctr_y
+    pred_w = torch.exp(dw) * widths
+    pred_h = torch.exp(dh) * heights
+    return torch.stack(
+        (
+            pred_ctr_x - 0.5 * pred_w,
+            pred_ctr_y - 0.5 * pred_h,
+            pred_ctr_x + 0.5 * pred_w,
+            pred_ctr_y + 0.5 * pred_h,
+        ),
+        dim=-1,
+    )
+
+
+def encode_boxes(
+    boxes: torch.Tensor, targets: torch.Tensor, weights: tuple[float, float, float, float]
+) -> torch.Tensor:
+    """Deltas that :func:`decode_boxes` maps ``boxes`` onto ``targets`` with (``get_deltas``).
+
+    Args:
+        boxes: ``(N, 4)`` XYXY reference boxes with positive width and height.
+        targets: ``(N, 4)`` XYXY target boxes with positive width and height.
+        weights: ``(wx, wy, ww, wh)``.
+
+    Returns:
+        ``(N, 4)`` deltas ``(dx, dy, dw, dh)`` in the dtype of ``boxes``.
+    """
+    _check_boxes(boxes)
+    _check_boxes(targets, "targets")
+    src_w = boxes[:, 2] - boxes[:, 0]
+    src_h = boxes[:, 3] - boxes[:, 1]
+    src_cx = boxes[:, 0] + 0.5 * src_w
+    src_cy = boxes[:, 1] + 0.5 * src_h
+    tgt_w = targets[:, 2] - targets[:, 0]
+    tgt_h = targets[:, 3] - targets[:, 1]
+    tgt_cx = targets[:, 0] + 0.5 * tgt_w
+    tgt_cy = targets[:, 1] + 0.5 * tgt_h
+    wx, wy, ww, wh = weights
+    return torch.stack(
+        (
+            wx * (tgt_cx - src_cx) / src_w,
+            wy * (tgt_cy - src_cy) / src_h,
+            ww * torch.log(tgt_w / src_w),
+            wh * torch.log(tgt_h / src_h),
+        ),
+        dim=-1,
+    )
+
+
+def _pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` float32 IoU with the torchvision NMS kernel's exact float ops."""
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    area = (x1 - x0) * (y1 - y0)
+    w = (torch.minimum(x1[:, None], x1[None, :]) - torch.maximum(x0[:, None], x0[None, :]))
+    h = (torch.minimum(y1[:, None], y1[None, :]) - torch.maximum(y0[:, None], y0[None, :]))
+    inter = w.clamp(min=0) * h.clamp(min=0)
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
+    """Greedy non-maximum suppression (torchvision ``nms`` semantics).
+
+    Boxes are visited by descending score (stable: ties keep input order); a box is dropped when
+    its IoU with a kept box is ``> iou_thresh``. NaN IoUs (two empty boxes) never suppress.
+    Memory is O(N²) (N ≤ a few thousand here).
+
+    Args:
+        boxes: ``(N, 4)`` XYXY boxes (computed in float32).
+        scores: ``(N,)`` scores.
+        iou_thresh: IoU cutoff in [0, 1].
+
+    Returns:
+        ``(K,)`` int64 indices into ``boxes`` of the kept boxes, by descending score.
+    """
+    _check_boxes(boxes)
+    if scores.shape != (boxes.shape[0],):
+        raise ValueError(f"scores must be ({boxes.shape[0]},), got {tuple(scores.shape)}")
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    over = (_pairwise_iou(boxes.float()[order]) > iou_thresh).cpu().numpy()
+    n = over.shape[0]
+    suppressed = np.zeros(n, dtype=bool)
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= over[i]
+    return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
+
+
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thresh: float
+) -> torch.Tensor:
+    """NMS run independently inside each group (torchvision ``batched_nms``, per-group loop).
+
+    Args:
+        boxes: ``(N, 4)`` XYXY boxes.
+        scores: ``(N,)`` scores.
+        groups: ``(N,)`` int group ids (e.g. pyramid level or class).
+        iou_thresh: IoU cutoff in [0, 1].
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes over all groups, by descending score (stable).
+    """
+    _check_boxes(boxes)
+    if groups.shape != (boxes.shape[0],):
+        raise ValueError(f"groups must be ({boxes.shape[0]},), got {tuple(groups.shape)}")
+    keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    for g in torch.unique(groups).tolist():
+        idx = torch.nonzero(groups == g).flatten()
+        keep_mask[idx[nms(boxes[idx], scores[idx], iou_thresh)]] = True
+    keep = torch.nonzero(keep_mask).flatten()
+    return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+
+
+def roi_align(
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> torch.Tensor:
+    """ROIAlign with torchvision's exact sampling (spec §4.1), vectorised over all samples.
+
+    For each box the ``P×P`` bins are averaged over a ``gh×gw`` grid of bilinear samples,
+    ``gh = ceil(roi_h / P)`` when ``sampling_ratio == 0`` (adaptive) else ``sampling_ratio``.
+    ``aligned=True`` shifts the box by −0.5 feature pixels (ROIAlignV2). Samples outside
+    ``[−1, H] × [−1, W]`` contribute 0; others are clamped to the border.
+
+    Args:
+        features: ``(N, C, H, W)`` float feature maps.
+        rois: ``(R, 5)`` rows ``(batch_index, x0, y0, x1, y1)`` in image pixels.
+        output_size: P, the output side.
+        spatial_scale: feature pixels per image pixel (1 / stride).
+        sampling_ratio: samples per bin side; 0 = adaptive.
+        aligned: pixel-shift the box by −0.5 (True for ROIAlignV2).
+
+    Returns:
+        ``(R, C, P, P)`` tensor of the features' dtype.
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (R, 5) (batch, x0, y0, x1, y1), got {tuple(rois.shape)}")
+    n, c, height, width = features.shape
+    p = int(output_size)
+    r = rois.shape[0]
+    device = features.device
+    out = torch.zeros(r * p * p, c, dtype=features.dtype, device=device)
+    if r == 0:
+        return out.view(0, c, p, p)
+    rois = rois.to(features.dtype)
+    offset = 0.5 if aligned else 0.0
+    start_x = rois[:, 1] * spatial_scale - offset
+    start_y = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - start_x
+    roi_h = rois[:, 4] * spatial_scale - offset - start_y
+    if not aligned:
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_w = roi_w / p
+    bin_h = roi_h / p
+    if sampling_ratio > 0:
+        grid_h = torch.full((r,), sampling_ratio, dtype=torch.int64, device=device)
+        grid_w = grid_h.clone()
+    else:
+        grid_h = torch.ceil(roi_h / p).to(torch.int64).clamp(min=0)
+        grid_w = torch.ceil(roi_w / p).to(torch.int64).clamp(min=0)
+    count = (grid_h * grid_w).clamp(min=1).to(features.dtype)
+    batch = rois[:, 0].to(torch.int64)
+    # (N*H*W, C): one row per feature pixel; each output row (box, bin) is a sparse weighted sum
+    flat = features.permute(0, 2, 3, 1).reshape(n * height * width, c)
+    per_roi = (p * p) * grid_h * grid_w  # samples per box
+
+    # chunks of consecutive boxes with at most ~_ROI_ALIGN_CHUNK samples each
+    cum = torch.cumsum(per_roi, 0).tolist()
+    begin, done = 0, 0
+    while begin < r:
+        end = begin + 1
+        while end < r and cum[end] - done <= _ROI_ALIGN_CHUNK:
+            end += 1
+        weights = _sampling_matrix(
+            (n * height * width, height, width), p, slice(begin, end), batch, start_x, start_y,
+            bin_w, bin_h, grid_h, grid_w, per_roi,
+        )
+        out[begin * p * p : end * p * p] = weights @ flat
+        done = cum[end - 1]
+        begin = end
+    out = out.view(r, p * p, c) / count[:, None, None]
+    return out.permute(0, 2, 1).reshape(r, c, p, p)
+
+
+def _sampling_matrix(
+    shape: tuple[int, int, int],
+    p: int,
+    rows: slice,
+    batch: torch.Tensor,
+    start_x: torch.Tensor,
+    start_y: torch.Tensor,
+    bin_w: torch.Tensor,
+    bin_h: torch.Tensor,
+    grid_h: torch.Tensor,
+    grid_w: torch.Tensor,
+    per_roi: torch.Tensor,
+) -> torch.Tensor:
+    """Sparse CSR ``(B·P·P, N·H·W)`` bilinear weights (built by construction: valid CSR) of boxes ``rows``: row (box, bin) holds the
+    4 corner weights of each of its ``gh·gw`` samples, in the kernel's summation order."""
+    num_pixels, height, width = shape
+    device = start_x.device
+    dtype = start_x.dtype
+    counts = per_roi[rows]
+    total = int(counts.sum())
+    box = torch.repeat_interleave(torch.arange(rows.start, rows.stop, device=device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(total, device=device) - torch.repeat_interleave(first, counts)
+    gh, gw = grid_h[box], grid_w[box]
+    per_bin = gh * gw
+    bin_index = local // per_bin
+    sample = local % per_bin
+    ph, pw = bin_index // p, bin_index % p
+    iy, ix = sample // gw, sample % gw
+    # same float32 expression order as torchvision: (start + p*bin) + ((i + .5)*bin)/grid
+    bh, bw = bin_h[box], bin_w[box]
+    y = start_y[box] + ph.to(dtype) * bh + ((iy.to(dtype) + 0.5) * bh) / gh.to(dtype)
+    x = start_x[box] + pw.to(dtype) * bw + ((ix.to(dtype) + 0.5) * bw) / gw.to(dtype)
+
+    valid = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
+    y = y.clamp(min=0)
+    x = x.clamp(min=0)
+    y_lo = y.to(torch.int64)
+    x_lo = x.to(torch.int64)
+    y_edge = y_lo >= height - 1
+    x_edge = x_lo >= width - 1
+    y_lo = torch.where(y_edge, height - 1, y_lo)
+    x_lo = torch.where(x_edge, width - 1, x_lo)
+    y_hi = torch.where(y_edge, y_lo, y_lo + 1)
+    x_hi = torch.where(x_edge, x_lo, x_lo + 1)
+    y = torch.where(y_edge, y_lo.to(dtype), y)
+    x = torch.where(x_edge, x_lo.to(dtype), x)
+    ly = y - y_lo.to(dtype)
+    lx = x - x_lo.to(dtype)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    zero = torch.zeros((), dtype=dtype, device=device)
+    values = torch.stack(
+        [torch.where(valid, hy * hx, zero), torch.where(valid, hy * lx, zero),
+         torch.where(valid, ly * hx, zero), torch.where(valid, ly * lx, zero)], dim=1,
+    ).reshape(-1)
+    base = batch[box] * (height * width)
+    row_lo = base + y_lo * width
+    row_hi = base + y_hi * width
+    columns = torch.stack(
+        [row_lo + x_lo, row_lo + x_hi, row_hi + x_lo, row_hi + x_hi], dim=1
+    ).reshape(-1)
+    # samples are ordered box-major then bin: each output row's entries are contiguous
+    row_len = torch.repeat_interleave(4 * grid_h[rows] * grid_w[rows], p * p)
+    crow = torch.zeros(row_len.numel() + 1, dtype=torch.int64, device=device)
+    torch.cumsum(row_len, 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            crow, columns, values, size=(row_len.numel(), num_pixels), dtype=dtype,
+            device=device, check_invariants=False,
+        )
+
+
+def assign_boxes_to_levels(
+    boxes: torch.Tensor,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
+) -> torch.Tensor:
+    """FPN level of each box (detectron2 ``assign_boxes_to_levels``), 0-based from ``min_level``.
+
+    ``floor(canonical_level + log2(sqrt(area) / canonical_box_size + 1e-8))`` clamped to
+    ``[min_level, max_level]``.
+
+    Args:
+        boxes: ``(N, 4)`` XYXY boxes.
+
+    Returns:
+        ``(N,)`` int64 in ``[0, max_level - min_level]``.
+    """
+    sizes = torch.sqrt(box_area(boxes))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size + 1e-8))
+    return levels.clamp(min=min_level, max=max_level).to(torch.int64) - min_level
+
+
+def multilevel_roi_align(
+    features: list[torch.Tensor],
+    boxes: torch.Tensor,
+    output_size: int,
+    strides: tuple[int, ...],
+    sampling_ratio: int = 0,
+) -> torch.Tensor:
+    """ROIAlignV2 of one image's boxes, each from its FPN level (detectron2 ``ROIPooler``).
+
+    Args:
+        features: one ``(1, C, H_l, W_l)`` map per level, finest first; level ``l`` has stride
+            ``strides[l]`` (powers of two, consecutive levels).
+        boxes: ``(R, 4)`` XYXY boxes in input-image pixels.
+        output_size: P.
+        strides: pixel stride of each level.
+        sampling_ratio: 0 = adaptive.
+
+    Returns:
+        ``(R, C, P, P)`` pooled features in box order.
+    """
+    _check_boxes(boxes)
+    if len(features) != len(strides):
+        raise ValueError(f"got {len(features)} feature maps for {len(strides)} strides")
+    c = features[0].shape[1]
+    out = features[0].new_zeros(boxes.shape[0], c, output_size, output_size)
+    if boxes.shape[0] == 0:
+        return out
+    min_level = round(math.log2(strides[0]))
+    levels = assign_boxes_to_levels(boxes, min_level, min_level + len(strides) - 1)
+    rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
+    for level, (feat, stride) in enumerate(zip(features, strides, strict=True)):
+        idx = torch.nonzero(levels == level).flatten()
+        if idx.numel():
+            out[idx] = roi_align(feat, rois[idx], output_size, 1.0 / stride, sampling_ratio, True)
+    return out
+
+
+def paste_masks_in_image(
+    masks: torch.Tensor, boxes: torch.Tensor, image_hw: tuple[int, int], threshold: float = 0.5
+) -> torch.Tensor:
+    """Paste per-box mask probabilities into the image (detectron2 ``paste_masks_in_image``).
+
+    Pixel ``(i, j)`` samples the box's mask at its centre ``(j + 0.5, i + 0.5)`` with bilinear
+    ``grid_sample`` (zero padding, ``align_corners=False``) and is set where the value is
+    ``>= threshold``. As in detectron2 on CPU, each mask is evaluated only in the window
+    ``[floor(x0) − 1, ceil(x1) + 1]`` (same for y) around its box; pixels farther away cannot
+    reach the threshold.
+
+    Args:
+        masks: ``(N, M, M)`` float mask probabilities in [0, 1] (M = 28 for Mask R-CNN).
+        boxes: ``(N, 4)`` XYXY boxes in the target image's pixels.
+        image_hw: ``(H, W)`` of the target image.
+        threshold: binarisation cutoff.
+
+    Returns:
+        ``(N, H, W)`` bool masks.
+    """
+    _check_boxes(boxes)
+    if masks.ndim != 3 or masks.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"masks must be (N, M, M) with N = {boxes.shape[0]} boxes, got {tuple(masks.shape)}"
+        )
+    img_h, img_w = image_hw
+    out = torch.zeros(masks.shape[0], img_h, img_w, dtype=torch.bool, device=masks.device)
+    boxes = boxes.float()
+    for k in range(masks.shape[0]):
+        box = boxes[k]
+        x0_int = int(torch.clamp(box[0].floor() - 1, min=0))
+        y0_int = int(torch.clamp(box[1].floor() - 1, min=0))
+        x1_int = int(torch.clamp(box[2].ceil() + 1, max=img_w))
+        y1_int = int(torch.clamp(box[3].ceil() + 1, max=img_h))
+        if x1_int <= x0_int or y1_int <= y0_int:
+            continue
+        x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
+        img_y = torch.arange(y0_int, y1_int, device=masks.device, dtype=torch.float32) + 0.5
+        img_x = torch.arange(x0_int, x1_int, device=masks.device, dtype=torch.float32) + 0.5
+        img_y = (img_y - y0) / (y1 - y0) * 2 - 1
+        img_x = (img_x - x0) / (x1 - x0) * 2 - 1
+        gx = img_x[None, :].expand(img_y.shape[0], img_x.shape[0])
+        gy = img_y[:, None].expand(img_y.shape[0], img_x.shape[0])
+        grid = torch.stack([gx, gy], dim=2)[None].to(masks.dtype)
+        vals = F.grid_sample(masks[k][None, None], grid, align_corners=False)[0, 0]
+        out[k, y0_int:y1_int, x0_int:x1_int] = vals >= threshold
+    return out
