@@ -218,6 +218,29 @@ def postprocess_masks(
     )
 
 
+def memory_bound_bytes(
+    image_hw: tuple[int, int], config: SegmentConfig, *, model_bytes: int, num_queries: int = 2000
+) -> int:
+    """Upper bound of the memory one image needs beyond the loaded model (documented formula).
+
+    ``peak <= model_bytes + 3*H*W + 4*3*S*L*2 + 4*Q*(S/4)*(L/4) + max(chunk_megabytes MiB, 12*H*W) + 192 MiB``
+
+    with S x L the padded model input (``max_size``-bounded), Q the queries, H x W the photo:
+    the RGB photo held while post-processing, the normalised input (and one resize copy), the
+    1/4-resolution mask logits of every query, one full-resolution upsampling chunk (12 bytes a
+    pixel: float logits, sigmoid, bool), and allocator slack. ``model_bytes`` is the activation
+    memory of one forward pass at ``max_size``, which depends on the model (the caller measures or
+    bounds it; tests/memory uses the tiny model). The number of kept masks does not appear: masks
+    leave the chunk as RLE.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    side = config.max_size + 32  # padded to the size divisibility
+    input_bytes = 4 * 3 * side * side * 2
+    logits_bytes = 4 * num_queries * (side // 4) ** 2
+    chunk = max(config.chunk_megabytes << 20, 12 * h * w)
+    return int(model_bytes + 3 * h * w + input_bytes + logits_bytes + chunk + (192 << 20))
+
+
 def _nms_rles(rles: list[dict[str, Any]], scores: npt.NDArray[np.float32], iou_thresh: float) -> list[int]:
     """Greedy NMS on RLEs (pycocotools IoU); kept indices in descending score order."""
     order = np.argsort(-scores, kind="stable")
