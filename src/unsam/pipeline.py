@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +39,7 @@ from unsam.config import config_to_dict, param
 from unsam.conquer.filter import paste_mask
 from unsam.conquer.region import ConquerConfig, conquer
 from unsam.divide.maskcut import MaskCutConfig, maskcut
-from unsam.records import MaskRecord, annotation_id, encode_masks
+from unsam.records import MaskRecord, annotation_id, decode_rle, encode_mask, encode_masks
 from unsam.refine.crf import RefineConfig, refine_masks
 
 __all__ = [
@@ -222,17 +223,21 @@ class DivideAndConquer:
             self.cutler = CutlerDetector.from_checkpoint(resolve_cutler_weights(self.config.divide), device=self.config.device)
         self.last_timings: dict[str, float] = {}
 
-    def divide(self, image: npt.NDArray[np.uint8]) -> list[tuple[npt.NDArray[np.bool_], float]]:
-        """Object-level masks: [(full-resolution (H, W) bool mask, score)]."""
+    def divide(self, image: npt.NDArray[np.uint8]) -> list[tuple[dict[str, Any], float]]:
+        """Object-level masks as ``[(compressed RLE on the image grid, score)]``, by the divide stage
+        the config names. Each mask is encoded as soon as it exists, so K divide masks cost K RLEs,
+        not K full-resolution arrays (a detector divide has up to 100)."""
         if self.cutler is not None:  # the released UnSAM divide (spec §2.1)
-            from unsam.divide.cutler import divide_cutler
+            from unsam.divide.cutler import divide_cutler_rles
 
-            return divide_cutler(image, self.cutler, self.config.divide_score_thresh, self.config.divide_max_masks)
+            return divide_cutler_rles(
+                image, self.cutler, self.config.divide_score_thresh, self.config.divide_max_masks
+            )
         if self.divide_model is None:
-            return maskcut(image, self.extractor, self.config.maskcut)
+            return [(encode_mask(m), s) for m, s in maskcut(image, self.extractor, self.config.maskcut)]
         records = [r for r in self.divide_model(image) if r.score > self.config.divide_score_thresh]
         records = sorted(records, key=lambda r: -r.score)[: self.config.divide_max_masks]
-        return [(r.decode(), float(r.score)) for r in records if r.area > 0]
+        return [(r.rle, float(r.score)) for r in records if r.area > 0]
 
     def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int = 0) -> list[MaskRecord]:
         """Divide-and-conquer masks of one image.
@@ -248,29 +253,55 @@ class DivideAndConquer:
             With ``whole_image_region`` the last divide mask is the whole image (``source="image"``,
             score 1, never refined). With ``max_masks`` only the highest-scoring masks are kept
             (same order; a part always scores below its divide mask, so parents are kept).
+            ``last_stats`` counts what was dropped and why.
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         cfg = self.config
         hw = image.shape[:2]
         t0 = time.perf_counter()
-        divided = self.divide(image)
+        divided, sources = self._divide_regions(image)
         t1 = time.perf_counter()
+        regions = _LazyMasks([rle for rle, _ in divided])  # decoded one at a time by conquer
+        parts = conquer(image, regions, self.extractor, cfg.conquer) if divided else []
+        t2 = time.perf_counter()
+        items = self._candidates(divided, sources, parts, hw)
+        selected = self._select(items)
+        records, timings, stats = self._emit(image, items, selected, image_id)
+        t3 = time.perf_counter()
+        self.last_timings = {"divide": t1 - t0, "conquer": t2 - t1, **timings, "total": t3 - t0}
+        self.last_stats = {**stats, "capped": int(selected is not None)}
+        logger.debug("%d divide + %d conquer masks -> %d records in %.2f s", len(divided), len(parts),
+                     len(records), t3 - t0)
+        return records
+
+    def _divide_regions(self, image: npt.NDArray[np.uint8]) -> tuple[list[tuple[dict[str, Any], float]], list[str]]:
+        """Divide masks (RLE, score) and their sources, plus the whole image when configured."""
+        divided = self.divide(image)
         source = "cutler" if self.cutler is not None else "maskcut" if self.divide_model is None else "model"
         sources = [source] * len(divided)
-        if cfg.whole_image_region:  # the whole image as one more divide region (last, score 1)
-            divided = [*divided, (np.ones(hw, dtype=bool), 1.0)]
+        if self.config.whole_image_region:  # the whole image as one more divide region (last, score 1)
+            h, w = image.shape[:2]
+            divided = [*divided, ({"size": [h, w], "counts": _full_counts(h, w)}, 1.0)]
             sources.append("image")
-        parts = conquer(image, [m for m, _ in divided], self.extractor, cfg.conquer) if divided else []
-        t2 = time.perf_counter()
+        return divided, sources
 
+    def _candidates(
+        self,
+        divided: list[tuple[dict[str, Any], float]],
+        sources: list[str],
+        parts: list[Any],
+        hw: tuple[int, int],
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """(lazy full-size mask, fields) of every candidate in output order: divide masks, then
+        conquer masks region by region."""
+        cfg = self.config
         num_levels = len(cfg.conquer.thetas)
         num_scales = len(cfg.conquer.superpixel_scales) if cfg.conquer.units == "superpixels" else 1
-        # (mask getter, fields) in output order: divide masks, then conquer masks region by region
         items: list[tuple[Any, dict[str, Any]]] = []
-        for k, (mask, score) in enumerate(divided):
+        for k, (rle, score) in enumerate(divided):
             fields = {"score": score, "level": 0, "source": sources[k], "parent": None}
-            items.append((lambda m=mask: m, fields))
+            items.append((lambda r=rle: decode_rle(r), fields))
         for part in parts:
             parent_score = divided[part.parent][1]
             items.append((
@@ -278,14 +309,34 @@ class DivideAndConquer:
                 {"score": conquer_score(parent_score, part.level, num_levels, part.scale, num_scales),
                  "level": part.level, "theta": part.theta, "source": "conquer", "parent": part.parent},
             ))
-        selected = None
-        if cfg.max_masks is not None and len(items) > cfg.max_masks:
-            # a part scores below its divide mask (conquer_score), so no kept part loses its parent
-            by_score = sorted(range(len(items)), key=lambda i: -items[i][1]["score"])
-            selected = set(by_score[: cfg.max_masks])
+        return items
+
+    def _select(self, items: list[tuple[Any, dict[str, Any]]]) -> set[int] | None:
+        """Positions kept by ``max_masks`` (None: all). A part scores below its divide mask
+        (:func:`conquer_score`), so no kept part loses its parent."""
+        cap = self.config.max_masks
+        if cap is None or len(items) <= cap:
+            return None
+        by_score = sorted(range(len(items)), key=lambda i: -items[i][1]["score"])
+        return set(by_score[:cap])
+
+    def _emit(
+        self,
+        image: npt.NDArray[np.uint8],
+        items: list[tuple[Any, dict[str, Any]]],
+        selected: set[int] | None,
+        image_id: int,
+    ) -> tuple[list[MaskRecord], dict[str, float], dict[str, int]]:
+        """Refine (optionally), encode one full-size mask at a time and link parts to parents.
+
+        Returns:
+            (records, {"refine": s, "encode": s}, {"refine_rejected", "orphans_dropped", "empty_dropped"}).
+        """
+        cfg = self.config
+        hw = image.shape[:2]
         records: list[MaskRecord] = []
-        refine_s = 0.0
-        encode_s = 0.0
+        refine_s = encode_s = 0.0
+        stats = {"refine_rejected": 0, "orphans_dropped": 0, "empty_dropped": 0}
         kept_index: dict[int, int] = {}  # divide index -> output position (for parent ids)
         psp_results = None  # CascadePSP: refined crops in item order, computed lazily in bounded batches
         if self.refiner is not None:
@@ -306,29 +357,49 @@ class DivideAndConquer:
                     out, _iou = refine_masks(image, [mask], cfg.refine)[0]
                 refine_s += time.perf_counter() - tr
                 if out is None:
+                    stats["refine_rejected"] += 1
                     continue
                 mask, refined = out, cfg.refine.method
             if not mask.any():
+                stats["empty_dropped"] += 1
                 continue
             te = time.perf_counter()
             rle = encode_masks(mask[None])[0]
+            del mask
             encode_s += time.perf_counter() - te
+            fields = dict(fields)
             parent = fields.pop("parent")
             if fields["level"] == 0:
                 kept_index[pos] = len(records)
                 parent_id = None
             else:
                 if parent not in kept_index:
+                    stats["orphans_dropped"] += 1
                     continue  # its divide mask was rejected by refinement: drop the orphan part
                 parent_id = annotation_id(image_id, kept_index[parent])
             records.append(MaskRecord(rle=rle, image_id=image_id, id=annotation_id(image_id, len(records)),
                                       parent_id=parent_id, refined=refined, **fields))
-        t3 = time.perf_counter()
-        self.last_timings = {"divide": t1 - t0, "conquer": t2 - t1, "refine": refine_s, "encode": encode_s,
-                             "total": t3 - t0}
-        logger.debug("%d divide + %d conquer masks -> %d records in %.2f s", len(divided), len(parts),
-                     len(records), t3 - t0)
-        return records
+        return records, {"refine": refine_s, "encode": encode_s}, stats
+
+
+class _LazyMasks(Sequence[npt.NDArray[np.bool_]]):
+    """Full-size masks decoded from RLE on each access (conquer reads one at a time)."""
+
+    def __init__(self, rles: list[dict[str, Any]]) -> None:
+        self._rles = rles
+
+    def __len__(self) -> int:
+        return len(self._rles)
+
+    def __getitem__(self, index: int) -> npt.NDArray[np.bool_]:  # type: ignore[override]
+        return decode_rle(self._rles[index])
+
+
+def _full_counts(h: int, w: int) -> str:
+    """Counts string of an all-True (h, w) mask, from its runs [0, h*w] (no (h, w) array built)."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.frPyObjects({"size": [h, w], "counts": [0, h * w]}, h, w)["counts"].decode("utf-8")
 
 
 class DicoProducer:

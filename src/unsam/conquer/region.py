@@ -307,7 +307,8 @@ def conquer(
 
     Args:
         image: (H, W, 3) uint8 RGB image.
-        divide_masks: K (H, W) bool masks (or a (K, H, W) array), the divide stage's output.
+        divide_masks: K (H, W) bool masks (or a (K, H, W) array, or a sequence building each mask
+            on access), the divide stage's output; each is read twice (box, then crop).
         extractor: called on (B, crop_size, crop_size, 3) uint8 RGB crops, returns
             (B, h, w, C) float patch features (DINO keys; h = crop_size / patch size).
         config: conquer settings.
@@ -329,7 +330,9 @@ def conquer(
             f"ConquerConfig.crop_size={config.crop_size} is not a multiple of the extractor's patch size {patch}"
         )
     hw = image.shape[:2]
-    divide_list = list(divide_masks)
+    # indexed, never copied: a lazy sequence (the pipeline's RLE-backed masks) decodes one mask at
+    # a time, so K divide masks never sit in memory at full resolution together
+    divide_list = divide_masks if isinstance(divide_masks, Sequence) else list(divide_masks)
     regions: list[_Region] = []
     for k, divide_mask in enumerate(divide_list):
         divide_mask = np.asarray(divide_mask, dtype=bool)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from typing import Any
+
 import torch
 from PIL import Image
 
@@ -95,15 +97,31 @@ class CutlerDetections:
     Attributes:
         boxes_xyxy: ``(N, 4)`` float32 boxes in original-image pixels, clipped.
         scores: ``(N,)`` float32 in (score_thresh, 1].
-        masks: ``(N, H, W)`` bool, original resolution.
+        masks: ``(N, H, W)`` bool, original resolution; None when detected with ``paste=False``
+            (then :meth:`mask` pastes one at a time from ``mask_probs``).
+        mask_probs: ``(N, M, M)`` float32 mask-head probabilities (M = 28).
+        image_hw: (H, W) of the original image.
+        mask_thresh: binarisation cutoff of the pasted masks.
     """
 
     boxes_xyxy: npt.NDArray[np.float32]
     scores: npt.NDArray[np.float32]
-    masks: npt.NDArray[np.bool_]
+    masks: npt.NDArray[np.bool_] | None
+    mask_probs: torch.Tensor | None = None
+    image_hw: tuple[int, int] = (0, 0)
+    mask_thresh: float = 0.5
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def mask(self, k: int) -> npt.NDArray[np.bool_]:
+        """``(H, W)`` bool mask of detection ``k`` (pasted now when not stored)."""
+        if self.masks is not None:
+            return self.masks[k]
+        assert self.mask_probs is not None
+        box = torch.from_numpy(self.boxes_xyxy[k : k + 1])
+        pasted = paste_masks_in_image(self.mask_probs[k : k + 1], box, self.image_hw, self.mask_thresh)
+        return pasted[0].cpu().numpy()
 
 
 def resize_shape(hw: tuple[int, int], min_size: int, max_size: int) -> tuple[int, int]:
@@ -213,11 +231,13 @@ class CutlerDetector:
         return cls(model, config, device)
 
     @torch.inference_mode()
-    def detect(self, image: npt.NDArray[np.uint8]) -> CutlerDetections:
+    def detect(self, image: npt.NDArray[np.uint8], *, paste: bool = True) -> CutlerDetections:
         """Run the detector on one image.
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
+            paste: paste every mask to full resolution now (``N x H x W`` bytes); with False,
+                :meth:`CutlerDetections.mask` pastes one at a time (bounded memory).
 
         Returns:
             :class:`CutlerDetections` at the original resolution, by descending score.
@@ -253,7 +273,7 @@ class CutlerDetector:
         boxes = clip_boxes(boxes, (h0, w0))
         keep = nonempty_boxes(boxes)
         boxes, scores, probs = boxes[keep], scores[keep], probs[keep]
-        masks = paste_masks_in_image(probs, boxes, (h0, w0), cfg.mask_thresh)
+        masks = paste_masks_in_image(probs, boxes, (h0, w0), cfg.mask_thresh) if paste else None
         t6 = time.perf_counter()
         self.last_timings = {
             "preprocess": t1 - t0, "backbone": t2 - t1, "rpn": t3 - t2, "box_heads": t4 - t3,
@@ -264,7 +284,10 @@ class CutlerDetector:
         return CutlerDetections(
             boxes_xyxy=boxes.cpu().numpy().astype(np.float32),
             scores=scores.cpu().numpy().astype(np.float32),
-            masks=masks.cpu().numpy(),
+            masks=masks.cpu().numpy() if masks is not None else None,
+            mask_probs=probs.float().cpu(),
+            image_hw=(h0, w0),
+            mask_thresh=cfg.mask_thresh,
         )
 
     def __call__(
@@ -300,4 +323,30 @@ def divide_cutler(
             break
         if dets.scores[k] > score_thresh and dets.masks[k].any():
             out.append((dets.masks[k], float(dets.scores[k])))
+    return out
+
+
+def divide_cutler_rles(
+    image: npt.NDArray[np.uint8],
+    detector: CutlerDetector,
+    score_thresh: float = 0.1,
+    max_masks: int = 100,
+) -> list[tuple[dict[str, Any], float]]:
+    """:func:`divide_cutler` with every mask pasted and RLE-encoded one at a time: memory holds
+    one ``(H, W)`` mask, not up to 100 (the pipeline's divide).
+
+    Returns:
+        ``[(compressed RLE, score)]`` by descending score, empty masks dropped.
+    """
+    from unsam.records import encode_mask
+
+    dets = detector.detect(image, paste=False)
+    out: list[tuple[dict[str, Any], float]] = []
+    for k in range(len(dets)):
+        if len(out) >= max_masks:
+            break
+        if dets.scores[k] > score_thresh:
+            mask = dets.mask(k)
+            if mask.any():
+                out.append((encode_mask(mask), float(dets.scores[k])))
     return out
