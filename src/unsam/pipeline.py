@@ -50,6 +50,7 @@ __all__ = [
     "conquer_score",
     "memory_bound_bytes",
     "resolve_preset",
+    "runtime_warnings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -411,7 +412,17 @@ class DicoProducer:
 
     def settings(self) -> dict[str, Any]:
         # the settings the images are processed with: the preset resolved (features given by name)
-        return {"producer": "divide-and-conquer", **config_to_dict(resolve_preset(self.config))}
+        resolved = resolve_preset(self.config)
+        out = {"producer": "divide-and-conquer", **config_to_dict(resolved)}
+        warnings = runtime_warnings(resolved)
+        if warnings:
+            out["warnings"] = warnings  # recorded in the output's info and printed in the summary
+        return out
+
+    @property
+    def last_stats(self) -> dict[str, int]:
+        """Drop counts of the last image (see :attr:`DivideAndConquer.last_stats`)."""
+        return getattr(self._dico, "last_stats", {})
 
     def setup(self) -> None:
         if self._dico is None:
@@ -457,3 +468,18 @@ def memory_bound_bytes(image_hw: tuple[int, int], config: PipelineConfig) -> int
     conquer_bytes = regions * scales * 12 * side * side
     feature_bytes = regions * 4 * cfg.crop_size * cfg.crop_size * 4
     return int(hw * (regions + 6) + conquer_bytes + feature_bytes + (256 << 20))
+
+
+def runtime_warnings(config: PipelineConfig) -> list[str]:
+    """Settings that cannot take effect on this machine, as sentences (empty when all can).
+
+    Today: a MaskCut CRF asked for (the spec default) while pydensecrf2 is not installed, so the
+    divide masks stay at patch resolution. Recorded in the output's ``info`` and printed.
+    """
+    from unsam.refine.crf import crf_available
+
+    out = []
+    if config.divide == "maskcut" and config.maskcut.crf and not crf_available():
+        out.append('MaskCut CRF is off: pydensecrf2 is not installed (pip install "unsam[crf]"), so '
+                   "the divide masks stay at patch resolution")
+    return out

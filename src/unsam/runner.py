@@ -12,6 +12,10 @@ every finished image (read back from the work file, or from the finished output)
 gives the new images ids no other image has. A lock (``OUT.lock``) keeps two runs off one output.
 Before the final file is renamed into place it is validated (unique image and annotation ids, every
 annotation's image present, RLE sizes equal to their image's); the work file is then removed.
+
+An ``engine`` (see :class:`Engine`, e.g. :class:`unsam.engines.ray_engine.RayEngine`) can process
+the images left elsewhere; it appends each finished row to its own shard work files in
+``OUT.work.d/`` (each headed like the work file), which a rerun reads back like the work file.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,12 +53,14 @@ from unsam.io.images import ImageReadError, load_image
 from unsam.records import ImageRecord, MaskRecord
 
 __all__ = [
+    "Engine",
     "MaskProducer",
     "RunResult",
     "assign_image_ids",
     "id_rule",
     "parse_shard",
     "run_images",
+    "shard_dir_for",
     "work_file_for",
 ]
 
@@ -74,6 +81,21 @@ class MaskProducer(Protocol):
     def __call__(self, image: np.ndarray, *, image_id: int) -> list[MaskRecord]: ...
 
 
+class Engine(Protocol):
+    """Processes a run's images left (``todo``: ``(path, file_name, image_id)`` tuples) somewhere
+    else than :func:`run_images`' own processes.
+
+    It yields one row per image of ``todo``, in any order: the row :func:`_process_one` makes
+    (``image_record_to_json(...)``, or ``{"skipped", "reason"}``), after appending it durably to a
+    JSONL file under ``shard_dir`` whose first line is ``header`` (the work file's first line).
+    """
+
+    def __call__(
+        self, producer: MaskProducer, todo: list[tuple[str, str, int]], *, shard_dir: Path,
+        header: dict[str, Any],
+    ) -> Iterable[dict[str, Any]]: ...
+
+
 @dataclass
 class RunResult:
     """What a run produced: counts, per-image seconds, skipped files and the output path."""
@@ -86,6 +108,7 @@ class RunResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds_per_image: list[float] = field(default_factory=list)
     dataset: dict[str, Any] | None = field(default=None, repr=False)  # what was written, as a COCO dataset
+    stats: dict[str, int] = field(default_factory=dict)  # producer drop counts summed over the images
 
     @property
     def exit_code(self) -> int:
@@ -174,6 +197,12 @@ def work_file_for(output: str | os.PathLike[str]) -> Path:
     return output.with_name(output.name + ".work.jsonl")
 
 
+def shard_dir_for(output: str | os.PathLike[str]) -> Path:
+    """The folder of an engine's shard work files for a run writing ``output`` (``OUT.work.d``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".work.d")
+
+
 # --- worker side -------------------------------------------------------------------------------
 _WORKER_PRODUCER: Any = None
 _WORKER_ERROR: BaseException | None = None
@@ -218,7 +247,11 @@ def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
     record = ImageRecord(id=image_id, file_name=file_name, height=h, width=w).with_masks(
         masks, assign_ids=any(m.id is None or m.image_id != image_id for m in masks)
     )
-    return image_record_to_json(record, seconds=round(time.perf_counter() - t0, 4))
+    extra: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 4)}
+    stats = getattr(_WORKER_PRODUCER, "last_stats", None)
+    if stats:  # what the producer dropped and why (summed in the run summary)
+        extra["stats"] = {k: int(v) for k, v in stats.items() if v}
+    return image_record_to_json(record, **extra)
 
 
 def _results(producer: Any, tasks: list[tuple[str, str, int]], workers: int) -> Iterator[dict[str, Any]]:
@@ -350,6 +383,7 @@ def run_images(
     info: dict[str, Any] | None = None,
     overwrite: bool = False,
     output_format: str = "coco-dataset",
+    engine: Engine | None = None,
 ) -> RunResult:
     """Run ``producer`` over ``images`` and write a class-agnostic COCO dataset JSON to ``output``.
 
@@ -371,6 +405,8 @@ def run_images(
         output_format: ``coco-dataset`` (default), ``coco-results`` or ``sam-folder`` (``output``
             is then a folder); see :mod:`unsam.io.export`. The last two cannot carry the run's
             settings, so their work file is kept after success: a rerun resumes from it.
+        engine: processes the images left instead of ``workers`` local processes (see
+            :class:`Engine`); the output is the same.
 
     Returns:
         A :class:`RunResult`.
@@ -405,26 +441,36 @@ def run_images(
         resumed = len(mine) - len(todo)
         if resumed:
             logger.info("%s: %d of %d image(s) already done", output, resumed, len(mine))
-        seconds = _process(producer, todo, workers, work, done, resumed, len(mine), progress)
+        rows = (_results(producer, todo, workers) if engine is None else
+                engine(producer, todo, shard_dir=shard_dir_for(output), header=header))
+        seconds = _process(rows, work if engine is None else None, done, resumed, len(mine), progress)
         dataset, skipped = _assemble(mine, done, header, info, work)
         validate_dataset(dataset, where=f"refusing to write {output}")
         write_dataset_as(dataset, output, output_format)  # type: ignore[arg-type]
         if output_format == "coco-dataset":  # the output itself carries everything a rerun needs
             work.unlink(missing_ok=True)
+            shutil.rmtree(shard_dir_for(output), ignore_errors=True)
     n_masks = len(dataset["annotations"])
     logger.info("wrote %s: %d images, %d masks, %d skipped", output, len(dataset["images"]), n_masks, len(skipped))
-    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds, dataset)
+    totals: dict[str, int] = {}
+    for _, name, _ in mine:
+        for key, value in done[name].get("stats", {}).items():
+            totals[key] = totals.get(key, 0) + int(value)
+    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds, dataset, totals)
 
 
 def _previous_rows(
     work: Path, output: Path, header: dict[str, Any], overwrite: bool, output_format: str
 ) -> dict[str, dict[str, Any]]:
-    """What earlier runs finished (from the work file, else the finished output); starts the work file."""
+    """What earlier runs finished (from the work file, else the finished output, plus an engine's
+    shard work files); starts the work file."""
+    shards = shard_dir_for(output)
     if overwrite:
         work.unlink(missing_ok=True)
+        shutil.rmtree(shards, ignore_errors=True)
         done: dict[str, dict[str, Any]] = {}
     elif work.exists():
-        return _rows_from_work_file(work, header)
+        return {**_rows_from_work_file(work, header), **_rows_from_shards(shards, header)}
     elif output_format != "coco-dataset":  # these outputs cannot be read back as a run's state
         if output.is_file() or (output.is_dir() and any(output.iterdir())):
             raise ValueError(f"{output}: exists and its work file {work.name} is gone, so what it holds "
@@ -432,6 +478,7 @@ def _previous_rows(
         done = {}
     else:
         done = _rows_from_output(output, header) if output.exists() else {}
+    done.update(_rows_from_shards(shards, header))
     output.parent.mkdir(parents=True, exist_ok=True)
     append_line_durable(work, json.dumps(header))
     for row in done.values():  # a finished output's rows: the work file stands alone if killed
@@ -439,25 +486,37 @@ def _previous_rows(
     return done
 
 
+def _rows_from_shards(shards: Path, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Finished rows of an engine's shard work files (file name -> row); refuses other settings.
+    A shard cut before its header was written holds nothing and is ignored."""
+    done: dict[str, dict[str, Any]] = {}
+    for shard in sorted(shards.glob("*.jsonl")) if shards.is_dir() else ():
+        if truncate_partial_line(shard):
+            logger.warning("%s: dropped an incomplete last line left by an interrupted run", shard)
+        if shard.stat().st_size > 0:
+            done.update(_rows_from_work_file(shard, header))
+    return done
+
+
 def _process(
-    producer: Any,
-    todo: list[tuple[str, str, int]],
-    workers: int,
-    work: Path,
+    rows: Iterable[dict[str, Any]],
+    work: Path | None,
     done: dict[str, dict[str, Any]],
     finished: int,
     total: int,
     progress: Callable[[int, int], Any] | None,
 ) -> list[float]:
-    """Run the images left, appending each finished one to the work file; seconds per image."""
+    """Collect the rows of the images left, appending each to the work file (unless ``work`` is None:
+    an engine has stored them already); seconds per image."""
     seconds: list[float] = []
     if progress is not None:
         progress(finished, total)
-    for row in _results(producer, todo, workers):
+    for row in rows:
         if "fatal" in row:
             exc = row["fatal"]
             raise exc if isinstance(exc, BaseException) else WorkerSetupError(str(exc))
-        append_line_durable(work, json.dumps(row, separators=(",", ":")))
+        if work is not None:
+            append_line_durable(work, json.dumps(row, separators=(",", ":")))
         key = row.get("skipped") or row["image"]["file_name"]
         done[key] = row
         if "skipped" in row:

@@ -65,3 +65,32 @@ def test_loading_a_model_draws_no_progress_bar(tmp_path: Path, capfd: pytest.Cap
     load_feature_extractor(tmp_path / "vit")
     err = capfd.readouterr().err
     assert "Loading" not in err and "%|" not in err
+
+
+def test_missing_maskcut_crf_is_loud_and_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9.4: the MaskCut CRF that silently turned off is now a warning in the summary and info."""
+    import json
+
+    import unsam.refine.crf as crf
+
+    monkeypatch.setattr(crf, "crf_available", lambda: False)
+    out = tmp_path / "o.json"
+    img = tmp_path / "imgs"
+    img.mkdir()
+    (img / "c.png").write_bytes((IMAGES / "chelsea.png").read_bytes())
+    code = main(["pseudo-label", str(img), "-o", str(out), "--features", "classic", "--preset", "spec",
+                 "--max-masks", "5", "--no-progress"])
+    assert code == 0
+    assert "warning: MaskCut CRF is off" in capsys.readouterr().err
+    assert "MaskCut CRF is off" in json.loads(out.read_text())["info"]["settings"]["warnings"][0]
+
+
+def test_summary_says_when_masks_were_capped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "imgs"
+    img.mkdir()
+    (img / "c.png").write_bytes((IMAGES / "chelsea.png").read_bytes())
+    assert main(["pseudo-label", str(img), "-o", str(tmp_path / "o.json"), "--features", "classic",
+                 "--max-masks", "7", "--no-progress"]) == 0
+    assert "masks capped at --max-masks on 1 image(s)" in capsys.readouterr().err

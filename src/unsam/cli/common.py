@@ -44,6 +44,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--binary-masks", metavar="DIR", help="also write every mask as a 0/255 PNG under DIR/<image>/")
     g.add_argument("--overwrite", action="store_true",
                    help="start over when -o (or its unfinished work file) was written with other settings")
+    from unsam.engines import add_engine_arguments
+
+    add_engine_arguments(parser)
 
 
 def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
@@ -58,10 +61,13 @@ def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
 
 
 def list_inputs(paths: str | Sequence[str], *, recursive: bool = False) -> ImageListing:
-    """List the images of folders and/or files (one listing for every command); a clear error
-    when there are none. Non-image files are reported once, on stderr."""
+    """List the images of folders, files, list files and/or glob patterns (one listing for every
+    command, see :mod:`unsam.engines.inputs`); a clear error when there are none. Non-image files
+    are reported once, on stderr."""
+    from unsam.engines.inputs import expand_image_inputs
+
     inputs = [paths] if isinstance(paths, str) else list(paths)
-    listing = list_image_inputs(inputs, recursive=recursive)
+    listing = list_image_inputs(expand_image_inputs(inputs), recursive=recursive)
     label = inputs[0] if len(inputs) == 1 else str(listing.root)
     if listing.skipped:
         print(f"{label}: skipping {len(listing.skipped)} non-image file(s): "
@@ -129,6 +135,19 @@ def print_run_summary(result: Any) -> None:
           f" ({result.images_done_now} processed now, {result.images_resumed} resumed){timing}")
     for s in result.skipped:
         print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
+    stats = result.stats
+    notes = []
+    if stats.get("refine_rejected"):
+        notes.append(f"refinement rejected {stats['refine_rejected']} mask(s) (area > refine max, or IoU "
+                     "with the raw mask below the threshold)")
+    if stats.get("orphans_dropped"):
+        notes.append(f"{stats['orphans_dropped']} part(s) dropped with their rejected object mask")
+    if stats.get("capped"):
+        notes.append(f"masks capped at --max-masks on {stats['capped']} image(s) (the best-scoring kept)")
+    for warning in (result.dataset or {}).get("info", {}).get("settings", {}).get("warnings", []):
+        notes.append(f"warning: {warning}")
+    for note in notes:
+        print(f"note: {note}" if not note.startswith("warning:") else note, file=sys.stderr)
     if result.exit_code:
         print(f"error: none of the {result.images_total} image(s) could be read (listed above)", file=sys.stderr)
 
@@ -168,8 +187,10 @@ def run_folder(
     ``args`` carries the flags of :func:`add_run_arguments` plus ``output``. Returns the exit code:
     1 when no image could be read, else 0.
     """
+    from unsam.engines import engine_from_args
     from unsam.runner import assign_image_ids, id_rule, parse_shard, run_images
 
+    engine = engine_from_args(args)  # a missing Ray or a bad engine flag fails before any work
     shard = parse_shard(args.shard)
     ids = assign_image_ids([p.relative_to(root).as_posix() for p in images], args.image_ids_from)
     progress, close = tqdm_progress(desc, disable=args.no_progress)
@@ -177,7 +198,7 @@ def run_folder(
         result = run_images(producer, images, root, args.output, image_ids=ids,
                             ids_rule=id_rule(args.image_ids_from), shard=shard, workers=args.workers,
                             progress=progress, info=info, overwrite=args.overwrite,
-                            output_format=args.output_format)
+                            output_format=args.output_format, engine=engine)
     finally:
         close()
     print_run_summary(result)
