@@ -1,12 +1,15 @@
-"""Stateless mask math shared by every stage: boxes and resizing (NMS: unsam.conquer.filter for
-crop masks, the segmenter's RLE NMS for full-resolution masks).
+"""Stateless mask math shared by every stage: boxes, resizing, IoU and the one greedy NMS.
 
 Dense masks here are numpy bool arrays or torch bool tensors; RLE math lives in unsam.records.
+Every NMS in unsam is :func:`greedy_nms` (masks: dense, sparse or lazily computed IoU) or
+:func:`box_nms` (boxes, torchvision's float32 semantics); both suppress at IoU strictly ``>`` the
+threshold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,9 +18,19 @@ from PIL import Image
 
 __all__ = [
     "boxes_xyxy_from_masks",
+    "MASK_RESIZE_RULES",
     "resize_mask",
     "resize_image",
+    "mask_iou",
+    "greedy_nms",
+    "box_iou_matrix",
+    "box_nms",
+    "batched_box_nms",
 ]
+
+
+#: Binarisation rules of :func:`resize_mask`.
+MASK_RESIZE_RULES: tuple[str, ...] = ("half_max", "unsam")
 
 
 def boxes_xyxy_from_masks(masks: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -36,28 +49,48 @@ def boxes_xyxy_from_masks(masks: torch.Tensor | np.ndarray) -> np.ndarray:
     return out
 
 
-def resize_mask(mask: npt.NDArray[np.bool_], hw: tuple[int, int]) -> npt.NDArray[np.bool_]:
-    """Resize a binary mask the way the original does (spec §2.2 step 11, §3.3 step 1).
+def resize_mask(
+    mask: npt.NDArray[np.bool_], hw: tuple[int, int], *, rule: str = "half_max"
+) -> npt.NDArray[np.bool_]:
+    """Resize a binary mask through a PIL bicubic resize of its 0/255 image, then binarise.
 
-    The mask becomes a 0/255 uint8 image, is resized with PIL bicubic to (H, W) and binarised at
-    half of its maximum (> 127.5 when non-empty).
+    The mask becomes a 0/255 uint8 image and is resized with PIL bicubic to (H, W) (the original's
+    ``Image.resize`` default; spec §2.2 step 11, §3.3 step 1). Let ``top`` be the maximum of the
+    result. The rules differ only when ``top < 128``, i.e. when a small mask is downsampled so far
+    that no pixel reaches half of 255 (a cluster of a few patches of the 32×32 conquer grid pasted
+    into a crop narrower than about 32 px):
+
+    - ``"half_max"`` (default): keep the pixels ``> top / 2``; an empty result only for an empty
+      mask (``top == 0``). Such a small cluster survives as a few pixels.
+    - ``"unsam"``: the released UnSAM conquer rule (``divide_conquer.py``: ``resize_mask`` sets the
+      pixels ``> top / 2`` to ``top`` and the others to the minimum, then ``mask > 0.5 * 255``):
+      keep the pixels ``> top / 2`` when ``top >= 128``, else nothing, so that cluster vanishes
+      (and then fails the coverage filter). Both rules agree whenever ``top >= 128``, in particular
+      for every upsampling of a non-empty mask.
+
+    MaskCut's original (CutLER ``maskcut.py``) applies the same ``top / 2`` split and then encodes
+    every non-zero pixel: it equals ``"half_max"`` unless the resized minimum is above 0 as well (a
+    mask covering nearly the whole image), where it keeps every pixel.
 
     Args:
         mask: (h, w) bool.
         hw: target (H, W).
+        rule: ``"half_max"`` or ``"unsam"`` (see above).
 
     Returns:
         (H, W) bool.
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be (h, w), got shape {mask.shape}")
+    if rule not in MASK_RESIZE_RULES:
+        raise ValueError(f"rule must be one of {MASK_RESIZE_RULES}, got {rule!r}")
     h, w = int(hw[0]), int(hw[1])
     if mask.shape == (h, w):
         return mask.astype(bool, copy=True)
     img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BICUBIC)
     arr = np.asarray(img)
     top = int(arr.max()) if arr.size else 0
-    if top == 0:
+    if top == 0 or (rule == "unsam" and top < 128):
         return np.zeros((h, w), dtype=bool)
     return arr > top / 2.0
 
@@ -70,3 +103,118 @@ def resize_image(
     if image.shape[:2] == (h, w):
         return image
     return np.array(Image.fromarray(image).resize((w, h), resample))  # writable (C code may need it)
+
+
+def mask_iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    """IoU of two (h, w) bool masks on one grid: |a ∩ b| / |a ∪ b| (0.0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b)) / union if union else 0.0
+
+
+def greedy_nms(
+    scores: Sequence[float] | npt.NDArray[np.floating],
+    iou: npt.NDArray[np.floating] | Any | Callable[[int, int], float],
+    iou_thresh: float,
+    *,
+    window: int | None = None,
+) -> list[int]:
+    """Greedy non-maximum suppression, the one rule every mask NMS of unsam uses.
+
+    Items are visited by descending score (stable: ties keep input order). Each item not yet
+    removed is kept and removes the later items whose IoU with it is strictly ``> iou_thresh``;
+    with ``window``, only the items at the next ``window - 1`` ranking *positions* (the original
+    conquer rule, spec §3.3: removed items still occupy their position).
+
+    Args:
+        scores: (N,) ranking scores.
+        iou: the pairwise IoU as a dense (N, N) array, a scipy sparse (N, N) matrix (missing
+            entries: 0) or a function ``iou(i, j)`` called only for pairs that still matter.
+        iou_thresh: cutoff in [0, 1].
+        window: compare only within this many ranking positions (>= 2), or all later ones.
+
+    Returns:
+        Kept indices in ranking order (highest score first).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.shape[0]
+    if window is not None and window < 2:
+        raise ValueError(f"window must be >= 2 or None, got {window}")
+    order = np.argsort(-s, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    removed = np.zeros(n, dtype=bool)
+    keep: list[int] = []
+    sparse = hasattr(iou, "indptr")
+    dense = isinstance(iou, np.ndarray)
+    if (sparse or dense) and tuple(iou.shape) != (n, n):
+        raise ValueError(f"iou must be ({n}, {n}), got {tuple(iou.shape)}")
+    for pos, i in enumerate(order.tolist()):
+        if removed[i]:
+            continue
+        keep.append(i)
+        stop = n if window is None else min(n, pos + window)
+        if dense:
+            later = order[pos + 1 : stop]
+            removed[later[iou[i, later] > iou_thresh]] = True
+        elif sparse:
+            lo, hi = iou.indptr[i], iou.indptr[i + 1]
+            cols, vals = iou.indices[lo:hi], iou.data[lo:hi]
+            inside = (rank[cols] > pos) & (rank[cols] < stop)
+            removed[cols[inside & (vals > iou_thresh)]] = True
+        else:
+            for j in order[pos + 1 : stop].tolist():
+                if not removed[j] and iou(i, j) > iou_thresh:
+                    removed[j] = True
+    return keep
+
+
+def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` float32 IoU of XYXY boxes, with the torchvision NMS kernel's exact float ops
+    (no +1; NaN for two empty boxes)."""
+    x0, y0, x1, y1 = boxes.float().unbind(dim=1)
+    area = (x1 - x0) * (y1 - y0)
+    w = torch.minimum(x1[:, None], x1[None, :]) - torch.maximum(x0[:, None], x0[None, :])
+    h = torch.minimum(y1[:, None], y1[None, :]) - torch.maximum(y0[:, None], y0[None, :])
+    inter = w.clamp(min=0) * h.clamp(min=0)
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
+    """Greedy box NMS (torchvision ``nms`` semantics) through :func:`greedy_nms`.
+
+    Args:
+        boxes: ``(N, 4)`` XYXY boxes (compared in float32).
+        scores: ``(N,)`` scores.
+        iou_thresh: a box whose IoU with a kept box is ``> iou_thresh`` is dropped (NaN never is).
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, by descending score. Memory is O(N²).
+    """
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be (N, 4) XYXY, got {tuple(boxes.shape)}")
+    if scores.shape != (boxes.shape[0],):
+        raise ValueError(f"scores must be ({boxes.shape[0]},), got {tuple(scores.shape)}")
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    iou = np.nan_to_num(box_iou_matrix(boxes).cpu().numpy(), nan=0.0)  # NaN > t is False anyway
+    # float64 scores: the stable descending order equals torch.sort(stable=True)'s
+    keep = greedy_nms(scores.detach().cpu().double().numpy(), iou, iou_thresh)
+    return torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
+
+
+def batched_box_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thresh: float
+) -> torch.Tensor:
+    """:func:`box_nms` inside each group independently (torchvision ``batched_nms``).
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes over all groups, by descending score (stable).
+    """
+    if groups.shape != (boxes.shape[0],):
+        raise ValueError(f"groups must be ({boxes.shape[0]},), got {tuple(groups.shape)}")
+    keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    for g in torch.unique(groups).tolist():
+        idx = torch.nonzero(groups == g).flatten()
+        keep_mask[idx[box_nms(boxes[idx], scores[idx], iou_thresh)]] = True
+    keep = torch.nonzero(keep_mask).flatten()
+    return keep[torch.sort(scores[keep], descending=True, stable=True).indices]

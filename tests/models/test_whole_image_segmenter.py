@@ -235,7 +235,7 @@ def test_from_pretrained_errors(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(FileNotFoundError) as info:  # MissingWeightsError: a user error, one line
         WholeImageSegmenter.from_pretrained(HUB_ID)
     message = str(info.value)
     assert "\n" not in message

@@ -6,11 +6,14 @@ All masks here live in crop coordinates (the divide mask's bounding box); only
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import torch
+
+from unsam.masks import greedy_nms, mask_iou
 
 __all__ = ["coverage", "windowed_nms", "paste_mask"]
 
@@ -33,12 +36,6 @@ def coverage(masks: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_]) -> npt
     areas = np.count_nonzero(flat, axis=1)
     inside = np.count_nonzero(flat & region.reshape(1, -1), axis=1)
     return np.where(areas > 0, inside / np.maximum(areas, 1), 0.0)
-
-
-def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_], area_a: int, area_b: int) -> float:
-    inter = int(np.count_nonzero(a & b))
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
 
 
 def windowed_nms(
@@ -90,16 +87,17 @@ def windowed_nms(
         raise ValueError(f"window must be >= 2 (the original uses NMS-step 5), got {window}")
     if not 0.0 <= iou_thresh <= 1.0:
         raise ValueError(f"iou_thresh must be in [0, 1], got {iou_thresh}")
-    order = np.argsort(-s, kind="stable").tolist()
-    cache: dict[int, npt.NDArray[np.bool_]] = {}
+    cache: OrderedDict[int, npt.NDArray[np.bool_]] = OrderedDict()  # least recently used first
     limit = 2 if full_nms else window + 1
 
     def get(k: int) -> npt.NDArray[np.bool_]:
         if not lazy:
             return items[k]
-        if k not in cache:
+        if k in cache:
+            cache.move_to_end(k)
+        else:
             if len(cache) >= limit:
-                cache.pop(next(iter(cache)))  # oldest first: the ranking walks forward
+                cache.popitem(last=False)
             cache[k] = np.asarray(items[k](), dtype=bool)
         return cache[k]
 
@@ -107,23 +105,14 @@ def windowed_nms(
         areas = [int(np.count_nonzero(get(k))) for k in range(n)]
     elif len(areas) != n:
         raise ValueError(f"areas must have one value per mask ({n}), got {len(areas)}")
-    removed = [False] * n
-    keep: list[int] = []
-    for pos, i in enumerate(order):
-        if removed[pos]:
-            continue
-        keep.append(i)
-        stop = n if full_nms else min(n, pos + window)
-        for later in range(pos + 1, stop):
-            if removed[later]:
-                continue
-            j = order[later]
-            small, large = sorted((areas[i], areas[j]))
-            if large == 0 or small / large <= iou_thresh:
-                continue  # IoU <= small / large <= iou_thresh: cannot be a duplicate
-            if _iou(get(i), get(j), areas[i], areas[j]) > iou_thresh:
-                removed[later] = True
-    return keep
+
+    def pair_iou(i: int, j: int) -> float:
+        small, large = sorted((areas[i], areas[j]))  # type: ignore[index]
+        if large == 0 or small / large <= iou_thresh:
+            return 0.0  # IoU <= small / large <= iou_thresh: cannot be a duplicate, pixels untouched
+        return mask_iou(get(i), get(j))
+
+    return greedy_nms(s, pair_iou, iou_thresh, window=None if full_nms else window)
 
 
 def paste_mask(

@@ -33,6 +33,7 @@ import numpy.typing as npt
 import scipy.sparse
 
 from unsam.conquer.merge import merge_graph
+from unsam.masks import greedy_nms
 
 __all__ = [
     "SuperpixelClusters",
@@ -315,31 +316,10 @@ def cluster_nms(
     iou_thresh: float,
     window: int | None = None,
 ) -> list[int]:
-    """Greedy NMS from a precomputed sparse IoU matrix, same rule as
-    :func:`unsam.conquer.filter.windowed_nms`: visit by descending score (stable), a kept item
-    removes later items with IoU ``> iou_thresh``, only within the next ``window - 1`` ranking
-    positions when ``window`` is given.
+    """Greedy NMS from a precomputed sparse IoU matrix: :func:`unsam.masks.greedy_nms` (the rule
+    of :func:`unsam.conquer.filter.windowed_nms`, with ``window`` as there).
 
     Returns:
         Kept indices in ranking order.
     """
-    s = np.asarray(scores, dtype=np.float64)
-    n = s.shape[0]
-    if iou.shape != (n, n):
-        raise ValueError(f"iou must be ({n}, {n}), got {iou.shape}")
-    order = np.argsort(-s, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    removed = np.zeros(n, dtype=bool)
-    keep: list[int] = []
-    for pos, i in enumerate(order.tolist()):
-        if removed[i]:
-            continue
-        keep.append(i)
-        lo, hi = iou.indptr[i], iou.indptr[i + 1]
-        cols, vals = iou.indices[lo:hi], iou.data[lo:hi]
-        later = rank[cols] > pos
-        if window is not None:
-            later &= rank[cols] < pos + window
-        removed[cols[later & (vals > iou_thresh)]] = True
-    return keep
+    return greedy_nms(scores, iou.tocsr(), iou_thresh, window=window)

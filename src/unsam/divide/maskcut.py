@@ -46,7 +46,7 @@ from PIL import Image
 from scipy import ndimage
 
 from unsam.config import param
-from unsam.masks import resize_image, resize_mask
+from unsam.masks import mask_iou, resize_image, resize_mask
 from unsam.refine.crf import CRFConfig, crf_available, crf_refine_mask
 
 if TYPE_CHECKING:
@@ -229,11 +229,6 @@ def ncut_second_eigenvector(
     return _second_eigenvector(a, d, solver)
 
 
-def _patch_iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b)) / union if union else 0.0
-
-
 def maskcut_patches(feats: torch.Tensor | np.ndarray, config: MaskCutConfig) -> list[npt.NDArray[np.bool_]]:
     """Repeated NCut on a patch-feature grid (spec §2.2 steps 2-7).
 
@@ -278,7 +273,7 @@ def maskcut_patches(feats: torch.Tensor | np.ndarray, config: MaskCutConfig) -> 
         mask = labels == labels.flat[seed]
         if i >= 1 and previous is not None:
             too_small = np.count_nonzero(mask) / (h * w) <= config.min_area_frac
-            if _patch_iou(previous, mask) > config.reject_iou_thresh or too_small:
+            if mask_iou(previous, mask) > config.reject_iou_thresh or too_small:
                 mask = np.zeros((h, w), dtype=bool)
         previous = mask
         if mask.any():
@@ -342,7 +337,7 @@ def maskcut(
         mask = np.repeat(np.repeat(emitted, p, axis=0), p, axis=1)
         if use_crf:
             refined = crf_refine_mask(work, mask, crf_params)
-            if _patch_iou(mask, refined) < config.crf_iou_thresh:
+            if mask_iou(mask, refined) < config.crf_iou_thresh:
                 continue
             mask = refined
         full = resize_mask(mask, hw)

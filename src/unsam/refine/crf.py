@@ -27,7 +27,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from unsam.config import param
-from unsam.masks import resize_mask
+from unsam.masks import mask_iou, resize_mask
 
 __all__ = [
     "CRFConfig",
@@ -241,11 +241,6 @@ def context_crop_box(
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
-def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b)) / union if union else 0.0
-
-
 def refine_masks(
     image: npt.NDArray[np.uint8], masks: Sequence[npt.NDArray[np.bool_]], config: RefineConfig
 ) -> list[tuple[npt.NDArray[np.bool_] | None, float]]:
@@ -304,7 +299,7 @@ def refine_masks(
             refined_crop = crf_refine_mask(crop_img, crop_mask, crf_config)
         refined = np.zeros(hw, dtype=bool)
         refined[y0:y1, x0:x1] = refined_crop
-        iou = _iou(raw, refined)
+        iou = mask_iou(raw, refined)
         if np.count_nonzero(refined) / total > config.max_area_frac or iou < config.min_iou:
             out.append((None, iou))
         else:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unsam.masks import batched_box_nms, box_nms
+
 __all__ = [
     "SCALE_CLAMP",
     "assign_boxes_to_levels",
@@ -150,72 +152,18 @@ def encode_boxes(
     )
 
 
-def _pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """``(N, N)`` float32 IoU with the torchvision NMS kernel's exact float ops."""
-    x0, y0, x1, y1 = boxes.unbind(dim=1)
-    area = (x1 - x0) * (y1 - y0)
-    w = (torch.minimum(x1[:, None], x1[None, :]) - torch.maximum(x0[:, None], x0[None, :]))
-    h = (torch.minimum(y1[:, None], y1[None, :]) - torch.maximum(y0[:, None], y0[None, :]))
-    inter = w.clamp(min=0) * h.clamp(min=0)
-    return inter / (area[:, None] + area[None, :] - inter)
-
-
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
-    """Greedy non-maximum suppression (torchvision ``nms`` semantics).
-
-    Boxes are visited by descending score (stable: ties keep input order); a box is dropped when
-    its IoU with a kept box is ``> iou_thresh``. NaN IoUs (two empty boxes) never suppress.
-    Memory is O(N²) (N ≤ a few thousand here).
-
-    Args:
-        boxes: ``(N, 4)`` XYXY boxes (computed in float32).
-        scores: ``(N,)`` scores.
-        iou_thresh: IoU cutoff in [0, 1].
-
-    Returns:
-        ``(K,)`` int64 indices into ``boxes`` of the kept boxes, by descending score.
-    """
+    """Greedy NMS with torchvision ``nms`` semantics: :func:`unsam.masks.box_nms`."""
     _check_boxes(boxes)
-    if scores.shape != (boxes.shape[0],):
-        raise ValueError(f"scores must be ({boxes.shape[0]},), got {tuple(scores.shape)}")
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    over = (_pairwise_iou(boxes.float()[order]) > iou_thresh).cpu().numpy()
-    n = over.shape[0]
-    suppressed = np.zeros(n, dtype=bool)
-    keep = []
-    for i in range(n):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= over[i]
-    return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
+    return box_nms(boxes, scores, iou_thresh)
 
 
 def batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thresh: float
 ) -> torch.Tensor:
-    """NMS run independently inside each group (torchvision ``batched_nms``, per-group loop).
-
-    Args:
-        boxes: ``(N, 4)`` XYXY boxes.
-        scores: ``(N,)`` scores.
-        groups: ``(N,)`` int group ids (e.g. pyramid level or class).
-        iou_thresh: IoU cutoff in [0, 1].
-
-    Returns:
-        ``(K,)`` int64 indices of the kept boxes over all groups, by descending score (stable).
-    """
+    """NMS inside each group (torchvision ``batched_nms``): :func:`unsam.masks.batched_box_nms`."""
     _check_boxes(boxes)
-    if groups.shape != (boxes.shape[0],):
-        raise ValueError(f"groups must be ({boxes.shape[0]},), got {tuple(groups.shape)}")
-    keep_mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    for g in torch.unique(groups).tolist():
-        idx = torch.nonzero(groups == g).flatten()
-        keep_mask[idx[nms(boxes[idx], scores[idx], iou_thresh)]] = True
-    keep = torch.nonzero(keep_mask).flatten()
-    return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+    return batched_box_nms(boxes, scores, groups, iou_thresh)
 
 
 def roi_align(
