@@ -476,7 +476,7 @@ def runtime_warnings(config: PipelineConfig) -> list[str]:
     Today: a MaskCut CRF asked for (the spec default) while pydensecrf2 is not installed, so the
     divide masks stay at patch resolution. Recorded in the output's ``info`` and printed.
     """
-    from unsam.refine.crf import crf_available
+    from unsam.crf import crf_available
 
     out = []
     if config.divide == "maskcut" and config.maskcut.crf and not crf_available():

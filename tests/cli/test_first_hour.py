@@ -73,7 +73,7 @@ def test_missing_maskcut_crf_is_loud_and_recorded(
     """Issue 9.4: the MaskCut CRF that silently turned off is now a warning in the summary and info."""
     import json
 
-    import unsam.refine.crf as crf
+    import unsam.crf as crf
 
     monkeypatch.setattr(crf, "crf_available", lambda: False)
     out = tmp_path / "o.json"

@@ -142,7 +142,7 @@ def test_missing_pydensecrf_message(monkeypatch: pytest.MonkeyPatch) -> None:
         (CRFConfig, {"bilateral_srgb": 0.0}, "bilateral_srgb=0.0"),
         (RefineConfig, {"method": "dense"}, "method='dense'"),
         (RefineConfig, {"max_area_frac": 0.0}, "max_area_frac=0.0"),
-        (RefineConfig, {"gaussian_sxy": -1.0}, "gaussian_sxy=-1.0"),
+        (RefineConfig, {"crf": "strong"}, "RefineConfig.crf must be a CRFConfig"),
     ],
 )
 def test_config_validation(cls: type, kwargs: dict, match: str) -> None:
@@ -175,7 +175,27 @@ def test_config_defaults_and_cli_flags() -> None:
     )
     assert cfg.crf == CRFConfig() == CRFConfig(3.0, 7.0, 50.0, 5.0, 10.0, 10)
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser, RefineConfig, prefix="refine_")
-    args = parser.parse_args(["--refine-method", "crf", "--refine-iterations", "5"])
+    add_config_arguments(parser, RefineConfig, prefix="refine_", recurse=True)
+    args = parser.parse_args(["--refine-method", "crf", "--refine-crf-iterations", "5"])
     got = config_from_args(RefineConfig, args, prefix="refine_")
-    assert got.method == "crf" and got.crf.iterations == 5
+    assert got.method == "crf" and got.crf.iterations == 5 and got.crf.gaussian_sxy == 3.0
+
+
+def test_one_crf_config_nested_in_both_stages_and_tunable_from_the_cli() -> None:
+    """Issue 8: MaskCut's CRF and the refinement CRF share unsam.crf.CRFConfig, both from flags."""
+    import argparse
+
+    import importlib
+
+    from unsam.cli.pseudo_label import add_pipeline_arguments, pipeline_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_pipeline_arguments(parser)
+    args = parser.parse_args(["--maskcut-crf-params-bilateral-srgb", "9", "--refine-crf-iterations", "4"])
+    cfg = pipeline_config_from_args(args)
+    assert cfg.maskcut.crf_params == CRFConfig(bilateral_srgb=9.0)
+    assert cfg.refine.crf == CRFConfig(iterations=4)
+    maskcut_module = importlib.import_module("unsam.divide.maskcut")  # the package exports a function
+    assert maskcut_module.crf_refine_mask is crf_refine_mask  # one primitive, from unsam.crf
+    source = open(maskcut_module.__file__, encoding="utf-8").read()
+    assert "unsam.refine" not in source  # the divide stage does not import the refine stage

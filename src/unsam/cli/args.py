@@ -34,9 +34,12 @@ def add_config_arguments(
     *,
     prefix: str = "",
     skip: tuple[str, ...] = (),
+    recurse: bool = False,
 ) -> None:
     """Add one flag per field of ``config_cls`` (a dataclass built with :func:`unsam.config.param`),
     except the fields named in ``skip`` (set some other way, e.g. by a positional argument).
+    With ``recurse``, a nested config field ``crf`` of prefix ``refine_`` gets its own flags
+    ``--refine-crf-*`` (:func:`config_from_args` builds it back from them).
 
     Flags default to None (argparse.SUPPRESS), so only what the user sets overrides the config's
     own defaults. Types: bool → ``--flag/--no-flag``; Literal → choices; tuple[float, ...] →
@@ -44,8 +47,12 @@ def add_config_arguments(
     """
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
-        if not f.init or f.name in skip or dataclasses.is_dataclass(hints[f.name]):
-            continue  # nested stage configs get their own prefixed group (see the callers)
+        if not f.init or f.name in skip:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            if recurse:
+                add_config_arguments(parser, hints[f.name], prefix=f"{prefix}{f.name}_", recurse=True)
+            continue  # without recurse: nested stage configs get their own group (see the callers)
         help_text = f.metadata.get("help")
         if not help_text:
             raise TypeError(f"{config_cls.__name__}.{f.name} has no help text; declare it with unsam.config.param")
@@ -84,8 +91,14 @@ def config_from_args(config_cls: type, args: argparse.Namespace, *, prefix: str 
         ValueError: from the config's own validation, with its message.
     """
     values: dict[str, Any] = {}
+    hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         dest = _dest(prefix, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):  # nested config: from its own prefixed flags
+            nested_prefix = f"{prefix}{f.name}_"
+            if any(k.startswith(nested_prefix) for k in vars(args)):
+                values[f.name] = config_from_args(hints[f.name], args, prefix=nested_prefix)
+            continue
         if hasattr(args, dest):
             values[f.name] = getattr(args, dest)
     values.update(overrides)

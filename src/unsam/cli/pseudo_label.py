@@ -7,7 +7,6 @@ interruption continues where it stopped and writes the same file an uninterrupte
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from unsam.cli.args import add_config_arguments, config_from_args
@@ -43,13 +42,13 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                    metavar="{none,crf,cascadepsp,cascadepsp:PATH}",
                    help="shorthand for --refine-method (default: none); cascadepsp:PATH also sets "
                         "--refine-cascadepsp-weights PATH")
-    for name, prefix, cls in NESTED:
-        add_config_arguments(parser.add_argument_group(f"{name} ({cls.__doc__.splitlines()[0]})"), cls, prefix=prefix)
+    for name, prefix, cls in NESTED:  # each stage's flags in its own group, nested CRF ones too
+        group = parser.add_argument_group(f"{name} ({cls.__doc__.splitlines()[0]})")
+        add_config_arguments(group, cls, prefix=prefix, recurse=True)
 
 
 def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    nested = {name: config_from_args(cls, args, prefix=prefix) for name, prefix, cls in NESTED}
-    return dataclasses.replace(config_from_args(PipelineConfig, args), **nested)
+    return config_from_args(PipelineConfig, args)  # stage configs from their prefixed flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -47,7 +47,7 @@ from scipy import ndimage
 
 from unsam.config import param
 from unsam.masks import mask_iou, resize_image, resize_mask
-from unsam.refine.crf import CRFConfig, crf_available, crf_refine_mask
+from unsam.crf import CRFConfig, crf_available, crf_refine_mask
 
 if TYPE_CHECKING:
     from unsam.features.base import FeatureExtractor
@@ -86,6 +86,9 @@ class MaskCutConfig:
         0.01, "a later mask covering at most this fraction of the patch grid is dropped (spec §2.2 step 5)"
     )
     crf: bool = param(True, "refine each mask with DenseCRF, needs pydensecrf2 (spec §2.2 step 9)")
+    crf_params: CRFConfig = field(
+        default_factory=CRFConfig, metadata={"help": "DenseCRF parameters of the MaskCut CRF (spec §2.2 step 9)"}
+    )
     crf_iou_thresh: float = param(
         0.5, "drop a mask whose IoU between NCut and CRF masks is below this (spec §2.2 step 10)"
     )
@@ -301,16 +304,13 @@ def maskcut(
     image: npt.NDArray[np.uint8],
     extractor: FeatureExtractor,
     config: MaskCutConfig,
-    *,
-    crf_config: CRFConfig | None = None,
 ) -> list[tuple[npt.NDArray[np.bool_], float]]:
     """Divide one image into up to ``num_masks`` object masks with MaskCut (spec §2.2 steps 0-11).
 
     Args:
         image: (H, W, 3) uint8 RGB.
         extractor: patch-feature extractor (DINO ViT-B/8 keys in the paper).
-        config: MaskCut parameters.
-        crf_config: DenseCRF parameters (default: CutLER's).
+        config: MaskCut parameters (``config.crf_params``: the DenseCRF's).
 
     Returns:
         ``[(mask, 1.0), ...]``: (H, W) bool full-resolution, disjoint, non-empty masks in
@@ -326,7 +326,7 @@ def maskcut(
     feats = extractor(work[None])[0]
     patch_masks = maskcut_patches(feats, config)
     use_crf = _ensure_crf(config.crf)
-    crf_params = crf_config if crf_config is not None else CRFConfig()
+    crf_params = config.crf_params
     claimed = np.zeros(patch_masks[0].shape if patch_masks else (1, 1), dtype=bool)
     results: list[tuple[npt.NDArray[np.bool_], float]] = []
     for patch_mask in patch_masks:
