@@ -44,20 +44,12 @@ def _user_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unsam.training.loop import StepLog, load_train_config, train
+    from unsam.training.loop import StepLog, resolve_training_run, train
 
     run_dir = Path(args.output)
-    overrides = _user_values(args)
-    annotations, images = args.annotations, args.images
-    if args.resume and (run_dir / "train_config.json").is_file():
-        saved, record = load_train_config(run_dir)
-        config = dataclasses.replace(saved, **overrides)
-        annotations = annotations or record.get("annotations")
-        images = images or record.get("images")
-    else:
-        config = TrainConfig(**overrides)
-    if not annotations or not images:
-        raise ValueError("--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)")
+    config, annotations, images = resolve_training_run(
+        run_dir, _user_values(args), args.annotations, args.images, resume=args.resume
+    )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar: dict[str, Any] = {}

@@ -68,6 +68,7 @@ __all__ = [
     "read_loss_csv",
     "write_loss_plot",
     "load_train_config",
+    "resolve_training_run",
     "LOSS_CSV_HEADER",
 ]
 
@@ -632,14 +633,47 @@ def _train(
     on_step: Callable[[StepLog], None] | None,
     info: DistInfo,
 ) -> TrainResult:
-    from unsam.models.whole_image import IMAGE_MEAN, IMAGE_STD, build_model, freeze_batchnorm
-
+    """The steps of a run: data, model and optimiser (restored on resume), run files, loader,
+    RNG, then the optimiser steps with checkpoints."""
     t_start = time.perf_counter()
     device = _resolve_device(config, info)
     _prepare_run_dir(run_dir, resume)  # read-only check, on every rank so that all stop together
     _barrier(info)
+    dataset, bad = _build_dataset(config, annotations, images, skip_bad_images)
+    model, optimizer, scheduler, state, start_step = _build_training_state(config, run_dir, resume, device)
+    csv_path = run_dir / "loss.csv"
+    if info.is_main:
+        _write_run_files(run_dir, config, annotations, images, info, dataset.num_images, bad, start_step)
+    net: nn.Module = model
+    if info.distributed:
+        _sync_num_masks(model.criterion)
+        net = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,  # BatchNorm is frozen: buffers never change
+        )
+    batches = iter(_build_loader(dataset, config, start_step, info, device))
+    _restore_rng(state, config, start_step, info)  # last, right before the first step
+    logger.info(
+        "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), device %s",
+        config.config, dataset.num_images, start_step, config.max_steps, config.batch_size, info.world_size, device,
+    )
+    step, last_loss = _run_steps(
+        net, model, optimizer, scheduler, batches, config, start_step, device, info, run_dir, csv_path, on_step
+    )
+    model_dir = run_dir / "model"
+    if info.is_main:
+        _save_pretrained_atomic(model, model_dir)
+        write_loss_plot(csv_path, run_dir / "loss.png")
+        logger.info("trained to step %d in %.1f s; model in %s", step, time.perf_counter() - t_start, model_dir)
+    _barrier(info)
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, start_step=start_step, final_loss=last_loss)
 
-    # data
+
+def _build_dataset(
+    config: TrainConfig, annotations: Path, images: Path, skip_bad_images: bool
+) -> tuple[TrainDataset, list[tuple[str, str]]]:
+    """The training dataset and the images left out (path, reason)."""
     records = load_coco_dataset(annotations)
     usable, bad = check_images(records, images, skip_bad=skip_bad_images)
     if not usable:
@@ -654,8 +688,16 @@ def _train(
         hflip=config.hflip,
         scale_range=scale_range,
     )
+    return dataset, bad
 
-    # model, optimizer, schedule
+
+def _build_training_state(
+    config: TrainConfig, run_dir: Path, resume: bool, device: torch.device
+) -> tuple[nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, dict[str, Any] | None, int]:
+    """Model (backbone-initialised for a new run, restored from the newest checkpoint on resume),
+    optimiser, schedule, the checkpoint's training state and its step."""
+    from unsam.models.whole_image import build_model, freeze_batchnorm
+
     ckpt = latest_checkpoint(run_dir) if resume else None
     _seed_all(config.seed)
     model = build_model(config.config, num_queries=config.num_queries)
@@ -683,41 +725,54 @@ def _train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # the stored LR came from the old schedule: recompute it with this config's (a resume may
+        # change max_steps, which moves the decay steps)
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
     if start_step >= config.max_steps:
         logger.info("run already has %d >= max_steps=%d steps; nothing to train", start_step, config.max_steps)
+    return model, optimizer, scheduler, state, start_step
 
-    # files (rank 0)
+
+def _write_run_files(
+    run_dir: Path,
+    config: TrainConfig,
+    annotations: Path,
+    images: Path,
+    info: DistInfo,
+    num_images: int,
+    bad: list[tuple[str, str]],
+    start_step: int,
+) -> None:
+    """train_config.json, skipped_images.txt and the loss CSV (cut back to ``start_step``); rank 0."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        run_dir / "train_config.json",
+        {
+            "train": config_to_dict(config),
+            "config_hash": config_hash(config),
+            "annotations": str(annotations.resolve()),
+            "images": str(images.resolve()),
+            "world_size": info.world_size,
+            "num_images": num_images,
+            "versions": _versions(),
+        },
+        indent=2,
+    )
+    if bad:
+        atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{r}\n" for p, r in bad))
     csv_path = run_dir / "loss.csv"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            run_dir / "train_config.json",
-            {
-                "train": config_to_dict(config),
-                "config_hash": config_hash(config),
-                "annotations": str(annotations.resolve()),
-                "images": str(images.resolve()),
-                "world_size": info.world_size,
-                "num_images": dataset.num_images,
-                "versions": _versions(),
-            },
-            indent=2,
-        )
-        if bad:
-            atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{r}\n" for p, r in bad))
-        if csv_path.exists():
-            _truncate_loss_csv(csv_path, start_step)
-        else:
-            atomic_write_text(csv_path, ",".join(LOSS_CSV_HEADER) + "\n")
+    if csv_path.exists():
+        _truncate_loss_csv(csv_path, start_step)
+    else:
+        atomic_write_text(csv_path, ",".join(LOSS_CSV_HEADER) + "\n")
 
-    net: nn.Module = model
-    if info.distributed:
-        _sync_num_masks(model.criterion)
-        net = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            forward_sync_buffers=False,  # BatchNorm is frozen: buffers never change
-        )
+
+def _build_loader(
+    dataset: TrainDataset, config: TrainConfig, start_step: int, info: DistInfo, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """Batches for steps ``start_step..max_steps`` of this rank (deterministic, resumable)."""
+    from unsam.models.whole_image import IMAGE_MEAN, IMAGE_STD
 
     sampler = StepBatchSampler(
         start_step=start_step,
@@ -726,7 +781,7 @@ def _train(
         rank=info.rank,
         world_size=info.world_size,
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=partial(collate, mean=IMAGE_MEAN, std=IMAGE_STD),
@@ -734,60 +789,50 @@ def _train(
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
     )
-    batches = iter(loader)
 
-    # RNG: restored last, right before the first step, so nothing above shifts it
+
+def _restore_rng(state: dict[str, Any] | None, config: TrainConfig, start_step: int, info: DistInfo) -> None:
+    """The checkpoint's RNG states (bit-identical resume), else a seed derived from the step."""
     if state is not None and len(state["rng"]) == info.world_size:
         _set_rng_state(state["rng"][info.rank])
-    else:
-        if state is not None:
-            logger.warning(
-                "checkpoint was written by %d process(es), this run has %d: RNG states are re-seeded, "
-                "so the resumed run is not bit-identical to an uninterrupted one",
-                len(state["rng"]),
-                info.world_size,
-            )
-        _seed_all(config.seed * 1_000_003 + start_step * 7919 + info.rank)
+        return
+    if state is not None:
+        logger.warning(
+            "checkpoint was written by %d process(es), this run has %d: RNG states are re-seeded, "
+            "so the resumed run is not bit-identical to an uninterrupted one",
+            len(state["rng"]),
+            info.world_size,
+        )
+    _seed_all(config.seed * 1_000_003 + start_step * 7919 + info.rank)
 
+
+def _run_steps(
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    batches: Iterator[dict[str, Any]],
+    config: TrainConfig,
+    start_step: int,
+    device: torch.device,
+    info: DistInfo,
+    run_dir: Path,
+    csv_path: Path,
+    on_step: Callable[[StepLog], None] | None,
+) -> tuple[int, float | None]:
+    """Optimiser steps up to ``max_steps``, logging each and checkpointing every
+    ``checkpoint_every``; returns (last step, last loss)."""
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     step = start_step
     last_loss: float | None = None
     t_step = time.perf_counter()
-    logger.info(
-        "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), device %s",
-        config.config, dataset.num_images, start_step, config.max_steps, config.batch_size, info.world_size, device,
-    )
     while step < config.max_steps:
         batch = next(batches)
         lr = max(float(g["lr"]) for g in optimizer.param_groups)  # the non-backbone LR
-        with autocast:
-            out = net(
-                pixel_values=batch["pixel_values"].to(device, non_blocking=True),
-                pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
-                mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
-                class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
-            )
-        loss = out.loss
-        loss_value = loss.detach().float()
-        if info.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(loss_value)  # every rank sees the same value, so all stop together
-            loss_value /= info.world_size
-        if not math.isfinite(float(loss_value)):
-            raise NonFiniteLossError(
-                f"loss became {float(loss_value)} at step {step + 1}; the weights were not updated. Lower --lr "
-                f"or check the masks of images {batch['image_ids']}, then --resume from the last checkpoint"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        loss_value = _one_step(net, optimizer, scheduler, batch, params, config, device, info, autocast, step)
         step += 1
-        last_loss = float(loss_value)
+        last_loss = loss_value
         now = time.perf_counter()
         seconds = now - t_step
         t_step = now
@@ -803,11 +848,72 @@ def _train(
                 logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
             _barrier(info)
             t_step = time.perf_counter()  # checkpoint time is not a step's time
+    return step, last_loss
 
-    model_dir = run_dir / "model"
-    if info.is_main:
-        _save_pretrained_atomic(model, model_dir)
-        write_loss_plot(csv_path, run_dir / "loss.png")
-        logger.info("trained to step %d in %.1f s; model in %s", step, time.perf_counter() - t_start, model_dir)
-    _barrier(info)
-    return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, start_step=start_step, final_loss=last_loss)
+
+def _one_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    batch: dict[str, Any],
+    params: list[nn.Parameter],
+    config: TrainConfig,
+    device: torch.device,
+    info: DistInfo,
+    autocast: Any,
+    step: int,
+) -> float:
+    """Forward, loss check (all ranks agree), backward, clip, optimiser and schedule step."""
+    with autocast:
+        out = net(
+            pixel_values=batch["pixel_values"].to(device, non_blocking=True),
+            pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
+            mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
+            class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
+        )
+    loss = out.loss
+    loss_value = loss.detach().float()
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss_value)  # every rank sees the same value, so all stop together
+        loss_value /= info.world_size
+    if not math.isfinite(float(loss_value)):
+        raise NonFiniteLossError(
+            f"loss became {float(loss_value)} at step {step + 1}; the weights were not updated. Lower --lr "
+            f"or check the masks of images {batch['image_ids']}, then --resume from the last checkpoint"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return float(loss_value)
+
+
+def resolve_training_run(
+    run_dir: str | os.PathLike[str],
+    overrides: dict[str, Any],
+    annotations: str | None,
+    images: str | None,
+    *,
+    resume: bool,
+) -> tuple[TrainConfig, str, str]:
+    """The settings and data of a run: on ``resume`` of an existing run, its stored settings with
+    ``overrides`` applied and its stored data paths unless given; else ``TrainConfig(**overrides)``.
+
+    Raises:
+        ValueError: no annotations / images for a new run.
+    """
+    run_dir = Path(run_dir)
+    if resume and (run_dir / "train_config.json").is_file():
+        saved, record = load_train_config(run_dir)
+        config = dataclasses.replace(saved, **overrides)
+        annotations = annotations or record.get("annotations")
+        images = images or record.get("images")
+    else:
+        config = TrainConfig(**overrides)
+    if not annotations or not images:
+        raise ValueError("--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)")
+    return config, annotations, images
