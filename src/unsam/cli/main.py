@@ -24,12 +24,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dico": ("unsam.cli.dico", "divide-and-conquer masks for one image, with an overlay PNG"),
     "pseudo-label": ("unsam.cli.pseudo_label", "divide-and-conquer pseudo-labels for a folder (resumable)"),
     "train": ("unsam.cli.train", "train the whole-image Mask2Former on pseudo-labels (resumable)"),
+    "train-promptable": ("unsam.cli.train_promptable", "train the promptable (click) model on pseudo-labels (resumable)"),
     "segment": ("unsam.cli.segment", "run a trained whole-image model on images"),
     "self-train": ("unsam.cli.self_train", "add a trained model's confident masks to the pseudo-labels"),
     "merge-gt": ("unsam.cli.merge_gt", "UnSAM+: ground truth plus pseudo-masks that overlap no GT mask"),
     "convert-checkpoint": ("unsam.cli.convert_checkpoint", "convert an official UnSAM .pth to a transformers folder"),
     "prompt": ("unsam.cli.prompt", "promptable model: 6 granularity masks per click on one image"),
     "eval": ("unsam.cli.eval", "class-agnostic COCO AR/AP of predictions against ground truth"),
+    "datasets": ("unsam.cli.datasets", "convert the paper's 7 evaluation datasets to class-agnostic COCO JSON"),
+    "eval-suite": ("unsam.cli.eval_suite", "AR@1000 on the paper's 7 datasets, in the paper's table layout"),
+    "eval-points": ("unsam.cli.eval_points", "1-click interactive mIoU / NoC of a promptable model"),
+    "demo": ("unsam.cli.demo", "interactive web demo: click -> 6 masks, segment everything (gradio)"),
 }
 
 logger = logging.getLogger("unsam")

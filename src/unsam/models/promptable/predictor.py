@@ -1,0 +1,308 @@
+"""Click -> 6 masks of increasing granularity, with the image encoded once (spec PROMPTABLE.md §2).
+
+Usage::
+
+    predictor = PromptablePredictor.from_pretrained("unsam_promptable/")   # or an official .pth
+    predictor.set_image(image)                       # (H, W, 3) uint8 RGB; runs the image part once
+    per_click = predictor.predict([(120, 80), (300, 210)])
+    per_click[0]                                     # 6 MaskRecords of the first click, level 1..6
+
+``set_image`` resizes (shortest side 640, bicubic: the original demo and predictor API), normalises,
+pads and runs the backbone, pixel decoder and every decoder layer's value projection; ``predict``
+only runs the 9 decoder layers and heads, so each click costs a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unsam.masks import resize_image
+from unsam.models.promptable.config import PromptableConfig
+from unsam.models.promptable.maskops import remove_small_regions, resized_hw
+from unsam.models.promptable.modeling import ImageState, PromptableModel
+from unsam.records import MaskRecord, encode_mask
+
+__all__ = ["PromptablePredictor", "load_promptable_model", "torch_threads"]
+
+logger = logging.getLogger(__name__)
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def load_promptable_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    config: PromptableConfig | None = None,
+) -> PromptableModel:
+    """Load a ``save_pretrained`` folder or an official promptable ``.pth`` (converted on the fly).
+
+    Args:
+        path: a folder with ``config.json`` + ``model.safetensors``, or an official checkpoint file.
+        device: torch device for the model.
+        config: model size for an official ``.pth`` (default: the paper's Swin-T).
+
+    Raises:
+        MissingWeightsError: nothing at ``path``.
+    """
+    from unsam.features.base import MissingWeightsError
+
+    p = Path(path)
+    if p.is_file():
+        from unsam.models.promptable.convert import model_from_official
+
+        return model_from_official(p, config).to(device)
+    if p.is_dir():
+        return PromptableModel.from_pretrained(p, device=device)
+    raise MissingWeightsError(
+        f"no promptable model at {p}: download an official UnSAM promptable checkpoint (.pth, linked "
+        "from github.com/frank-xwang/UnSAM) and pass its path, or a folder converted from it with "
+        "`unsam convert-checkpoint FILE.pth --kind promptable -o FOLDER`"
+    )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` intra-op torch threads (None: unchanged); restores the old count."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class PromptablePredictor:
+    """Caches one image's encoding and answers clicks on it.
+
+    Args:
+        model: a :class:`PromptableModel` (put in eval mode).
+        short_side: shortest side of the model input in pixels (640: demo / predictor API; 800:
+            interactive evaluation; 900: automatic demo); None = no resize.
+        max_side: cap on the longest side (1333 in the evaluation), which also switches to
+            detectron2's rounding rule (see :func:`unsam.models.promptable.maskops.resized_hw`).
+        resample: "bicubic" (demo) or "bilinear" (evaluation) image resizing.
+        device: torch device of the model.
+        click_threads: intra-op torch threads for the per-click part (6 queries per click: small
+            operations, where extra threads mostly add synchronisation; on a busy 2-core machine
+            2 threads were 10-30x slower than 1). None leaves torch's setting.
+    """
+
+    def __init__(
+        self,
+        model: PromptableModel,
+        *,
+        short_side: int | None = 640,
+        max_side: int | None = None,
+        resample: Literal["bicubic", "bilinear"] = "bicubic",
+        device: str | torch.device = "cpu",
+        click_threads: int | None = 1,
+    ) -> None:
+        if resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+        if short_side is not None and short_side < 32:
+            raise ValueError(f"short_side={short_side} is below 32 pixels")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.short_side = short_side
+        self.max_side = max_side
+        self.resample = resample
+        self.click_threads = click_threads
+        self._state: ImageState | None = None
+        self._image_hw: tuple[int, int] | None = None
+        self._image_id = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        config: PromptableConfig | None = None,
+        **kwargs: object,
+    ) -> PromptablePredictor:
+        """Predictor of a ``save_pretrained`` folder or an official ``.pth``.
+
+        ``config`` is the model size of an official ``.pth`` (default Swin-T); ``kwargs`` go to
+        :class:`PromptablePredictor` (``short_side``, ``max_side``, ``resample``, ``click_threads``).
+        """
+        model = load_promptable_model(path, device=device, config=config)
+        return cls(model, device=device, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------------------------ image
+    @property
+    def is_image_set(self) -> bool:
+        return self._state is not None
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(H', W') of the model input of the current image."""
+        return self._require_state().image_hw
+
+    def set_image(self, image: npt.NDArray[np.uint8], image_id: int = 0) -> None:
+        """Resize, normalise, pad and encode an image; the result is cached until the next call.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB.
+            image_id: id written into the records.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        hw = (int(image.shape[0]), int(image.shape[1]))
+        in_hw = resized_hw(hw, self.short_side, self.max_side)
+        resized = resize_image(image, in_hw, _RESAMPLE[self.resample])
+        pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device)
+        with torch.inference_mode():
+            padded = self.model.normalize_and_pad(pixels)
+            self._state = self.model.encode_image(padded, image_hw=in_hw)
+        self._image_hw = hw
+        self._image_id = int(image_id)
+        logger.debug("encoded image %s -> model input %s (padded %s)", hw, in_hw, self._state.padded_hw)
+
+    def reset_image(self) -> None:
+        """Drop the cached encoding."""
+        self._state = None
+        self._image_hw = None
+
+    def _require_state(self) -> ImageState:
+        if self._state is None:
+            raise RuntimeError("no image is set: call PromptablePredictor.set_image(image) first")
+        return self._state
+
+    # ------------------------------------------------------------------------------------ clicks
+    def predict_logits(
+        self,
+        points: Sequence[tuple[float, float]] | npt.NDArray[np.floating],
+        *,
+        independent: bool = True,
+        box_size: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits at the model-input resolution and raw predicted IoU for each click.
+
+        Args:
+            points: N clicks (x, y) in pixels of the original image.
+            independent: True: each click is decoded as if alone (the evaluation's block-diagonal
+                attention mask). False: the original demo / AMG mode, where all clicks of the call
+                attend to each other.
+            box_size: click box side in pixels of the model input (6 in training and evaluation);
+                None = 0.005 of the image side (demo, predictor API, AMG).
+
+        Returns:
+            logits ``(N, 6, H', W')`` float32 (binarise with > 0), iou ``(N, 6)`` float32.
+        """
+        state = self._require_state()
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(pts).all():
+            raise ValueError("points must be finite (x, y) pixel coordinates")
+        h0, w0 = self._image_hw  # type: ignore[misc]
+        h, w = state.image_hw
+        scaled = pts * np.array([w / w0, h / h0])
+        box_wh = None if box_size is None else (float(box_size), float(box_size))
+        with torch.inference_mode(), torch_threads(self.click_threads):
+            logits, iou = self.model.decode_clicks(
+                state, torch.from_numpy(scaled).float(), box_wh=box_wh, independent=independent
+            )
+            return self.model.upsample_masks(logits, state), iou
+
+    def predict(
+        self,
+        points: Sequence[tuple[float, float]] | npt.NDArray[np.floating],
+        *,
+        independent: bool = True,
+        box_size: float | None = None,
+        iou_thresh: float | None = None,
+        dedup_iou_thresh: float | None = None,
+        min_region_area: int = 0,
+    ) -> list[list[MaskRecord]]:
+        """Six masks per click, as :class:`unsam.records.MaskRecord` at the original image size.
+
+        With the defaults every click gets all 6 records in token order (``level`` = token index
+        + 1). The original demo's filtering (spec §2.8) is ``iou_thresh=0.5,
+        dedup_iou_thresh=0.95, min_region_area=100``: tokens are visited by predicted IoU
+        (descending); a token below ``iou_thresh`` is skipped unless nothing was kept when the last
+        one is reached; a mask whose IoU with a kept (uncleaned) mask is > ``dedup_iou_thresh`` is
+        skipped; kept masks have holes, then islands, smaller than ``min_region_area`` pixels removed.
+        The kept records are returned in token order.
+
+        Args:
+            points: N clicks (x, y) in pixels of the original image.
+            independent: see :meth:`predict_logits`.
+            box_size: see :meth:`predict_logits`.
+            iou_thresh: minimum raw predicted IoU; None keeps all.
+            dedup_iou_thresh: mask-IoU cutoff in [0, 1] for duplicates; None keeps duplicates.
+            min_region_area: hole / island size cutoff in pixels (of the original image); 0 = off.
+
+        Returns:
+            One list per click of up to 6 records: ``rle`` (original size), ``predicted_iou`` (raw),
+            ``score`` (predicted IoU clipped to [0, 1]), ``point_coords`` ((x, y),) in original
+            pixels, ``level`` 1..6 (token index + 1), ``source`` "promptable".
+        """
+        state = self._require_state()
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        logits, ious = self.predict_logits(pts, independent=independent, box_size=box_size)
+        h0, w0 = self._image_hw  # type: ignore[misc]
+        out: list[list[MaskRecord]] = []
+        for n in range(pts.shape[0]):
+            click_logits = logits[n]
+            if state.image_hw != (h0, w0):
+                click_logits = F.interpolate(click_logits[None], size=(h0, w0), mode="bilinear",
+                                             align_corners=False)[0]
+            masks = (click_logits > 0).numpy()
+            iou = ious[n].numpy()
+            kept = _select_tokens(masks, iou, iou_thresh, dedup_iou_thresh)
+            point = ((float(pts[n, 0]), float(pts[n, 1])),)
+            records = []
+            for k in kept:
+                mask = masks[k]
+                if min_region_area > 0:
+                    mask, _ = remove_small_regions(mask, min_region_area, "holes")
+                    mask, _ = remove_small_regions(mask, min_region_area, "islands")
+                records.append(MaskRecord(
+                    rle=encode_mask(mask),
+                    image_id=self._image_id,
+                    score=float(np.clip(iou[k], 0.0, 1.0)),
+                    predicted_iou=float(iou[k]),
+                    point_coords=point,
+                    level=int(k) + 1,
+                    source="promptable",
+                ))
+            out.append(records)
+        return out
+
+
+def _select_tokens(masks: npt.NDArray[np.bool_], iou: npt.NDArray[np.floating],
+                   iou_thresh: float | None, dedup_iou_thresh: float | None) -> list[int]:
+    """Token indices kept by the demo's rule (spec §2.8), in token order."""
+    t = len(iou)
+    if iou_thresh is None and dedup_iou_thresh is None:
+        return list(range(t))
+    order = np.argsort(-iou, kind="stable")
+    kept: list[int] = []
+    for rank, k in enumerate(order.tolist()):
+        last = rank == t - 1
+        if iou_thresh is not None and iou[k] < iou_thresh and not (last and not kept):
+            continue
+        if dedup_iou_thresh is not None and any(
+            _mask_iou(masks[k], masks[j]) > dedup_iou_thresh for j in kept
+        ):
+            continue
+        kept.append(k)
+    return sorted(kept)
+
+
+def _mask_iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
