@@ -29,6 +29,7 @@ __all__ = [
     "decode_rle",
     "decode_rles",
     "normalize_rle",
+    "coco_rle_bytes",
     "rle_counts_errors",
     "check_rles",
     "rle_iou_matrix",
@@ -81,7 +82,7 @@ def encode_mask(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
     return encode_masks(mask[None])[0]
 
 
-def _coco_rle(rle: dict[str, Any]) -> dict[str, Any]:
+def coco_rle_bytes(rle: dict[str, Any]) -> dict[str, Any]:
     """RLE with bytes counts, as pycocotools' C functions want it."""
     counts = rle["counts"]
     return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
@@ -89,14 +90,14 @@ def _coco_rle(rle: dict[str, Any]) -> dict[str, Any]:
 
 def decode_rle(rle: dict[str, Any]) -> npt.NDArray[np.bool_]:
     """Decode one compressed RLE into an (H, W) bool mask."""
-    return mask_utils.decode(_coco_rle(rle)).astype(bool)
+    return mask_utils.decode(coco_rle_bytes(rle)).astype(bool)
 
 
 def decode_rles(rles: Sequence[dict[str, Any]]) -> npt.NDArray[np.bool_]:
     """Decode RLEs of one image into an (N, H, W) bool array (N may be 0: then (0, 0, 0))."""
     if len(rles) == 0:
         return np.zeros((0, 0, 0), dtype=bool)
-    return mask_utils.decode([_coco_rle(r) for r in rles]).transpose(2, 0, 1).astype(bool)
+    return mask_utils.decode([coco_rle_bytes(r) for r in rles]).transpose(2, 0, 1).astype(bool)
 
 
 def normalize_rle(segmentation: Any, image_hw: tuple[int, int] | None) -> dict[str, Any]:
@@ -228,8 +229,8 @@ def rle_iou_matrix(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> 
     """Pairwise mask IoU (pycocotools), shape (len(a), len(b)), float64 in [0, 1]."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float64)
-    ca = [_coco_rle(r) for r in a]
-    cb = [_coco_rle(r) for r in b]
+    ca = [coco_rle_bytes(r) for r in a]
+    cb = [coco_rle_bytes(r) for r in b]
     return np.asarray(mask_utils.iou(ca, cb, [0] * len(cb)), dtype=np.float64).reshape(len(a), len(b))
 
 
@@ -288,12 +289,12 @@ class MaskRecord:
     @cached_property
     def area(self) -> int:
         """Number of mask pixels (from the RLE)."""
-        return int(mask_utils.area(_coco_rle(self.rle)))
+        return int(mask_utils.area(coco_rle_bytes(self.rle)))
 
     @cached_property
     def bbox(self) -> list[float]:
         """Tight box XYWH in pixels (from the RLE); [0, 0, 0, 0] for an empty mask."""
-        return [float(v) for v in mask_utils.toBbox(_coco_rle(self.rle))]
+        return [float(v) for v in mask_utils.toBbox(coco_rle_bytes(self.rle))]
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -18,9 +18,12 @@ image's mask count, so reruns give the same ids. Ground-truth masks get ``source
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +31,7 @@ import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
 from unsam.config import param
-from unsam.records import ImageRecord, MaskRecord, annotation_id
+from unsam.records import ImageRecord, MaskRecord, annotation_id, coco_rle_bytes
 
 __all__ = [
     "SelfTrainConfig",
@@ -38,6 +41,8 @@ __all__ = [
     "select_new_masks",
     "add_model_masks",
     "merge_ground_truth",
+    "SelfTrainResult",
+    "self_train_round",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,11 +90,6 @@ class MergeStats:
     unmatched_images: int = 0
 
 
-def _bytes_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-
-
 def overlap_matrix(
     a: Sequence[MaskRecord], b: Sequence[MaskRecord], measure: Literal["iou", "ioa"] = "iou"
 ) -> npt.NDArray[np.float64]:
@@ -103,7 +103,7 @@ def overlap_matrix(
         if tuple(m.rle["size"]) != tuple(a[0].rle["size"]):
             raise ValueError(f"masks of different sizes {a[0].rle['size']} and {m.rle['size']} cannot be compared")
     crowd = [1 if measure == "ioa" else 0] * len(b)
-    ious = mask_utils.iou([_bytes_rle(m.rle) for m in a], [_bytes_rle(m.rle) for m in b], crowd)
+    ious = mask_utils.iou([coco_rle_bytes(m.rle) for m in a], [coco_rle_bytes(m.rle) for m in b], crowd)
     return np.asarray(ious, dtype=np.float64).reshape(len(a), len(b))
 
 
@@ -303,3 +303,81 @@ def merge_ground_truth(
     if unmatched:
         logger.warning("%d pseudo-label image(s) have no ground truth; they keep all their pseudo-masks", unmatched)
     return out, MergeStats(len(out), n_gt, n_kept, dropped, unmatched)
+
+
+@dataclass(frozen=True)
+class SelfTrainResult:
+    """What one self-training round wrote (see :func:`self_train_round`)."""
+
+    output: Path
+    predictions: Path
+    stats: MergeStats
+    unreadable: int
+
+
+def self_train_round(
+    model: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: SelfTrainConfig | None = None,
+    segment: Any = None,
+    *,
+    workers: int = 1,
+    progress: Callable[[int, int], Any] | None = None,
+) -> SelfTrainResult:
+    """One self-training round (spec §6.6): the model predicts on every image of ``annotations``
+    (resumable, into ``OUTPUT.predictions.json``), then its confident masks that overlap no
+    existing mask are added (:func:`add_model_masks`) and ``output`` is written.
+
+    Args:
+        model: a trained whole-image model (run folder, model folder or .pth).
+        annotations: the current pseudo-labels (COCO dataset JSON with file names).
+        images: folder the file names are relative to.
+        output: the new COCO dataset JSON.
+        config: the round's thresholds.
+        segment: :class:`unsam.models.whole_image.segmenter.SegmentConfig` of the predictions
+            (its score threshold is raised to ``config.score_thresh``: lower ones are never used).
+        workers: prediction processes.
+        progress: ``progress(done, total)`` per image.
+
+    Raises:
+        FileNotFoundError: the image folder is missing. ValueError: an image has no file name.
+    """
+    from unsam.config import config_to_dict
+    from unsam.io.coco import load_coco_dataset, write_coco_dataset
+    from unsam.models.whole_image.segmenter import SegmentConfig, SegmenterProducer
+    from unsam.runner import id_rule, run_images
+
+    config = config or SelfTrainConfig()
+    segment = segment or SegmentConfig()
+    segment = dataclasses.replace(segment, score_thresh=max(segment.score_thresh, config.score_thresh))
+    pseudo = load_coco_dataset(annotations)
+    root = Path(images)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found (the folder {annotations}'s file_name values are relative to)")
+    missing = [img.id for img in pseudo if not img.file_name]
+    if missing:
+        raise ValueError(f"{annotations}: image id {missing[0]} has no file_name; self-training needs one per image")
+    output = Path(output)
+    predictions_path = output.with_name(output.stem + ".predictions.json")
+    result = run_images(
+        SegmenterProducer(model, segment),
+        [root / str(img.file_name) for img in pseudo],
+        root,
+        predictions_path,
+        image_ids={str(img.file_name): img.id for img in pseudo},
+        ids_rule=id_rule(annotations),
+        workers=workers,
+        progress=progress,
+    )
+    predictions = {img.id: img.masks for img in load_coco_dataset(predictions_path)}
+    merged, stats = add_model_masks(pseudo, predictions, config)
+    info = {
+        "description": "unsam self-train: pseudo-labels + confident model masks (one round)",
+        "model": str(model),
+        "annotations": str(annotations),
+        "settings": {"self_train": config_to_dict(config), "segment": config_to_dict(segment)},
+    }
+    write_coco_dataset(output, merged, info=info)
+    return SelfTrainResult(output, predictions_path, stats, len(result.skipped))
