@@ -33,20 +33,30 @@ def main() -> None:
     p.add_argument("--features", default="classic")
     p.add_argument("-o", "--output", default=str(REPO / "docs/pipeline.png"))
     p.add_argument("--width", type=int, default=320)
+    p.add_argument("--top-k", type=int, default=30, help="masks drawn per panel (the best-scoring)")
     args = p.parse_args()
     image = unsam.load_image(args.image)
     records = unsam.DivideAndConquer(features=args.features)(image)
     levels = sorted({r.level for r in records if r.level > 0})
-    fine = [r for r in records if r.level in levels[: max(1, len(levels) // 3)]]
-    coarse = [r for r in records if r.level in levels[len(levels) // 3 :]]
+    half = len(levels) // 2
+    fine = [r for r in records if r.level in levels[:half]]
+    coarse = [r for r in records if r.level in levels[half:]]
+    divide = [r for r in records if r.level == 0 and r.source != "image"]
+    k = args.top_k
+
+    def shown(group: list) -> str:
+        return f"best {min(k, len(group))} of {len(group)}"
+
     panels = [
         panel(image, "input", args.width),
-        panel(draw_overlay(image, [r for r in records if r.level == 0]), "divide: objects (level 0)", args.width),
-        panel(draw_overlay(image, coarse), f"conquer: coarse parts ({len(coarse)})", args.width),
-        panel(draw_overlay(image, fine), f"conquer: fine parts ({len(fine)})", args.width),
+        panel(draw_overlay(image, divide, top_k=k), f"divide: MaskCut regions ({len(divide)})", args.width),
+        panel(draw_overlay(image, coarse, top_k=k), f"conquer: coarse parts ({shown(coarse)})", args.width),
+        panel(draw_overlay(image, fine, top_k=k), f"conquer: fine parts ({shown(fine)})", args.width),
     ]
     height = max(x.shape[0] for x in panels)
-    row = np.concatenate([np.pad(x, ((0, height - x.shape[0]), (0, 4), (0, 0)), constant_values=255) for x in panels], axis=1)
+    row = np.concatenate(
+        [np.pad(x, ((0, height - x.shape[0]), (0, 4), (0, 0)), constant_values=255) for x in panels], axis=1
+    )
     write_png(args.output, row)
     print(f"wrote {args.output}: {len(records)} masks, features={args.features}")
 

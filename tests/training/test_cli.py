@@ -17,7 +17,7 @@ from unsam.cli.main import main
 from unsam.io.coco import load_coco_dataset
 from unsam.training.loop import list_checkpoints, read_loss_csv
 
-TINY_FLAGS = ["--config", "tiny", "--batch-size", "2", "--crop-size", "64", "--no-progress"]
+TINY_FLAGS = ["--config", "tiny", "--batch-size", "2", "--crop-size", "64", "--lr", "5e-5", "--no-scale-jitter", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -60,3 +60,29 @@ def test_every_field_is_a_flag_with_help() -> None:
     assert c.batch_size == TrainConfig().batch_size  # unset flags keep the dataclass default
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name
+
+
+def test_each_model_config_carries_its_own_training_defaults() -> None:
+    """Issue 11.5: tiny no longer trains at r50's batch 16 / 1024 crop; what the user sets wins."""
+    from unsam.training.config import TrainConfig
+
+    r50, tiny = TrainConfig.for_model("r50"), TrainConfig.for_model("tiny")
+    assert (r50.batch_size, r50.resolved_crop_size, r50.lr, r50.max_steps) == (16, 1024, 5e-5, 200_000)
+    assert (tiny.batch_size, tiny.resolved_crop_size, tiny.max_masks_per_image, tiny.max_steps) == (2, 192, 50, 300)
+    assert tiny.scale_jitter and tiny.min_scale == tiny.max_scale == 1.0
+    assert TrainConfig.for_model("tiny", batch_size=4, scale_jitter=False).batch_size == 4
+    with pytest.raises(ValueError, match="expected one of"):
+        TrainConfig.for_model("r101")
+
+
+def test_the_model_remembers_the_scale_it_was_trained_at() -> None:
+    from unsam.training.config import TrainConfig
+    from unsam.training.loop import training_test_size
+
+    sizes = [(480, 640), (300, 500), (640, 427), (1000, 1500)]
+    # without jitter: the images' own size (median shorter side, largest longer side)
+    assert training_test_size(TrainConfig(config="tiny"), sizes) == (480, 1500)
+    # with jitter: fit into crop * mean scale
+    assert training_test_size(TrainConfig.for_model("tiny"), sizes) == (192, 192)
+    jitter = TrainConfig(config="r50", scale_jitter=True, min_scale=0.1, max_scale=2.0)
+    assert training_test_size(jitter, sizes) == (1075, 1075)

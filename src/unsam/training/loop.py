@@ -69,6 +69,7 @@ __all__ = [
     "write_loss_plot",
     "load_train_config",
     "resolve_training_run",
+    "training_test_size",
     "LOSS_CSV_HEADER",
 ]
 
@@ -450,13 +451,41 @@ def _quiet_transformers() -> Iterator[None]:
             tf_logging.enable_progress_bar()
 
 
-def _save_pretrained_atomic(model: nn.Module, target: Path) -> None:
+def _save_pretrained_atomic(
+    model: nn.Module, target: Path, test_size: tuple[int, int] | None = None
+) -> None:
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     with _quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+    if test_size is not None:
+        _write_test_resolution(tmp, test_size)
     _replace_dir(tmp, target)
+
+
+def training_test_size(config: TrainConfig, image_hws: list[tuple[int, int]]) -> tuple[int, int]:
+    """The test resize (shortest edge, longest edge) that shows a model images at the scale it
+    was trained at, remembered in the model folder's ``preprocessor_config.json``:
+
+    * with scale jitter, images were resized to fit ``crop_size * s``, s ~ U(min_scale, max_scale):
+      both edges ``crop_size * (min_scale + max_scale) / 2``;
+    * without, training saw the images at their own size: the median shorter side and the
+      largest longer side of the training images.
+    """
+    if config.scale_jitter:
+        side = max(32, round(config.resolved_crop_size * (config.min_scale + config.max_scale) / 2))
+        return side, side
+    shorter = sorted(min(h, w) for h, w in image_hws)
+    return int(shorter[len(shorter) // 2]), int(max(max(h, w) for h, w in image_hws))
+
+
+def _write_test_resolution(model_dir: Path, test_size: tuple[int, int]) -> None:
+    """``preprocessor_config.json`` with the test resize of :func:`training_test_size`, which
+    ``unsam segment`` uses unless given ``--min-size`` / ``--max-size``."""
+    from unsam.models.whole_image.convert import write_preprocessor_config
+
+    write_preprocessor_config(model_dir, min_size=test_size[0], max_size=max(test_size))
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -480,6 +509,7 @@ def _save_checkpoint(
     scheduler: Any,
     config: TrainConfig,
     rng_states: list[dict[str, Any]],
+    test_size: tuple[int, int] | None = None,
 ) -> Path:
     target = checkpoint_dir(run_dir, step)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -489,6 +519,8 @@ def _save_checkpoint(
     tmp.mkdir()
     with _quiet_transformers():
         model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
+    if test_size is not None:
+        _write_test_resolution(tmp / "model", test_size)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -640,6 +672,7 @@ def _train(
     _prepare_run_dir(run_dir, resume)  # read-only check, on every rank so that all stop together
     _barrier(info)
     dataset, bad = _build_dataset(config, annotations, images, skip_bad_images)
+    test_size = training_test_size(config, [(r.height, r.width) for r in dataset.images])
     model, optimizer, scheduler, state, start_step = _build_training_state(config, run_dir, resume, device)
     csv_path = run_dir / "loss.csv"
     if info.is_main:
@@ -659,11 +692,12 @@ def _train(
         config.config, dataset.num_images, start_step, config.max_steps, config.batch_size, info.world_size, device,
     )
     step, last_loss = _run_steps(
-        net, model, optimizer, scheduler, batches, config, start_step, device, info, run_dir, csv_path, on_step
+        net, model, optimizer, scheduler, batches, config, start_step, device, info, run_dir, csv_path, on_step,
+        test_size,
     )
     model_dir = run_dir / "model"
     if info.is_main:
-        _save_pretrained_atomic(model, model_dir)
+        _save_pretrained_atomic(model, model_dir, test_size)
         write_loss_plot(csv_path, run_dir / "loss.png")
         logger.info("trained to step %d in %.1f s; model in %s", step, time.perf_counter() - t_start, model_dir)
     _barrier(info)
@@ -819,6 +853,7 @@ def _run_steps(
     run_dir: Path,
     csv_path: Path,
     on_step: Callable[[StepLog], None] | None,
+    test_size: tuple[int, int] | None = None,
 ) -> tuple[int, float | None]:
     """Optimiser steps up to ``max_steps``, logging each and checkpointing every
     ``checkpoint_every``; returns (last step, last loss)."""
@@ -843,7 +878,9 @@ def _run_steps(
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             rng_states = _gather_objects(_rng_state(), info)
             if info.is_main:
-                path = _save_checkpoint(run_dir, step, model, optimizer, scheduler, config, rng_states)
+                path = _save_checkpoint(
+                    run_dir, step, model, optimizer, scheduler, config, rng_states, test_size=test_size
+                )
                 write_loss_plot(csv_path, run_dir / "loss.png")
                 logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
             _barrier(info)
@@ -912,8 +949,9 @@ def resolve_training_run(
         config = dataclasses.replace(saved, **overrides)
         annotations = annotations or record.get("annotations")
         images = images or record.get("images")
-    else:
-        config = TrainConfig(**overrides)
+    else:  # a new run: the model config's own defaults (CONFIG_DEFAULTS) under the user's flags
+        values = dict(overrides)
+        config = TrainConfig.for_model(str(values.pop("config", "r50")), **values)
     if not annotations or not images:
         raise ValueError("--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)")
     return config, annotations, images
