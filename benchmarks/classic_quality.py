@@ -35,7 +35,9 @@ def run_producer(name, produce, images, folder):
     from unsam.records import ImageRecord
 
     out, seconds, stages, counts = [], [], {}, []
-    produce(load_image(folder / images[0]["file_name"]), images[0]["id"])  # warm-up (lazy imports, caches)
+    produce(
+        load_image(folder / images[0]["file_name"]), images[0]["id"]
+    )  # warm-up (lazy imports, caches)
     for info in images:
         image = load_image(folder / info["file_name"])
         t0 = time.perf_counter()
@@ -44,7 +46,11 @@ def run_producer(name, produce, images, folder):
         for k, v in timings.items():
             stages[k] = stages.get(k, 0.0) + v
         counts.append(len(records))
-        out.append(ImageRecord(info["id"], info["file_name"], info["height"], info["width"], tuple(records)))
+        out.append(
+            ImageRecord(
+                info["id"], info["file_name"], info["height"], info["width"], tuple(records)
+            )
+        )
         print(f"\r{name}: {len(out)}/{len(images)} images", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return out, {
@@ -56,7 +62,9 @@ def run_producer(name, produce, images, folder):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", type=int, default=144)
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--baselines", default="felzenszwalb,slic")
@@ -78,15 +86,23 @@ def main() -> None:
     if not (data / "instances.json").exists():
         sys.exit(f"needs the shared COCO subset at {data}")
     gt = json.loads((data / "instances.json").read_text())
-    images = sorted(gt["images"], key=lambda i: i["file_name"])[args.start : args.start + args.images]
+    images = sorted(gt["images"], key=lambda i: i["file_name"])[
+        args.start : args.start + args.images
+    ]
     ids = {i["id"] for i in images}
-    sub = {"images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
-           "categories": gt["categories"]}
+    sub = {
+        "images": images,
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
+        "categories": gt["categories"],
+    }
 
     producers = {}
     for method in filter(None, args.baselines.split(",")):
         cfg = BaselineConfig(method=method)
-        producers[method] = lambda im, iid, cfg=cfg: ([r.replace(image_id=iid) for r in baseline_masks(im, cfg)], {})
+        producers[method] = lambda im, iid, cfg=cfg: (
+            [r.replace(image_id=iid) for r in baseline_masks(im, cfg)],
+            {},
+        )
     dico = DivideAndConquer(config=PipelineConfig(features="classic", preset=args.preset))
 
     def run_dico(image, image_id):
@@ -102,22 +118,36 @@ def main() -> None:
         if args.save_dir:
             write_coco_dataset(Path(args.save_dir) / f"{name}.json", preds)
 
-    print(f"COCO val2017 subset, {len(images)} images from #{args.start} (sorted by file name), class-agnostic")
+    print(
+        f"COCO val2017 subset, {len(images)} images from #{args.start} (sorted by file name), class-agnostic"
+    )
     print(f"{'method':14s} " + " ".join(f"{k:>8s}" for k in KEYS) + "  s/img  masks/img")
     for name, r in results.items():
-        print(f"{name:14s} " + " ".join(f"{100 * r[k]:8.1f}" for k in KEYS)
-              + f"  {r['s_per_image_median']:5.2f}  {r['masks_per_image']:9.1f}")
-    print("dico-classic stages (s/img): " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                        results["dico-classic"]["stages_mean_s"].items()))
+        print(
+            f"{name:14s} "
+            + " ".join(f"{100 * r[k]:8.1f}" for k in KEYS)
+            + f"  {r['s_per_image_median']:5.2f}  {r['masks_per_image']:9.1f}"
+        )
+    print(
+        "dico-classic stages (s/img): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in results["dico-classic"]["stages_mean_s"].items())
+    )
     baselines = [n for n in results if n != "dico-classic"]
     if baselines:
         best = max(baselines, key=lambda n: results[n]["AR@1000"])
         ratio = results["dico-classic"]["AR@1000"] / max(results[best]["AR@1000"], 1e-9)
         print(f"AR@1000 ratio dico-classic / {best}: {ratio:.2f}")
     name = "classic_quality" if args.preset == "auto" else f"classic_quality_{args.preset}"
-    path = write_result(name, {"images": len(images), "start": args.start, "preset": args.preset,
-                                            "config": config_to_dict(dico.config),
-                                            "results": results})
+    path = write_result(
+        name,
+        {
+            "images": len(images),
+            "start": args.start,
+            "preset": args.preset,
+            "config": config_to_dict(dico.config),
+            "results": results,
+        },
+    )
     print(f"wrote {path}")
 
 

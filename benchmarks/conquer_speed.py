@@ -56,17 +56,23 @@ class _PrecomputedExtractor:
     name, patch_size, feature_dim = "planted", 8, 768
 
     def __init__(self, seed: int, count: int) -> None:
-        self.feats = torch.from_numpy(np.stack([planted_features(32, 32, 768, seed=seed + k) for k in range(count)]))
+        self.feats = torch.from_numpy(
+            np.stack([planted_features(32, 32, 768, seed=seed + k) for k in range(count)])
+        )
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         if images.shape[1:3] != (256, 256) or len(images) > len(self.feats):
-            raise ValueError(f"expected at most {len(self.feats)} 256x256 crops, got {images.shape}")
+            raise ValueError(
+                f"expected at most {len(self.feats)} 256x256 crops, got {images.shape}"
+            )
         return self.feats[: len(images)]
 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -74,7 +80,9 @@ def _git_commit() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (after 1 warm-up)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per implementation (after 1 warm-up)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="feature seed")
     args = parser.parse_args()
     if args.repeats < 3:
@@ -84,7 +92,9 @@ def main() -> int:
 
     inputs = {
         "planted": planted_features(32, 32, 768, seed=args.seed),
-        "random": np.random.default_rng(args.seed).standard_normal((32, 32, 768)).astype(np.float32),
+        "random": np.random.default_rng(args.seed)
+        .standard_normal((32, 32, 768))
+        .astype(np.float32),
     }
     results: dict[str, dict] = {}
     for name, feats in inputs.items():
@@ -119,7 +129,9 @@ def main() -> int:
         mask[y0 : y0 + rng.integers(60, 240), x0 : x0 + rng.integers(60, 320)] = True
         divide.append(mask)
     extractor = _PrecomputedExtractor(args.seed, len(divide))
-    drv_s, drv_all, drv_out = _median_seconds(lambda: conquer(image, divide, extractor, ConquerConfig()), args.repeats)
+    drv_s, drv_all, drv_out = _median_seconds(
+        lambda: conquer(image, divide, extractor, ConquerConfig()), args.repeats
+    )
     results["driver"] = {
         "regions": len(divide),
         "median_s": drv_s,

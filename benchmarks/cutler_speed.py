@@ -47,8 +47,11 @@ def conditioned_random_model(seed: int) -> CascadeMaskRCNN:
     with torch.no_grad():
         for name, mod in model.named_modules():
             if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d)):
-                fan_in = mod.weight.shape[0] if isinstance(mod, torch.nn.ConvTranspose2d) else (
-                    mod.weight[0].numel())
+                fan_in = (
+                    mod.weight.shape[0]
+                    if isinstance(mod, torch.nn.ConvTranspose2d)
+                    else (mod.weight[0].numel())
+                )
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(fan_in))
                 if mod.bias is not None:
                     mod.bias.zero_()
@@ -96,8 +99,9 @@ def main() -> None:
         "repeats": args.repeats,
         "detections": num,
         "seconds_per_image": round(statistics.median(totals), 3),
-        "seconds_per_step": {k: round(statistics.median(v), 3) for k, v in steps.items()
-                             if k != "total"},
+        "seconds_per_step": {
+            k: round(statistics.median(v), 3) for k, v in steps.items() if k != "total"
+        },
         "peak_rss_mb": round(peak_rss_mb, 1),
     }
     print(json.dumps(result))

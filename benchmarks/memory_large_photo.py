@@ -22,8 +22,12 @@ GiB = 1 << 30
 
 def probe(h: int, w: int, tmp: Path, *args: str) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tests.memory.probe", str(h), str(w), str(tmp), "--", *args],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.memory.probe", str(h), str(w), str(tmp), "--", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-2000:])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -45,19 +49,61 @@ def main() -> None:
     hw = (a.height, a.width)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        res = probe(*hw, tmp, "pseudo-label", "{dir}", "-o", str(tmp / "pl.json"), "--features", "classic",
-                    "--max-masks", str(a.max_masks), "--no-progress")
+        res = probe(
+            *hw,
+            tmp,
+            "pseudo-label",
+            "{dir}",
+            "-o",
+            str(tmp / "pl.json"),
+            "--features",
+            "classic",
+            "--max-masks",
+            str(a.max_masks),
+            "--no-progress",
+        )
         bound = memory_bound_bytes(hw, resolve_preset(PipelineConfig(features="classic")))
-        print(json.dumps({"command": "pseudo-label classic", "image": f"{a.width}x{a.height}",
-                          "peak_GiB": round(res["peak"] / GiB, 2), "growth_GiB": round((res["peak"] - res["base"]) / GiB, 2),
-                          "formula_GiB": round(bound / GiB, 2), "seconds": res["seconds"]}))
+        print(
+            json.dumps(
+                {
+                    "command": "pseudo-label classic",
+                    "image": f"{a.width}x{a.height}",
+                    "peak_GiB": round(res["peak"] / GiB, 2),
+                    "growth_GiB": round((res["peak"] - res["base"]) / GiB, 2),
+                    "formula_GiB": round(bound / GiB, 2),
+                    "seconds": res["seconds"],
+                }
+            )
+        )
         WholeImageSegmenter(build_model("tiny", num_queries=100)).save_pretrained(tmp / "tiny")
-        res = probe(*hw, tmp, "segment", "{dir}", "--model", str(tmp / "tiny"), "-o", str(tmp / "seg.json"),
-                    "--min-size", "1024", "--max-size", "2048", "--no-progress")
+        res = probe(
+            *hw,
+            tmp,
+            "segment",
+            "{dir}",
+            "--model",
+            str(tmp / "tiny"),
+            "-o",
+            str(tmp / "seg.json"),
+            "--min-size",
+            "1024",
+            "--max-size",
+            "2048",
+            "--no-progress",
+        )
         bound = segment_bound(hw, SegmentConfig(), model_bytes=256 << 20, num_queries=100)
-        print(json.dumps({"command": "segment tiny (100 queries, 1024 px)", "image": f"{a.width}x{a.height}",
-                          "peak_GiB": round(res["peak"] / GiB, 2), "growth_GiB": round((res["peak"] - res["base"]) / GiB, 2),
-                          "formula_GiB": round(bound / GiB, 2), "seconds": res["seconds"]}))
+        print(
+            json.dumps(
+                {
+                    "command": "segment tiny (100 queries, 1024 px)",
+                    "image": f"{a.width}x{a.height}",
+                    "peak_GiB": round(res["peak"] / GiB, 2),
+                    "growth_GiB": round((res["peak"] - res["base"]) / GiB, 2),
+                    "formula_GiB": round(bound / GiB, 2),
+                    "seconds": res["seconds"],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ def bench_unsam(args: argparse.Namespace) -> dict[str, float]:
             padded = model.normalize_and_pad(pixels)
             boxes = click_boxes(pts, tuple(padded.shape[-2:]), (DEMO_BOX_FRACTION * 1024,) * 2)
             out = model(padded, boxes)
-            F.interpolate(out.mask_logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+            F.interpolate(
+                out.mask_logits, size=padded.shape[-2:], mode="bilinear", align_corners=False
+            )
 
     full_s = _median_time(full_forward, args.image_repeats, 0)
     return {
@@ -128,9 +130,15 @@ def bench_sam(args: argparse.Namespace) -> dict[str, float]:
 
     def click() -> None:
         with torch.inference_mode():
-            out = sam(image_embeddings=holder["emb"], input_points=points, input_labels=labels,
-                      multimask_output=True)
-            F.interpolate(out.pred_masks[0], size=(1024, 1024), mode="bilinear", align_corners=False)
+            out = sam(
+                image_embeddings=holder["emb"],
+                input_points=points,
+                input_labels=labels,
+                multimask_output=True,
+            )
+            F.interpolate(
+                out.pred_masks[0], size=(1024, 1024), mode="bilinear", align_corners=False
+            )
 
     click_s = _median_time(click, args.click_repeats, 2)
     return {
@@ -154,11 +162,17 @@ def main() -> None:
     if not args.skip_sam:
         data.update(bench_sam(args))
     click_s = data["unsam_click_predict_records_ms"] / 1000
-    data["ratio_original_recompute_vs_unsam_click"] = data["original_full_forward_per_click_s"] / click_s
+    data["ratio_original_recompute_vs_unsam_click"] = (
+        data["original_full_forward_per_click_s"] / click_s
+    )
     data["target_click_ms_met"] = float(data["unsam_click_predict_records_ms"] <= 50.0)
     if "sam_vitb_click_ms" in data:
-        data["ratio_sam_click_vs_unsam_click"] = data["sam_vitb_click_ms"] / data["unsam_click_predict_records_ms"]
-        data["ratio_sam_encode_vs_unsam_set_image"] = data["sam_vitb_image_embeddings_s"] / data["unsam_set_image_s"]
+        data["ratio_sam_click_vs_unsam_click"] = (
+            data["sam_vitb_click_ms"] / data["unsam_click_predict_records_ms"]
+        )
+        data["ratio_sam_encode_vs_unsam_set_image"] = (
+            data["sam_vitb_image_embeddings_s"] / data["unsam_set_image_s"]
+        )
     write_result("prompt_speed", {"settings": vars(args), **data})
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}))
 

@@ -24,7 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, write_result  # noqa: E402
 
-ARCHS = {"vits8": (384, 6, 8), "vitb8": (768, 12, 8), "vits16": (384, 6, 16), "vitb16": (768, 12, 16)}
+ARCHS = {
+    "vits8": (384, 6, 8),
+    "vitb8": (768, 12, 8),
+    "vits16": (384, 6, 16),
+    "vitb16": (768, 12, 16),
+}
 
 
 def _image_1024():
@@ -58,16 +63,27 @@ def child(arch: str, repeats: int, refine: str) -> dict:
             from transformers import ViTConfig, ViTModel
 
             hidden, heads, patch = ARCHS[arch]
-            cfg = ViTConfig(hidden_size=hidden, num_hidden_layers=12, num_attention_heads=heads,
-                            intermediate_size=4 * hidden, patch_size=patch, image_size=224, qkv_bias=True,
-                            layer_norm_eps=1e-6)
+            cfg = ViTConfig(
+                hidden_size=hidden,
+                num_hidden_layers=12,
+                num_attention_heads=heads,
+                intermediate_size=4 * hidden,
+                patch_size=patch,
+                image_size=224,
+                qkv_bias=True,
+                layer_norm_eps=1e-6,
+            )
             ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp)
             features = tmp
-        dico = DivideAndConquer(config=PipelineConfig(features=features, refine=RefineConfig(method=refine)))
+        dico = DivideAndConquer(
+            config=PipelineConfig(features=features, refine=RefineConfig(method=refine))
+        )
         # split the divide / conquer stages into feature extraction, CRF and the rest (NCut / merging)
         import time
 
-        maskcut_module = sys.modules["unsam.divide.maskcut"]  # the package re-exports a function of that name
+        maskcut_module = sys.modules[
+            "unsam.divide.maskcut"
+        ]  # the package re-exports a function of that name
 
         spent = {"features": 0.0, "crf": 0.0}
         extractor, crf = dico.extractor, maskcut_module.crf_refine_mask
@@ -96,7 +112,14 @@ def child(arch: str, repeats: int, refine: str) -> dict:
         for _ in range(repeats):
             spent.update(features=0.0, crf=0.0)
             records = dico(image)
-            runs.append(dict(dico.last_timings, masks=len(records), features=spent["features"], crf=spent["crf"]))
+            runs.append(
+                dict(
+                    dico.last_timings,
+                    masks=len(records),
+                    features=spent["features"],
+                    crf=spent["crf"],
+                )
+            )
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out["image_hw"] = list(image.shape[:2])
@@ -105,7 +128,9 @@ def child(arch: str, repeats: int, refine: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--archs", default="vits8,vitb8")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--refine", default="none", choices=["none", "crf"])
@@ -116,19 +141,48 @@ def main() -> None:
         return
     results = {}
     for arch in args.archs.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--child", arch, "--repeats", str(args.repeats),
-                               "--refine", args.refine], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                arch,
+                "--repeats",
+                str(args.repeats),
+                "--refine",
+                args.refine,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results[arch] = r
         stages = {k: r[k] for k in ("divide", "conquer", "refine", "encode")}
         slowest = max(stages, key=stages.get)
-        parts = {"DINO/feature forwards": r["features"], "MaskCut CRF": r["crf"],
-                 "NCut + merging + filters": r["total"] - r["features"] - r["crf"] - r["refine"] - r["encode"]}
-        print(f"{arch:8s} {r['total']:6.2f} s/image  (" + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + "; of which " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ")")
-        print(f"{'':8s} " + "(stages: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + f"; slowest: {slowest})  peak RSS {r['peak_rss_gib']:.2f} GiB  {r['masks']:.0f} masks  "
-              f"image {r['image_hw'][1]}x{r['image_hw'][0]}, {r['threads']} threads")
+        parts = {
+            "DINO/feature forwards": r["features"],
+            "MaskCut CRF": r["crf"],
+            "NCut + merging + filters": r["total"]
+            - r["features"]
+            - r["crf"]
+            - r["refine"]
+            - r["encode"],
+        }
+        print(
+            f"{arch:8s} {r['total']:6.2f} s/image  ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            + "; of which "
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+            + ")"
+        )
+        print(
+            f"{'':8s} "
+            + "(stages: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            + f"; slowest: {slowest})  peak RSS {r['peak_rss_gib']:.2f} GiB  {r['masks']:.0f} masks  "
+            f"image {r['image_hw'][1]}x{r['image_hw'][0]}, {r['threads']} threads"
+        )
     path = write_result("pseudo_label_speed", {"refine": args.refine, "results": results})
     print(f"wrote {path}")
 

@@ -49,13 +49,27 @@ def main() -> None:
 
     panels = [
         panel(image, "input", args.width),
-        panel(draw_overlay(image, divide, top_k=k), f"divide: MaskCut regions ({len(divide)})", args.width),
-        panel(draw_overlay(image, coarse, top_k=k), f"conquer: coarse parts ({shown(coarse)})", args.width),
-        panel(draw_overlay(image, fine, top_k=k), f"conquer: fine parts ({shown(fine)})", args.width),
+        panel(
+            draw_overlay(image, divide, top_k=k),
+            f"divide: MaskCut regions ({len(divide)})",
+            args.width,
+        ),
+        panel(
+            draw_overlay(image, coarse, top_k=k),
+            f"conquer: coarse parts ({shown(coarse)})",
+            args.width,
+        ),
+        panel(
+            draw_overlay(image, fine, top_k=k), f"conquer: fine parts ({shown(fine)})", args.width
+        ),
     ]
     height = max(x.shape[0] for x in panels)
     row = np.concatenate(
-        [np.pad(x, ((0, height - x.shape[0]), (0, 4), (0, 0)), constant_values=255) for x in panels], axis=1
+        [
+            np.pad(x, ((0, height - x.shape[0]), (0, 4), (0, 0)), constant_values=255)
+            for x in panels
+        ],
+        axis=1,
     )
     write_png(args.output, row)
     print(f"wrote {args.output}: {len(records)} masks, features={args.features}")

@@ -19,7 +19,10 @@ SHARED_DATA = Path(os.environ.get("UNSAM_SHARED_DATA", REPO.parent / "shared" / 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("data") is None:
+        if (
+            "shared_data" in getattr(item, "fixturenames", ())
+            and item.get_closest_marker("data") is None
+        ):
             item.add_marker(pytest.mark.data)
 
 

@@ -47,9 +47,14 @@ def test_duplicates_across_scales_are_dropped(fake_segmentations: None) -> None:
     # 2 + 3 + 5 = 10 regions; the left half repeats at scale 1 and the right-top at scale 2: 8 kept
     assert len(out) == 8
     assert _described(out) == [
-        (0, 240), (0, 160),  # scale 0: larger first
-        (1, 144), (1, 96),  # scale 1 without its copy of the left half
-        (2, 120), (2, 48), (2, 48), (2, 40),  # scale 2 without its copy of the right-top
+        (0, 240),
+        (0, 160),  # scale 0: larger first
+        (1, 144),
+        (1, 96),  # scale 1 without its copy of the left half
+        (2, 120),
+        (2, 48),
+        (2, 48),
+        (2, 40),  # scale 2 without its copy of the right-top
     ]
     masks = [decode_rle(r.rle) for r in out]
     for i in range(len(masks)):
@@ -78,7 +83,9 @@ def test_scores_rank_coarse_scales_first_then_larger_regions(fake_segmentations:
 
 def test_area_limits(fake_segmentations: None) -> None:
     # regions of 40 px (0.1 of the image) and less are dropped by min_area_frac 0.11; halves by max 0.5
-    out = baseline_masks(np.zeros((H, W, 3), np.uint8), BaselineConfig(min_area_frac=0.11, max_area_frac=0.5))
+    out = baseline_masks(
+        np.zeros((H, W, 3), np.uint8), BaselineConfig(min_area_frac=0.11, max_area_frac=0.5)
+    )
     assert _described(out) == [(0, 160), (1, 144), (1, 96), (2, 120), (2, 48), (2, 48)]
 
 
@@ -99,7 +106,10 @@ def test_real_felzenszwalb_repeats_are_kept_once() -> None:
     producer = BaselineProducer(config)
     records = producer(image, image_id=7)
     assert [r.image_id for r in records] == [7, 7, 7]
-    assert producer.settings()["producer"] == "baseline" and producer.settings()["method"] == "felzenszwalb"
+    assert (
+        producer.settings()["producer"] == "baseline"
+        and producer.settings()["method"] == "felzenszwalb"
+    )
 
 
 def test_real_felzenszwalb_coarsest_scale_is_level_0() -> None:
@@ -111,6 +121,10 @@ def test_real_felzenszwalb_coarsest_scale_is_level_0() -> None:
     out = baseline_masks(image, BaselineConfig())
     levels = [r.level for r in out]
     assert levels == sorted(levels) and levels[:3] == [0, 0, 0] and max(levels) == 4
-    per_level = {lv: [int(decode_rle(r.rle).sum()) for r in out if r.level == lv] for lv in set(levels)}
+    per_level = {
+        lv: [int(decode_rle(r.rle).sum()) for r in out if r.level == lv] for lv in set(levels)
+    }
     assert per_level[0] == [64 * 96 - 1225 - 1600, 1600, 1225]
-    assert len(per_level[4]) > 20 and float(np.median(per_level[4])) < 100  # the finest: many strips
+    assert (
+        len(per_level[4]) > 20 and float(np.median(per_level[4])) < 100
+    )  # the finest: many strips

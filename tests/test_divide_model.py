@@ -19,14 +19,21 @@ from unsam.records import MaskRecord
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_model")
-    WholeImageSegmenter(build_model("tiny"), SegmentConfig(min_size=256, max_size=512)).save_pretrained(folder)
+    WholeImageSegmenter(
+        build_model("tiny"), SegmentConfig(min_size=256, max_size=512)
+    ).save_pretrained(folder)
     return folder
 
 
 def test_model_masks_become_the_divide_regions(tiny_model_dir: Path, test_data: Path) -> None:
     image = load_image(test_data / "images" / "astronaut.jpg")
-    dico = DivideAndConquer(features="classic", preset="spec", divide=f"model:{tiny_model_dir}", divide_max_masks=4,
-                            divide_score_thresh=0.0)
+    dico = DivideAndConquer(
+        features="classic",
+        preset="spec",
+        divide=f"model:{tiny_model_dir}",
+        divide_max_masks=4,
+        divide_score_thresh=0.0,
+    )
     expected = sorted(dico.divide_model(image), key=lambda r: -r.score)[:4]
     records = dico(image, image_id=5)
     divide = [r for r in records if r.level == 0]
@@ -77,7 +84,9 @@ def test_confident_model_masks_are_divided_and_conquered(tiny_model_dir: Path) -
 
 def test_score_threshold_filters_divide_masks(tiny_model_dir: Path, test_data: Path) -> None:
     image = load_image(test_data / "images" / "coffee.jpg")
-    dico = DivideAndConquer(features="classic", preset="spec", divide=f"model:{tiny_model_dir}", divide_score_thresh=1.0)
+    dico = DivideAndConquer(
+        features="classic", preset="spec", divide=f"model:{tiny_model_dir}", divide_score_thresh=1.0
+    )
     assert dico(image) == []  # no mask scores above 1.0: nothing to divide, nothing to conquer
 
 

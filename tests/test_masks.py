@@ -22,8 +22,7 @@ from unsam.masks import boxes_xyxy_from_masks, resize_image, resize_mask
 from unsam.records import encode_mask, rle_iou_matrix
 
 # The 2x3 mask of the resize tests (an L):
-L_MASK = np.array([[1, 0, 0],
-                   [1, 1, 0]], dtype=bool)
+L_MASK = np.array([[1, 0, 0], [1, 1, 0]], dtype=bool)
 
 # Weights of the 2x3 -> 5x7 upsampling (f = 1, no clipping of kernel width):
 #   3 -> 7 (s = 3/7), rows = output columns, columns = input columns
@@ -43,17 +42,27 @@ L_MASK = np.array([[1, 0, 0],
 # 0.9344 * 112 + 0.0656 * 255 = 121.4 -> 121; rows 0 / 4 overshoot and clip.
 # The uint8 result (PIL gives exactly this, and so does tests/reference/resize_naive.py, the formula
 # above in float64, rounded after each pass):
-L_UP_VALUES = np.array([[255, 229, 98, 0, 0, 0, 0],
-                        [255, 233, 121, 17, 9, 2, 0],
-                        [255, 243, 184, 128, 72, 12, 0],
-                        [255, 253, 246, 238, 134, 22, 0],
-                        [255, 255, 255, 255, 157, 26, 0]], dtype=np.uint8)
+L_UP_VALUES = np.array(
+    [
+        [255, 229, 98, 0, 0, 0, 0],
+        [255, 233, 121, 17, 9, 2, 0],
+        [255, 243, 184, 128, 72, 12, 0],
+        [255, 253, 246, 238, 134, 22, 0],
+        [255, 255, 255, 255, 157, 26, 0],
+    ],
+    dtype=np.uint8,
+)
 # max 255 -> keep > 127.5 (the 128 at row 2, column 3 is just in; 121 and 134 are out / in):
-L_UP = np.array([[1, 1, 0, 0, 0, 0, 0],
-                 [1, 1, 0, 0, 0, 0, 0],
-                 [1, 1, 1, 1, 0, 0, 0],
-                 [1, 1, 1, 1, 1, 0, 0],
-                 [1, 1, 1, 1, 1, 0, 0]], dtype=bool)
+L_UP = np.array(
+    [
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0],
+    ],
+    dtype=bool,
+)
 # Back down 5x7 -> 2x3 (s = 7/3 and 5/2 > 1: the kernel is stretched by f, support 2f, antialiasing):
 #   7 -> 3, output 0 (c = 1.167): [0.3831 0.4395 0.2137 0 -0.0323 -0.0040 0]
 #   5 -> 2, output 0 (c = 1.25):  [0.3471 0.4156 0.2394 0.0292 -0.0313]
@@ -63,15 +72,23 @@ L_DOWN_VALUES = np.array([[221, 46, 0], [255, 235, 34]], dtype=np.uint8)
 
 def test_resize_mask_2x3_to_5x7_and_back() -> None:
     # the intermediate uint8 values are PIL's; pinned so that a change of the resampling shows
-    up_values = np.asarray(Image.fromarray(L_MASK.astype(np.uint8) * 255).resize((7, 5), Image.BICUBIC))
+    up_values = np.asarray(
+        Image.fromarray(L_MASK.astype(np.uint8) * 255).resize((7, 5), Image.BICUBIC)
+    )
     np.testing.assert_array_equal(up_values, L_UP_VALUES)
-    np.testing.assert_array_equal(bicubic_resize_gray(L_MASK.astype(np.uint8) * 255, 5, 7), L_UP_VALUES)
+    np.testing.assert_array_equal(
+        bicubic_resize_gray(L_MASK.astype(np.uint8) * 255, 5, 7), L_UP_VALUES
+    )
     up = resize_mask(L_MASK, (5, 7))
     assert up.dtype == bool and up.shape == (5, 7)
     np.testing.assert_array_equal(up, L_UP)
-    down_values = np.asarray(Image.fromarray(L_UP.astype(np.uint8) * 255).resize((3, 2), Image.BICUBIC))
+    down_values = np.asarray(
+        Image.fromarray(L_UP.astype(np.uint8) * 255).resize((3, 2), Image.BICUBIC)
+    )
     np.testing.assert_array_equal(down_values, L_DOWN_VALUES)
-    np.testing.assert_array_equal(bicubic_resize_gray(L_UP.astype(np.uint8) * 255, 2, 3), L_DOWN_VALUES)
+    np.testing.assert_array_equal(
+        bicubic_resize_gray(L_UP.astype(np.uint8) * 255, 2, 3), L_DOWN_VALUES
+    )
     np.testing.assert_array_equal(resize_mask(L_UP, (2, 3)), L_MASK)
 
 
@@ -84,16 +101,26 @@ def test_resize_mask_is_bicubic_not_bilinear() -> None:
     [255, 242, 175, 127.5 -> 128, 119, 126.5 -> 127, 127.5 -> 128]; > 127.5 keeps columns 0-3
     and 6. A bilinear resize would give 128 at columns 3-6 of row 2 (all kept)."""
     mask = np.array([[1, 0, 1], [1, 1, 0]], dtype=bool)
-    values = np.array([[255, 226, 79, 0, 90, 249, 255],
-                       [255, 231, 105, 17, 98, 216, 238],
-                       [255, 242, 175, 128, 119, 127, 128],
-                       [255, 253, 245, 238, 140, 37, 17],
-                       [255, 255, 255, 255, 148, 4, 0]], dtype=np.uint8)
-    expected = np.array([[1, 1, 0, 0, 0, 1, 1],
-                         [1, 1, 0, 0, 0, 1, 1],
-                         [1, 1, 1, 1, 0, 0, 1],
-                         [1, 1, 1, 1, 1, 0, 0],
-                         [1, 1, 1, 1, 1, 0, 0]], dtype=bool)
+    values = np.array(
+        [
+            [255, 226, 79, 0, 90, 249, 255],
+            [255, 231, 105, 17, 98, 216, 238],
+            [255, 242, 175, 128, 119, 127, 128],
+            [255, 253, 245, 238, 140, 37, 17],
+            [255, 255, 255, 255, 148, 4, 0],
+        ],
+        dtype=np.uint8,
+    )
+    expected = np.array(
+        [
+            [1, 1, 0, 0, 0, 1, 1],
+            [1, 1, 0, 0, 0, 1, 1],
+            [1, 1, 1, 1, 0, 0, 1],
+            [1, 1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+        ],
+        dtype=bool,
+    )
     np.testing.assert_array_equal(bicubic_resize_gray(mask.astype(np.uint8) * 255, 5, 7), values)
     np.testing.assert_array_equal(resize_mask_naive(mask, 5, 7), expected)
     np.testing.assert_array_equal(resize_mask(mask, (5, 7)), expected)
@@ -139,7 +166,9 @@ def test_resize_mask_edge_cases() -> None:
     # integer input is treated as a mask
     np.testing.assert_array_equal(resize_mask(L_MASK.astype(np.uint8), (5, 7)), L_UP)
     # empty stays empty (maximum 0)
-    np.testing.assert_array_equal(resize_mask(np.zeros((3, 3), bool), (6, 5)), np.zeros((6, 5), bool))
+    np.testing.assert_array_equal(
+        resize_mask(np.zeros((3, 3), bool), (6, 5)), np.zeros((6, 5), bool)
+    )
     with pytest.raises(ValueError, match=r"mask must be \(h, w\), got shape \(1, 2, 3\)"):
         resize_mask(L_MASK[None], (5, 7))
 
@@ -162,7 +191,9 @@ def test_resize_image_nearest_and_bicubic() -> None:
     np.testing.assert_array_equal(resize_image(step, (1, 4))[0, :, 0], [0, 53, 202, 255])
     # a flat colour stays flat (the weights sum to 1)
     flat = np.full((3, 5, 3), (7, 120, 250), np.uint8)
-    np.testing.assert_array_equal(resize_image(flat, (4, 2)), np.full((4, 2, 3), (7, 120, 250), np.uint8))
+    np.testing.assert_array_equal(
+        resize_image(flat, (4, 2)), np.full((4, 2, 3), (7, 120, 250), np.uint8)
+    )
     # already the size: the very same array
     assert resize_image(image, (2, 3)) is image
 
@@ -205,8 +236,6 @@ def test_rle_iou_matrix_hand_computed() -> None:
     d[0:2, 0:3] = True
     rles = [encode_mask(x) for x in (a, b, c)]
     iou = rle_iou_matrix(rles, rles + [encode_mask(d)])
-    expected = np.array([[1.0, 1 / 3, 0.0, 0.75],
-                         [1 / 3, 1.0, 0.0, 0.4],
-                         [0.0, 0.0, 1.0, 0.0]])
+    expected = np.array([[1.0, 1 / 3, 0.0, 0.75], [1 / 3, 1.0, 0.0, 0.4], [0.0, 0.0, 1.0, 0.0]])
     assert iou.shape == (3, 4)
     np.testing.assert_allclose(iou, expected, rtol=0, atol=1e-12)

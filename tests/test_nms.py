@@ -85,6 +85,8 @@ def test_box_nms_matches_a_naive_loop_and_groups_stay_apart() -> None:
     expected = set()
     for g in (0, 1):
         idx = np.flatnonzero(groups.numpy() == g)
-        expected |= {int(idx[k]) for k in _naive_box_nms(boxes[idx].astype(np.float64), scores[idx], 0.4)}
+        expected |= {
+            int(idx[k]) for k in _naive_box_nms(boxes[idx].astype(np.float64), scores[idx], 0.4)
+        }
     assert set(kept) == expected
     assert [scores[k] for k in kept] == sorted((scores[k] for k in kept), reverse=True)

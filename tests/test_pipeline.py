@@ -58,7 +58,10 @@ def test_classic_pipeline_records_on_a_synthetic_image() -> None:
     records = dico(image, image_id=7)
     check_structure(records, 7, whole_image=1)
     assert any(r.source == "maskcut" for r in records), "MaskCut found no object"
-    assert records[0].source == "maskcut" and [r.source for r in records if r.level == 0][-1] == "image"
+    assert (
+        records[0].source == "maskcut"
+        and [r.source for r in records if r.level == 0][-1] == "image"
+    )
     parent_sources = {r.id: r.source for r in records if r.level == 0}
     parts = [r for r in records if r.level > 0]
     assert {parent_sources[r.parent_id] for r in parts} == {"maskcut", "image"}
@@ -87,8 +90,12 @@ def test_whole_image_region_alone() -> None:
     dico.divide = lambda image: []
     records = dico(shapes_image(), image_id=1)
     check_structure(records, 1, whole_image=1)
-    assert records[0].source == "image" and records[0].refined == "none"  # never refined (it is > 90% of the image)
-    assert len(records) > 5 and all(r.level > 0 and r.parent_id == records[0].id for r in records[1:])
+    assert (
+        records[0].source == "image" and records[0].refined == "none"
+    )  # never refined (it is > 90% of the image)
+    assert len(records) > 5 and all(
+        r.level > 0 and r.parent_id == records[0].id for r in records[1:]
+    )
     assert all(r.refined == "crf" for r in records[1:])
 
 
@@ -101,11 +108,15 @@ def test_preset_resolution() -> None:
     assert classic.conquer == dataclasses.replace(ConquerConfig(), **CLASSIC_PRESET["conquer"])
     assert classic.refine == dino.refine
     # settings given explicitly win over the preset
-    mine = PipelineConfig(features="classic", conquer=ConquerConfig(thetas=(0.5, 0.2), crop_size=128))
+    mine = PipelineConfig(
+        features="classic", conquer=ConquerConfig(thetas=(0.5, 0.2), crop_size=128)
+    )
     got = resolve_preset(mine).conquer
     assert got.thetas == (0.5, 0.2) and got.crop_size == 128 and got.units == "superpixels"
     # forced either way
-    assert resolve_preset(PipelineConfig(features="classic", preset="spec")).conquer == ConquerConfig()
+    assert (
+        resolve_preset(PipelineConfig(features="classic", preset="spec")).conquer == ConquerConfig()
+    )
     assert resolve_preset(PipelineConfig(preset="classic")).conquer.units == "superpixels"
     # a ready classic extractor selects the preset too
     assert resolve_preset(dino, extractor_name="classic").conquer.units == "superpixels"
@@ -145,20 +156,33 @@ def test_classic_pipeline_beats_felzenszwalb_on_coco(coco_gt, coco_images) -> No
     for info in images:
         image = unsam.load_image(coco_images / info["file_name"])
         records = dico(image, image_id=info["id"])
-        preds.append(ImageRecord(info["id"], info["file_name"], info["height"], info["width"], tuple(records)))
-        baseline += [m.replace(image_id=info["id"]) for m in baseline_masks(image, BaselineConfig())]
-    sub = {"images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
-           "categories": gt["categories"]}
+        preds.append(
+            ImageRecord(
+                info["id"], info["file_name"], info["height"], info["width"], tuple(records)
+            )
+        )
+        baseline += [
+            m.replace(image_id=info["id"]) for m in baseline_masks(image, BaselineConfig())
+        ]
+    sub = {
+        "images": images,
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
+        "categories": gt["categories"],
+    }
     metrics = unsam.evaluate(sub, coco_dataset_dict(preds))
     felzenszwalb = unsam.evaluate(sub, baseline)
-    print(f"AR@1000 classic DiCo {metrics['AR@1000']:.3f}, felzenszwalb {felzenszwalb['AR@1000']:.3f}")
+    print(
+        f"AR@1000 classic DiCo {metrics['AR@1000']:.3f}, felzenszwalb {felzenszwalb['AR@1000']:.3f}"
+    )
     assert metrics["AR@1000"] > 0.30
     assert metrics["AR@1000"] > felzenszwalb["AR@1000"] + 0.03
 
 
 def test_max_masks_keeps_the_best_scores_and_their_parents() -> None:
     image = shapes_image()
-    full = DivideAndConquer(features="classic")(image, image_id=2)  # preset cap 1000: not reached here
+    full = DivideAndConquer(features="classic")(
+        image, image_id=2
+    )  # preset cap 1000: not reached here
     capped = DivideAndConquer(features="classic", max_masks=20)(image, image_id=2)
     assert len(full) > 20 == len(capped)
     check_structure(capped, 2, whole_image=1)  # every kept part's parent is kept (ids renumbered)
@@ -178,16 +202,34 @@ def test_cli_flags_reach_the_config() -> None:
 
     parser = argparse.ArgumentParser()
     add_pipeline_arguments(parser)
-    args = parser.parse_args(["--features", "classic", "--preset", "spec", "--whole-image-region",
-                              "--max-masks", "500", "--conquer-units", "superpixels",
-                              "--conquer-superpixel-scales", "80,300", "--conquer-superpixel-colour-weight", "0"])
+    args = parser.parse_args(
+        [
+            "--features",
+            "classic",
+            "--preset",
+            "spec",
+            "--whole-image-region",
+            "--max-masks",
+            "500",
+            "--conquer-units",
+            "superpixels",
+            "--conquer-superpixel-scales",
+            "80,300",
+            "--conquer-superpixel-colour-weight",
+            "0",
+        ]
+    )
     cfg = pipeline_config_from_args(args)
     assert (cfg.preset, cfg.whole_image_region, cfg.max_masks) == ("spec", True, 500)
     assert cfg.conquer.units == "superpixels" and cfg.conquer.superpixel_scales == (80.0, 300.0)
     assert cfg.conquer.superpixel_colour_weight == 0.0
     assert resolve_preset(cfg) is cfg
     default = pipeline_config_from_args(parser.parse_args([]))
-    assert default == PipelineConfig() and default.conquer.units == "patches" and default.max_masks is None
+    assert (
+        default == PipelineConfig()
+        and default.conquer.units == "patches"
+        and default.max_masks is None
+    )
 
 
 def test_producer_settings_record_the_resolved_preset() -> None:

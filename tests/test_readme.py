@@ -73,17 +73,33 @@ def test_fresh_clone_blocks_run_as_written(tmp_path: Path) -> None:
     steps = [s.strip() for s in setup.split("&&") if "venv " not in s and "pip install" not in s]
     blocks.insert(0, " && ".join(s.replace(".venv/bin/", "") for s in steps))
     for block in blocks:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"README block failed:\n{block}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    assert (tmp_path / "out" / "pseudo.json").is_file() and (tmp_path / "out" / "dico.png").is_file()
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, (
+            f"README block failed:\n{block}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+    assert (tmp_path / "out" / "pseudo.json").is_file() and (
+        tmp_path / "out" / "dico.png"
+    ).is_file()
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 5
 
 
 def test_python_snippet_runs_as_written(tmp_path: Path) -> None:
     env = _scratch(tmp_path)
     (snippet,) = _blocks("python")
-    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "1.0"

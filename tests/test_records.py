@@ -57,7 +57,9 @@ def test_polygon_and_uncompressed_rle_normalise_to_compressed() -> None:
     ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(poly, 10, 10)))
     np.testing.assert_array_equal(decode_rle(rle), ref.astype(bool))
     unc = {"size": [3, 2], "counts": [1, 2, 3]}
-    np.testing.assert_array_equal(decode_rle(normalize_rle(unc, None)), np.array([[0, 0], [1, 0], [1, 0]], bool))  # column-major runs
+    np.testing.assert_array_equal(
+        decode_rle(normalize_rle(unc, None)), np.array([[0, 0], [1, 0], [1, 0]], bool)
+    )  # column-major runs
     with pytest.raises(ValueError, match="needs the image height"):
         normalize_rle(poly, None)
     with pytest.raises(ValueError, match="expected polygons"):
@@ -68,23 +70,43 @@ def test_coco_dict_round_trip_keeps_every_field() -> None:
     mask = np.zeros((6, 7), bool)
     mask[1:4, 2:6] = True
     rec = MaskRecord.from_mask(
-        mask, image_id=3, id=annotation_id(3, 2), score=0.25, predicted_iou=0.9, stability_score=0.8,
-        point_coords=((2.0, 3.0),), crop_box=(0.0, 0.0, 7.0, 6.0), level=2, parent_id=annotation_id(3, 0),
-        theta=0.5, source="conquer", refined="crf",
+        mask,
+        image_id=3,
+        id=annotation_id(3, 2),
+        score=0.25,
+        predicted_iou=0.9,
+        stability_score=0.8,
+        point_coords=((2.0, 3.0),),
+        crop_box=(0.0, 0.0, 7.0, 6.0),
+        level=2,
+        parent_id=annotation_id(3, 0),
+        theta=0.5,
+        source="conquer",
+        refined="crf",
     )
     back = MaskRecord.from_coco(rec.to_coco(), (6, 7))
     assert back == rec
     sam = rec.to_sam()
     assert sam["predicted_iou"] == 0.9 and sam["point_coords"] == [[2.0, 3.0]] and sam["area"] == 12
-    assert rec.to_result() == {"image_id": 3, "category_id": 1, "segmentation": rec.rle, "score": 0.25}
+    assert rec.to_result() == {
+        "image_id": 3,
+        "category_id": 1,
+        "segmentation": rec.rle,
+        "score": 0.25,
+    }
 
 
 def test_bad_records_name_the_field() -> None:
     with pytest.raises(ValueError, match="compressed RLE"):
         MaskRecord(rle={"size": [2, 2], "counts": [1, 2]})
     with pytest.raises(ValueError, match='a.json: \\[3\\]: field "score" must be a number'):
-        MaskRecord.from_coco({"segmentation": encode_mask(np.ones((2, 2), bool)), "score": "high"}, where="a.json: [3]")
-    with pytest.raises(ValueError, match='field "segmentation.size" is \\[2, 2\\] but the image is \\[3, 3\\]'):
+        MaskRecord.from_coco(
+            {"segmentation": encode_mask(np.ones((2, 2), bool)), "score": "high"},
+            where="a.json: [3]",
+        )
+    with pytest.raises(
+        ValueError, match='field "segmentation.size" is \\[2, 2\\] but the image is \\[3, 3\\]'
+    ):
         MaskRecord.from_coco({"segmentation": encode_mask(np.ones((2, 2), bool))}, (3, 3))
 
 
@@ -119,7 +141,11 @@ def test_sam_fields_are_null_when_nothing_computed_them() -> None:
     mask = np.zeros((4, 5), bool)
     mask[1:3, 1:4] = True
     sam = MaskRecord.from_mask(mask, score=0.3, source="conquer").to_sam()
-    assert sam["predicted_iou"] is None and sam["stability_score"] is None and sam["point_coords"] is None
+    assert (
+        sam["predicted_iou"] is None
+        and sam["stability_score"] is None
+        and sam["point_coords"] is None
+    )
     back = MaskRecord.from_coco({**sam, "image_id": 0}, (4, 5))
     assert back.score == 0.3 and back.predicted_iou is None and back.stability_score is None
     no_score = {k: v for k, v in sam.items() if k != "score"}

@@ -73,10 +73,20 @@ def test_output_content_ids_and_skips(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.json"
     result = _run(folder, out, ThresholdProducer())
     data = json.loads(out.read_text())
-    assert [i["file_name"] for i in data["images"]] == ["astronaut.jpg", "chelsea.png", "coffee.jpg"]
-    assert [i["id"] for i in data["images"]] == [1, 3, 4]  # ids follow the sorted listing incl. broken.jpg
+    assert [i["file_name"] for i in data["images"]] == [
+        "astronaut.jpg",
+        "chelsea.png",
+        "coffee.jpg",
+    ]
+    assert [i["id"] for i in data["images"]] == [
+        1,
+        3,
+        4,
+    ]  # ids follow the sorted listing incl. broken.jpg
     assert len(data["annotations"]) == 6 and len({a["id"] for a in data["annotations"]}) == 6
-    assert data["info"]["skipped"] == [{"file_name": "broken.jpg", "reason": result.skipped[0]["reason"]}]
+    assert data["info"]["skipped"] == [
+        {"file_name": "broken.jpg", "reason": result.skipped[0]["reason"]}
+    ]
     assert "not an image file" in result.skipped[0]["reason"]
 
 
@@ -89,7 +99,9 @@ def test_resume_with_other_settings_is_refused(folder: Path, tmp_path: Path) -> 
         def settings(self) -> dict[str, Any]:
             return {"producer": "other"}
 
-    with pytest.raises(ValueError, match=r"unfinished run with other settings \(settings.producer\)"):
+    with pytest.raises(
+        ValueError, match=r"unfinished run with other settings \(settings.producer\)"
+    ):
         _run(folder, out, Other())
     _run(folder, out, Other(), overwrite=True)  # --overwrite starts over
     assert json.loads(out.read_text())["info"]["settings"] == {"producer": "other"}
@@ -116,7 +128,10 @@ def test_two_worker_processes_give_the_same_file(folder: Path, tmp_path: Path) -
 
 
 def test_image_ids_from_names_or_reference(tmp_path: Path) -> None:
-    assert assign_image_ids(["000000000139.jpg", "000000000802.jpg"]) == {"000000000139.jpg": 139, "000000000802.jpg": 802}
+    assert assign_image_ids(["000000000139.jpg", "000000000802.jpg"]) == {
+        "000000000139.jpg": 139,
+        "000000000802.jpg": 802,
+    }
     assert assign_image_ids(["sa_12.jpg", "sa_3.jpg"]) == {"sa_12.jpg": 12, "sa_3.jpg": 3}
     assert assign_image_ids(["b.png", "a.png"]) == {"b.png": 1, "a.png": 2}
     ref = tmp_path / "gt.json"

@@ -17,8 +17,8 @@ import pytest
 from unsam.io.coco import validate_dataset
 from unsam.io.files import RunLockedError, atomic_write_text, run_lock
 from unsam.io.images import list_images
-from unsam.runner import id_rule, run_images, work_file_for
 from unsam.records import MaskRecord
+from unsam.runner import id_rule, run_images, work_file_for
 
 
 class Halves:
@@ -47,8 +47,15 @@ def _run(folder: Path, out: Path, producer: Any, ids_from: Path | None = None, *
 
     listing = list_images(folder)
     names = [listing.relative(p) for p in listing.images]
-    return run_images(producer, listing.images, listing.root, out, image_ids=assign_image_ids(names, ids_from),
-                      ids_rule=id_rule(ids_from), **kw)
+    return run_images(
+        producer,
+        listing.images,
+        listing.root,
+        out,
+        image_ids=assign_image_ids(names, ids_from),
+        ids_rule=id_rule(ids_from),
+        **kw,
+    )
 
 
 @pytest.fixture()
@@ -65,7 +72,9 @@ def _ids(path: Path) -> tuple[dict[str, int], list[int]]:
     return {i["file_name"]: i["id"] for i in data["images"]}, [a["id"] for a in data["annotations"]]
 
 
-def test_rerun_after_new_image_keeps_ids_and_does_only_the_new_one(folder: Path, tmp_path: Path) -> None:
+def test_rerun_after_new_image_keeps_ids_and_does_only_the_new_one(
+    folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "o.json"
     _run(folder, out, Halves())
     first, _ = _ids(out)
@@ -85,14 +94,18 @@ def test_adding_ids_from_to_a_finished_run_is_refused(folder: Path, tmp_path: Pa
     out = tmp_path / "o.json"
     _run(folder, out, Halves())
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({"images": [{"id": 2, "file_name": "b.png"}, {"id": 1, "file_name": "d.jpg"}]}))
+    gt.write_text(
+        json.dumps({"images": [{"id": 2, "file_name": "b.png"}, {"id": 1, "file_name": "d.jpg"}]})
+    )
     with pytest.raises(ValueError, match=r"finished run with other settings \(image_ids"):
         _run(folder, out, Halves(), ids_from=gt)
     _run(folder, out, Halves(), ids_from=gt, overwrite=True)
     assert _ids(out)[0] == {"b.png": 2, "d.jpg": 1}
 
 
-def test_finished_run_with_new_settings_is_not_called_unfinished(folder: Path, tmp_path: Path) -> None:
+def test_finished_run_with_new_settings_is_not_called_unfinished(
+    folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "o.json"
     _run(folder, out, Halves())
 
@@ -114,8 +127,12 @@ def test_foreign_output_file_is_not_overwritten(folder: Path, tmp_path: Path) ->
 
 
 def test_validator_catches_each_defect() -> None:
-    good = {"images": [{"id": 1, "file_name": "a.png", "height": 2, "width": 3}],
-            "annotations": [{"id": 10, "image_id": 1, "segmentation": {"size": [2, 3], "counts": "06"}}]}
+    good = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 2, "width": 3}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "segmentation": {"size": [2, 3], "counts": "06"}}
+        ],
+    }
     validate_dataset(good, where="x")
     dup_img = {**good, "images": good["images"] * 2}
     with pytest.raises(ValueError, match="image id 1 is given to both"):
@@ -126,7 +143,12 @@ def test_validator_catches_each_defect() -> None:
     orphan = {**good, "annotations": [{**good["annotations"][0], "image_id": 7}]}
     with pytest.raises(ValueError, match="image id 7, which is not in the file"):
         validate_dataset(orphan, where="x")
-    size = {**good, "annotations": [{**good["annotations"][0], "segmentation": {"size": [3, 2], "counts": "06"}}]}
+    size = {
+        **good,
+        "annotations": [
+            {**good["annotations"][0], "segmentation": {"size": [3, 2], "counts": "06"}}
+        ],
+    }
     with pytest.raises(ValueError, match=r"RLE of size \[3, 2\]"):
         validate_dataset(size, where="x")
 
@@ -152,12 +174,16 @@ def test_output_that_is_a_folder_fails_before_any_work(folder: Path, tmp_path: P
 def test_second_run_on_one_output_is_refused_and_named(tmp_path: Path) -> None:
     out = tmp_path / "o.json"
     with run_lock(out):
-        code = ("import sys; from unsam.io.files import run_lock\n"
-                f"try:\n    run_lock({str(out)!r}).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
+        code = (
+            "import sys; from unsam.io.files import run_lock\n"
+            f"try:\n    run_lock({str(out)!r}).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 3
         assert f"pid {os.getpid()}" in proc.stdout and "another unsam run" in proc.stdout
-        with pytest.raises(RunLockedError):  # a second lock in this process too (flock is per open file)
+        with pytest.raises(
+            RunLockedError
+        ):  # a second lock in this process too (flock is per open file)
             with run_lock(out):
                 pass
     with run_lock(out):  # released

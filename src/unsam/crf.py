@@ -61,7 +61,9 @@ class CRFConfig:
     gaussian_sxy: float = param(3.0, "Gaussian pairwise spatial std, pixels (spec §2.2 step 9)")
     gaussian_compat: float = param(7.0, "Gaussian pairwise weight (spec §2.2 step 9)")
     bilateral_sxy: float = param(50.0, "bilateral pairwise spatial std, pixels (spec §2.2 step 9)")
-    bilateral_srgb: float = param(5.0, "bilateral pairwise colour std, RGB 0-255 units (spec §2.2 step 9)")
+    bilateral_srgb: float = param(
+        5.0, "bilateral pairwise colour std, RGB 0-255 units (spec §2.2 step 9)"
+    )
     bilateral_compat: float = param(10.0, "bilateral pairwise weight (spec §2.2 step 9)")
     iterations: int = param(10, "mean-field iterations (spec §2.2 step 9)")
 
@@ -73,7 +75,9 @@ class CRFConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"CRFConfig.{name}={getattr(self, name)} must be >= 0")
         if self.iterations < 1:
-            raise ValueError(f"CRFConfig.iterations={self.iterations} must be >= 1 (the original uses 10)")
+            raise ValueError(
+                f"CRFConfig.iterations={self.iterations} must be >= 1 (the original uses 10)"
+            )
 
 
 def crf_refine_mask(
@@ -103,7 +107,9 @@ def crf_refine_mask(
     # softmax([1 - m, m]) of the hard labels, as the original (soft 0.269/0.731 unaries).
     p_fg = 1.0 / (1.0 + np.exp((1.0 - fg) - fg))
     probs = np.stack([1.0 - p_fg, p_fg])
-    unary = np.ascontiguousarray(-np.log(np.clip(probs, 1e-5, 1.0)).reshape(2, -1).astype(np.float32))
+    unary = np.ascontiguousarray(
+        -np.log(np.clip(probs, 1e-5, 1.0)).reshape(2, -1).astype(np.float32)
+    )
     crf = dcrf.DenseCRF2D(w, h, 2)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=config.gaussian_sxy, compat=config.gaussian_compat)

@@ -41,7 +41,9 @@ def hub_offline() -> bool:
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         endpoint = "https://huggingface.co"
     url = urlparse(endpoint)
-    return _endpoint_unreachable(url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80))
+    return _endpoint_unreachable(
+        url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    )
 
 
 @contextlib.contextmanager

@@ -67,7 +67,9 @@ def encode_masks(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
         return []
     masks = masks.view(np.uint8) if masks.dtype == np.bool_ else (masks != 0).view(np.uint8)
     rles = []
-    for m in masks:  # one mask at a time: cache-friendly, no (H, W, N) Fortran copy of the whole stack
+    for (
+        m
+    ) in masks:  # one mask at a time: cache-friendly, no (H, W, N) Fortran copy of the whole stack
         rle = mask_utils.encode(np.asfortranarray(m)[:, :, None])[0]
         rle["counts"] = rle["counts"].decode("utf-8")
         rles.append(rle)
@@ -85,7 +87,10 @@ def encode_mask(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
 def coco_rle_bytes(rle: dict[str, Any]) -> dict[str, Any]:
     """RLE with bytes counts, as pycocotools' C functions want it."""
     counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+    return {
+        "size": list(rle["size"]),
+        "counts": counts.encode("utf-8") if isinstance(counts, str) else counts,
+    }
 
 
 def decode_rle(rle: dict[str, Any]) -> npt.NDArray[np.bool_]:
@@ -128,9 +133,14 @@ def normalize_rle(segmentation: Any, image_hw: tuple[int, int] | None) -> dict[s
         if isinstance(counts, list):
             rle = mask_utils.frPyObjects(segmentation, h, w)
         elif isinstance(counts, (str, bytes)):
-            return {"size": [h, w], "counts": counts.decode("utf-8") if isinstance(counts, bytes) else counts}
+            return {
+                "size": [h, w],
+                "counts": counts.decode("utf-8") if isinstance(counts, bytes) else counts,
+            }
         else:
-            raise ValueError(f"segmentation.counts has type {type(counts).__name__}; expected str or list")
+            raise ValueError(
+                f"segmentation.counts has type {type(counts).__name__}; expected str or list"
+            )
     else:
         raise ValueError(
             f"segmentation has type {type(segmentation).__name__}; expected polygons (list) or RLE "
@@ -139,7 +149,9 @@ def normalize_rle(segmentation: Any, image_hw: tuple[int, int] | None) -> dict[s
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("utf-8")}
 
 
-def rle_counts_errors(rles: Sequence[dict[str, Any]], *, chunk_chars: int = 1 << 20) -> list[tuple[int, str]]:
+def rle_counts_errors(
+    rles: Sequence[dict[str, Any]], *, chunk_chars: int = 1 << 20
+) -> list[tuple[int, str]]:
     """Find compressed RLEs whose ``counts`` string is malformed, vectorised over all of them.
 
     pycocotools does not validate a counts string: a corrupt one decodes to garbage (or reads past
@@ -154,7 +166,9 @@ def rle_counts_errors(rles: Sequence[dict[str, Any]], *, chunk_chars: int = 1 <<
     Returns:
         ``[(index, reason), ...]`` for the malformed ones, in order (empty when all are valid).
     """
-    picked = [(i, r["counts"]) for i, r in enumerate(rles) if isinstance(r.get("counts"), (str, bytes))]
+    picked = [
+        (i, r["counts"]) for i, r in enumerate(rles) if isinstance(r.get("counts"), (str, bytes))
+    ]
     out: list[tuple[int, str]] = []
     start = 0
     while start < len(picked):  # chunks of about chunk_chars characters stay in the CPU caches
@@ -167,11 +181,15 @@ def rle_counts_errors(rles: Sequence[dict[str, Any]], *, chunk_chars: int = 1 <<
     return out
 
 
-def _rle_chunk_errors(rles: Sequence[dict[str, Any]], picked: list[tuple[int, Any]]) -> list[tuple[int, str]]:
+def _rle_chunk_errors(
+    rles: Sequence[dict[str, Any]], picked: list[tuple[int, Any]]
+) -> list[tuple[int, str]]:
     errors: dict[int, str] = {}
     raw = [c.encode("ascii", "replace") if isinstance(c, str) else c for _, c in picked]
     lengths = np.fromiter((len(b) for b in raw), dtype=np.int64, count=len(raw))
-    sizes = np.array([int(rles[i]["size"][0]) * int(rles[i]["size"][1]) for i, _ in picked], dtype=np.int64)
+    sizes = np.array(
+        [int(rles[i]["size"][0]) * int(rles[i]["size"][1]) for i, _ in picked], dtype=np.int64
+    )
     c = np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int64) - 48
     owner = np.repeat(np.arange(len(raw)), lengths)
     if c.size == 0:
@@ -211,7 +229,9 @@ def _rle_chunk_errors(rles: Sequence[dict[str, Any]], picked: list[tuple[int, An
             errors.setdefault(int(k), "counts decodes to a negative run length")
         totals = np.bincount(tok_owner, weights=counts, minlength=len(raw)).astype(np.int64)
     for k in np.flatnonzero(totals != sizes):
-        errors.setdefault(int(k), f"counts add up to {int(totals[k])} pixels, not H*W = {int(sizes[k])}")
+        errors.setdefault(
+            int(k), f"counts add up to {int(totals[k])} pixels, not H*W = {int(sizes[k])}"
+        )
     return [(picked[k][0], reason) for k, reason in sorted(errors.items())]
 
 
@@ -225,13 +245,17 @@ def check_rles(rles: Sequence[dict[str, Any]], where: Callable[[int], str]) -> N
         raise ValueError(f'{where(i)}: field "segmentation": {reason}{more}')
 
 
-def rle_iou_matrix(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> npt.NDArray[np.float64]:
+def rle_iou_matrix(
+    a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]
+) -> npt.NDArray[np.float64]:
     """Pairwise mask IoU (pycocotools), shape (len(a), len(b)), float64 in [0, 1]."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float64)
     ca = [coco_rle_bytes(r) for r in a]
     cb = [coco_rle_bytes(r) for r in b]
-    return np.asarray(mask_utils.iou(ca, cb, [0] * len(cb)), dtype=np.float64).reshape(len(a), len(b))
+    return np.asarray(mask_utils.iou(ca, cb, [0] * len(cb)), dtype=np.float64).reshape(
+        len(a), len(b)
+    )
 
 
 def box_xyxy_to_xywh(box: Sequence[float]) -> list[float]:
@@ -377,9 +401,15 @@ class MaskRecord:
             "area": self.area,
             "bbox": self.bbox,
             "predicted_iou": None if self.predicted_iou is None else float(self.predicted_iou),
-            "point_coords": None if self.point_coords is None else [list(p) for p in self.point_coords],
-            "stability_score": None if self.stability_score is None else float(self.stability_score),
-            "crop_box": list(self.crop_box) if self.crop_box is not None else [0, 0, self.image_hw[1], self.image_hw[0]],
+            "point_coords": None
+            if self.point_coords is None
+            else [list(p) for p in self.point_coords],
+            "stability_score": None
+            if self.stability_score is None
+            else float(self.stability_score),
+            "crop_box": list(self.crop_box)
+            if self.crop_box is not None
+            else [0, 0, self.image_hw[1], self.image_hw[0]],
             "score": float(self.score),
             "level": int(self.level),
             "parent_id": self.parent_id,
@@ -390,7 +420,11 @@ class MaskRecord:
 
     @classmethod
     def from_coco(
-        cls, ann: dict[str, Any], image_hw: tuple[int, int] | None = None, *, where: str = "annotation"
+        cls,
+        ann: dict[str, Any],
+        image_hw: tuple[int, int] | None = None,
+        *,
+        where: str = "annotation",
     ) -> MaskRecord:
         """Parse a COCO annotation / result / SAM record dict.
 
@@ -440,7 +474,9 @@ class MaskRecord:
             score=float(score),  # type: ignore[arg-type]
             predicted_iou=num("predicted_iou", None),
             stability_score=num("stability_score", None),
-            point_coords=tuple(tuple(float(c) for c in p) for p in point_coords) if point_coords else None,  # type: ignore[misc]
+            point_coords=tuple(tuple(float(c) for c in p) for p in point_coords)
+            if point_coords
+            else None,  # type: ignore[misc]
             crop_box=tuple(float(c) for c in crop_box) if crop_box else None,  # type: ignore[arg-type]
             level=int(ann.get("level", 0) or 0),
             parent_id=ann.get("parent_id"),
@@ -476,7 +512,10 @@ class ImageRecord:
         """A copy holding ``masks``; with ``assign_ids`` every mask gets image_id and a fresh id."""
         masks = tuple(masks)
         if assign_ids:
-            masks = tuple(m.replace(image_id=self.id, id=annotation_id(self.id, k)) for k, m in enumerate(masks))
+            masks = tuple(
+                m.replace(image_id=self.id, id=annotation_id(self.id, k))
+                for k, m in enumerate(masks)
+            )
         return dataclasses.replace(self, masks=masks)
 
     def info(self) -> dict[str, Any]:

@@ -39,9 +39,9 @@ from unsam.io.coco import (
     CATEGORIES,
     MaskFileError,
     image_record_from_json,
-    validate_dataset,
     image_record_to_json,
     read_jsonl,
+    validate_dataset,
 )
 from unsam.io.files import (
     append_line_durable,
@@ -91,7 +91,11 @@ class Engine(Protocol):
     """
 
     def __call__(
-        self, producer: MaskProducer, todo: list[tuple[str, str, int]], *, shard_dir: Path,
+        self,
+        producer: MaskProducer,
+        todo: list[tuple[str, str, int]],
+        *,
+        shard_dir: Path,
         header: dict[str, Any],
     ) -> Iterable[dict[str, Any]]: ...
 
@@ -107,8 +111,12 @@ class RunResult:
     masks: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds_per_image: list[float] = field(default_factory=list)
-    dataset: dict[str, Any] | None = field(default=None, repr=False)  # what was written, as a COCO dataset
-    stats: dict[str, int] = field(default_factory=dict)  # producer drop counts summed over the images
+    dataset: dict[str, Any] | None = field(
+        default=None, repr=False
+    )  # what was written, as a COCO dataset
+    stats: dict[str, int] = field(
+        default_factory=dict
+    )  # producer drop counts summed over the images
 
     @property
     def exit_code(self) -> int:
@@ -134,7 +142,9 @@ def _id_from_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def assign_image_ids(file_names: Sequence[str], ids_from: str | os.PathLike[str] | None = None) -> dict[str, int]:
+def assign_image_ids(
+    file_names: Sequence[str], ids_from: str | os.PathLike[str] | None = None
+) -> dict[str, int]:
     """Deterministic image ids for files of a listing.
 
     With ``ids_from`` (a COCO dataset JSON, e.g. the ground truth) each file takes the id of the
@@ -153,7 +163,9 @@ def assign_image_ids(file_names: Sequence[str], ids_from: str | os.PathLike[str]
         except json.JSONDecodeError as exc:
             raise MaskFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise MaskFileError(f'{path}: --image-ids-from needs a COCO dataset JSON with an "images" list')
+            raise MaskFileError(
+                f'{path}: --image-ids-from needs a COCO dataset JSON with an "images" list'
+            )
         exact: dict[str, int] = {}
         base: dict[str, int] = {}
         for i, img in enumerate(data["images"]):
@@ -187,7 +199,9 @@ def id_rule(ids_from: str | os.PathLike[str] | None) -> dict[str, Any]:
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read it (given as --image-ids-from: {exc.strerror})") from None
+        raise FileNotFoundError(
+            f"{path}: cannot read it (given as --image-ids-from: {exc.strerror})"
+        ) from None
     return {"rule": "image ids of a COCO file", "file": str(path), "sha256": digest}
 
 
@@ -254,7 +268,9 @@ def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
     return image_record_to_json(record, **extra)
 
 
-def _results(producer: Any, tasks: list[tuple[str, str, int]], workers: int) -> Iterator[dict[str, Any]]:
+def _results(
+    producer: Any, tasks: list[tuple[str, str, int]], workers: int
+) -> Iterator[dict[str, Any]]:
     if workers <= 1 or len(tasks) <= 1:
         _worker_init(producer, None)
         for t in tasks:
@@ -299,8 +315,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def _describe(old: dict[str, Any], header: dict[str, Any]) -> str:
-    diff = _differences({k: old.get(k) for k in ("settings", "shard", "image_ids")},
-                        {k: header[k] for k in ("settings", "shard", "image_ids")})
+    diff = _differences(
+        {k: old.get(k) for k in ("settings", "shard", "image_ids")},
+        {k: header[k] for k in ("settings", "shard", "image_ids")},
+    )
     return ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
 
 
@@ -330,12 +348,16 @@ def _rows_from_output(output: Path, header: dict[str, Any]) -> dict[str, dict[st
     try:
         data = json.loads(output.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{output}: exists and is not a finished unsam output ({exc}); choose another "
-                         "-o or pass --overwrite to replace it") from None
+        raise ValueError(
+            f"{output}: exists and is not a finished unsam output ({exc}); choose another "
+            "-o or pass --overwrite to replace it"
+        ) from None
     info = data.get("info") if isinstance(data, dict) else None
     if not isinstance(info, dict) or "settings" not in info:
-        raise ValueError(f"{output}: exists and was not written by this command; choose another -o or "
-                         "pass --overwrite to replace it")
+        raise ValueError(
+            f"{output}: exists and was not written by this command; choose another -o or "
+            "pass --overwrite to replace it"
+        )
     if any(info.get(k) != header[k] for k in ("settings", "shard", "image_ids")):
         raise ValueError(
             f"{output}: a finished run with other settings ({_describe(info, header)}) wrote this "
@@ -352,7 +374,9 @@ def _rows_from_output(output: Path, header: dict[str, Any]) -> dict[str, dict[st
     return done
 
 
-def _fixed_ids(names: Sequence[str], base: dict[str, int], done: dict[str, dict[str, Any]]) -> dict[str, int]:
+def _fixed_ids(
+    names: Sequence[str], base: dict[str, int], done: dict[str, dict[str, Any]]
+) -> dict[str, int]:
     """Final ids: a finished image keeps its id; a new one takes its ``base`` id unless another
     image holds it, else the next id above all others (in listing order)."""
     ids = {n: int(r["image"]["id"]) for n, r in done.items() if "image" in r}
@@ -418,7 +442,9 @@ def run_images(
     from unsam.io.export import OUTPUT_FORMATS, write_dataset_as
 
     if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+        raise ValueError(
+            f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}"
+        )
     if output_format == "sam-folder":
         output = Path(output)
         if output.is_file():
@@ -428,22 +454,35 @@ def run_images(
     names = [p.relative_to(root).as_posix() for p in images]
     base_ids = image_ids or assign_image_ids(names)
     settings = json.loads(json.dumps(producer.settings(), default=str))
-    header = {"unsam_work_file": 2, "settings": settings, "shard": list(shard),
-              "image_ids": ids_rule or {"rule": "given" if image_ids else "file names"}}
+    header = {
+        "unsam_work_file": 2,
+        "settings": settings,
+        "shard": list(shard),
+        "image_ids": ids_rule or {"rule": "given" if image_ids else "file names"},
+    }
     producer.setup()  # a missing model fails here, once, before any work or worker
     with run_lock(output):
         work = work_file_for(output)
         done = _previous_rows(work, output, header, overwrite, output_format)
         ids = _fixed_ids(names, base_ids, done)
         i_shard, n_shard = shard
-        mine = [(str(p), n, ids[n]) for k, (p, n) in enumerate(zip(images, names)) if k % n_shard == i_shard]
+        mine = [
+            (str(p), n, ids[n])
+            for k, (p, n) in enumerate(zip(images, names))
+            if k % n_shard == i_shard
+        ]
         todo = [t for t in mine if t[1] not in done]
         resumed = len(mine) - len(todo)
         if resumed:
             logger.info("%s: %d of %d image(s) already done", output, resumed, len(mine))
-        rows = (_results(producer, todo, workers) if engine is None else
-                engine(producer, todo, shard_dir=shard_dir_for(output), header=header))
-        seconds = _process(rows, work if engine is None else None, done, resumed, len(mine), progress)
+        rows = (
+            _results(producer, todo, workers)
+            if engine is None
+            else engine(producer, todo, shard_dir=shard_dir_for(output), header=header)
+        )
+        seconds = _process(
+            rows, work if engine is None else None, done, resumed, len(mine), progress
+        )
         dataset, skipped = _assemble(mine, done, header, info, work)
         validate_dataset(dataset, where=f"refusing to write {output}")
         write_dataset_as(dataset, output, output_format)  # type: ignore[arg-type]
@@ -451,12 +490,20 @@ def run_images(
             work.unlink(missing_ok=True)
             shutil.rmtree(shard_dir_for(output), ignore_errors=True)
     n_masks = len(dataset["annotations"])
-    logger.info("wrote %s: %d images, %d masks, %d skipped", output, len(dataset["images"]), n_masks, len(skipped))
+    logger.info(
+        "wrote %s: %d images, %d masks, %d skipped",
+        output,
+        len(dataset["images"]),
+        n_masks,
+        len(skipped),
+    )
     totals: dict[str, int] = {}
     for _, name, _ in mine:
         for key, value in done[name].get("stats", {}).items():
             totals[key] = totals.get(key, 0) + int(value)
-    return RunResult(output, len(mine), len(todo), resumed, n_masks, skipped, seconds, dataset, totals)
+    return RunResult(
+        output, len(mine), len(todo), resumed, n_masks, skipped, seconds, dataset, totals
+    )
 
 
 def _previous_rows(
@@ -473,8 +520,10 @@ def _previous_rows(
         return {**_rows_from_work_file(work, header), **_rows_from_shards(shards, header)}
     elif output_format != "coco-dataset":  # these outputs cannot be read back as a run's state
         if output.is_file() or (output.is_dir() and any(output.iterdir())):
-            raise ValueError(f"{output}: exists and its work file {work.name} is gone, so what it holds "
-                             "cannot be checked; choose another -o or pass --overwrite to replace it")
+            raise ValueError(
+                f"{output}: exists and its work file {work.name} is gone, so what it holds "
+                "cannot be checked; choose another -o or pass --overwrite to replace it"
+            )
         done = {}
     else:
         done = _rows_from_output(output, header) if output.exists() else {}
@@ -546,8 +595,14 @@ def _assemble(
         else:
             records.append(image_record_from_json(row, where=f"{work}: {name}"))
     dataset = {
-        "info": {"description": "unsam masks", "settings": header["settings"], "shard": header["shard"],
-                 "image_ids": header["image_ids"], "skipped": skipped, **(info or {})},
+        "info": {
+            "description": "unsam masks",
+            "settings": header["settings"],
+            "shard": header["shard"],
+            "image_ids": header["image_ids"],
+            "skipped": skipped,
+            **(info or {}),
+        },
         "images": [r.info() for r in records],
         "annotations": [m.to_coco() for r in records for m in r.masks],
         "categories": CATEGORIES,

@@ -34,7 +34,9 @@ def _err(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag_case", ["o-is-image", "overlay-is-folder", "overlay-inside", "o-inside"])
+@pytest.mark.parametrize(
+    "flag_case", ["o-is-image", "overlay-is-folder", "overlay-inside", "o-inside"]
+)
 def test_outputs_that_would_overwrite_inputs_are_refused(
     images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag_case: str
 ) -> None:
@@ -52,7 +54,9 @@ def test_outputs_that_would_overwrite_inputs_are_refused(
     assert not (tmp_path / "o.json").exists()
 
 
-def test_dico_json_equal_to_the_photo_is_refused(images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dico_json_equal_to_the_photo_is_refused(
+    images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     photo = images / "b.png"
     before = photo.read_bytes()
     assert main(["dico", str(photo), "--json", str(photo), "--features", "classic"]) == 2
@@ -60,10 +64,19 @@ def test_dico_json_equal_to_the_photo_is_refused(images: Path, capsys: pytest.Ca
     assert photo.read_bytes() == before
 
 
-def test_eval_json_equal_to_gt_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_json_equal_to_gt_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({"images": [{"id": 1, "height": 2, "width": 2}], "annotations": [],
-                              "categories": [{"id": 1, "name": "object"}]}))
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "height": 2, "width": 2}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "object"}],
+            }
+        )
+    )
     before = gt.read_bytes()
     assert main(["eval", "--gt", str(gt), "--pred", str(gt), "--json", str(gt)]) == 2
     assert "is an input file" in _err(capsys)
@@ -76,7 +89,9 @@ def test_same_stem_images_get_distinct_overlays(images: Path, tmp_path: Path) ->
     assert sorted(p.name for p in ov.iterdir()) == ["a.jpg.png", "a.png.png", "b.png"]
 
 
-def test_output_folder_fails_before_any_work(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_folder_fails_before_any_work(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "outdir"
     out_dir.mkdir()
     assert main(_baseline(images, "-o", str(out_dir))) == 2
@@ -101,10 +116,16 @@ def test_folder_of_only_bad_images_exits_non_zero_and_lists_them_once(
 def test_work_file_is_removed_after_success(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.json"
     assert main(_baseline(images, "-o", str(out))) == 0
-    assert out.exists() and not (tmp_path / "o.json.work.jsonl").exists() and not (tmp_path / "o.json.lock").exists()
+    assert (
+        out.exists()
+        and not (tmp_path / "o.json.work.jsonl").exists()
+        and not (tmp_path / "o.json.lock").exists()
+    )
 
 
-def test_symlink_pointing_outside_the_folder_is_listed_like_a_file(images: Path, tmp_path: Path) -> None:
+def test_symlink_pointing_outside_the_folder_is_listed_like_a_file(
+    images: Path, tmp_path: Path
+) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     shutil.move(str(images / "b.png"), outside / "b.png")
@@ -121,7 +142,9 @@ def test_verbose_flag_after_the_command(images: Path, tmp_path: Path) -> None:
     assert main([*_baseline(images, "-o", str(tmp_path / "o.json")), "-v"]) == 0
 
 
-def test_convert_checkpoint_of_a_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_checkpoint_of_a_folder_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["convert-checkpoint", str(tmp_path), "-o", str(tmp_path / "hf")]) == 2
     err = _err(capsys)
     assert "is a folder" in err and "does not exist" not in err
@@ -156,7 +179,9 @@ def test_truncated_weights_name_the_file(tmp_path: Path) -> None:
         load_torch_file(pt, "training state")
 
 
-def test_malformed_rle_names_file_and_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_rle_names_file_and_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     gt = tmp_path / "gt.json"
     from unsam.records import encode_mask, rle_counts_errors
 
@@ -164,12 +189,24 @@ def test_malformed_rle_names_file_and_index(tmp_path: Path, capsys: pytest.Captu
     mask[1:3, 1:3] = True
     good = encode_mask(mask)
     assert rle_counts_errors([good]) == []
-    gt.write_text(json.dumps({"images": [{"id": 1, "height": 4, "width": 4}],
-                              "annotations": [{"id": 1, "image_id": 1, "segmentation": good, "area": 16}],
-                              "categories": [{"id": 1, "name": "object"}]}))
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "height": 4, "width": 4}],
+                "annotations": [{"id": 1, "image_id": 1, "segmentation": good, "area": 16}],
+                "categories": [{"id": 1, "name": "object"}],
+            }
+        )
+    )
     pred = tmp_path / "pred.json"
-    pred.write_text(json.dumps([{"image_id": 1, "segmentation": good, "score": 0.9},
-                                {"image_id": 1, "segmentation": {"size": [4, 4], "counts": "0T"}, "score": 0.5}]))
+    pred.write_text(
+        json.dumps(
+            [
+                {"image_id": 1, "segmentation": good, "score": 0.9},
+                {"image_id": 1, "segmentation": {"size": [4, 4], "counts": "0T"}, "score": 0.5},
+            ]
+        )
+    )
     assert main(["eval", "--gt", str(gt), "--pred", str(pred)]) == 2
     err = _err(capsys)
     assert f"{pred}: [1]" in err and "truncated" in err
@@ -202,9 +239,13 @@ def test_formats_other_tools_read(images: Path, tmp_path: Path) -> None:
     from unsam.records import MaskRecord
 
     b_img = next(i for i in data["images"] if i["file_name"] == "b.png")
-    anns = sorted((a for a in data["annotations"] if a["image_id"] == b_img["id"]), key=lambda a: -a["score"])
+    anns = sorted(
+        (a for a in data["annotations"] if a["image_id"] == b_img["id"]), key=lambda a: -a["score"]
+    )
     png = np.asarray(Image.open(tmp_path / "bin" / "b" / "0000.png")) > 0
-    assert np.array_equal(png, MaskRecord.from_coco(anns[0], (b_img["height"], b_img["width"])).decode())
+    assert np.array_equal(
+        png, MaskRecord.from_coco(anns[0], (b_img["height"], b_img["width"])).decode()
+    )
     # a rerun of the results format resumes from its kept work file: nothing is done again
     assert (tmp_path / "res.json.work.jsonl").exists()
     assert main(_baseline(images, "-o", str(res), "--format", "coco-results")) == 0

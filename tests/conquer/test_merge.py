@@ -11,14 +11,18 @@ from tests.reference.merge_naive import merge_naive, planted_features
 from unsam.conquer.merge import DEFAULT_THETAS, MergeLevel, merge_regions
 
 
-def assert_same_level(fast: MergeLevel, slow: tuple[float, int, np.ndarray, tuple[int, ...]]) -> None:
+def assert_same_level(
+    fast: MergeLevel, slow: tuple[float, int, np.ndarray, tuple[int, ...]]
+) -> None:
     """Same partition up to relabelling, and the same clusters emitted."""
     theta, level, labels, emitted = slow
     assert (fast.theta, fast.level) == (theta, level)
     a, b = fast.labels.ravel().tolist(), labels.ravel().tolist()
     mapping = dict(zip(a, b))
     assert len(set(zip(a, b))) == len(mapping) == len(set(b)), f"level {level}: partitions differ"
-    assert sorted(mapping[e] for e in fast.emitted) == sorted(emitted), f"level {level}: emitted clusters differ"
+    assert sorted(mapping[e] for e in fast.emitted) == sorted(emitted), (
+        f"level {level}: emitted clusters differ"
+    )
 
 
 def random_features(h: int, w: int, c: int, seed: int) -> np.ndarray:
@@ -33,8 +37,11 @@ CASES = [  # (id, features) — small channel counts make random features merge 
     ("planted16x16c32", planted_features(16, 16, 32, objects=3, parts=3, seed=1)),
     ("planted32x32c48", planted_features(32, 32, 48, seed=2)),
     # few distinct vectors: many exact ties, so the tie rule must match too
-    ("palette16x16", np.random.default_rng(5).integers(0, 3, size=(16, 16, 1)) * np.eye(3)[None, None, 0]
-     + np.random.default_rng(6).integers(0, 2, size=(16, 16, 3))),
+    (
+        "palette16x16",
+        np.random.default_rng(5).integers(0, 3, size=(16, 16, 1)) * np.eye(3)[None, None, 0]
+        + np.random.default_rng(6).integers(0, 2, size=(16, 16, 3)),
+    ),
 ]
 
 
@@ -97,7 +104,9 @@ def test_threshold_is_inclusive() -> None:
 
 
 def test_single_cluster_absorbing_everything_is_not_emitted() -> None:
-    feats = torch.ones(4, 4, 3) + 0.01 * torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(0))
+    feats = torch.ones(4, 4, 3) + 0.01 * torch.randn(
+        4, 4, 3, generator=torch.Generator().manual_seed(0)
+    )
     levels = merge_regions(feats)
     for lvl in levels:
         assert len(np.unique(lvl.labels)) == 1
@@ -119,7 +128,9 @@ def test_emitted_respects_min_size_and_neighbours() -> None:
         for lvl in merge_regions(feats, min_size=min_size):
             ids, counts = np.unique(lvl.labels, return_counts=True)
             big = {int(i) for i, n in zip(ids, counts) if n >= min_size}
-            expected = big if len(ids) > 1 else set()  # with >= 2 clusters every one has a neighbour
+            expected = (
+                big if len(ids) > 1 else set()
+            )  # with >= 2 clusters every one has a neighbour
             assert set(lvl.emitted) == expected
 
 
@@ -158,6 +169,8 @@ def test_zero_features_do_not_produce_nan() -> None:
     feats = torch.zeros(3, 3, 4)
     feats[0, 0] = 1.0
     levels = merge_regions(feats, thetas=(0.5, 0.0), min_size=1)
-    np.testing.assert_array_equal(levels[0].labels, np.arange(9).reshape(3, 3))  # all cosines 0 < 0.5
+    np.testing.assert_array_equal(
+        levels[0].labels, np.arange(9).reshape(3, 3)
+    )  # all cosines 0 < 0.5
     assert levels[0].emitted == tuple(range(9))
     assert len(np.unique(levels[1].labels)) == 1  # 0 >= 0.0: everything merges

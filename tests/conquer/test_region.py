@@ -78,7 +78,12 @@ def test_two_colour_square_splits_and_window_nms() -> None:
     # of 5 keeps positions 0, 1, 6, 7 -> red and blue at levels 1 and 4 (spec §3.3, bug 17)
     assert [(m.level, m.theta) for m in square] == [(1, 0.6), (1, 0.6), (4, 0.3), (4, 0.3)]
     assert all(m.box_xyxy == (20, 10, 84, 74) and m.mask.shape == (64, 64) for m in square)
-    assert sorted(int(m.mask[:, :32].all()) + 2 * int(m.mask[:, 32:].all()) for m in square) == [1, 1, 2, 2]
+    assert sorted(int(m.mask[:, :32].all()) + 2 * int(m.mask[:, 32:].all()) for m in square) == [
+        1,
+        1,
+        2,
+        2,
+    ]
     assert all(m.mask.sum() == 64 * 32 for m in square)
 
     notched = [m for m in out if m.parent == 1]
@@ -117,14 +122,19 @@ def textured_scene(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     h, w = 90, 110
     yy, xx = np.mgrid[0:h, 0:w] / 40.0
-    waves = [np.sin(yy * rng.uniform(1, 3) + xx * rng.uniform(1, 3) + rng.uniform(0, 6)) for _ in range(3)]
+    waves = [
+        np.sin(yy * rng.uniform(1, 3) + xx * rng.uniform(1, 3) + rng.uniform(0, 6))
+        for _ in range(3)
+    ]
     image = np.stack(waves, -1)
     image = (image * 60 + 128).astype(np.float64)
     divide = []
     for _ in range(5):
         cy, cx = rng.uniform(10, h - 10), rng.uniform(10, w - 10)
         ry, rx = rng.uniform(6, 35), rng.uniform(6, 45)
-        blob = ((np.mgrid[0:h, 0:w][0] - cy) / ry) ** 2 + ((np.mgrid[0:h, 0:w][1] - cx) / rx) ** 2 < 1
+        blob = ((np.mgrid[0:h, 0:w][0] - cy) / ry) ** 2 + (
+            (np.mgrid[0:h, 0:w][1] - cx) / rx
+        ) ** 2 < 1
         image[blob] = image[blob] * 0.5 + rng.uniform(0, 255, size=3) * 0.5
         divide.append(blob)
     return np.clip(image, 0, 255).astype(np.uint8), divide
@@ -189,7 +199,12 @@ def test_config_validation(field: str, value: object, message: str) -> None:
 def test_config_defaults_are_the_originals() -> None:
     cfg = ConquerConfig()
     assert (cfg.crop_size, cfg.thetas, cfg.min_size) == (256, (0.6, 0.5, 0.4, 0.3, 0.2, 0.1), 4)
-    assert (cfg.coverage_thresh, cfg.nms_iou_thresh, cfg.nms_window, cfg.full_nms) == (0.9, 0.9, 5, False)
+    assert (cfg.coverage_thresh, cfg.nms_iou_thresh, cfg.nms_window, cfg.full_nms) == (
+        0.9,
+        0.9,
+        5,
+        False,
+    )
     import dataclasses
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(ConquerConfig))

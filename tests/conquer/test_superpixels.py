@@ -57,10 +57,14 @@ def test_merge_graph_matches_naive_reference(seed: int) -> None:
     labels = random_labels(24, 30, 40, seed)
     n = int(labels.max()) + 1
     rng = np.random.default_rng(seed)
-    feats = rng.standard_normal((n, 4)) + rng.uniform(0, 1, size=4)  # a shared component: merges happen
+    feats = rng.standard_normal((n, 4)) + rng.uniform(
+        0, 1, size=4
+    )  # a shared component: merges happen
     weights = np.bincount(labels.ravel())
     edges = region_adjacency(labels)
-    fast = merge_graph(feats, edges[rng.permutation(len(edges))][:, ::-1], THETAS, min_size=30, weights=weights)
+    fast = merge_graph(
+        feats, edges[rng.permutation(len(edges))][:, ::-1], THETAS, min_size=30, weights=weights
+    )
     slow = merge_graph_naive(feats, edges, THETAS, min_size=30, weights=weights)
     for f, (theta, level, lab, emitted) in zip(fast, slow, strict=True):
         assert (f.theta, f.level) == (theta, level)
@@ -98,7 +102,12 @@ def test_merge_graph_weights_only_gate_emission() -> None:
         (np.ones((3, 2)), np.array([[1, 1]]), {}, "self-loop"),
         (np.ones((3, 2)), np.array([[0, 1], [1, 0]]), {}, "pair twice"),
         (np.ones((3, 2)), np.array([[0.0, 1.0]]), {}, "integer array"),
-        (np.ones((3, 2)), np.array([[0, 1]]), {"weights": np.array([1, 0, 1])}, "positive integers"),
+        (
+            np.ones((3, 2)),
+            np.array([[0, 1]]),
+            {"weights": np.array([1, 0, 1])},
+            "positive integers",
+        ),
         (np.full((3, 2), np.nan), np.array([[0, 1]]), {}, "NaN"),
     ],
 )
@@ -126,7 +135,9 @@ def test_pool_patch_features_matches_loop() -> None:
     pooled = pool_patch_features(feats, labels)
     h, w = labels.shape
     for k in range(int(labels.max()) + 1):
-        rows = [feats[y * 4 // h, x * 6 // w] for y in range(h) for x in range(w) if labels[y, x] == k]
+        rows = [
+            feats[y * 4 // h, x * 6 // w] for y in range(h) for x in range(w) if labels[y, x] == k
+        ]
         np.testing.assert_allclose(pooled[k], np.mean(rows, axis=0), rtol=1e-12, atol=1e-12)
 
 
@@ -144,16 +155,27 @@ def test_felzenszwalb_labels_are_consecutive() -> None:
 
 def test_superpixel_clusters_bookkeeping_is_exact() -> None:
     image, divide = textured_scene(2)
-    feats = ColourExtractor(texture=True)(image[None, :88, :104])[0].numpy()  # any grid is stretched over
+    feats = ColourExtractor(texture=True)(image[None, :88, :104])[
+        0
+    ].numpy()  # any grid is stretched over
     scales = (30.0, 120.0)
-    clusters = superpixel_clusters(image, feats, scales=scales, thetas=THETAS, superpixel_min_size=10, min_area=40,
-                                   colour_weight=0.5)
+    clusters = superpixel_clusters(
+        image,
+        feats,
+        scales=scales,
+        thetas=THETAS,
+        superpixel_min_size=10,
+        min_area=40,
+        colour_weight=0.5,
+    )
     assert len(clusters) > 10 and set(clusters.scale.tolist()) == {0, 1}
     masks = np.stack([clusters.mask(i) for i in range(len(clusters))])
     areas = masks.reshape(len(masks), -1).sum(1)
     np.testing.assert_array_equal(clusters.areas, areas)
     assert areas.min() >= 40
-    np.testing.assert_array_equal(clusters.overlap(divide[0]), (masks & divide[0]).reshape(len(masks), -1).sum(1))
+    np.testing.assert_array_equal(
+        clusters.overlap(divide[0]), (masks & divide[0]).reshape(len(masks), -1).sum(1)
+    )
     # every candidate is a union of superpixels of its own scale
     maps = [felzenszwalb_superpixels(image, s, 0.8, 10) for s in scales]
     for m, s in zip(masks, clusters.scale):
@@ -177,7 +199,9 @@ def test_superpixel_clusters_bookkeeping_is_exact() -> None:
 def test_cluster_nms_matches_loop_reference(window: int | None) -> None:
     image, _ = textured_scene(1)
     feats = ColourExtractor(texture=True)(image[None, :88, :104])[0].numpy()
-    clusters = superpixel_clusters(image, feats, scales=(30.0, 60.0, 120.0), thetas=THETAS, superpixel_min_size=10)
+    clusters = superpixel_clusters(
+        image, feats, scales=(30.0, 60.0, 120.0), thetas=THETAS, superpixel_min_size=10
+    )
     masks = [clusters.mask(i) for i in range(len(clusters))]
     areas = clusters.areas
     for thresh in (0.5, 0.8):
@@ -199,10 +223,17 @@ def test_conquer_superpixels_follow_boundaries_better_than_patches() -> None:
     target = disc[10:150, 10:170]
 
     def best_iou(units: str) -> float:
-        cfg = ConquerConfig(crop_size=64, units=units, superpixel_scales=(50.0, 200.0), superpixel_min_area=16,
-                            superpixel_colour_weight=0.0)
+        cfg = ConquerConfig(
+            crop_size=64,
+            units=units,
+            superpixel_scales=(50.0, 200.0),
+            superpixel_min_area=16,
+            superpixel_colour_weight=0.0,
+        )
         out = conquer(image, [region], ColourExtractor(), cfg)
-        assert out and all(m.box_xyxy == (10, 10, 170, 150) and m.mask.shape == (140, 160) for m in out)
+        assert out and all(
+            m.box_xyxy == (10, 10, 170, 150) and m.mask.shape == (140, 160) for m in out
+        )
         if units == "superpixels":
             # one part (the disc) from each of the two scales, scale 0 first (measured)
             assert [(m.scale, m.level) for m in out] == [(0, 1), (1, 1)]
@@ -211,8 +242,13 @@ def test_conquer_superpixels_follow_boundaries_better_than_patches() -> None:
     superpixels, patches = best_iou("superpixels"), best_iou("patches")
     assert superpixels > 0.85 and superpixels > patches + 0.05
     # with the superpixels' own colour the anti-aliased fringe joins the right side: exact disc
-    cfg = ConquerConfig(crop_size=64, units="superpixels", superpixel_scales=(50.0, 200.0), superpixel_min_area=16,
-                        superpixel_colour_weight=0.5)
+    cfg = ConquerConfig(
+        crop_size=64,
+        units="superpixels",
+        superpixel_scales=(50.0, 200.0),
+        superpixel_min_area=16,
+        superpixel_colour_weight=0.5,
+    )
     out = conquer(image, [region], ColourExtractor(), cfg)
     assert any(np.array_equal(m.mask, target) for m in out)
 
@@ -225,22 +261,40 @@ def test_colour_features_hand_values() -> None:
     image[:, 2:] = (0, 0, 40)  # dark blue: Lab spread on L is small but above the floor
     labels = np.zeros((4, 6), dtype=np.int64)
     labels[:, 2:] = 1
-    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3).astype(np.float64)
+    lab = (
+        cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        .reshape(-1, 3)
+        .astype(np.float64)
+    )
     spread = np.maximum(lab.std(0), 4.0)
-    expected = np.stack([lab.reshape(4, 6, 3)[:, :2].reshape(-1, 3).mean(0),
-                         lab.reshape(4, 6, 3)[:, 2:].reshape(-1, 3).mean(0)])
+    expected = np.stack(
+        [
+            lab.reshape(4, 6, 3)[:, :2].reshape(-1, 3).mean(0),
+            lab.reshape(4, 6, 3)[:, 2:].reshape(-1, 3).mean(0),
+        ]
+    )
     expected = (expected - lab.mean(0)) / spread / np.sqrt(3.0) * 2.5
     np.testing.assert_allclose(colour_features(image, labels, 3, 2.5)[:2], expected, rtol=1e-6)
-    np.testing.assert_allclose(colour_features(image, labels, 3, 2.5)[2], -lab.mean(0) / spread / np.sqrt(3.0) * 2.5,
-                               rtol=1e-6)  # an empty label: zero colour, centred
+    np.testing.assert_allclose(
+        colour_features(image, labels, 3, 2.5)[2],
+        -lab.mean(0) / spread / np.sqrt(3.0) * 2.5,
+        rtol=1e-6,
+    )  # an empty label: zero colour, centred
     flat = np.full((4, 6, 3), 128, dtype=np.uint8)
-    np.testing.assert_allclose(colour_features(flat, labels, 2, 1.0), 0.0, atol=1e-9)  # floor: no noise blow-up
+    np.testing.assert_allclose(
+        colour_features(flat, labels, 2, 1.0), 0.0, atol=1e-9
+    )  # floor: no noise blow-up
 
 
 def test_conquer_superpixels_coverage_filter_and_nms() -> None:
     image, divide = two_colour_scene()
-    cfg = ConquerConfig(crop_size=64, units="superpixels", superpixel_scales=(50.0, 100.0, 200.0), full_nms=True,
-                        superpixel_min_area=16)
+    cfg = ConquerConfig(
+        crop_size=64,
+        units="superpixels",
+        superpixel_scales=(50.0, 100.0, 200.0),
+        full_nms=True,
+        superpixel_min_area=16,
+    )
     out = conquer(image, divide, ColourExtractor(), cfg)
     assert {m.parent for m in out} == {0, 1}
     red = np.zeros((64, 64), dtype=bool)
@@ -248,7 +302,9 @@ def test_conquer_superpixels_coverage_filter_and_nms() -> None:
     notched = [m.mask for m in out if m.parent == 1]
     assert len(notched) == 1 and np.array_equal(notched[0], red)  # blue half lies 50% outside
     square = [m.mask for m in out if m.parent == 0]
-    assert len(square) == 2  # red and blue once each: the copies of 3 scales x 6 levels are suppressed
+    assert (
+        len(square) == 2
+    )  # red and blue once each: the copies of 3 scales x 6 levels are suppressed
 
 
 def test_conquer_superpixels_downscales_large_crops() -> None:
@@ -257,7 +313,9 @@ def test_conquer_superpixels_downscales_large_crops() -> None:
     image[20:180, 150:270] = BLUE
     square = np.zeros((200, 300), dtype=bool)
     square[20:180, 30:270] = True
-    cfg = ConquerConfig(crop_size=64, units="superpixels", superpixel_max_side=60, superpixel_min_area=16)
+    cfg = ConquerConfig(
+        crop_size=64, units="superpixels", superpixel_max_side=60, superpixel_min_area=16
+    )
     out = conquer(image, [square], ColourExtractor(), cfg)
     red = np.zeros((160, 240), dtype=bool)
     red[:, :120] = True

@@ -29,7 +29,11 @@ WRITE_DOCS = os.environ.get("UNSAM_WRITE_DOCS_SCREENSHOT") == "1"
 # (image, the demo's max_side, a click in pixels of the original image). The demo shrinks the image,
 # so the click is mapped to smaller coordinates. The docs picture uses a larger COCO image (slower).
 if WRITE_DOCS:
-    IMAGE, MAX_SIDE, CLICK = REPO / "examples" / "coco" / "images" / "000000205401.jpg", 320, (240, 228)
+    IMAGE, MAX_SIDE, CLICK = (
+        REPO / "examples" / "coco" / "images" / "000000205401.jpg",
+        320,
+        (240, 228),
+    )
 else:
     IMAGE, MAX_SIDE, CLICK = REPO / "tests" / "data" / "images" / "astronaut.jpg", 128, (80, 96)
 
@@ -37,7 +41,11 @@ else:
 @pytest.fixture()
 def chromium() -> str:
     """Path of the chromium binary (skips without one)."""
-    for candidate in (os.environ.get("UNSAM_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+    for candidate in (
+        os.environ.get("UNSAM_CHROMIUM"),
+        shutil.which("chromium"),
+        "/usr/bin/chromium",
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
@@ -57,7 +65,10 @@ def _position_in(img, x: float, y: float) -> dict[str, float]:
     )
     assert fit in ("contain", "scale-down"), f"unexpected object-fit {fit!r}"
     scale = min(bw / nw, bh / nh) if fit == "contain" else min(1.0, bw / nw, bh / nh)
-    return {"x": (bw - nw * scale) / 2 + (x + 0.5) * scale, "y": (bh - nh * scale) / 2 + (y + 0.5) * scale}
+    return {
+        "x": (bw - nw * scale) / 2 + (x + 0.5) * scale,
+        "y": (bh - nh * scale) / 2 + (y + 0.5) * scale,
+    }
 
 
 def _png(data: bytes) -> np.ndarray:
@@ -71,7 +82,9 @@ def _save_small_png(png: bytes, path: Path) -> None:
     from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
-    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+        path, format="PNG", optimize=True
+    )
 
 
 @pytest.fixture()
@@ -102,7 +115,9 @@ def test_click_everything_download_in_chromium(chromium, sync_api, server, tmp_p
     expected = fit_image(original, MAX_SIDE)
     scale = expected.shape[1] / original.shape[1]
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"], timeout=WAIT_MS)
+        browser = pw.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox"], timeout=WAIT_MS
+        )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1150})
             page.set_default_timeout(WAIT_MS)

@@ -43,25 +43,35 @@ def records() -> list[MaskRecord]:
     """Hand-made hierarchy: whole image ⊃ block ⊃ small part; a near-duplicate of the block; a
     separate object on the right."""
     whole = np.ones((H, W), dtype=bool)
-    block = _box(0, 10, 0, 10)          # 100 px
-    part = _box(2, 5, 2, 5)             # 9 px
+    block = _box(0, 10, 0, 10)  # 100 px
+    part = _box(2, 5, 2, 5)  # 9 px
     near_dup = block.copy()
-    near_dup[10, 0:5] = True            # 105 px, IoU with block = 100/105 > 0.9
-    right = _box(5, 15, 20, 28)         # 80 px
+    near_dup[10, 0:5] = True  # 105 px, IoU with block = 100/105 > 0.9
+    right = _box(5, 15, 20, 28)  # 80 px
     masks = [whole, near_dup, right, block, part]
     scores = [1.0, 0.4, 0.7, 0.8, 0.6]
-    return [MaskRecord.from_mask(m, score=s, id=annotation_id(0, k), level=k)
-            for k, (m, s) in enumerate(zip(masks, scores))]
+    return [
+        MaskRecord.from_mask(m, score=s, id=annotation_id(0, k), level=k)
+        for k, (m, s) in enumerate(zip(masks, scores))
+    ]
 
 
 def test_masks_at_point_small_to_large_without_near_duplicates(records) -> None:
     got = masks_at_point(records, (3.5, 3.2))  # (x, y) inside the part
     assert [r.area for r in got] == [9, 100, H * W]
     assert got[1].score == 0.8  # the block itself, the 105-px near-duplicate was skipped
-    assert [r.area for r in masks_at_point(records, (3.5, 3.2), dedup_iou=0.99)] == [9, 100, 105, H * W]
-    assert [r.area for r in masks_at_point(records, (21, 6))] == [80, H * W]   # the right object
-    assert [r.area for r in masks_at_point(records, (15, 18))] == [H * W]      # background only
-    assert [r.area for r in masks_at_point(records, (3, 10))] == [105, H * W]  # the near-dup's extra row
+    assert [r.area for r in masks_at_point(records, (3.5, 3.2), dedup_iou=0.99)] == [
+        9,
+        100,
+        105,
+        H * W,
+    ]
+    assert [r.area for r in masks_at_point(records, (21, 6))] == [80, H * W]  # the right object
+    assert [r.area for r in masks_at_point(records, (15, 18))] == [H * W]  # background only
+    assert [r.area for r in masks_at_point(records, (3, 10))] == [
+        105,
+        H * W,
+    ]  # the near-dup's extra row
     assert masks_at_point(records, (W + 1, 3)) == [] and masks_at_point(records, (-1, 3)) == []
     assert masks_at_point([], (1, 1)) == []
 
@@ -75,15 +85,22 @@ def test_masks_at_point_keeps_the_six_smallest() -> None:
 
 def test_everything_overlay_draws_top_k_large_first(image, records) -> None:
     alpha = 0.35
-    out = everything_overlay(image, records, top_k=2, alpha=alpha, seed=3)  # whole (1.0), block (0.8)
+    out = everything_overlay(
+        image, records, top_k=2, alpha=alpha, seed=3
+    )  # whole (1.0), block (0.8)
     assert out.shape == image.shape and out.dtype == np.uint8
     colors = np.random.default_rng(3).random((2, 3)) * 255  # drawn by area: whole, then block
     whole_px = image[12, 12].astype(float)
     np.testing.assert_allclose(out[12, 12], (1 - alpha) * whole_px + alpha * colors[0], atol=1)
     once = (1 - alpha) * image[3, 3].astype(float) + alpha * colors[0]
-    np.testing.assert_allclose(out[3, 3], (1 - alpha) * once + alpha * colors[1], atol=1)  # block on top
+    np.testing.assert_allclose(
+        out[3, 3], (1 - alpha) * once + alpha * colors[1], atol=1
+    )  # block on top
     np.testing.assert_array_equal(  # right object (score 0.7) is not among the top 2
-        out[6, 22], np.clip((1 - alpha) * image[6, 22].astype(float) + alpha * colors[0], 0, 255).astype(np.uint8)
+        out[6, 22],
+        np.clip((1 - alpha) * image[6, 22].astype(float) + alpha * colors[0], 0, 255).astype(
+            np.uint8
+        ),
     )
     np.testing.assert_array_equal(everything_overlay(image, records, top_k=0), image)
     with pytest.raises(ValueError, match="does not fit"):
@@ -97,8 +114,11 @@ def test_click_overlay_and_panels(image, records) -> None:
     assert tuple(out[17, 25]) == (230, 30, 30)  # the click dot
     assert not np.array_equal(out[3, 3], image[3, 3])
     panels = mask_panels(image, clicked, (25.0, 17.0), panel_side=15)
-    assert [c for _, c in panels] == ["granularity 1 · score 0.60", "granularity 2 · score 0.80",
-                                      "granularity 3 · score 1.00"]
+    assert [c for _, c in panels] == [
+        "granularity 1 · score 0.60",
+        "granularity 2 · score 0.80",
+        "granularity 3 · score 1.00",
+    ]
     assert all(p.shape == (10, 15, 3) for p, _ in panels)  # shrunk to fit 15 px
     hl = highlight_mask(image, records[4].decode(), dim=0.5, alpha=0.0)
     assert np.all(hl[12, 12] == (image[12, 12] * 0.5).astype(np.uint8))  # outside: dimmed
@@ -106,9 +126,14 @@ def test_click_overlay_and_panels(image, records) -> None:
 
 
 def test_captions_and_score_table() -> None:
-    rec = MaskRecord.from_mask(_box(0, 4, 0, 4), score=0.9, predicted_iou=0.93, level=5, source="promptable")
+    rec = MaskRecord.from_mask(
+        _box(0, 4, 0, 4), score=0.9, predicted_iou=0.93, level=5, source="promptable"
+    )
     assert mask_caption(rec, 1) == "granularity 5 · IoU 0.93"
-    assert mask_caption(rec.replace(source="conquer", predicted_iou=None), 2) == "granularity 2 · score 0.90"
+    assert (
+        mask_caption(rec.replace(source="conquer", predicted_iou=None), 2)
+        == "granularity 2 · score 0.90"
+    )
     text = score_markdown([rec], (1.0, 2.0), "by the model")
     assert "**1 masks** at (1, 2)" in text and "| 5 | 0.930 | 0.900 | 16 |" in text
     assert "No mask contains" in score_markdown([], (1.0, 2.0), "x")
@@ -121,12 +146,18 @@ def test_fit_image() -> None:
 
 
 def test_export_is_a_coco_dataset(tmp_path, records) -> None:
-    click = MaskRecord.from_mask(_box(0, 3, 0, 3), score=0.7, predicted_iou=0.7, level=2, source="promptable")
-    merged = masks_for_export(records, [records[4], click, click])  # a repeat of an everything mask, a new one
+    click = MaskRecord.from_mask(
+        _box(0, 3, 0, 3), score=0.7, predicted_iou=0.7, level=2, source="promptable"
+    )
+    merged = masks_for_export(
+        records, [records[4], click, click]
+    )  # a repeat of an everything mask, a new one
     assert len(merged) == len(records) + 1
     twin = records[3].replace(id=None)  # equal masks inside the everything set are all kept
     assert len(masks_for_export([*records, twin], [])) == len(records) + 1
-    assert len({r.id for r in merged}) == len(merged) and merged[-1].id == annotation_id(0, len(records))
+    assert len({r.id for r in merged}) == len(merged) and merged[-1].id == annotation_id(
+        0, len(records)
+    )
     path = write_masks_json(tmp_path / "m.json", merged, file_name="pic.jpg", hw=(H, W), image_id=3)
     data = json.loads(path.read_text())
     assert data["images"] == [{"id": 3, "width": W, "height": H, "file_name": "pic.jpg"}]
@@ -200,12 +231,19 @@ def test_backend_with_promptable_model_encodes_once(promptable_dir, monkeypatch)
 
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
-    backend = DemoBackend(model=promptable_dir, short_side=32, max_side=None,
-                          amg=AMGConfig(points_per_side=2, short_side=48))
+    backend = DemoBackend(
+        model=promptable_dir,
+        short_side=32,
+        max_side=None,
+        amg=AMGConfig(points_per_side=2, short_side=48),
+    )
     encodes = []
     original = backend.predictor.model.encode_image
-    monkeypatch.setattr(backend.predictor.model, "encode_image",
-                        lambda *a, **k: encodes.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        backend.predictor.model,
+        "encode_image",
+        lambda *a, **k: encodes.append(1) or original(*a, **k),
+    )
     work, digest = backend.prepare(img)
     backend.set_image(work, digest)
     first = backend.click(work, (10.0, 12.0), digest)
@@ -214,7 +252,9 @@ def test_backend_with_promptable_model_encodes_once(promptable_dir, monkeypatch)
     levels = [r.level for r in first]  # the 6 tokens in order (their numbering is the predictor's)
     assert len(first) == 6 and levels == list(range(levels[0], levels[0] + 6))
     assert all(r.source == "promptable" for r in first)
-    assert [c for _, c in mask_panels(work, first, (10.0, 12.0))][2].startswith(f"granularity {levels[2]} · IoU ")
+    assert [c for _, c in mask_panels(work, first, (10.0, 12.0))][2].startswith(
+        f"granularity {levels[2]} · IoU "
+    )
     assert all(r.predicted_iou is not None and r.rle["size"] == [40, 50] for r in first)
     assert second[0].point_coords == ((30.0, 25.0),)
     assert "promptable model" in backend.click_source
@@ -223,7 +263,9 @@ def test_backend_with_promptable_model_encodes_once(promptable_dir, monkeypatch)
     again = backend.click(work, (10.0, 12.0), digest)  # ... so the click cache is still this image
     assert backend.predictor.input_hw == (32, 40)  # at the click size, not the generator's 48
     assert [r.rle for r in again] == [r.rle for r in first]
-    assert len(encodes) == 2  # the click predictor did not re-encode: only the AMG's encode was added
+    assert (
+        len(encodes) == 2
+    )  # the click predictor did not re-encode: only the AMG's encode was added
 
 
 def test_cli_demo_errors(monkeypatch, capsys, tmp_path) -> None:
@@ -247,4 +289,10 @@ def test_build_demo_makes_blocks(records) -> None:
     demo = build_demo(DemoBackend(everything=lambda img: records), examples=[])
     assert isinstance(demo, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
-    assert {"unsam-input", "unsam-gallery", "unsam-overlay", "unsam-everything", "unsam-download"} <= ids
+    assert {
+        "unsam-input",
+        "unsam-gallery",
+        "unsam-overlay",
+        "unsam-everything",
+        "unsam-download",
+    } <= ids

@@ -21,8 +21,9 @@ IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 @pytest.fixture
 def fast_cutler(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline builds CutlerConfig() itself: shrink its resize and proposal count for speed."""
-    fast = dataclasses.replace(CutlerConfig(), min_size=128, max_size=256, rpn_post_nms_topk=100,
-                               max_detections=10)
+    fast = dataclasses.replace(
+        CutlerConfig(), min_size=128, max_size=256, rpn_post_nms_topk=100, max_detections=10
+    )
     monkeypatch.setattr(detector_module, "CutlerConfig", lambda: fast)
 
 
@@ -34,8 +35,20 @@ def test_pseudo_label_with_cutler_divide(tmp_path: Path, fast_cutler: None) -> N
     ckpt = tmp_path / "cutler_cascade_final.pth"
     torch.save({"model": official_state_dict(conditioned_model(seed=2, fg_bias=2.0))}, ckpt)
     out = tmp_path / "pseudo.json"
-    rc = main(["pseudo-label", str(images), "-o", str(out), "--features", "classic",
-               "--divide", f"cutler:{ckpt}", "--divide-max-masks", "2"])
+    rc = main(
+        [
+            "pseudo-label",
+            str(images),
+            "-o",
+            str(out),
+            "--features",
+            "classic",
+            "--divide",
+            f"cutler:{ckpt}",
+            "--divide-max-masks",
+            "2",
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert len(data["images"]) == 2
@@ -51,8 +64,18 @@ def test_pseudo_label_cutler_missing_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("UNSAM_CUTLER_WEIGHTS", raising=False)
-    rc = main(["pseudo-label", str(IMAGES), "-o", str(tmp_path / "o.json"), "--features", "classic",
-               "--divide", "cutler"])
+    rc = main(
+        [
+            "pseudo-label",
+            str(IMAGES),
+            "-o",
+            str(tmp_path / "o.json"),
+            "--features",
+            "classic",
+            "--divide",
+            "cutler",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
     assert "cutler_cascade_final.pth" in err and "UNSAM_CUTLER_WEIGHTS" in err

@@ -45,14 +45,16 @@ def official_state_dict(model: CascadeMaskRCNN) -> dict[str, torch.Tensor]:
     """``model``'s tensors under their official detectron2 names (+ num_batches_tracked)."""
     out = {}
     for name, value in model.state_dict().items():
-        official = next(o + name[len(ours):] for o, ours in KEY_RULES if name.startswith(ours))
+        official = next(o + name[len(ours) :] for o, ours in KEY_RULES if name.startswith(ours))
         out[official] = value.clone()
         if official.endswith(".norm.running_var"):
             out[official[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(1000)
     return out
 
 
-def conditioned_model(seed: int = 0, fg_bias: float = 2.0, mask_bias: float = 1.0) -> CascadeMaskRCNN:
+def conditioned_model(
+    seed: int = 0, fg_bias: float = 2.0, mask_bias: float = 1.0
+) -> CascadeMaskRCNN:
     """Random weights that keep activations O(1) through 50 layers, with biased outputs:
     foreground probability ≈ sigmoid(fg_bias) for every ROI, mask probability ≈ sigmoid(mask_bias)."""
     g = torch.Generator().manual_seed(seed)
@@ -63,7 +65,9 @@ def conditioned_model(seed: int = 0, fg_bias: float = 2.0, mask_bias: float = 1.
                 fan_in = mod.weight[0].numel()
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(fan_in))
             elif isinstance(mod, torch.nn.ConvTranspose2d):
-                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(mod.weight.shape[0]))
+                mod.weight.copy_(
+                    torch.randn(mod.weight.shape, generator=g) / math.sqrt(mod.weight.shape[0])
+                )
             if getattr(mod, "bias", None) is not None and not isinstance(mod, FrozenBatchNorm2d):
                 mod.bias.zero_()
             if isinstance(mod, ConvNorm) and name.endswith("conv3"):
@@ -104,8 +108,11 @@ def test_model_tensors_are_exactly_the_official_table() -> None:
     rows = official_key_table()
     assert len(rows) == 408
     expected = {k: s for k, s, kind in rows if kind != "nbt"}
-    got = {k: tuple(v.shape) for k, v in official_state_dict(CascadeMaskRCNN()).items()
-           if not k.endswith("num_batches_tracked")}
+    got = {
+        k: tuple(v.shape)
+        for k, v in official_state_dict(CascadeMaskRCNN()).items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert got == expected
     assert sum(math.prod(s) for s in expected.values()) == 71_834_082
 
@@ -114,8 +121,10 @@ def test_model_tensors_are_exactly_the_official_table() -> None:
 def random_official_state() -> dict[str, torch.Tensor]:
     """Every key of the official table with its shape, random values (int64 num_batches_tracked)."""
     g = torch.Generator().manual_seed(1)
-    return {key: torch.tensor(12345) if kind == "nbt" else torch.randn(shape, generator=g)
-            for key, shape, kind in official_key_table()}
+    return {
+        key: torch.tensor(12345) if kind == "nbt" else torch.randn(shape, generator=g)
+        for key, shape, kind in official_key_table()
+    }
 
 
 @pytest.mark.parametrize("layout", ["training", "bare_module_prefix", "numpy"])
@@ -125,18 +134,31 @@ def test_official_checkpoint_loads_every_tensor(
     state = random_official_state
     if layout == "training":  # raw CutLER run: model + trainer state + iteration
         obj: object = {
-            "model": {**state, "pixel_mean": torch.zeros(3, 1, 1), "pixel_std": torch.ones(3, 1, 1),
-                      "proposal_generator.anchor_generator.cell_anchors.0": torch.zeros(3, 4)},
-            "trainer": {"iteration": 7, "_trainer": {"iteration": 7, "optimizer": {
-                "state": {0: {"momentum_buffer": torch.zeros(2)}},
-                "param_groups": [{"lr": 0.01, "params": [0]}]}}},
+            "model": {
+                **state,
+                "pixel_mean": torch.zeros(3, 1, 1),
+                "pixel_std": torch.ones(3, 1, 1),
+                "proposal_generator.anchor_generator.cell_anchors.0": torch.zeros(3, 4),
+            },
+            "trainer": {
+                "iteration": 7,
+                "_trainer": {
+                    "iteration": 7,
+                    "optimizer": {
+                        "state": {0: {"momentum_buffer": torch.zeros(2)}},
+                        "param_groups": [{"lr": 0.01, "params": [0]}],
+                    },
+                },
+            },
             "iteration": 7,
         }
     elif layout == "bare_module_prefix":
         obj = {"module." + k: v for k, v in state.items()}
     else:  # numpy arrays (and numpy scalars), as fvcore accepts; the largest stay tensors (speed)
-        obj = {"model": {k: v.numpy() if v.numel() < 1_000_000 else v for k, v in state.items()},
-               "iteration": np.int64(7)}
+        obj = {
+            "model": {k: v.numpy() if v.numel() < 1_000_000 else v for k, v in state.items()},
+            "iteration": np.int64(7),
+        }
     path = tmp_path / "cutler_cascade_final.pth"
     torch.save(obj, path)
     del obj
@@ -149,7 +171,7 @@ def test_official_checkpoint_loads_every_tensor(
         if key.endswith("num_batches_tracked"):
             continue
         prefix = next(p for p in rules if key.startswith(p))
-        assert torch.equal(ours[rules[prefix] + key[len(prefix):]], value), key
+        assert torch.equal(ours[rules[prefix] + key[len(prefix) :]], value), key
         loaded += 1
     assert loaded == len(ours) == 347
 
@@ -170,22 +192,36 @@ def test_missing_key_is_an_error_naming_file_and_key(
     state = dict(small_official_state)
     del state["roi_heads.box_predictor.2.bbox_pred.bias"]
     path = _save_official(tmp_path / "ckpt.pth", state)
-    with pytest.raises(ValueError, match=r"ckpt\.pth.*1 missing: roi_heads\.box_predictor\.2\.bbox_pred\.bias"):
+    with pytest.raises(
+        ValueError, match=r"ckpt\.pth.*1 missing: roi_heads\.box_predictor\.2\.bbox_pred\.bias"
+    ):
         CutlerDetector.from_checkpoint(path)
 
 
-def test_unexpected_key_is_an_error(tmp_path: Path, small_official_state: dict[str, torch.Tensor]) -> None:
-    state = {**small_official_state, "roi_heads.box_head.3.fc1.weight": torch.zeros(1),
-             "backbone.bottom_up.res6.0.conv1.weight": torch.zeros(1)}
+def test_unexpected_key_is_an_error(
+    tmp_path: Path, small_official_state: dict[str, torch.Tensor]
+) -> None:
+    state = {
+        **small_official_state,
+        "roi_heads.box_head.3.fc1.weight": torch.zeros(1),
+        "backbone.bottom_up.res6.0.conv1.weight": torch.zeros(1),
+    }
     path = _save_official(tmp_path / "ckpt.pth", state)
     with pytest.raises(ValueError, match=r"2 unexpected: .*box_head\.3\.fc1\.weight"):
         CutlerDetector.from_checkpoint(path)
 
 
-def test_wrong_shape_is_an_error(tmp_path: Path, small_official_state: dict[str, torch.Tensor]) -> None:
-    state = {**small_official_state, "roi_heads.mask_head.predictor.weight": torch.zeros(2, 256, 1, 1)}
+def test_wrong_shape_is_an_error(
+    tmp_path: Path, small_official_state: dict[str, torch.Tensor]
+) -> None:
+    state = {
+        **small_official_state,
+        "roi_heads.mask_head.predictor.weight": torch.zeros(2, 256, 1, 1),
+    }
     path = _save_official(tmp_path / "ckpt.pth", state)
-    with pytest.raises(ValueError, match=r"mask_head\.predictor\.weight \(2, 256, 1, 1\) != \(1, 256, 1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"mask_head\.predictor\.weight \(2, 256, 1, 1\) != \(1, 256, 1, 1\)"
+    ):
         CutlerDetector.from_checkpoint(path)
 
 
@@ -196,12 +232,19 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
         CutlerDetector.from_checkpoint(path)
 
 
-def test_missing_weights_error_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_error_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(MissingWeightsError) as err:
         CutlerDetector.from_checkpoint(tmp_path / "nope.pth")
     text = str(err.value)
     assert "\n" not in text and text.endswith(".") and text.count(". ") == 0
-    for part in ("nope.pth", "cutler_cascade_final.pth", "--divide cutler:PATH", "UNSAM_CUTLER_WEIGHTS"):
+    for part in (
+        "nope.pth",
+        "cutler_cascade_final.pth",
+        "--divide cutler:PATH",
+        "UNSAM_CUTLER_WEIGHTS",
+    ):
         assert part in text
     monkeypatch.delenv("UNSAM_CUTLER_WEIGHTS", raising=False)
     with pytest.raises(MissingWeightsError, match="UNSAM_CUTLER_WEIGHTS is not set"):
@@ -222,7 +265,11 @@ def test_config_defaults_are_the_released_ones() -> None:
     assert cfg.pixel_mean == (123.675, 116.28, 103.53) and cfg.pixel_std == (58.395, 57.12, 57.375)
     assert (cfg.rpn_pre_nms_topk, cfg.rpn_post_nms_topk, cfg.rpn_nms_thresh) == (1000, 1000, 0.65)
     assert (cfg.score_thresh, cfg.nms_thresh, cfg.max_detections, cfg.mask_thresh) == (
-        0.1, 0.5, 100, 0.5)
+        0.1,
+        0.5,
+        100,
+        0.5,
+    )
     with pytest.raises(ValueError, match="score_thresh=1.5 is outside"):
         CutlerConfig(score_thresh=1.5)
 
@@ -240,8 +287,9 @@ def test_preprocess_rgb_order_normalisation_and_padding() -> None:
     cfg = CutlerConfig(min_size=40, max_size=100)
     x, hw = preprocess_image(img, cfg)
     assert hw == (40, 60) and x.shape == (1, 3, 64, 64)
-    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([(255 - 123.675) / 58.395,
-                                                             -116.28 / 57.12, -103.53 / 57.375]))
+    torch.testing.assert_close(
+        x[0, :, 0, 0], torch.tensor([(255 - 123.675) / 58.395, -116.28 / 57.12, -103.53 / 57.375])
+    )
     assert torch.equal(x[0, :, 40:], torch.zeros(3, 24, 64))  # bottom/right padding is 0
     assert torch.equal(x[0, :, :, 60:], torch.zeros(3, 64, 4))
 
@@ -250,7 +298,12 @@ def test_backbone_shapes_and_p6(model: CascadeMaskRCNN) -> None:
     with torch.inference_mode():
         feats = model.features(torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape) for f in feats] == [
-        (1, 256, 16, 24), (1, 256, 8, 12), (1, 256, 4, 6), (1, 256, 2, 3), (1, 256, 1, 2)]
+        (1, 256, 16, 24),
+        (1, 256, 8, 12),
+        (1, 256, 4, 6),
+        (1, 256, 2, 3),
+        (1, 256, 1, 2),
+    ]
     assert torch.equal(feats[4], feats[3][..., ::2, ::2])
 
 
@@ -283,8 +336,9 @@ def test_cascade_scores_average_stages_and_boxes_chain(model: CascadeMaskRCNN) -
             pred.bbox_pred.weight.zero_()
             wx = (10.0, 20.0, 30.0)[k]
             pred.bbox_pred.bias.copy_(torch.tensor([0.1 * wx, 0.0, 0.0, 0.0]))
-    proposals = torch.tensor([[10.0, 10.0, 50.0, 40.0], [0.0, 5.0, 20.0, 60.0],
-                              [100.0, 0.0, 128.0, 30.0]])  # pushed past x = 128: clipped
+    proposals = torch.tensor(
+        [[10.0, 10.0, 50.0, 40.0], [0.0, 5.0, 20.0, 60.0], [100.0, 0.0, 128.0, 30.0]]
+    )  # pushed past x = 128: clipped
     with torch.inference_mode():
         feats = model.features(torch.randn(1, 3, 64, 128))
         boxes, scores = model.detect_boxes(feats, proposals, (64, 128))

@@ -48,11 +48,19 @@ def test_roi_align_matches_naive(
     rois = torch.cat([batch, boxes], dim=1)
     out = ops.roi_align(feats, rois, output_size, scale, sampling_ratio, aligned)
     assert out.shape == (25, 3, output_size, output_size)
-    expected = np.stack([
-        ref.roi_align_naive(feats[int(b)].numpy(), tuple(box.tolist()), output_size, scale,
-                            sampling_ratio, aligned)
-        for b, box in zip(batch[:, 0], boxes, strict=True)
-    ])
+    expected = np.stack(
+        [
+            ref.roi_align_naive(
+                feats[int(b)].numpy(),
+                tuple(box.tolist()),
+                output_size,
+                scale,
+                sampling_ratio,
+                aligned,
+            )
+            for b, box in zip(batch[:, 0], boxes, strict=True)
+        ]
+    )
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -101,7 +109,9 @@ def test_nms_matches_naive(seed: int) -> None:
         assert keep.tolist() == ref.nms_naive(boxes.numpy(), scores.numpy(), thr)
     groups = torch.randint(0, 4, (120,), generator=g)
     keep = ops.batched_nms(boxes, scores, groups, 0.5)
-    assert keep.tolist() == ref.batched_nms_naive(boxes.numpy(), scores.numpy(), groups.numpy(), 0.5)
+    assert keep.tolist() == ref.batched_nms_naive(
+        boxes.numpy(), scores.numpy(), groups.numpy(), 0.5
+    )
 
 
 def test_nms_hand_value() -> None:
@@ -112,16 +122,24 @@ def test_nms_hand_value() -> None:
     assert ops.nms(boxes[:0], scores[:0], 0.5).shape == (0,)
 
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (30.0, 30.0, 15.0, 15.0)])
-def test_decode_matches_naive_and_inverts_encode(weights: tuple[float, float, float, float]) -> None:
+@pytest.mark.parametrize(
+    "weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (30.0, 30.0, 15.0, 15.0)]
+)
+def test_decode_matches_naive_and_inverts_encode(
+    weights: tuple[float, float, float, float],
+) -> None:
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(50, 2, generator=g) * 100
     boxes = torch.cat([xy, xy + 1 + torch.rand(50, 2, generator=g) * 60], dim=1)
     deltas = torch.randn(50, 4, generator=g) * 3
     deltas[0, 2] = 1e4  # dw clamped at log(1000/16)
     out = ops.decode_boxes(deltas, boxes, weights)
-    expected = np.stack([ref.decode_naive(d.numpy(), b.numpy(), weights)
-                         for d, b in zip(deltas, boxes, strict=True)])
+    expected = np.stack(
+        [
+            ref.decode_naive(d.numpy(), b.numpy(), weights)
+            for d, b in zip(deltas, boxes, strict=True)
+        ]
+    )
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-4)
     assert out[0, 2] - out[0, 0] == pytest.approx(
         float(boxes[0, 2] - boxes[0, 0]) * 1000 / 16, rel=1e-5
@@ -132,8 +150,16 @@ def test_decode_matches_naive_and_inverts_encode(weights: tuple[float, float, fl
 
 
 def test_clip_nonempty_and_levels() -> None:
-    boxes = torch.tensor([[-5.0, 2, 30, 40], [10, 10, 10, 20], [0, 0, 224, 224], [0, 0, 112, 112],
-                          [0, 0, 2000, 2000], [0, 0, 10, 10]])
+    boxes = torch.tensor(
+        [
+            [-5.0, 2, 30, 40],
+            [10, 10, 10, 20],
+            [0, 0, 224, 224],
+            [0, 0, 112, 112],
+            [0, 0, 2000, 2000],
+            [0, 0, 10, 10],
+        ]
+    )
     clipped = ops.clip_boxes(boxes, (30, 25))
     assert clipped[0].tolist() == [0.0, 2.0, 25.0, 30.0]
     assert ops.nonempty_boxes(boxes).tolist() == [True, False, True, True, True, True]
@@ -149,8 +175,9 @@ def test_multilevel_roi_align_uses_assigned_level() -> None:
     levels = ops.assign_boxes_to_levels(boxes, 2, 5)
     for k in range(4):
         lvl = int(levels[k])
-        single = ops.roi_align(feats[lvl], torch.cat([torch.zeros(1), boxes[k]])[None], 7,
-                               1.0 / (4 * 2**lvl))
+        single = ops.roi_align(
+            feats[lvl], torch.cat([torch.zeros(1), boxes[k]])[None], 7, 1.0 / (4 * 2**lvl)
+        )
         assert torch.equal(out[k], single[0])
 
 
@@ -159,14 +186,16 @@ def test_paste_masks_matches_naive(seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     h, w = 23, 31
     masks = torch.rand(6, 28, 28, generator=g)
-    boxes = torch.tensor([
-        [2.3, 4.1, 20.7, 18.2],  # inside
-        [-6.0, -3.5, 9.2, 11.0],  # partly outside (top-left)
-        [25.5, 15.2, 40.0, 30.0],  # partly outside (bottom-right)
-        [10.2, 10.6, 10.9, 11.1],  # tiny (< 1 px)
-        [0.0, 0.0, 31.0, 23.0],  # the whole image
-        [5.0, 5.0, 5.5, 20.0],  # thin
-    ])
+    boxes = torch.tensor(
+        [
+            [2.3, 4.1, 20.7, 18.2],  # inside
+            [-6.0, -3.5, 9.2, 11.0],  # partly outside (top-left)
+            [25.5, 15.2, 40.0, 30.0],  # partly outside (bottom-right)
+            [10.2, 10.6, 10.9, 11.1],  # tiny (< 1 px)
+            [0.0, 0.0, 31.0, 23.0],  # the whole image
+            [5.0, 5.0, 5.5, 20.0],  # thin
+        ]
+    )
     out = ops.paste_masks_in_image(masks, boxes, (h, w), 0.5)
     assert out.shape == (6, h, w) and out.dtype == torch.bool
     for k in range(6):
@@ -178,8 +207,9 @@ def test_paste_masks_matches_naive(seed: int) -> None:
 
 def test_paste_mask_hand_value() -> None:
     """An all-ones mask in box [2, 6)×[1, 3): exactly the pixels whose centres are inside."""
-    out = ops.paste_masks_in_image(torch.ones(1, 28, 28), torch.tensor([[2.0, 1.0, 6.0, 3.0]]),
-                                   (5, 8))
+    out = ops.paste_masks_in_image(
+        torch.ones(1, 28, 28), torch.tensor([[2.0, 1.0, 6.0, 3.0]]), (5, 8)
+    )
     expected = torch.zeros(5, 8, dtype=torch.bool)
     expected[1:3, 2:6] = True
     assert torch.equal(out[0], expected)

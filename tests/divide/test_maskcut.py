@@ -23,7 +23,9 @@ from unsam.divide import (
 from unsam.features import FeatureExtractor
 from unsam.refine import crf_available
 
-needs_crf = pytest.mark.skipif(not crf_available(), reason="needs the optional extra unsam[crf] (pydensecrf2)")
+needs_crf = pytest.mark.skipif(
+    not crf_available(), reason="needs the optional extra unsam[crf] (pydensecrf2)"
+)
 
 # unsam.divide re-exports the function ``maskcut``, which shadows the submodule as an attribute.
 maskcut_module = importlib.import_module("unsam.divide.maskcut")
@@ -98,11 +100,15 @@ def test_affinity_hand_computed() -> None:
     np.testing.assert_allclose(d, expected.sum(axis=1))
 
 
-def test_eigsh_falls_back_to_dense(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_eigsh_falls_back_to_dense(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import scipy.sparse.linalg
 
     def fail(*args: object, **kwargs: object) -> None:
-        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+        raise scipy.sparse.linalg.ArpackNoConvergence(
+            "no convergence", np.zeros(0), np.zeros((0, 0))
+        )
 
     feats = np.random.default_rng(3).standard_normal((200, 8))
     expected = ncut_second_eigenvector(feats, 0.15, 1e-5)
@@ -306,6 +312,8 @@ def test_config_defaults_and_cli_flags() -> None:
     assert cfg.crf is True and cfg.solver == "eigsh"
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, MaskCutConfig, prefix="maskcut_")
-    args = parser.parse_args(["--maskcut-tau", "0.2", "--no-maskcut-crf", "--maskcut-solver", "dense"])
+    args = parser.parse_args(
+        ["--maskcut-tau", "0.2", "--no-maskcut-crf", "--maskcut-solver", "dense"]
+    )
     got = config_from_args(MaskCutConfig, args, prefix="maskcut_")
     assert got == MaskCutConfig(tau=0.2, crf=False, solver="dense")

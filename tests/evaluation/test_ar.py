@@ -38,14 +38,26 @@ def _degraded_predictions(gt_path: Path, seed: int = 0) -> list[dict]:
                 m = ndimage.binary_dilation(m, iterations=int(rng.integers(1, 6)))
             elif op == 3:
                 m = np.roll(m, int(rng.integers(-8, 9)), axis=int(rng.integers(0, 2)))
-            results.append({"image_id": img_id, "category_id": 1, "segmentation": encode_mask(m),
-                            "score": float(rng.random())})
+            results.append(
+                {
+                    "image_id": img_id,
+                    "category_id": 1,
+                    "segmentation": encode_mask(m),
+                    "score": float(rng.random()),
+                }
+            )
         for _ in range(int(rng.integers(0, 6))):  # false positives
             m = np.zeros((h, w), bool)
             y, x = int(rng.integers(0, h - 20)), int(rng.integers(0, w - 20))
             m[y : y + int(rng.integers(5, 60)), x : x + int(rng.integers(5, 60))] = True
-            results.append({"image_id": img_id, "category_id": 1, "segmentation": encode_mask(m),
-                            "score": float(rng.random())})
+            results.append(
+                {
+                    "image_id": img_id,
+                    "category_id": 1,
+                    "segmentation": encode_mask(m),
+                    "score": float(rng.random()),
+                }
+            )
     return results
 
 
@@ -55,7 +67,9 @@ def test_every_gt_mask_decodes_like_pycocotools(coco_gt: Path) -> None:
     gt = prepare_ground_truth(coco_gt)
     assert len(gt["annotations"]) == len(coco.anns) == 1218
     for ours, ann in zip(gt["annotations"], coco.dataset["annotations"]):
-        np.testing.assert_array_equal(decode_rle(ours["segmentation"]), coco.annToMask(ann).astype(bool))
+        np.testing.assert_array_equal(
+            decode_rle(ours["segmentation"]), coco.annToMask(ann).astype(bool)
+        )
         assert ours["iscrowd"] == ann["iscrowd"] and ours["area"] == ann["area"]
 
 
@@ -69,7 +83,9 @@ def test_gt_against_itself_is_perfect(coco_gt: Path) -> None:
 
 @pytest.mark.data
 @pytest.mark.parametrize("backend", ["faster-coco-eval", "pycocotools"])
-def test_degraded_predictions_match_pycocotools(coco_gt: Path, tmp_path: Path, backend: str) -> None:
+def test_degraded_predictions_match_pycocotools(
+    coco_gt: Path, tmp_path: Path, backend: str
+) -> None:
     results = _degraded_predictions(coco_gt)
     path = tmp_path / "pred.json"
     path.write_text(json.dumps(results))
@@ -85,12 +101,30 @@ def _toy_gt(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
     masks[0][2:10, 3:12] = True
     masks[1][5:18, 15:28] = True
     gt = {
-        "images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 30},
-                   {"id": 2, "file_name": "b.jpg", "height": 20, "width": 30}],
-        "annotations": [{"id": 10, "image_id": 1, "category_id": 5, "iscrowd": 0, "segmentation": encode_mask(masks[0]),
-                         "area": int(masks[0].sum()), "bbox": [3, 2, 9, 8]},
-                        {"id": 11, "image_id": 2, "category_id": 7, "iscrowd": 0, "segmentation": encode_mask(masks[1]),
-                         "area": int(masks[1].sum()), "bbox": [15, 5, 13, 13]}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "height": 20, "width": 30},
+            {"id": 2, "file_name": "b.jpg", "height": 20, "width": 30},
+        ],
+        "annotations": [
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 5,
+                "iscrowd": 0,
+                "segmentation": encode_mask(masks[0]),
+                "area": int(masks[0].sum()),
+                "bbox": [3, 2, 9, 8],
+            },
+            {
+                "id": 11,
+                "image_id": 2,
+                "category_id": 7,
+                "iscrowd": 0,
+                "segmentation": encode_mask(masks[1]),
+                "area": int(masks[1].sum()),
+                "bbox": [15, 5, 13, 13],
+            },
+        ],
         "categories": [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}],
     }
     path = tmp_path / "gt.json"
@@ -109,10 +143,16 @@ def test_images_without_predictions_still_count(tmp_path: Path) -> None:
 def test_pseudo_label_dataset_matched_by_file_name(tmp_path: Path) -> None:
     gt, masks = _toy_gt(tmp_path)
     # a pseudo-label dataset with other image ids and no scores: matched by file name, score 1.0
-    pred = {"images": [{"id": 500, "file_name": "b.jpg", "height": 20, "width": 30},
-                       {"id": 501, "file_name": "sub/a.jpg", "height": 20, "width": 30}],
-            "annotations": [{"id": 1, "image_id": 500, "segmentation": encode_mask(masks[1])},
-                            {"id": 2, "image_id": 501, "segmentation": encode_mask(masks[0])}]}
+    pred = {
+        "images": [
+            {"id": 500, "file_name": "b.jpg", "height": 20, "width": 30},
+            {"id": 501, "file_name": "sub/a.jpg", "height": 20, "width": 30},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 500, "segmentation": encode_mask(masks[1])},
+            {"id": 2, "image_id": 501, "segmentation": encode_mask(masks[0])},
+        ],
+    }
     m = evaluate(gt, pred)
     assert m["AR@1000"] == pytest.approx(1.0) and m["AP"] == pytest.approx(1.0)
     # class-agnostic: GT categories 5 and 7 do not matter
@@ -125,9 +165,13 @@ def test_sa1b_folder_ground_truth(tmp_path: Path) -> None:
     folder = tmp_path / "sa1b"
     for i, m in enumerate(masks):
         rec = ImageRecord(id=i + 1, file_name=f"sa_{i + 1}.jpg", height=20, width=30)
-        write_sam_json(folder / f"sa_{i + 1}.json", rec.with_masks([MaskRecord.from_mask(m)], assign_ids=True))
-    pred = [{"image_id": 1, "segmentation": encode_mask(masks[0]), "score": 0.5},
-            {"image_id": 2, "segmentation": encode_masks(masks[1][None])[0], "score": 0.4}]
+        write_sam_json(
+            folder / f"sa_{i + 1}.json", rec.with_masks([MaskRecord.from_mask(m)], assign_ids=True)
+        )
+    pred = [
+        {"image_id": 1, "segmentation": encode_mask(masks[0]), "score": 0.5},
+        {"image_id": 2, "segmentation": encode_masks(masks[1][None])[0], "score": 0.4},
+    ]
     assert evaluate(folder, pred)["AR@1000"] == pytest.approx(1.0)
 
 
@@ -143,9 +187,14 @@ def test_crowd_regions_are_ignored_not_missed(tmp_path: Path) -> None:
     ("pred", "message"),
     [
         ([{"image_id": 1, "score": 1.0}], 'missing field "segmentation"'),
-        ([{"image_id": 1, "segmentation": encode_mask(np.ones((5, 5), bool)), "score": 1.0}],
-         'field "segmentation.size" is \\[5, 5\\] but ground-truth image 1 is \\[20, 30\\]'),
-        ([{"image_id": 1, "segmentation": encode_mask(np.ones((20, 30), bool)), "score": "x"}], 'field "score"'),
+        (
+            [{"image_id": 1, "segmentation": encode_mask(np.ones((5, 5), bool)), "score": 1.0}],
+            'field "segmentation.size" is \\[5, 5\\] but ground-truth image 1 is \\[20, 30\\]',
+        ),
+        (
+            [{"image_id": 1, "segmentation": encode_mask(np.ones((20, 30), bool)), "score": "x"}],
+            'field "score"',
+        ),
         ({"foo": 1}, "a dataset needs"),
     ],
 )
@@ -157,7 +206,9 @@ def test_bad_predictions_name_the_field(tmp_path: Path, pred: object, message: s
 
 def test_bad_ground_truth_file(tmp_path: Path) -> None:
     bad = tmp_path / "gt.json"
-    bad.write_text('{"images": [{"id": 1, "height": 2, "width": 2}], "annotations": [{"image_id": 1, "segmentation": 3}]}')
+    bad.write_text(
+        '{"images": [{"id": 1, "height": 2, "width": 2}], "annotations": [{"image_id": 1, "segmentation": 3}]}'
+    )
     with pytest.raises(MaskFileError, match=r"gt.json: annotations\[0\]: field \"segmentation\""):
         evaluate(bad, [])
     with pytest.raises(FileNotFoundError, match="no such file"):

@@ -26,7 +26,18 @@ from unsam.evaluation import METRIC_KEYS, evaluate
 
 GT = Path(__file__).resolve().parents[2] / "examples" / "coco" / "instances.json"
 SEED = 3
-KEYS = ("AR@1", "AR@10", "AR@100", "AR@1000", "AP", "AP50", "AP75", "ARs@1000", "ARm@1000", "ARl@1000")
+KEYS = (
+    "AR@1",
+    "AR@10",
+    "AR@100",
+    "AR@1000",
+    "AP",
+    "AP50",
+    "AP75",
+    "ARs@1000",
+    "ARm@1000",
+    "ARl@1000",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +51,18 @@ def reference(results: list[dict]) -> dict[str, float | None]:
 
 
 # pycocotools 2.0.11 on this prediction set; a change of the data, the builder or the protocol shows
-FROZEN = {"AR@1": 0.05161290322580645, "AR@10": 0.29032258064516125, "AR@100": 0.3709677419354839,
-          "AR@1000": 0.5064516129032258, "AP": 0.22141900535949177, "AP50": 0.3440984301132816,
-          "AP75": 0.2370010376898022, "ARs@1000": 0.3454545454545454, "ARm@1000": 0.5142857142857145,
-          "ARl@1000": 0.7833333333333334}
+FROZEN = {
+    "AR@1": 0.05161290322580645,
+    "AR@10": 0.29032258064516125,
+    "AR@100": 0.3709677419354839,
+    "AR@1000": 0.5064516129032258,
+    "AP": 0.22141900535949177,
+    "AP50": 0.3440984301132816,
+    "AP75": 0.2370010376898022,
+    "ARs@1000": 0.3454545454545454,
+    "ARm@1000": 0.5142857142857145,
+    "ARl@1000": 0.7833333333333334,
+}
 
 
 def test_prediction_set_exercises_every_metric(results: list[dict], reference: dict) -> None:
@@ -60,13 +79,27 @@ def test_prediction_set_exercises_every_metric(results: list[dict], reference: d
     # every number read at the last maxDets differs from the same number read at 100
     at100 = pycocotools_metrics(GT, results, max_dets=(1, 10, 100))
     for key in ("AP", "AP50", "AP75", "ARs", "ARm", "ARl"):
-        assert abs(reference[key if key.startswith("AP") else f"{key}@1000"]
-                   - at100[key if key.startswith("AP") else f"{key}@100"]) > 1e-3, key
+        assert (
+            abs(
+                reference[key if key.startswith("AP") else f"{key}@1000"]
+                - at100[key if key.startswith("AP") else f"{key}@100"]
+            )
+            > 1e-3
+        ), key
     assert reference["AR@1000"] - reference["AR@100"] > 0.03
-    assert 0.03 < reference["AR@1"] < reference["AR@10"] < reference["AR@100"] < reference["AR@1000"] < 0.9
+    assert (
+        0.03
+        < reference["AR@1"]
+        < reference["AR@10"]
+        < reference["AR@100"]
+        < reference["AR@1000"]
+        < 0.9
+    )
 
 
-def test_reference_reads_the_arrays_like_pycocotools_summarize(results: list[dict], reference: dict) -> None:
+def test_reference_reads_the_arrays_like_pycocotools_summarize(
+    results: list[dict], reference: dict
+) -> None:
     """The reference's array indices agree with pycocotools' own summarize() (a second reader)."""
     summary = pycocotools_summary(GT, results)
     for key in ("AR@1", "AR@10", "AR@100", "AR@1000", "ARs@1000", "ARm@1000", "ARl@1000"):
@@ -76,8 +109,9 @@ def test_reference_reads_the_arrays_like_pycocotools_summarize(results: list[dic
 
 
 @pytest.mark.parametrize("backend", ["faster-coco-eval", "pycocotools"])
-def test_every_metric_matches_pycocotools(results: list[dict], reference: dict, tmp_path: Path,
-                                          backend: str) -> None:
+def test_every_metric_matches_pycocotools(
+    results: list[dict], reference: dict, tmp_path: Path, backend: str
+) -> None:
     path = tmp_path / "pred.json"
     path.write_text(json.dumps(results))
     ours = evaluate(GT, path, backend=backend)

@@ -16,11 +16,25 @@ def _gt(tmp_path: Path) -> Path:
     m = np.zeros((20, 30), bool)
     m[5:15, 10:20] = True  # box x=10, y=5, w=10, h=10
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({
-        "images": [{"id": 1, "height": 20, "width": 30}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode_mask(m),
-                         "area": 100, "bbox": [10, 5, 10, 10], "iscrowd": 0}],
-        "categories": [{"id": 1, "name": "object"}]}))
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "height": 20, "width": 30}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "segmentation": encode_mask(m),
+                        "area": 100,
+                        "bbox": [10, 5, 10, 10],
+                        "iscrowd": 0,
+                    }
+                ],
+                "categories": [{"id": 1, "name": "object"}],
+            }
+        )
+    )
     return gt
 
 
@@ -30,7 +44,14 @@ def test_polygon_results_use_the_gt_image_size(tmp_path: Path) -> None:
     pred = [{"image_id": 1, "category_id": 1, "segmentation": poly, "score": 0.9}]
     m = evaluate(_gt(tmp_path), pred)
     assert m["AR@1"] == pytest.approx(1.0)
-    shifted = [{"image_id": 1, "category_id": 1, "segmentation": [[18, 5, 28, 5, 28, 15, 18, 15]], "score": 0.9}]
+    shifted = [
+        {
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": [[18, 5, 28, 5, 28, 15, 18, 15]],
+            "score": 0.9,
+        }
+    ]
     assert evaluate(_gt(tmp_path), shifted)["AR@1"] == pytest.approx(0.0)
 
 
@@ -59,7 +80,10 @@ def test_rle_checker_accepts_every_pycocotools_encoding_and_names_each_defect() 
     good = rles[0]["counts"]
     h, w = rles[0]["size"]
     bad = [
-        {"size": [h, w], "counts": good[:-1] + chr(ord("0") + 0x20)},  # continuation bit on the last char
+        {
+            "size": [h, w],
+            "counts": good[:-1] + chr(ord("0") + 0x20),
+        },  # continuation bit on the last char
         {"size": [h, w + 1], "counts": good},  # runs do not add up to H*W
         {"size": [h, w], "counts": good + "~"},  # outside the alphabet
         {"size": [h, w], "counts": ""},
@@ -67,4 +91,6 @@ def test_rle_checker_accepts_every_pycocotools_encoding_and_names_each_defect() 
     reasons = dict(rle_counts_errors(rles + bad))
     n = len(rles)
     assert set(reasons) == {n, n + 1, n + 2, n + 3}
-    assert "truncated" in reasons[n] and "add up to" in reasons[n + 1] and "alphabet" in reasons[n + 2]
+    assert (
+        "truncated" in reasons[n] and "add up to" in reasons[n + 1] and "alphabet" in reasons[n + 2]
+    )

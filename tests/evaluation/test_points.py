@@ -178,7 +178,10 @@ def test_point_max_oracle_noc_hand_case() -> None:
     np.testing.assert_allclose(mask_ious(b_masks, gt_b), [0.64, 0.0, 1.0])
     image = np.zeros((*hw, 3), dtype=np.uint8)
     rec = ImageRecord(
-        id=7, file_name="x.png", height=10, width=10,
+        id=7,
+        file_name="x.png",
+        height=10,
+        width=10,
         masks=(MaskRecord(rle=encode_mask(gt_a), id=1), MaskRecord(rle=encode_mask(gt_b), id=2)),
     )
     config = PointEvalConfig(short_side=None)
@@ -190,7 +193,9 @@ def test_point_max_oracle_noc_hand_case() -> None:
     assert metrics["NoC@0.8"] == metrics["NoC@0.85"] == metrics["NoC@0.9"] == pytest.approx(20.0)
     assert metrics["num_segments"] == 2 and metrics["num_images"] == 1
     assert metrics["num_segments_small"] == 2 and metrics["point_max_miou_large"] is None
-    naive = point_metrics_naive([(gt_a, a_masks, np.array([0.9, 0.2, 0.9])), (gt_b, b_masks, np.array([0.1, 0.8, 0.3]))])
+    naive = point_metrics_naive(
+        [(gt_a, a_masks, np.array([0.9, 0.2, 0.9])), (gt_b, b_masks, np.array([0.1, 0.8, 0.3]))]
+    )
     assert metrics["point_max_miou"] == pytest.approx(naive["max"])
     assert metrics["point_oracle_miou"] == pytest.approx(naive["oracle"])
     assert metrics["NoC@0.5"] == pytest.approx(naive["NoC@0.5"])
@@ -228,7 +233,9 @@ def test_iterative_protocol_positive_and_negative_clicks() -> None:
     assert [res.noc(t) for t in (0.3, 0.45, 0.5, 0.9)] == [1, 2, 3, 3]
     assert predictor.calls[-1][1].tolist() == [1, 1, 0]  # all clicks so far, with labels
     # one click only: the original's NoC (1 if reached else 20)
-    res1 = evaluate_segment(predictor, np.zeros((*hw, 3), np.uint8), gt, config=PointEvalConfig(short_side=None))
+    res1 = evaluate_segment(
+        predictor, np.zeros((*hw, 3), np.uint8), gt, config=PointEvalConfig(short_side=None)
+    )
     assert res1.clicks == ((*first, 1),) and res1.noc(0.5) == 20 and res1.noc(0.3) == 1
 
 
@@ -237,7 +244,12 @@ def test_size_buckets_use_coco_area_ranges() -> None:
         return SegmentResult(0, None, area, ((0, 0, 1),), (0.5,), (0.5,))
 
     assert [result(a).size for a in (0, 1023, 1024, 9215, 9216, 1e6)] == [
-        "small", "small", "medium", "medium", "large", "large"
+        "small",
+        "small",
+        "medium",
+        "medium",
+        "large",
+        "large",
     ]
     m = summarize_points([result(10), result(5000), result(5000)])
     assert (m["num_segments_small"], m["num_segments_medium"], m["num_segments_large"]) == (1, 2, 0)
@@ -247,12 +259,17 @@ def test_resize_shortest_edge_matches_detectron2() -> None:
     assert resize_shortest_edge((429, 640), 800, 1333) == (800, 1193)  # 640 * 800 / 429 = 1193.47
     assert resize_shortest_edge((640, 480), 800, 1333) == (1067, 800)  # 1066.67 -> int(x + 0.5)
     assert resize_shortest_edge((100, 1000), 800, 1333) == (133, 1333)  # long side capped
-    assert resize_shortest_edge((100, 146), 25, 1333) == (25, 37)  # 36.5 rounds up (int(x + 0.5)), not to even
+    assert resize_shortest_edge((100, 146), 25, 1333) == (
+        25,
+        37,
+    )  # 36.5 rounds up (int(x + 0.5)), not to even
 
 
 def test_evaluate_image_resizes_image_and_masks() -> None:
     gt = _square((20, 30), 5, 15, 10, 20)
-    rec = ImageRecord(id=1, file_name="a.png", height=20, width=30, masks=(MaskRecord(rle=encode_mask(gt), id=3),))
+    rec = ImageRecord(
+        id=1, file_name="a.png", height=20, width=30, masks=(MaskRecord(rle=encode_mask(gt), id=3),)
+    )
     seen = {}
 
     def predict(image, points, labels):
@@ -262,7 +279,9 @@ def test_evaluate_image_resizes_image_and_masks() -> None:
         m[10:30, 20:40] = True  # the GT square at 2x
         return m[None], np.array([1.0])
 
-    res = evaluate_image(predict, np.zeros((20, 30, 3), np.uint8), rec, config=PointEvalConfig(short_side=40))
+    res = evaluate_image(
+        predict, np.zeros((20, 30, 3), np.uint8), rec, config=PointEvalConfig(short_side=40)
+    )
     assert seen["shape"] == (40, 60, 3)
     assert res[0].max_ious == (1.0,)
     assert res[0].area == 100.0  # the original-resolution area decides the size bucket
@@ -274,7 +293,11 @@ def test_evaluate_image_resizes_image_and_masks() -> None:
 def test_bad_prediction_shape_is_reported() -> None:
     gt = _square((8, 8), 2, 6, 2, 6)
     with pytest.raises(ValueError, match="predict must return"):
-        evaluate_segment(lambda i, p, l: (np.zeros((6, 4, 4), bool), np.zeros(6)), np.zeros((8, 8, 3), np.uint8), gt)
+        evaluate_segment(
+            lambda i, p, l: (np.zeros((6, 4, 4), bool), np.zeros(6)),
+            np.zeros((8, 8, 3), np.uint8),
+            gt,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,8 +310,20 @@ def test_load_instances_gt_skips_crowd(tmp_path: Path) -> None:
     data = {
         "images": [{"id": 5, "file_name": "a.jpg", "height": 20, "width": 20}],
         "annotations": [
-            {"id": 1, "image_id": 5, "segmentation": poly(1, 1, 8, 8), "iscrowd": 0, "category_id": 1},
-            {"id": 2, "image_id": 5, "segmentation": poly(10, 10, 18, 18), "iscrowd": 1, "category_id": 1},
+            {
+                "id": 1,
+                "image_id": 5,
+                "segmentation": poly(1, 1, 8, 8),
+                "iscrowd": 0,
+                "category_id": 1,
+            },
+            {
+                "id": 2,
+                "image_id": 5,
+                "segmentation": poly(10, 10, 18, 18),
+                "iscrowd": 1,
+                "category_id": 1,
+            },
             {"id": 3, "image_id": 5, "segmentation": poly(2, 12, 6, 18), "category_id": 1},
         ],
         "categories": [{"id": 1, "name": "x"}],

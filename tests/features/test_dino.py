@@ -92,7 +92,9 @@ def test_keys_equal_manual_last_layer_k_proj(tiny: dict, images: np.ndarray) -> 
     extractor = DinoFeatureExtractor(model, name="tiny")
     feats = extractor(images)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
     extractor.close()  # the manual forward must run to the end
     with torch.no_grad():
         out = model(pixel_values=x, interpolate_pos_encoding=True, output_hidden_states=True)
@@ -119,7 +121,9 @@ def test_hook_registered_once(tiny: dict, images: np.ndarray) -> None:
 
 def test_batching_and_input_forms(tiny: dict, images: np.ndarray) -> None:
     ext = load_feature_extractor(tiny["folder"], batch_size=1)
-    batched = load_feature_extractor(tiny["folder"], batch_size=8)(np.concatenate([images, images[:1]]))
+    batched = load_feature_extractor(tiny["folder"], batch_size=8)(
+        np.concatenate([images, images[:1]])
+    )
     assert batched.shape[0] == 3
     torch.testing.assert_close(ext(images), batched[:2], atol=1e-5, rtol=0)
     torch.testing.assert_close(ext(list(images)), batched[:2], atol=1e-5, rtol=0)
@@ -154,7 +158,9 @@ def test_wrapped_and_prefixed_checkpoints(tiny: dict, images: np.ndarray) -> Non
     official = tiny["official"]
     root: Path = tiny["root"]
     teacher = {"teacher": {f"backbone.{k}": v for k, v in official.items()}, "epoch": 100}
-    teacher["teacher"]["head.mlp.0.weight"] = torch.zeros(4, HIDDEN)  # DINO projection head: ignored
+    teacher["teacher"]["head.mlp.0.weight"] = torch.zeros(
+        4, HIDDEN
+    )  # DINO projection head: ignored
     torch.save(teacher, root / "full_ckpt.pth")
     module = {"model": {f"module.{k}": v for k, v in official.items()}}
     torch.save(module, root / "ddp.pth")
@@ -190,7 +196,9 @@ def test_hub_id_not_cached_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_missing_official_file(tmp_path: Path) -> None:
-    with pytest.raises(MissingWeightsError, match=r"dl\.fbaipublicfiles\.com/dino/dino_deitsmall8_pretrain"):
+    with pytest.raises(
+        MissingWeightsError, match=r"dl\.fbaipublicfiles\.com/dino/dino_deitsmall8_pretrain"
+    ):
         load_feature_extractor(tmp_path / "dino_deitsmall8_pretrain.pth")
 
 

@@ -21,7 +21,12 @@ from unsam.io.coco import (
     write_coco_results,
     write_sam_json,
 )
-from unsam.io.files import append_line_durable, atomic_write, atomic_write_json, truncate_partial_line
+from unsam.io.files import (
+    append_line_durable,
+    atomic_write,
+    atomic_write_json,
+    truncate_partial_line,
+)
 from unsam.io.overlay import draw_overlay, write_overlay
 from unsam.records import ImageRecord, MaskRecord
 
@@ -30,8 +35,12 @@ def _image(image_id: int = 7, n: int = 3) -> ImageRecord:
     masks = np.zeros((n, 12, 16), bool)
     for k in range(n):
         masks[k, k : k + 5, 2 * k : 2 * k + 6] = True
-    recs = MaskRecord.from_masks(masks, scores=[0.9, 0.5, 0.1][:n], level=1, source="conquer", theta=0.4)
-    return ImageRecord(id=image_id, file_name=f"img_{image_id}.jpg", height=12, width=16).with_masks(recs, assign_ids=True)
+    recs = MaskRecord.from_masks(
+        masks, scores=[0.9, 0.5, 0.1][:n], level=1, source="conquer", theta=0.4
+    )
+    return ImageRecord(
+        id=image_id, file_name=f"img_{image_id}.jpg", height=12, width=16
+    ).with_masks(recs, assign_ids=True)
 
 
 def test_coco_dataset_round_trip(tmp_path: Path) -> None:
@@ -58,7 +67,15 @@ def test_results_and_sam_round_trip(tmp_path: Path) -> None:
     assert sam.id == 7 and sam.file_name == "img_7.jpg"
     assert [m.decode().sum() for m in sam.masks] == [m.area for m in image.masks]
     raw = json.loads((tmp_path / "s.json").read_text())
-    assert set(raw["annotations"][0]) >= {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
+    assert set(raw["annotations"][0]) >= {
+        "segmentation",
+        "area",
+        "bbox",
+        "predicted_iou",
+        "point_coords",
+        "stability_score",
+        "crop_box",
+    }
 
 
 def test_jsonl_line_round_trip_and_partial_last_line(tmp_path: Path) -> None:
@@ -77,15 +94,24 @@ def test_jsonl_line_round_trip_and_partial_last_line(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("{not json", "not valid JSON"),
-        ('{"images": [{"id": 1, "width": 4}], "annotations": []}', 'images\\[0\\]: missing field "height"'),
-        ('{"images": [{"id": 1, "width": 4, "height": 4}], "annotations": [{"image_id": 2, "segmentation": []}]}',
-         'annotations\\[0\\]: image_id 2 is not in "images"'),
-        ('{"images": [{"id": 1, "width": 4, "height": 4}], "annotations": [{"image_id": 1}]}',
-         'annotations\\[0\\]: missing field "segmentation"'),
+        (
+            '{"images": [{"id": 1, "width": 4}], "annotations": []}',
+            'images\\[0\\]: missing field "height"',
+        ),
+        (
+            '{"images": [{"id": 1, "width": 4, "height": 4}], "annotations": [{"image_id": 2, "segmentation": []}]}',
+            'annotations\\[0\\]: image_id 2 is not in "images"',
+        ),
+        (
+            '{"images": [{"id": 1, "width": 4, "height": 4}], "annotations": [{"image_id": 1}]}',
+            'annotations\\[0\\]: missing field "segmentation"',
+        ),
         ('{"images": [{"id": "one", "width": 4, "height": 4}]}', 'field "id" must be an integer'),
     ],
 )
-def test_malformed_dataset_errors_name_file_and_field(tmp_path: Path, content: str, message: str) -> None:
+def test_malformed_dataset_errors_name_file_and_field(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(MaskFileError, match=message) as info:

@@ -87,7 +87,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
         ("garbage.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, ""),
     ],
 )
-def test_bad_files_raise_one_line_error_naming_the_file(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
+def test_bad_files_raise_one_line_error_naming_the_file(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(ImageReadError) as info:
@@ -98,7 +100,9 @@ def test_bad_files_raise_one_line_error_naming_the_file(tmp_path: Path, name: st
 
 def test_truncated_jpeg_is_an_error(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    full = _save(tmp_path / "full.jpg", Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    full = _save(
+        tmp_path / "full.jpg", Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    )
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(ImageReadError, match="cut.jpg: cannot read image: .*truncated"):
@@ -121,7 +125,13 @@ def test_list_images_sorted_and_reports_others(tmp_path: Path) -> None:
     assert [p.name for p in listing.images] == ["a.png", "b.JPG", "c.jpeg", "z.tif"]
     assert [p.name for p in listing.skipped] == ["notes.txt"]
     deep = list_images(tmp_path, recursive=True)
-    assert [listing.relative(p) for p in deep.images] == ["a.png", "b.JPG", "c.jpeg", "sub/d.png", "z.tif"]
+    assert [listing.relative(p) for p in deep.images] == [
+        "a.png",
+        "b.JPG",
+        "c.jpeg",
+        "sub/d.png",
+        "z.tif",
+    ]
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         list_images(tmp_path / "missing")
 
@@ -130,7 +140,9 @@ def test_list_images_sorted_and_reports_others(tmp_path: Path) -> None:
 def test_real_coco_images_decode_at_their_annotated_size(coco_images: Path, coco_gt: Path) -> None:
     import json
 
-    sizes = {i["file_name"]: (i["height"], i["width"]) for i in json.loads(coco_gt.read_text())["images"]}
+    sizes = {
+        i["file_name"]: (i["height"], i["width"]) for i in json.loads(coco_gt.read_text())["images"]
+    }
     for path in sorted(coco_images.iterdir())[:10]:
         img = load_image(path)
         assert img.shape == (*sizes[path.name], 3)

@@ -46,7 +46,9 @@ def main() -> None:
 
     load_image(path)  # the image itself: part of the base, as every command holds it
     base = _rss_bytes()
-    code = unsam_main([a.replace("{image}", str(path)).replace("{dir}", str(path.parent)) for a in args])
+    code = unsam_main(
+        [a.replace("{image}", str(path)).replace("{dir}", str(path.parent)) for a in args]
+    )
     print(json.dumps({"code": code, "base": base, "peak": _rss_bytes(), "h": h, "w": w}))
 
 

@@ -37,13 +37,38 @@ def test_r50_config_matches_spec() -> None:
     bb = cfg.backbone_config
     assert bb.model_type == "resnet"
     assert list(bb.depths) == [3, 4, 6, 3] and list(bb.hidden_sizes) == [256, 512, 1024, 2048]
-    assert bb.layer_type == "bottleneck" and not bb.downsample_in_bottleneck and not bb.downsample_in_first_stage
+    assert (
+        bb.layer_type == "bottleneck"
+        and not bb.downsample_in_bottleneck
+        and not bb.downsample_in_first_stage
+    )
     assert list(bb.out_features) == ["stage1", "stage2", "stage3", "stage4"]
-    assert (cfg.num_labels, cfg.num_queries, cfg.decoder_layers, cfg.encoder_layers) == (1, 2000, 10, 6)
-    assert (cfg.hidden_dim, cfg.mask_feature_size, cfg.feature_size, cfg.dim_feedforward) == (256, 256, 256, 2048)
-    assert cfg.encoder_feedforward_dim == 1024 and cfg.num_attention_heads == 8 and cfg.dropout == 0.0
-    assert (cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.no_object_weight) == (2.0, 5.0, 5.0, 0.1)
-    assert (cfg.train_num_points, cfg.oversample_ratio, cfg.importance_sample_ratio) == (12544, 3.0, 0.75)
+    assert (cfg.num_labels, cfg.num_queries, cfg.decoder_layers, cfg.encoder_layers) == (
+        1,
+        2000,
+        10,
+        6,
+    )
+    assert (cfg.hidden_dim, cfg.mask_feature_size, cfg.feature_size, cfg.dim_feedforward) == (
+        256,
+        256,
+        256,
+        2048,
+    )
+    assert (
+        cfg.encoder_feedforward_dim == 1024 and cfg.num_attention_heads == 8 and cfg.dropout == 0.0
+    )
+    assert (cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.no_object_weight) == (
+        2.0,
+        5.0,
+        5.0,
+        0.1,
+    )
+    assert (cfg.train_num_points, cfg.oversample_ratio, cfg.importance_sample_ratio) == (
+        12544,
+        3.0,
+        0.75,
+    )
     assert not cfg.pre_norm and cfg.use_auxiliary_loss
 
 
@@ -77,7 +102,11 @@ def test_tiny_forward_shapes_and_loss(tiny: nn.Module) -> None:
     assert torch.isfinite(out.loss)
     out.loss.backward()
     grad = tiny.class_predictor.weight.grad
-    assert grad.shape == tiny.class_predictor.weight.shape and grad.abs().sum() > 0 and torch.isfinite(grad).all()
+    assert (
+        grad.shape == tiny.class_predictor.weight.shape
+        and grad.abs().sum() > 0
+        and torch.isfinite(grad).all()
+    )
 
 
 # --- frozen BatchNorm ---------------------------------------------------------------------------
@@ -120,7 +149,9 @@ def test_frozen_batchnorm_equals_eval_batchnorm() -> None:
         bn.bias.copy_(torch.tensor([0.0, 1.0, -1.0, 0.5]))
     frozen = FrozenBatchNorm2d.from_batchnorm(bn).train()
     x = torch.randn(3, 4, 5, 5)
-    expected = (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    expected = (x - bn.running_mean[:, None, None]) / torch.sqrt(
+        bn.running_var[:, None, None] + bn.eps
+    )
     expected = expected * bn.weight[:, None, None] + bn.bias[:, None, None]
     torch.testing.assert_close(frozen(x), expected.detach())
 
@@ -128,7 +159,9 @@ def test_frozen_batchnorm_equals_eval_batchnorm() -> None:
 # --- backbone checkpoint ------------------------------------------------------------------------
 
 
-def _torchvision_state_dict(depths: tuple[int, ...], hidden: tuple[int, ...], stem: int) -> dict[str, torch.Tensor]:
+def _torchvision_state_dict(
+    depths: tuple[int, ...], hidden: tuple[int, ...], stem: int
+) -> dict[str, torch.Tensor]:
     return torchvision_resnet_state_dict(depths, hidden, stem)
 
 
@@ -151,18 +184,26 @@ def test_load_backbone_checkpoint_maps_every_tensor(tmp_path, tiny: nn.Module, d
     # no two source tensors are equal (values differ element-wise), so a misplaced one cannot look right
     values = list(sd.values())
     for i, a in enumerate(values):
-        assert not any(a.shape == b.shape and (a == b).any() for b in values[i + 1:])
+        assert not any(a.shape == b.shape and (a == b).any() for b in values[i + 1 :])
     path = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
     load_backbone_checkpoint(model, path)
     hb = backbone_module(model).state_dict()
     expected = {hf_backbone_name(k): k for k in sd if not k.startswith("fc.")}
     assert len(expected) == len(sd) - 2  # the rules are one-to-one
-    assert set(hb) == set(expected)  # every backbone tensor has a source, num_batches_tracked included
+    assert set(hb) == set(
+        expected
+    )  # every backbone tensor has a source, num_batches_tracked included
     for dst, src in expected.items():
-        assert hb[dst].shape == sd[src].shape and torch.equal(hb[dst], sd[src].to(hb[dst].dtype)), (dst, src)
+        assert hb[dst].shape == sd[src].shape and torch.equal(hb[dst], sd[src].to(hb[dst].dtype)), (
+            dst,
+            src,
+        )
     # spot checks of the rules themselves, written out
-    assert expected["encoder.stages.0.layers.0.shortcut.normalization.running_mean"] == "layer1.0.downsample.1.running_mean"
+    assert (
+        expected["encoder.stages.0.layers.0.shortcut.normalization.running_mean"]
+        == "layer1.0.downsample.1.running_mean"
+    )
     assert expected["encoder.stages.3.layers.0.layer.2.normalization.bias"] == "layer4.0.bn3.bias"
     assert expected["embedder.embedder.normalization.running_var"] == "bn1.running_var"
 
@@ -172,7 +213,9 @@ def test_load_backbone_checkpoint_errors(tmp_path, tiny: nn.Module) -> None:
     missing = dict(sd)
     del missing["layer2.0.conv3.weight"]
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="missing.*encoder.stages.1.layers.0.layer.2.convolution.weight"):
+    with pytest.raises(
+        ValueError, match="missing.*encoder.stages.1.layers.0.layer.2.convolution.weight"
+    ):
         load_backbone_checkpoint(tiny, tmp_path / "missing.pth")
     extra = dict(sd, **{"layer5.0.conv1.weight": torch.zeros(1)})
     torch.save(extra, tmp_path / "extra.pth")
@@ -193,8 +236,10 @@ def test_build_model_with_backbone_checkpoint(tmp_path) -> None:
     sd = _torchvision_state_dict((1, 1, 1, 1), (32, 64, 128, 256), 16)
     torch.save(sd, tmp_path / "bb.pth")
     model = build_model("tiny", backbone_checkpoint=tmp_path / "bb.pth")
-    torch.testing.assert_close(backbone_module(model).state_dict()["embedder.embedder.convolution.weight"],
-                               sd["conv1.weight"])
+    torch.testing.assert_close(
+        backbone_module(model).state_dict()["embedder.embedder.convolution.weight"],
+        sd["conv1.weight"],
+    )
 
 
 # --- preprocessing ------------------------------------------------------------------------------
@@ -224,7 +269,9 @@ def test_preprocess_normalises_pads_and_resizes() -> None:
     assert torch.count_nonzero(x[0, :, 50:, :]) == 0 and torch.count_nonzero(x[0, :, :, 70:]) == 0
     y = preprocess(image, min_size=100, max_size=1000, size_divisibility=0)
     assert y.shape == (1, 3, 100, 140)
-    z = preprocess(image[::-1].copy(), min_size=100, max_size=1000)  # non-contiguous / read-only inputs are fine
+    z = preprocess(
+        image[::-1].copy(), min_size=100, max_size=1000
+    )  # non-contiguous / read-only inputs are fine
     assert z.shape == (1, 3, 128, 160)
 
 

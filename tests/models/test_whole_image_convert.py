@@ -54,7 +54,9 @@ def test_every_tensor_lands_in_the_right_place(official, r50_keys) -> None:
     for key, value in expected_targets.items():
         assert torch.equal(converted[key], value), key
     # the converted names are the model's, except the 53 num_batches_tracked FrozenBN lacks
-    assert set(r50_keys) - set(converted) == {k for k in r50_keys if k.endswith("num_batches_tracked")}
+    assert set(r50_keys) - set(converted) == {
+        k for k in r50_keys if k.endswith("num_batches_tracked")
+    }
     assert len(set(r50_keys) - set(converted)) == 53
     assert set(converted) <= set(r50_keys)
     for key, value in converted.items():
@@ -67,17 +69,31 @@ def test_query_trap_feat_vs_embed(official) -> None:
     """Regression (Appendix C note 3): query_feat -> queries_features, query_embed -> queries_embedder."""
     converted = convert_official_state_dict(official)
     p = "sem_seg_head.predictor."
-    assert torch.equal(converted["model.transformer_module.queries_features.weight"], official[p + "query_feat.weight"])
-    assert torch.equal(converted["model.transformer_module.queries_embedder.weight"], official[p + "query_embed.weight"])
+    assert torch.equal(
+        converted["model.transformer_module.queries_features.weight"],
+        official[p + "query_feat.weight"],
+    )
+    assert torch.equal(
+        converted["model.transformer_module.queries_embedder.weight"],
+        official[p + "query_embed.weight"],
+    )
     # the two level embeddings are different tensors (note 4)
-    assert torch.equal(converted["model.pixel_level_module.decoder.level_embed"],
-                       official["sem_seg_head.pixel_decoder.transformer.level_embed"])
-    assert torch.equal(converted["model.transformer_module.level_embed.weight"], official[p + "level_embed.weight"])
+    assert torch.equal(
+        converted["model.pixel_level_module.decoder.level_embed"],
+        official["sem_seg_head.pixel_decoder.transformer.level_embed"],
+    )
+    assert torch.equal(
+        converted["model.transformer_module.level_embed.weight"], official[p + "level_embed.weight"]
+    )
     # the very old name of query_feat is accepted too
-    old = {("sem_seg_head.predictor.static_query.weight" if k == p + "query_feat.weight" else k): v
-           for k, v in official.items()}
-    assert torch.equal(convert_official_state_dict(old)["model.transformer_module.queries_features.weight"],
-                       official[p + "query_feat.weight"])
+    old = {
+        ("sem_seg_head.predictor.static_query.weight" if k == p + "query_feat.weight" else k): v
+        for k, v in official.items()
+    }
+    assert torch.equal(
+        convert_official_state_dict(old)["model.transformer_module.queries_features.weight"],
+        official[p + "query_feat.weight"],
+    )
 
 
 def test_qkv_split_reproduces_multihead_attention() -> None:
@@ -94,7 +110,7 @@ def test_qkv_split_reproduces_multihead_attention() -> None:
     converted = convert_official_state_dict(official)
     attn = Mask2FormerAttention(d, heads, is_decoder=True).eval()
     strip = "model.transformer_module.decoder.layers.0.self_attn."
-    attn.load_state_dict({k[len(strip):]: v for k, v in converted.items()}, strict=True)
+    attn.load_state_dict({k[len(strip) :]: v for k, v in converted.items()}, strict=True)
     tgt = torch.randn(11, 2, d)  # (queries, batch, dim)
     pos = torch.randn(11, 2, d)
     with torch.no_grad():
@@ -127,21 +143,32 @@ def test_convert_to_model_is_strict(official) -> None:
 
 def test_convert_checkpoint_end_to_end(tmp_path, official, monkeypatch) -> None:
     pth = tmp_path / "unsam_official.pth"
-    torch.save({"model": official, "optimizer": {"state": {}, "param_groups": []}, "iteration": 199999}, pth)
+    torch.save(
+        {"model": official, "optimizer": {"state": {}, "param_groups": []}, "iteration": 199999},
+        pth,
+    )
     out = convert_checkpoint(pth, tmp_path / "hf")
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     prep = json.loads((out / PREPROCESSOR_FILE).read_text())
-    assert prep["size"] == {"shortest_edge": 1024, "longest_edge": 2048} and prep["size_divisor"] == 32
+    assert (
+        prep["size"] == {"shortest_edge": 1024, "longest_edge": 2048} and prep["size_divisor"] == 32
+    )
     assert read_preprocessor_config(out)["mean"] == pytest.approx((123.675, 116.28, 103.53))
     assert json.loads((out / "config.json").read_text())["num_queries"] == NUM_QUERIES
 
     config = SegmentConfig(min_size=64, max_size=96)
     from_folder = WholeImageSegmenter.from_pretrained(out, config=config)
     state = from_folder.model.state_dict()
-    assert torch.equal(state["model.transformer_module.queries_features.weight"],
-                       official["sem_seg_head.predictor.query_feat.weight"])
-    assert torch.equal(state["model.pixel_level_module.encoder.encoder.stages.3.layers.2.layer.1.normalization.running_var"],
-                       official["backbone.res5.2.conv2.norm.running_var"])
+    assert torch.equal(
+        state["model.transformer_module.queries_features.weight"],
+        official["sem_seg_head.predictor.query_feat.weight"],
+    )
+    assert torch.equal(
+        state[
+            "model.pixel_level_module.encoder.encoder.stages.3.layers.2.layer.1.normalization.running_var"
+        ],
+        official["backbone.res5.2.conv2.norm.running_var"],
+    )
     from_pth = WholeImageSegmenter.from_pretrained(pth, config=config)  # converted on the fly
     image = np.random.default_rng(0).integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
     a, b = from_folder(image, image_id=3), from_pth(image, image_id=3)
@@ -156,7 +183,9 @@ def test_convert_checkpoint_end_to_end(tmp_path, official, monkeypatch) -> None:
     hub_dir.mkdir()
     (hub_dir / "unsam_sa1b.pth").write_bytes(pth.read_bytes())
     monkeypatch.setattr(segmenter, "_download_from_hub", lambda repo_id: hub_dir)
-    from_hub = WholeImageSegmenter.from_pretrained("yujunwei04/unsam-whole-image-segmentation", config=config)
+    from_hub = WholeImageSegmenter.from_pretrained(
+        "yujunwei04/unsam-whole-image-segmentation", config=config
+    )
     assert [r.rle for r in from_hub(image, image_id=3)] == [r.rle for r in a]
 
 

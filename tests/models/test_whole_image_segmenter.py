@@ -52,9 +52,18 @@ def test_postprocess_matches_the_original_order(seed: int, chunk_size: int) -> N
     class_logits = torch.randn(q, 2, generator=g) * 2
     mask_logits = torch.randn(q, 24, 32, generator=g) * 4
     padded, valid, image_hw = (96, 128), (90, 121), (137, 181)
-    out = postprocess_masks(class_logits, mask_logits, padded_hw=padded, valid_hw=valid, image_hw=image_hw,
-                            max_masks=15, chunk_size=chunk_size)
-    idx, scores, masks = instance_inference_naive(class_logits, mask_logits, padded, valid, image_hw, topk=15)
+    out = postprocess_masks(
+        class_logits,
+        mask_logits,
+        padded_hw=padded,
+        valid_hw=valid,
+        image_hw=image_hw,
+        max_masks=15,
+        chunk_size=chunk_size,
+    )
+    idx, scores, masks = instance_inference_naive(
+        class_logits, mask_logits, padded, valid, image_hw, topk=15
+    )
     np.testing.assert_array_equal(out.query_indices, idx)
     np.testing.assert_allclose(out.scores, scores, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(decode_rles(out.rles), masks)
@@ -72,7 +81,9 @@ def test_postprocess_hand_computed_score() -> None:
     out = postprocess_masks(cls, logits, padded_hw=(4, 4), valid_hw=(4, 4), image_hw=(4, 4))
     p = float(torch.softmax(cls, -1)[0, 0])
     assert out.areas.tolist() == [4]
-    assert out.scores[0] == pytest.approx(p * float(torch.sigmoid(torch.tensor(2.0))) * 4 / (4 + 1e-6), rel=1e-6)
+    assert out.scores[0] == pytest.approx(
+        p * float(torch.sigmoid(torch.tensor(2.0))) * 4 / (4 + 1e-6), rel=1e-6
+    )
     expected = np.zeros((4, 4), dtype=bool)
     expected[:2, :2] = True
     np.testing.assert_array_equal(decode_rles(out.rles)[0], expected)
@@ -80,8 +91,13 @@ def test_postprocess_hand_computed_score() -> None:
 
 def test_postprocess_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match=r"same Q, got \(3, 2\) and \(4, 8, 8\)"):
-        postprocess_masks(torch.zeros(3, 2), torch.zeros(4, 8, 8), padded_hw=(32, 32), valid_hw=(32, 32),
-                          image_hw=(32, 32))
+        postprocess_masks(
+            torch.zeros(3, 2),
+            torch.zeros(4, 8, 8),
+            padded_hw=(32, 32),
+            valid_hw=(32, 32),
+            image_hw=(32, 32),
+        )
 
 
 def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
@@ -97,9 +113,15 @@ def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
     g = torch.Generator().manual_seed(0)
     q, chunk = 300, 4
     image_hw = (1500, 2000)  # resized to (1024, 1365), padded to (1024, 1376)
-    out = postprocess_masks(torch.randn(q, 2, generator=g), torch.randn(q, 256, 344, generator=g),
-                            padded_hw=(1024, 1376), valid_hw=(1024, 1365), image_hw=image_hw,
-                            max_masks=40, chunk_size=chunk)
+    out = postprocess_masks(
+        torch.randn(q, 2, generator=g),
+        torch.randn(q, 256, 344, generator=g),
+        padded_hw=(1024, 1376),
+        valid_hw=(1024, 1365),
+        image_hw=image_hw,
+        max_masks=40,
+        chunk_size=chunk,
+    )
     assert len(out.rles) == 40 and out.rles[0]["size"] == [1500, 2000]
     assert len(sizes) == 2 * 10  # two resizes per chunk, 40 / 4 chunks
     assert max(sizes) <= chunk * 1500 * 2000
@@ -118,7 +140,9 @@ def test_lean_mask_predictions_keep_the_result(tiny_model, hw) -> None:
             lean = tiny_model(pixel_values=x, output_auxiliary_logits=True)
     assert torch.equal(lean.masks_queries_logits, plain.masks_queries_logits)
     assert torch.equal(lean.class_queries_logits, plain.class_queries_logits)
-    assert all(aux["masks_queries_logits"].numel() == 0 for aux in lean.auxiliary_logits)  # earlier layers dropped
+    assert all(
+        aux["masks_queries_logits"].numel() == 0 for aux in lean.auxiliary_logits
+    )  # earlier layers dropped
     with torch.no_grad():  # the stock forward is back afterwards
         again = tiny_model(pixel_values=x, output_auxiliary_logits=True)
     assert all(aux["masks_queries_logits"].numel() > 0 for aux in again.auxiliary_logits)
@@ -133,14 +157,18 @@ def test_segmenter_records(tiny_model, image) -> None:
     records = seg(image, image_id=42)
     assert 0 < len(records) <= 20
     scores = [r.score for r in records]
-    assert scores == sorted(scores, reverse=True)  # the values themselves: against the reference below
+    assert scores == sorted(
+        scores, reverse=True
+    )  # the values themselves: against the reference below
     assert [r.id for r in records] == [annotation_id(42, k) for k in range(len(records))]
     assert all(r.image_id == 42 and r.source == "model" and r.level == 0 for r in records)
     assert all(r.image_hw == (75, 101) and r.area > 0 for r in records)
     # the same numbers as the raw model output pushed through the naive original rule
     class_logits, mask_logits, padded, valid = seg.predict_logits(image)
     assert padded == (64, 96) and valid == (64, 86)
-    _, ref_scores, ref_masks = instance_inference_naive(class_logits, mask_logits, padded, valid, (75, 101), topk=20)
+    _, ref_scores, ref_masks = instance_inference_naive(
+        class_logits, mask_logits, padded, valid, (75, 101), topk=20
+    )
     keep = ref_masks.reshape(20, -1).any(1)
     order = np.argsort(-ref_scores[keep], kind="stable")
     np.testing.assert_allclose(scores, ref_scores[keep][order], rtol=1e-5)
@@ -150,9 +178,13 @@ def test_segmenter_records(tiny_model, image) -> None:
 def test_segmenter_thresholds_and_nms(tiny_model, image) -> None:
     base = WholeImageSegmenter(tiny_model, SMALL)(image)
     cut = float(np.median([r.score for r in base]))
-    high = WholeImageSegmenter(tiny_model, SegmentConfig(**{**SMALL.__dict__, "score_thresh": cut}))(image)
+    high = WholeImageSegmenter(
+        tiny_model, SegmentConfig(**{**SMALL.__dict__, "score_thresh": cut})
+    )(image)
     assert high and all(r.score >= cut for r in high) and len(high) < len(base)
-    nms = WholeImageSegmenter(tiny_model, SegmentConfig(**{**SMALL.__dict__, "nms_iou_thresh": 0.5}))(image)
+    nms = WholeImageSegmenter(
+        tiny_model, SegmentConfig(**{**SMALL.__dict__, "nms_iou_thresh": 0.5})
+    )(image)
     iou = rle_iou_matrix([r.rle for r in nms], [r.rle for r in nms])
     np.fill_diagonal(iou, 0)
     assert len(nms) < len(base) and iou.max(initial=0.0) <= 0.5
@@ -170,7 +202,9 @@ def test_segmenter_large_image_bounded(tiny_model, monkeypatch) -> None:
 
     monkeypatch.setattr(segmenter, "F", types.SimpleNamespace(interpolate=interpolate))
     big = np.random.default_rng(1).integers(0, 256, size=(1500, 2000, 3), dtype=np.uint8)
-    seg = WholeImageSegmenter(tiny_model, SegmentConfig(min_size=128, max_size=256, max_masks=24, chunk_size=2))
+    seg = WholeImageSegmenter(
+        tiny_model, SegmentConfig(min_size=128, max_size=256, max_masks=24, chunk_size=2)
+    )
     records = seg(big, image_id=1)
     assert all(r.image_hw == (1500, 2000) for r in records)
     assert max(sizes) <= 2 * 1500 * 2000
@@ -209,9 +243,13 @@ def test_save_and_load_roundtrip_and_run_dirs(tmp_path, tiny_model, image) -> No
     (older.parent / "training_state.pt").write_bytes(b"")
     newer = run / "checkpoints" / "step_0000020" / "model"
     seg.save_pretrained(newer)
-    assert resolve_model_folder(run) == older  # step 20 is still being written (no training state yet)
+    assert (
+        resolve_model_folder(run) == older
+    )  # step 20 is still being written (no training state yet)
     (newer.parent / "training_state.pt").write_bytes(b"")
-    assert resolve_model_folder(run) == newer  # newest complete periodic checkpoint while training runs
+    assert (
+        resolve_model_folder(run) == newer
+    )  # newest complete periodic checkpoint while training runs
     seg.save_pretrained(run / "model")
     assert resolve_model_folder(run) == run / "model"  # the final model once written
     assert resolve_model_folder(run / "model") == run / "model"
@@ -261,7 +299,9 @@ def test_stability_score_is_sams_rule_on_the_upsampled_logits() -> None:
     logits[1, 1:2] = 0.5  # 4 px above +1, 8 above -1 -> 0.5
     logits[2] = -5.0  # empty -> 1.0 (SAM's convention for 0/0)
     class_logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
-    out = postprocess_masks(class_logits, logits, padded_hw=(4, 4), valid_hw=(4, 4), image_hw=(4, 4))
+    out = postprocess_masks(
+        class_logits, logits, padded_hw=(4, 4), valid_hw=(4, 4), image_hw=(4, 4)
+    )
     by_query = dict(zip(out.query_indices.tolist(), out.stability.tolist()))
     assert by_query[0] == pytest.approx(1.0) and by_query[1] == pytest.approx(0.5)
     assert by_query[2] == 1.0
@@ -277,6 +317,13 @@ def test_chunks_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(segmenter, "encode_masks", spy)
     class_logits = torch.zeros(10, 2)
-    postprocess_masks(class_logits, torch.randn(10, 8, 8), padded_hw=(32, 32), valid_hw=(32, 32),
-                      image_hw=(100, 100), chunk_size=16, chunk_bytes=12 * 100 * 100 * 3)
+    postprocess_masks(
+        class_logits,
+        torch.randn(10, 8, 8),
+        padded_hw=(32, 32),
+        valid_hw=(32, 32),
+        image_hw=(100, 100),
+        chunk_size=16,
+        chunk_bytes=12 * 100 * 100 * 3,
+    )
     assert seen == [3, 3, 3, 1]  # 3 masks of 12 bytes x 100 x 100 fit in the budget

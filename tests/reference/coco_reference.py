@@ -24,14 +24,17 @@ import numpy as np
 AREA_LABELS = ((1, "s"), (2, "m"), (3, "l"))  # COCOeval areaRng order: all, small, medium, large
 
 
-def _run_cocoeval(gt_path: str | Path, results: str | Path | list[dict[str, Any]],
-                  max_dets: tuple[int, ...]) -> Any:
+def _run_cocoeval(
+    gt_path: str | Path, results: str | Path | list[dict[str, Any]], max_dets: tuple[int, ...]
+) -> Any:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_path))
-        dt = gt.loadRes(copy.deepcopy(results) if isinstance(results, list) else str(results))  # it edits them
+        dt = gt.loadRes(
+            copy.deepcopy(results) if isinstance(results, list) else str(results)
+        )  # it edits them
         E = COCOeval(gt, dt, iouType="segm")
         E.params.useCats = 0
         E.params.maxDets = list(max_dets)
@@ -41,8 +44,11 @@ def _run_cocoeval(gt_path: str | Path, results: str | Path | list[dict[str, Any]
     return E
 
 
-def pycocotools_metrics(gt_path: str | Path, results: str | Path | list[dict[str, Any]],
-                        max_dets: tuple[int, ...] = (1, 10, 100, 1000)) -> dict[str, float | None]:
+def pycocotools_metrics(
+    gt_path: str | Path,
+    results: str | Path | list[dict[str, Any]],
+    max_dets: tuple[int, ...] = (1, 10, 100, 1000),
+) -> dict[str, float | None]:
     """Load GT and a results list with pycocotools, run COCOeval(segm, useCats=0) over all GT images,
     and read every metric off the ``recall`` / ``precision`` arrays.
 
@@ -58,7 +64,9 @@ def pycocotools_metrics(gt_path: str | Path, results: str | Path | list[dict[str
         v = x[x > -1]
         return float(v.mean()) if v.size else None
 
-    out: dict[str, float | None] = {f"AR@{k}": mean(recall[:, :, 0, m]) for m, k in enumerate(max_dets)}
+    out: dict[str, float | None] = {
+        f"AR@{k}": mean(recall[:, :, 0, m]) for m, k in enumerate(max_dets)
+    }
     out["AP"] = mean(precision[:, :, :, 0, -1])
     out["AP50"] = mean(precision[0, :, :, 0, -1])
     out["AP75"] = mean(precision[5, :, :, 0, -1])
@@ -67,7 +75,9 @@ def pycocotools_metrics(gt_path: str | Path, results: str | Path | list[dict[str
     return out
 
 
-def pycocotools_summary(gt_path: str | Path, results: str | Path | list[dict[str, Any]]) -> dict[str, float]:
+def pycocotools_summary(
+    gt_path: str | Path, results: str | Path | list[dict[str, Any]]
+) -> dict[str, float]:
     """The metrics as pycocotools' ``summarize()`` computes them (its ``stats`` vector).
 
     ``summarize`` reads AP50/AP75/AP per area/AR per area at ``maxDets[2]`` and AR at maxDets[0..2],
@@ -81,8 +91,18 @@ def pycocotools_summary(gt_path: str | Path, results: str | Path | list[dict[str
             E.summarize()
         s = [float(v) for v in E.stats]
         k = dets[2]
-        out.update({"AR@1": s[6], "AR@10": s[7], f"AR@{k}": s[8], f"AP50@{k}": s[1], f"AP75@{k}": s[2],
-                    f"ARs@{k}": s[9], f"ARm@{k}": s[10], f"ARl@{k}": s[11]})
+        out.update(
+            {
+                "AR@1": s[6],
+                "AR@10": s[7],
+                f"AR@{k}": s[8],
+                f"AP50@{k}": s[1],
+                f"AP75@{k}": s[2],
+                f"ARs@{k}": s[9],
+                f"ARm@{k}": s[10],
+                f"ARl@{k}": s[11],
+            }
+        )
     return out
 
 
@@ -93,8 +113,14 @@ def _encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def degraded_predictions(gt_path: str | Path, seed: int = 0, *, many: int | None = 2, one: int | None = 0,
-                         none: int | None = 1) -> list[dict[str, Any]]:
+def degraded_predictions(
+    gt_path: str | Path,
+    seed: int = 0,
+    *,
+    many: int | None = 2,
+    one: int | None = 0,
+    none: int | None = 1,
+) -> list[dict[str, Any]]:
     """A deterministic, imperfect COCO results list for the GT file's images (sorted by id).
 
     Every image's GT masks are dropped (p 0.2), kept, eroded, dilated or shifted, and sometimes
@@ -116,9 +142,18 @@ def degraded_predictions(gt_path: str | Path, seed: int = 0, *, many: int | None
     results: list[dict[str, Any]] = []
 
     def add(img_id: int, mask: np.ndarray, score: float) -> None:
-        results.append({"image_id": img_id, "category_id": 1, "segmentation": _encode(mask), "score": float(score)})
+        results.append(
+            {
+                "image_id": img_id,
+                "category_id": 1,
+                "segmentation": _encode(mask),
+                "score": float(score),
+            }
+        )
 
-    def score() -> float:  # on the ``many`` image half the true matches rank behind its 130 false ones
+    def score() -> (
+        float
+    ):  # on the ``many`` image half the true matches rank behind its 130 false ones
         if pos != many:
             return float(rng.random())
         return float(rng.uniform(0.3, 1.0) if rng.random() < 0.5 else rng.uniform(0.0, 0.1))
@@ -132,7 +167,10 @@ def degraded_predictions(gt_path: str | Path, seed: int = 0, *, many: int | None
     for pos, img_id in enumerate(sorted(coco.getImgIds())):
         info = coco.imgs[img_id]
         h, w = info["height"], info["width"]
-        gts = [coco.annToMask(a).astype(bool) for a in sorted(coco.imgToAnns[img_id], key=lambda a: a["id"])]
+        gts = [
+            coco.annToMask(a).astype(bool)
+            for a in sorted(coco.imgToAnns[img_id], key=lambda a: a["id"])
+        ]
         if pos == none:
             continue
         if pos == one:

@@ -55,7 +55,11 @@ def conquer_naive(
                 area = m.sum()
                 if area and (m & dmask[y0:y1, x0:x1]).sum() / area > cfg.coverage_thresh:
                     candidates.append((level, theta, (x0, y0, x1, y1), m))
-        kept = nms_loop([c[3] for c in candidates], [c[3].sum() for c in candidates], cfg.nms_iou_thresh,
-                        None if cfg.full_nms else cfg.nms_window)
+        kept = nms_loop(
+            [c[3] for c in candidates],
+            [c[3].sum() for c in candidates],
+            cfg.nms_iou_thresh,
+            None if cfg.full_nms else cfg.nms_window,
+        )
         out.extend((parent, *candidates[i]) for i in sorted(kept))
     return out

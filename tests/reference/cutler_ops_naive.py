@@ -106,7 +106,7 @@ def nms_naive(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> list[
         if i in suppressed:
             continue
         keep.append(i)
-        for j in order[pos + 1:]:
+        for j in order[pos + 1 :]:
             if j not in suppressed and iou_naive(boxes[i], boxes[j]) > iou_thresh:
                 suppressed.add(j)
     return keep
@@ -124,7 +124,9 @@ def batched_nms_naive(
 
 
 def decode_naive(
-    delta: np.ndarray, box: np.ndarray, weights: tuple[float, float, float, float],
+    delta: np.ndarray,
+    box: np.ndarray,
+    weights: tuple[float, float, float, float],
     scale_clamp: float = math.log(1000.0 / 16),
 ) -> np.ndarray:
     """detectron2 ``apply_deltas`` for one box, float32 scalars."""
@@ -147,9 +149,7 @@ def decode_naive(
     )
 
 
-def paste_values_naive(
-    mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int]
-) -> np.ndarray:
+def paste_values_naive(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     """Value each image pixel samples from an ``(M, M)`` mask pasted into ``box`` → ``(H, W)``.
 
     Pixel centre ``(j + .5, i + .5)`` → normalised box coordinate in [-1, 1] → bilinear sample of

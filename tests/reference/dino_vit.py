@@ -52,7 +52,9 @@ def hf_to_dino_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _layer_norm(x: torch.Tensor, sd: dict[str, torch.Tensor], name: str, eps: float) -> torch.Tensor:
+def _layer_norm(
+    x: torch.Tensor, sd: dict[str, torch.Tensor], name: str, eps: float
+) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], sd[f"{name}.weight"], sd[f"{name}.bias"], eps)
 
 
@@ -91,7 +93,10 @@ def dino_last_keys(
         out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, -1, dim)
         x = x + F.linear(out, sd[f"blocks.{i}.attn.proj.weight"], sd[f"blocks.{i}.attn.proj.bias"])
         y = _layer_norm(x, sd, f"blocks.{i}.norm2", eps)
-        y = F.linear(F.gelu(F.linear(y, sd[f"blocks.{i}.mlp.fc1.weight"], sd[f"blocks.{i}.mlp.fc1.bias"])),
-                     sd[f"blocks.{i}.mlp.fc2.weight"], sd[f"blocks.{i}.mlp.fc2.bias"])
+        y = F.linear(
+            F.gelu(F.linear(y, sd[f"blocks.{i}.mlp.fc1.weight"], sd[f"blocks.{i}.mlp.fc1.bias"])),
+            sd[f"blocks.{i}.mlp.fc2.weight"],
+            sd[f"blocks.{i}.mlp.fc2.bias"],
+        )
         x = x + y
     raise ValueError("state dict has no blocks")

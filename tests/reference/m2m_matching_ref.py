@@ -24,8 +24,14 @@ def _bce(x: float, t: float) -> float:
 
 
 def cost_naive(
-    logits: np.ndarray, labels: np.ndarray, pred_boxes=None, target_boxes=None,
-    w_ce: float = 5.0, w_dice: float = 5.0, w_l1: float = 5.0, w_giou: float = 2.0,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    pred_boxes=None,
+    target_boxes=None,
+    w_ce: float = 5.0,
+    w_dice: float = 5.0,
+    w_l1: float = 5.0,
+    w_giou: float = 2.0,
 ) -> np.ndarray:
     """logits (Q, P), labels (T, P) in [0, 1], boxes (Q, 4) / (T, 4) cxcywh -> (Q, T) float64."""
     q_n, p_n = logits.shape

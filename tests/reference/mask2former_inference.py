@@ -22,12 +22,16 @@ def instance_inference_naive(
     topk: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (query indices (k,), scores (k,), binary masks (k, H, W) bool) in top-k order."""
-    up = F.interpolate(mask_logits[None].float(), size=padded_hw, mode="bilinear", align_corners=False)
+    up = F.interpolate(
+        mask_logits[None].float(), size=padded_hw, mode="bilinear", align_corners=False
+    )
     up = up[:, :, : valid_hw[0], : valid_hw[1]]
     up = F.interpolate(up, size=image_hw, mode="bilinear", align_corners=False)[0]
     scores = F.softmax(class_logits.float(), dim=-1)[:, :-1]  # (Q, 1)
     top_scores, top_idx = scores.flatten(0, 1).topk(topk, sorted=True)
     mask_pred = up[top_idx]
     pred_masks = (mask_pred > 0).float()
-    mask_scores = (mask_pred.sigmoid().flatten(1) * pred_masks.flatten(1)).sum(1) / (pred_masks.flatten(1).sum(1) + 1e-6)
+    mask_scores = (mask_pred.sigmoid().flatten(1) * pred_masks.flatten(1)).sum(1) / (
+        pred_masks.flatten(1).sum(1) + 1e-6
+    )
     return top_idx.numpy(), (top_scores * mask_scores).numpy(), pred_masks.bool().numpy()

@@ -42,18 +42,34 @@ def official_entries(num_queries: int = 2000) -> list[Entry]:
             conv_shapes = {1: (w, cin, 1, 1), 2: (w, w, 3, 3), 3: (c, w, 1, 1)}
             for conv in (1, 2, 3):
                 hf = HB + f"encoder.stages.{stage}.layers.{j}.layer.{conv - 1}"
-                add(f"backbone.res{res}.{j}.conv{conv}.weight", conv_shapes[conv], hf + ".convolution.weight")
+                add(
+                    f"backbone.res{res}.{j}.conv{conv}.weight",
+                    conv_shapes[conv],
+                    hf + ".convolution.weight",
+                )
                 for n in BN:
-                    add(f"backbone.res{res}.{j}.conv{conv}.norm.{n}", (conv_shapes[conv][0],), hf + f".normalization.{n}")
+                    add(
+                        f"backbone.res{res}.{j}.conv{conv}.norm.{n}",
+                        (conv_shapes[conv][0],),
+                        hf + f".normalization.{n}",
+                    )
             if j == 0:
                 hf = HB + f"encoder.stages.{stage}.layers.0.shortcut"
-                add(f"backbone.res{res}.0.shortcut.weight", (c, cin, 1, 1), hf + ".convolution.weight")
+                add(
+                    f"backbone.res{res}.0.shortcut.weight",
+                    (c, cin, 1, 1),
+                    hf + ".convolution.weight",
+                )
                 for n in BN:
                     add(f"backbone.res{res}.0.shortcut.norm.{n}", (c,), hf + f".normalization.{n}")
     # pixel decoder
     pd = "sem_seg_head.pixel_decoder."
     for k, cin in enumerate((2048, 1024, 512)):
-        add(pd + f"input_proj.{k}.0.weight", (256, cin, 1, 1), HPD + f"input_projections.{k}.0.weight")
+        add(
+            pd + f"input_proj.{k}.0.weight",
+            (256, cin, 1, 1),
+            HPD + f"input_projections.{k}.0.weight",
+        )
         add(pd + f"input_proj.{k}.0.bias", (256,), HPD + f"input_projections.{k}.0.bias")
         add(pd + f"input_proj.{k}.1.weight", (256,), HPD + f"input_projections.{k}.1.weight")
         add(pd + f"input_proj.{k}.1.bias", (256,), HPD + f"input_projections.{k}.1.bias")
@@ -61,7 +77,12 @@ def official_entries(num_queries: int = 2000) -> list[Entry]:
     for layer in range(6):
         src = pd + f"transformer.encoder.layers.{layer}."
         dst = HPD + f"encoder.layers.{layer}."
-        for sub, rows in (("sampling_offsets", 192), ("attention_weights", 96), ("value_proj", 256), ("output_proj", 256)):
+        for sub, rows in (
+            ("sampling_offsets", 192),
+            ("attention_weights", 96),
+            ("value_proj", 256),
+            ("output_proj", 256),
+        ):
             add(src + f"self_attn.{sub}.weight", (rows, 256), dst + f"self_attn.{sub}.weight")
             add(src + f"self_attn.{sub}.bias", (rows,), dst + f"self_attn.{sub}.bias")
         for wb in ("weight", "bias"):
@@ -89,16 +110,28 @@ def official_entries(num_queries: int = 2000) -> list[Entry]:
         ca = p + f"transformer_cross_attention_layers.{i}."
         ff = p + f"transformer_ffn_layers.{i}."
         dst = HD + f"layers.{i}."
-        out.append((sa + "self_attn.in_proj_weight", (768, 256), [
-            (dst + "self_attn.q_proj.weight", slice(0, 256)),
-            (dst + "self_attn.k_proj.weight", slice(256, 512)),
-            (dst + "self_attn.v_proj.weight", slice(512, 768)),
-        ]))
-        out.append((sa + "self_attn.in_proj_bias", (768,), [
-            (dst + "self_attn.q_proj.bias", slice(0, 256)),
-            (dst + "self_attn.k_proj.bias", slice(256, 512)),
-            (dst + "self_attn.v_proj.bias", slice(512, 768)),
-        ]))
+        out.append(
+            (
+                sa + "self_attn.in_proj_weight",
+                (768, 256),
+                [
+                    (dst + "self_attn.q_proj.weight", slice(0, 256)),
+                    (dst + "self_attn.k_proj.weight", slice(256, 512)),
+                    (dst + "self_attn.v_proj.weight", slice(512, 768)),
+                ],
+            )
+        )
+        out.append(
+            (
+                sa + "self_attn.in_proj_bias",
+                (768,),
+                [
+                    (dst + "self_attn.q_proj.bias", slice(0, 256)),
+                    (dst + "self_attn.k_proj.bias", slice(256, 512)),
+                    (dst + "self_attn.v_proj.bias", slice(512, 768)),
+                ],
+            )
+        )
         add(ca + "multihead_attn.in_proj_weight", (768, 256), dst + "cross_attn.in_proj_weight")
         add(ca + "multihead_attn.in_proj_bias", (768,), dst + "cross_attn.in_proj_bias")
         for wb, shape in (("weight", (256, 256)), ("bias", (256,))):
@@ -115,8 +148,16 @@ def official_entries(num_queries: int = 2000) -> list[Entry]:
     add(p + "decoder_norm.weight", (256,), HD + "layernorm.weight")
     add(p + "decoder_norm.bias", (256,), HD + "layernorm.bias")
     for k in range(3):
-        add(p + f"mask_embed.layers.{k}.weight", (256, 256), HD + f"mask_predictor.mask_embedder.{k}.0.weight")
-        add(p + f"mask_embed.layers.{k}.bias", (256,), HD + f"mask_predictor.mask_embedder.{k}.0.bias")
+        add(
+            p + f"mask_embed.layers.{k}.weight",
+            (256, 256),
+            HD + f"mask_predictor.mask_embedder.{k}.0.weight",
+        )
+        add(
+            p + f"mask_embed.layers.{k}.bias",
+            (256,),
+            HD + f"mask_predictor.mask_embedder.{k}.0.bias",
+        )
     add(p + "class_embed.weight", (2, 256), "class_predictor.weight")
     add(p + "class_embed.bias", (2,), "class_predictor.bias")
     add("criterion.empty_weight", (2,), "criterion.empty_weight")
@@ -135,7 +176,10 @@ def synthetic_official_state_dict(num_queries: int = 6, seed: int = 0) -> dict:
         t = torch.randn(shape, generator=g)
         if len(shape) >= 2:  # fan-in scaling keeps a 50-layer forward pass finite
             t = t / math.sqrt(math.prod(shape[1:]))
-        elif name.endswith(("running_var", "norm.weight", "norm1.weight", "norm2.weight")) or ".1.weight" in name:
+        elif (
+            name.endswith(("running_var", "norm.weight", "norm1.weight", "norm2.weight"))
+            or ".1.weight" in name
+        ):
             t = t.abs() * 0.5 + 0.5  # positive variances and norm scales
         sd[name] = t
     return sd

@@ -14,7 +14,11 @@ from tests.reference.merge_naive import _similarities
 
 
 def merge_graph_naive(
-    feats: np.ndarray, edges: np.ndarray, thetas: tuple[float, ...], min_size: int = 1, weights: np.ndarray | None = None
+    feats: np.ndarray,
+    edges: np.ndarray,
+    thetas: tuple[float, ...],
+    min_size: int = 1,
+    weights: np.ndarray | None = None,
 ) -> list[tuple[float, int, np.ndarray, tuple[int, ...]]]:
     """Returns one ``(theta, level, labels (N,) int64, emitted ids)`` per theta."""
     x = np.asarray(feats, dtype=np.float64)
@@ -49,6 +53,8 @@ def merge_graph_naive(
         labels = np.empty(n, dtype=np.int64)
         for cid, mem in members.items():
             labels[sorted(mem)] = cid
-        emitted = tuple(sorted(c for c in members if nbrs[c] and int(w[sorted(members[c])].sum()) >= min_size))
+        emitted = tuple(
+            sorted(c for c in members if nbrs[c] and int(w[sorted(members[c])].sum()) >= min_size)
+        )
         out.append((float(theta), level, labels, emitted))
     return out

@@ -71,7 +71,9 @@ def merge_naive(
     return out
 
 
-def planted_features(h: int, w: int, c: int, *, objects: int = 6, parts: int = 4, seed: int = 0) -> np.ndarray:
+def planted_features(
+    h: int, w: int, c: int, *, objects: int = 6, parts: int = 4, seed: int = 0
+) -> np.ndarray:
     """(h, w, c) float32 features with a planted object/part hierarchy, roughly like DINO keys.
 
     Patches belong to the nearest of ``objects * parts`` random seed points (Voronoi cells, so

@@ -59,7 +59,11 @@ def maskcut_patches_dense(
             painting = painting + current
             painting[painting > 0] = 1
             painting[painting <= 0] = 0
-            flat = (flat.reshape(h, w, c) * (1 - painting)[..., None]).reshape(h * w, c).astype(np.float32)
+            flat = (
+                (flat.reshape(h, w, c) * (1 - painting)[..., None])
+                .reshape(h * w, c)
+                .astype(np.float32)
+            )
         v = ncut_dense(flat, tau, eps)
         if v[first_argmax(np.abs(v))] < 0:
             v = -v

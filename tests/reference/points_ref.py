@@ -12,7 +12,9 @@ import math
 import numpy as np
 
 
-def distance_transform_naive(sources: np.ndarray, kernel_size: int = 3, h: float = 0.35) -> np.ndarray:
+def distance_transform_naive(
+    sources: np.ndarray, kernel_size: int = 3, h: float = 0.35
+) -> np.ndarray:
     """(H, W) float sources (non-zero = distance 0) -> (H, W) float64 kornia-style distance."""
     height, width = sources.shape
     half = kernel_size // 2

@@ -29,7 +29,9 @@ def bilinear_zero_pad(value: torch.Tensor, x: float, y: float) -> torch.Tensor:
     return out
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
@@ -85,7 +87,11 @@ def msda_naive(
 
 
 def self_attention_naive(
-    x: torch.Tensor, pos: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, n_heads: int,
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    prefix: str,
+    n_heads: int,
     blocked: torch.Tensor | None,
 ) -> torch.Tensor:
     """nn.MultiheadAttention(q = k = x + pos, v = x) with ``blocked[i, j]`` = True masking j for i."""
@@ -101,7 +107,9 @@ def self_attention_naive(
     for m in range(n_heads):
         sl = slice(m * d, (m + 1) * d)
         for i in range(q_count):
-            scores = torch.stack([(q[i, sl] * k[j, sl]).sum() / math.sqrt(d) for j in range(q_count)])
+            scores = torch.stack(
+                [(q[i, sl] * k[j, sl]).sum() / math.sqrt(d) for j in range(q_count)]
+            )
             if blocked is not None:
                 scores = torch.where(blocked[i], torch.tensor(float("-inf")), scores)
             att = torch.exp(scores - scores.max())
@@ -128,10 +136,16 @@ def decoder_layer_naive(
     """
     sa = self_attention_naive(x, query_pos, p, prefix + "self_attn.", n_heads, blocked)
     x = layer_norm(x + sa, p[prefix + "norm2.weight"], p[prefix + "norm2.bias"])
-    ca = msda_naive(x + query_pos, boxes, memory_levels, p, prefix + "cross_attn.", n_heads, n_points)
+    ca = msda_naive(
+        x + query_pos, boxes, memory_levels, p, prefix + "cross_attn.", n_heads, n_points
+    )
     x = layer_norm(x + ca, p[prefix + "norm1.weight"], p[prefix + "norm1.bias"])
     hidden = torch.clamp(linear(x, p, prefix + "linear1"), min=0)
-    return layer_norm(x + linear(hidden, p, prefix + "linear2"), p[prefix + "norm3.weight"], p[prefix + "norm3.bias"])
+    return layer_norm(
+        x + linear(hidden, p, prefix + "linear2"),
+        p[prefix + "norm3.weight"],
+        p[prefix + "norm3.bias"],
+    )
 
 
 def click_queries_naive(
@@ -199,7 +213,7 @@ def official_state_dict_from_ours(
         elif k.startswith(hf + "embeddings.norm."):
             out["backbone.patch_embed.norm." + k.rsplit(".", 1)[1]] = v
         elif k.startswith(hf + "encoder.layers."):
-            rest = k[len(hf + "encoder.layers."):]
+            rest = k[len(hf + "encoder.layers.") :]
             s, kind, tail = rest.split(".", 2)
             if kind == "downsample":
                 out[f"backbone.layers.{s}.downsample.{tail}"] = v
@@ -223,7 +237,7 @@ def official_state_dict_from_ours(
             else:
                 raise KeyError(k)
         elif k.startswith("backbone.hidden_states_norms.stage"):
-            stage, wb = k[len("backbone.hidden_states_norms.stage"):].split(".")
+            stage, wb = k[len("backbone.hidden_states_norms.stage") :].split(".")
             out[f"backbone.norm{int(stage) - 1}.{wb}"] = v
         elif k.startswith("sem_seg_head."):
             out[k] = v
@@ -296,8 +310,9 @@ def decode_naive(
     out = None
     for lid in range(num_layers):
         pos = mlp(box_sine_naive(ref, c // 2), p, "decoder.ref_point_head.", 2)
-        x = decoder_layer_naive(x, pos, ref, memory_levels, p, f"decoder.layers.{lid}.", n_heads,
-                                n_points, blocked)
+        x = decoder_layer_naive(
+            x, pos, ref, memory_levels, p, f"decoder.layers.{lid}.", n_heads, n_points, blocked
+        )
         new_ref = torch.sigmoid(mlp(x, p, "_bbox_embed.", 3) + inverse_sigmoid_naive(ref))
         hs = layer_norm(x, p["decoder_norm.weight"], p["decoder_norm.bias"])
         z = layer_norm(hs, p["decoder_norm.weight"], p["decoder_norm.bias"])  # applied twice

@@ -26,7 +26,7 @@ def hf_backbone_name(key: str) -> str:
     if parts[0] == "bn1":
         return "embedder.embedder.normalization." + parts[1]
     assert parts[0].startswith("layer"), key
-    stage = int(parts[0][len("layer"):]) - 1
+    stage = int(parts[0][len("layer") :]) - 1
     block = int(parts[1])
     prefix = f"encoder.stages.{stage}.layers.{block}."
     module = parts[2]
@@ -39,8 +39,9 @@ def hf_backbone_name(key: str) -> str:
     return prefix + f"layer.{index}.{kind}." + parts[3]
 
 
-def torchvision_resnet_state_dict(depths: tuple[int, ...], hidden: tuple[int, ...], stem: int,
-                                  seed: int = 3) -> dict[str, torch.Tensor]:
+def torchvision_resnet_state_dict(
+    depths: tuple[int, ...], hidden: tuple[int, ...], stem: int, seed: int = 3
+) -> dict[str, torch.Tensor]:
     """A torchvision-style bottleneck ResNet state dict with a 10-way ``fc`` head.
 
     Every float tensor is drawn independently (so all values are distinct); BN scales and running

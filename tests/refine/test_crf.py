@@ -68,7 +68,9 @@ def test_refine_masks_accepts_and_pastes_back() -> None:
     off = _shifted(truth, 4, 4)
     ((refined, iou),) = refine_masks(img, [off], RefineConfig(method="crf"))
     assert refined is not None and refined.shape == (80, 80)
-    assert (refined != off).sum() > 200  # the CRF really ran: the shifted mask moved (4 px x 70 edge px)
+    assert (
+        refined != off
+    ).sum() > 200  # the CRF really ran: the shifted mask moved (4 px x 70 edge px)
     assert _iou(refined, truth) > 0.95
     assert iou == pytest.approx(_iou(off, refined))
 
@@ -81,14 +83,14 @@ def test_refine_masks_rejects_large_and_too_different() -> None:
     flat = np.full((80, 80, 3), 100, np.uint8)
     speck = np.zeros((80, 80), bool)
     speck[30:34, 30:34] = True  # on a flat image the CRF smooths it away: IoU 0 < 0.5
-    (big_out, big_iou), = refine_masks(img, [big], RefineConfig(method="crf"))
+    ((big_out, big_iou),) = refine_masks(img, [big], RefineConfig(method="crf"))
     assert big_out is None and big_iou > 0.5  # rejected by area, not by IoU
     (speck_out, speck_iou), (empty_out, empty_iou) = refine_masks(
         flat, [speck, np.zeros((80, 80), bool)], RefineConfig(method="crf")
     )
     assert speck_out is None and speck_iou < 0.5
     assert empty_out is None and empty_iou == 0.0
-    (loose_out, _), = refine_masks(img, [big], RefineConfig(method="crf", max_area_frac=1.0))
+    ((loose_out, _),) = refine_masks(img, [big], RefineConfig(method="crf", max_area_frac=1.0))
     assert loose_out is not None and loose_out.all()
 
 
@@ -127,7 +129,11 @@ def test_missing_pydensecrf_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     with pytest.raises(ImportError) as info:
         refine_masks(img, [], RefineConfig(method="crf"))  # fails before any work
-    assert str(info.value) == 'refine="crf" needs pydensecrf2: pip install "unsam[crf]"' == CRF_INSTALL_HINT
+    assert (
+        str(info.value)
+        == 'refine="crf" needs pydensecrf2: pip install "unsam[crf]"'
+        == CRF_INSTALL_HINT
+    )
     with pytest.raises(ImportError, match="pip install"):
         crf_refine_mask(img, truth)
     with pytest.raises(ImportError, match="pip install"):
@@ -184,18 +190,21 @@ def test_config_defaults_and_cli_flags() -> None:
 def test_one_crf_config_nested_in_both_stages_and_tunable_from_the_cli() -> None:
     """Issue 8: MaskCut's CRF and the refinement CRF share unsam.crf.CRFConfig, both from flags."""
     import argparse
-
     import importlib
 
     from unsam.cli.pseudo_label import add_pipeline_arguments, pipeline_config_from_args
 
     parser = argparse.ArgumentParser()
     add_pipeline_arguments(parser)
-    args = parser.parse_args(["--maskcut-crf-params-bilateral-srgb", "9", "--refine-crf-iterations", "4"])
+    args = parser.parse_args(
+        ["--maskcut-crf-params-bilateral-srgb", "9", "--refine-crf-iterations", "4"]
+    )
     cfg = pipeline_config_from_args(args)
     assert cfg.maskcut.crf_params == CRFConfig(bilateral_srgb=9.0)
     assert cfg.refine.crf == CRFConfig(iterations=4)
-    maskcut_module = importlib.import_module("unsam.divide.maskcut")  # the package exports a function
+    maskcut_module = importlib.import_module(
+        "unsam.divide.maskcut"
+    )  # the package exports a function
     assert maskcut_module.crf_refine_mask is crf_refine_mask  # one primitive, from unsam.crf
     source = open(maskcut_module.__file__, encoding="utf-8").read()
     assert "unsam.refine" not in source  # the divide stage does not import the refine stage

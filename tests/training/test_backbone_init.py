@@ -249,7 +249,9 @@ def test_strict_errors_name_the_file_and_keys(tmp_path: Path, tiny: nn.Module) -
     assert "1 wrong shape (e.g. stem.conv1.weight (16, 6, 7, 7) (model: (16, 3, 7, 7)))" in msg
     only_missing = {k: v for k, v in good.items() if k != "res5.0.conv2.weight"}
     path = _write_pkl(tmp_path / "short.pkl", only_missing)
-    with pytest.raises(ValueError, match=r"short.pkl: .*1 missing \(e.g. encoder.stages.3.layers.0.layer.1"):
+    with pytest.raises(
+        ValueError, match=r"short.pkl: .*1 missing \(e.g. encoder.stages.3.layers.0.layer.1"
+    ):
         load_backbone_init(tiny, path)
     with pytest.raises(FileNotFoundError, match="nope.pkl do not exist"):
         load_backbone_init(tiny, tmp_path / "nope.pkl")

@@ -54,7 +54,9 @@ def test_validation_messages(kwargs: dict, message: str) -> None:
 def test_every_field_is_a_flag_with_help() -> None:
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, TrainConfig)  # raises when a field has no help text
-    args = parser.parse_args(["--config", "tiny", "--max-steps", "7", "--no-hflip", "--lr-steps", "0.5,0.75"])
+    args = parser.parse_args(
+        ["--config", "tiny", "--max-steps", "7", "--no-hflip", "--lr-steps", "0.5,0.75"]
+    )
     c = config_from_args(TrainConfig, args)
     assert (c.config, c.max_steps, c.hflip, c.lr_steps) == ("tiny", 7, False, (0.5, 0.75))
     assert c.batch_size == TrainConfig().batch_size  # unset flags keep the dataclass default
@@ -67,8 +69,18 @@ def test_each_model_config_carries_its_own_training_defaults() -> None:
     from unsam.training.config import TrainConfig
 
     r50, tiny = TrainConfig.for_model("r50"), TrainConfig.for_model("tiny")
-    assert (r50.batch_size, r50.resolved_crop_size, r50.lr, r50.max_steps) == (16, 1024, 5e-5, 200_000)
-    assert (tiny.batch_size, tiny.resolved_crop_size, tiny.max_masks_per_image, tiny.max_steps) == (2, 192, 50, 300)
+    assert (r50.batch_size, r50.resolved_crop_size, r50.lr, r50.max_steps) == (
+        16,
+        1024,
+        5e-5,
+        200_000,
+    )
+    assert (tiny.batch_size, tiny.resolved_crop_size, tiny.max_masks_per_image, tiny.max_steps) == (
+        2,
+        192,
+        50,
+        300,
+    )
     assert tiny.scale_jitter and tiny.min_scale == tiny.max_scale == 1.0
     assert TrainConfig.for_model("tiny", batch_size=4, scale_jitter=False).batch_size == 4
     with pytest.raises(ValueError, match="expected one of"):

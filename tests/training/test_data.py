@@ -33,7 +33,13 @@ def _coordinate_image(h: int, w: int) -> np.ndarray:
 
 
 def _rect_masks(h: int, w: int) -> np.ndarray:
-    boxes = [(0, 0, 20, 30), (50, 70, 90, 120), (10, 100, 30, 120), (40, 10, 45, 15), (0, 0, 90, 120)]
+    boxes = [
+        (0, 0, 20, 30),
+        (50, 70, 90, 120),
+        (10, 100, 30, 120),
+        (40, 10, 45, 15),
+        (0, 0, 90, 120),
+    ]
     masks = np.zeros((len(boxes), h, w), dtype=bool)
     for k, (y0, x0, y1, x1) in enumerate(boxes):
         masks[k, y0:y1, x0:x1] = True
@@ -45,7 +51,9 @@ def test_augment_keeps_image_and_masks_aligned(seed: int) -> None:
     h, w, crop = 90, 120, 64
     image = _coordinate_image(h, w)
     masks = _rect_masks(h, w)
-    out, out_masks, (vh, vw) = augment(image, encode_masks(masks), crop_size=crop, rng=np.random.default_rng(seed))
+    out, out_masks, (vh, vw) = augment(
+        image, encode_masks(masks), crop_size=crop, rng=np.random.default_rng(seed)
+    )
     assert out.shape == (crop, crop, 3) and out.dtype == np.uint8
     assert (vh, vw) == (64, 64)  # the image is larger than the crop both ways
     xs, ys = out[:vh, :vw, 0].astype(int), out[:vh, :vw, 1].astype(int)
@@ -67,12 +75,18 @@ def test_augment_pads_small_images_and_drops_nothing_inside() -> None:
     masks = np.zeros((2, h, w), dtype=bool)
     masks[0, 5:10, 5:10] = True
     masks[1, 30:40, 0:50] = True
-    out, out_masks, valid = augment(image, encode_masks(masks), crop_size=64, rng=np.random.default_rng(0), hflip=False)
+    out, out_masks, valid = augment(
+        image, encode_masks(masks), crop_size=64, rng=np.random.default_rng(0), hflip=False
+    )
     assert valid == (40, 50)
     assert (out[40:] == IMAGE_PAD_VALUE).all() and (out[:, 50:] == IMAGE_PAD_VALUE).all()
     assert np.array_equal(out[:40, :50], image)
     assert out_masks.shape == (2, 64, 64)
-    assert np.array_equal(out_masks[:, :40, :50], masks) and not out_masks[:, 40:].any() and not out_masks[:, :, 50:].any()
+    assert (
+        np.array_equal(out_masks[:, :40, :50], masks)
+        and not out_masks[:, 40:].any()
+        and not out_masks[:, :, 50:].any()
+    )
 
 
 def test_augment_drops_masks_emptied_by_the_crop() -> None:
@@ -82,15 +96,23 @@ def test_augment_drops_masks_emptied_by_the_crop() -> None:
     masks[1, :, 190:] = True  # right edge: a 64-wide crop never holds both
     kept = []
     for seed in range(8):
-        out, out_masks, _ = augment(_coordinate_image(h, w), encode_masks(masks), crop_size=64,
-                                    rng=np.random.default_rng(seed))
+        out, out_masks, _ = augment(
+            _coordinate_image(h, w),
+            encode_masks(masks),
+            crop_size=64,
+            rng=np.random.default_rng(seed),
+        )
         xs = out[:, :, 0].astype(int)  # the source column of every output pixel
-        expected = [k for k, (lo, hi) in enumerate(((0, 10), (190, 200))) if ((xs >= lo) & (xs < hi)).any()]
+        expected = [
+            k for k, (lo, hi) in enumerate(((0, 10), (190, 200))) if ((xs >= lo) & (xs < hi)).any()
+        ]
         assert len(out_masks) == len(expected) <= 1, seed
         for got, k in zip(out_masks, expected):
             np.testing.assert_array_equal(got, masks[k][out[:, :, 1].astype(int), xs])
         kept.append(tuple(expected))
-    assert set(kept) == {(), (0,), (1,)}, kept  # crops in the middle, at the left and at the right edge
+    assert set(kept) == {(), (0,), (1,)}, (
+        kept
+    )  # crops in the middle, at the left and at the right edge
 
 
 def test_scale_jitter_output_size() -> None:
@@ -98,7 +120,11 @@ def test_scale_jitter_output_size() -> None:
     assert scaled_size((100, 50), 64, 2.0) == (128, 64)
     image = _coordinate_image(90, 120)
     out, masks, valid = augment(
-        image, encode_masks(_rect_masks(90, 120)), crop_size=64, rng=np.random.default_rng(0), scale_range=(0.25, 0.25)
+        image,
+        encode_masks(_rect_masks(90, 120)),
+        crop_size=64,
+        rng=np.random.default_rng(0),
+        scale_range=(0.25, 0.25),
     )
     assert valid == scaled_size((90, 120), 64, 0.25) == (12, 16)
     assert (out[12:] == IMAGE_PAD_VALUE).all()
@@ -115,7 +141,9 @@ def test_mask_sampling_without_replacement() -> None:
     assert sample_mask_indices(3, 5, rng).tolist() == [0, 1, 2]
     draws = [sample_mask_indices(10, 4, rng) for _ in range(20)]
     for d in draws:
-        assert len(set(d.tolist())) == 4 and d.min() >= 0 and d.max() < 10 and (np.diff(d) > 0).all()
+        assert (
+            len(set(d.tolist())) == 4 and d.min() >= 0 and d.max() < 10 and (np.diff(d) > 0).all()
+        )
     assert len({tuple(d.tolist()) for d in draws}) > 1  # fresh sample at each load
 
 
@@ -127,7 +155,9 @@ def test_dataset_caps_masks_per_load(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "a.png")
     from unsam.records import ImageRecord, MaskRecord
 
-    rec = ImageRecord(id=1, file_name="a.png", height=h, width=w).with_masks(MaskRecord.from_masks(masks), assign_ids=True)
+    rec = ImageRecord(id=1, file_name="a.png", height=h, width=w).with_masks(
+        MaskRecord.from_masks(masks), assign_ids=True
+    )
     ds = TrainDataset([rec], tmp_path, crop_size=32, max_masks=5, hflip=False)
     counts = {len(ds[p].masks) for p in range(4)}
     assert counts == {5}
@@ -166,8 +196,14 @@ def test_collate_targets_for_transformers(tmp_path: Path) -> None:
     ds = TrainDataset(load_coco_dataset(ann), images, crop_size=64, hflip=False)
     mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
     batch = collate([ds[0], ds[1]], mean, std)
-    assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["pixel_values"].dtype == torch.float32
-    assert torch.allclose(batch["pixel_values"][0, :, 63, 63], torch.tensor([(128 - 100) / 50, (128 - 110) / 60, (128 - 120) / 70]))
+    assert (
+        batch["pixel_values"].shape == (2, 3, 64, 64)
+        and batch["pixel_values"].dtype == torch.float32
+    )
+    assert torch.allclose(
+        batch["pixel_values"][0, :, 63, 63],
+        torch.tensor([(128 - 100) / 50, (128 - 110) / 60, (128 - 120) / 70]),
+    )
     assert batch["pixel_mask"].dtype == torch.int64
     assert batch["pixel_mask"][0, :40, :50].all() and batch["pixel_mask"][0, 40:].sum() == 0
     for m, c, s in zip(batch["mask_labels"], batch["class_labels"], (ds[0], ds[1])):

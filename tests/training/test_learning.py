@@ -34,10 +34,14 @@ def _ar100(segmenter, ann: Path, images: Path) -> float:  # noqa: ANN001 - Whole
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_tiny_model_learns_real_coco_masks(coco_gt: Path, coco_images: Path, tmp_path: Path) -> None:
+def test_tiny_model_learns_real_coco_masks(
+    coco_gt: Path, coco_images: Path, tmp_path: Path
+) -> None:
     from unsam.models.whole_image import SegmentConfig, WholeImageSegmenter, build_model
 
-    ann, images = write_coco_subset(coco_gt, coco_images, tmp_path / "data", num_images=4, max_side=SIDE)
+    ann, images = write_coco_subset(
+        coco_gt, coco_images, tmp_path / "data", num_images=4, max_side=SIDE
+    )
     records = load_coco_dataset(ann)
     assert len(records) == 4 and sum(len(r.masks) for r in records) >= 12
     segment = SegmentConfig(min_size=SIDE, max_size=SIDE, max_masks=100)
@@ -45,12 +49,16 @@ def test_tiny_model_learns_real_coco_masks(coco_gt: Path, coco_images: Path, tmp
     torch.manual_seed(0)
     untrained = _ar100(WholeImageSegmenter(build_model("tiny"), segment), ann, images)
 
-    config = TrainConfig(config="tiny", max_steps=300, batch_size=2, lr=2e-3, crop_size=SIDE, checkpoint_every=300)
+    config = TrainConfig(
+        config="tiny", max_steps=300, batch_size=2, lr=2e-3, crop_size=SIDE, checkpoint_every=300
+    )
     result = train(config, ann, images, tmp_path / "run")
     rows = read_loss_csv(tmp_path / "run" / "loss.csv")
     first, last = sum(r["loss"] for r in rows[:20]) / 20, sum(r["loss"] for r in rows[-20:]) / 20
     assert last < 0.6 * first, (first, last)
 
-    trained = _ar100(WholeImageSegmenter.from_pretrained(result.run_dir, config=segment), ann, images)
+    trained = _ar100(
+        WholeImageSegmenter.from_pretrained(result.run_dir, config=segment), ann, images
+    )
     print(f"AR@100 untrained {untrained:.3f} trained {trained:.3f}; loss {first:.2f} -> {last:.2f}")
     assert trained >= max(2 * untrained, 0.2), (untrained, trained)

@@ -55,7 +55,11 @@ def write_shapes(root: Path, *, num_images: int = 2, seed: int = 0) -> tuple[Pat
         name = f"shapes_{i}.png"
         Image.fromarray(image).save(img_dir / name)
         recs = MaskRecord.from_masks(np.array(masks), source="conquer")
-        records.append(ImageRecord(id=i + 1, file_name=name, height=SIDE, width=SIDE).with_masks(recs, assign_ids=True))
+        records.append(
+            ImageRecord(id=i + 1, file_name=name, height=SIDE, width=SIDE).with_masks(
+                recs, assign_ids=True
+            )
+        )
     ann = root / "train.json"
     write_coco_dataset(ann, records)
     return ann, img_dir
@@ -90,15 +94,23 @@ def test_tiny_model_overfits_synthetic_shapes(tmp_path: Path) -> None:
     ann, images = write_shapes(tmp_path / "data")
     segment = SegmentConfig(min_size=SIDE, max_size=SIDE, max_masks=100)
     torch.manual_seed(0)
-    untrained, untrained_iou = _scores(WholeImageSegmenter(build_model("tiny"), segment), ann, images)
+    untrained, untrained_iou = _scores(
+        WholeImageSegmenter(build_model("tiny"), segment), ann, images
+    )
 
-    config = TrainConfig(config="tiny", max_steps=120, batch_size=2, lr=2e-3, crop_size=SIDE, checkpoint_every=120)
+    config = TrainConfig(
+        config="tiny", max_steps=120, batch_size=2, lr=2e-3, crop_size=SIDE, checkpoint_every=120
+    )
     result = train(config, ann, images, tmp_path / "run")
     rows = read_loss_csv(tmp_path / "run" / "loss.csv")
     first, last = np.mean([r["loss"] for r in rows[:10]]), np.mean([r["loss"] for r in rows[-10:]])
-    trained, trained_iou = _scores(WholeImageSegmenter.from_pretrained(result.run_dir, config=segment), ann, images)
-    print(f"AR@100 untrained {untrained:.3f} trained {trained:.3f}; worst best-IoU {untrained_iou:.3f} -> "
-          f"{trained_iou:.3f}; loss {first:.2f} -> {last:.2f}")
+    trained, trained_iou = _scores(
+        WholeImageSegmenter.from_pretrained(result.run_dir, config=segment), ann, images
+    )
+    print(
+        f"AR@100 untrained {untrained:.3f} trained {trained:.3f}; worst best-IoU {untrained_iou:.3f} -> "
+        f"{trained_iou:.3f}; loss {first:.2f} -> {last:.2f}"
+    )
     assert last < 0.3 * first, (first, last)
     assert untrained < 0.1 and trained > 0.6, (untrained, trained)
     assert trained_iou > 0.6 > untrained_iou, (untrained_iou, trained_iou)

@@ -23,7 +23,9 @@ from unsam.training.loop import (
     train,
 )
 
-TINY = TrainConfig(config="tiny", max_steps=6, batch_size=2, crop_size=64, checkpoint_every=3, keep_checkpoints=0)
+TINY = TrainConfig(
+    config="tiny", max_steps=6, batch_size=2, crop_size=64, checkpoint_every=3, keep_checkpoints=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +59,17 @@ def test_param_groups_backbone_lr_and_no_decay_on_norms_and_embeddings() -> None
     backbone = [n for n in groups if n.startswith("model.pixel_level_module.encoder.")]
     assert backbone and all(groups[n]["lr"] == pytest.approx(1e-5) for n in backbone)
     assert all(groups[n]["lr"] == 1e-4 for n in groups if n not in backbone)
-    assert groups["model.transformer_module.queries_features.weight"]["weight_decay"] == 0.0  # nn.Embedding
+    assert (
+        groups["model.transformer_module.queries_features.weight"]["weight_decay"] == 0.0
+    )  # nn.Embedding
     layer_norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)]
     assert layer_norms and all(groups[f"{n}.weight"]["weight_decay"] == 0.0 for n in layer_norms)
     assert groups["class_predictor.weight"]["weight_decay"] == 0.05
 
 
-def test_refuses_to_overwrite_a_run_without_resume(shapes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_refuses_to_overwrite_a_run_without_resume(
+    shapes: tuple[Path, Path], tmp_path: Path
+) -> None:
     ann, images = shapes
     run = tmp_path / "run"
     run.mkdir()
@@ -90,7 +96,9 @@ def test_resume_is_exact(shapes: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         train(TINY, ann, images, run, on_step=interrupt)
     assert [s for s, _ in list_checkpoints(run)] == [3]
-    assert len(read_loss_csv(run / "loss.csv")) == 4  # the row of the unfinished checkpoint interval
+    assert (
+        len(read_loss_csv(run / "loss.csv")) == 4
+    )  # the row of the unfinished checkpoint interval
     resumed = train(TINY, ann, images, run, resume=True)
     assert resumed.start_step == 3 and resumed.steps == 6
 
@@ -100,7 +108,9 @@ def test_resume_is_exact(shapes: tuple[Path, Path], tmp_path: Path) -> None:
         assert torch.equal(a[k], b[k]), k
     rows_a = read_loss_csv(straight.run_dir / "loss.csv")
     rows_b = read_loss_csv(run / "loss.csv")
-    assert [(r["step"], r["loss"], r["lr"]) for r in rows_a] == [(r["step"], r["loss"], r["lr"]) for r in rows_b]
+    assert [(r["step"], r["loss"], r["lr"]) for r in rows_a] == [
+        (r["step"], r["loss"], r["lr"]) for r in rows_b
+    ]
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]
     # training changed the weights, and the run folder has everything the segmenter needs
     assert rows_a[-1]["loss"] < rows_a[0]["loss"]
@@ -110,11 +120,15 @@ def test_resume_is_exact(shapes: tuple[Path, Path], tmp_path: Path) -> None:
     assert config == TINY and Path(record["annotations"]) == ann.resolve()
 
 
-def test_checkpoint_state_loads_with_weights_only(shapes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_checkpoint_state_loads_with_weights_only(
+    shapes: tuple[Path, Path], tmp_path: Path
+) -> None:
     ann, images = shapes
     config = dataclasses.replace(TINY, max_steps=2, checkpoint_every=1, keep_checkpoints=1)
     result = train(config, ann, images, tmp_path / "run")
-    assert [s for s, _ in list_checkpoints(result.run_dir)] == [2]  # keep_checkpoints=1 pruned step 1
+    assert [s for s, _ in list_checkpoints(result.run_dir)] == [
+        2
+    ]  # keep_checkpoints=1 pruned step 1
     ckpt = latest_checkpoint(result.run_dir)
     assert ckpt is not None and ckpt.name == "step_0000002"
     state = torch.load(ckpt / "training_state.pt", weights_only=True)
@@ -132,12 +146,20 @@ def test_checkpoint_state_loads_with_weights_only(shapes: tuple[Path, Path], tmp
     assert [r["step"] for r in read_loss_csv(result.run_dir / "loss.csv")] == [1, 2]
 
 
-def test_resume_with_another_model_size_is_refused(shapes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_resume_with_another_model_size_is_refused(
+    shapes: tuple[Path, Path], tmp_path: Path
+) -> None:
     ann, images = shapes
     config = dataclasses.replace(TINY, max_steps=1)
     train(config, ann, images, tmp_path / "run")
     with pytest.raises(ValueError, match="num_queries=None but this run asks for 7"):
-        train(dataclasses.replace(config, num_queries=7, max_steps=2), ann, images, tmp_path / "run", resume=True)
+        train(
+            dataclasses.replace(config, num_queries=7, max_steps=2),
+            ann,
+            images,
+            tmp_path / "run",
+            resume=True,
+        )
 
 
 def test_bf16_autocast_step_runs(shapes: tuple[Path, Path], tmp_path: Path) -> None:
@@ -157,7 +179,10 @@ def test_loader_workers_do_not_change_the_run(shapes: tuple[Path, Path], tmp_pat
     b = train(dataclasses.replace(config, num_workers=2), ann, images, tmp_path / "w2")
     wa, wb = _weights(a.model_dir), _weights(b.model_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert read_loss_csv(a.run_dir / "loss.csv")[1]["loss"] == read_loss_csv(b.run_dir / "loss.csv")[1]["loss"]
+    assert (
+        read_loss_csv(a.run_dir / "loss.csv")[1]["loss"]
+        == read_loss_csv(b.run_dir / "loss.csv")[1]["loss"]
+    )
 
 
 def test_non_finite_loss_stops_before_the_update(
@@ -173,6 +198,11 @@ def test_non_finite_loss_stops_before_the_update(
         return batch
 
     monkeypatch.setattr(loop, "collate", nan_collate)
-    with pytest.raises(loop.NonFiniteLossError, match=r"loss became nan at step 1; the weights were not updated"):
+    with pytest.raises(
+        loop.NonFiniteLossError, match=r"loss became nan at step 1; the weights were not updated"
+    ):
         train(dataclasses.replace(TINY, max_steps=2), *shapes, tmp_path / "run")
-    assert read_loss_csv(tmp_path / "run" / "loss.csv") == [] and list_checkpoints(tmp_path / "run") == []
+    assert (
+        read_loss_csv(tmp_path / "run" / "loss.csv") == []
+        and list_checkpoints(tmp_path / "run") == []
+    )

@@ -35,8 +35,19 @@ def test_overlap_matrix_iou_and_ioa_hand_computed() -> None:
 # ----------------------------------------------------------------------------- UnSAM+ merge
 def _gt_and_pseudo() -> tuple[list[ImageRecord], list[ImageRecord]]:
     gt = [
-        ImageRecord(7, "a.png", H, W, (_mask((0, 10), (0, 20), id=1, image_id=7), _mask((15, 20), (15, 20), id=2, image_id=7))),
-        ImageRecord(8, "c.png", H, W, (_mask((0, 5), (0, 5), id=3, image_id=8),)),  # no pseudo-labels
+        ImageRecord(
+            7,
+            "a.png",
+            H,
+            W,
+            (
+                _mask((0, 10), (0, 20), id=1, image_id=7),
+                _mask((15, 20), (15, 20), id=2, image_id=7),
+            ),
+        ),
+        ImageRecord(
+            8, "c.png", H, W, (_mask((0, 5), (0, 5), id=3, image_id=8),)
+        ),  # no pseudo-labels
     ]
     pseudo = [
         ImageRecord(
@@ -47,8 +58,12 @@ def _gt_and_pseudo() -> tuple[list[ImageRecord], list[ImageRecord]]:
             (
                 _mask((0, 10), (0, 20), id=101, image_id=1),  # = GT 1: IoU 1
                 _mask((10, 15), (0, 10), id=102, image_id=1),  # touches no GT
-                _mask((9, 11), (0, 10), id=103, image_id=1, parent_id=101),  # IoU 10/210 = 0.048 with GT 1
-                _mask((9, 12), (12, 15), id=104, image_id=1, parent_id=102),  # IoU 3/206 = 0.015, IoA 3/9
+                _mask(
+                    (9, 11), (0, 10), id=103, image_id=1, parent_id=101
+                ),  # IoU 10/210 = 0.048 with GT 1
+                _mask(
+                    (9, 12), (12, 15), id=104, image_id=1, parent_id=102
+                ),  # IoU 3/206 = 0.015, IoA 3/9
             ),
         ),
         ImageRecord(2, "b.png", H, W, (_mask((0, 3), (0, 3), id=201, image_id=2),)),  # no GT
@@ -61,12 +76,22 @@ def test_merge_gt_keeps_pseudo_masks_that_overlap_no_gt_mask() -> None:
     merged, stats = merge_ground_truth(gt, pseudo)
     assert [(img.id, img.file_name) for img in merged] == [(1, "a.png"), (2, "b.png"), (8, "c.png")]
     a, b, c = merged
-    assert [m.id for m in a.masks] == [1, 2, 102, 104]  # GT first (ids kept), then surviving pseudo-masks
+    assert [m.id for m in a.masks] == [
+        1,
+        2,
+        102,
+        104,
+    ]  # GT first (ids kept), then surviving pseudo-masks
     assert [m.source for m in a.masks[:2]] == ["gt", "gt"] and all(m.image_id == 1 for m in a.masks)
     assert a.masks[3].parent_id == 102  # its parent survived
     assert [m.id for m in b.masks] == [201]  # no ground truth: kept as is
     assert [m.id for m in c.masks] == [3] and c.masks[0].source == "gt"
-    assert (stats.base_masks, stats.added_masks, stats.dropped_masks, stats.unmatched_images) == (3, 3, 2, 1)
+    assert (stats.base_masks, stats.added_masks, stats.dropped_masks, stats.unmatched_images) == (
+        3,
+        3,
+        2,
+        1,
+    )
 
 
 def test_merge_gt_intersection_over_pseudo_area() -> None:
@@ -81,7 +106,9 @@ def test_merge_gt_threshold_is_strict() -> None:
     assert 103 not in [m.id for m in merged[0].masks]  # IoU == threshold: dropped
     merged, _ = merge_ground_truth(gt, pseudo, MergeGTConfig(iou_thresh=10 / 210 + 1e-9))
     assert 103 in [m.id for m in merged[0].masks]
-    assert next(m for m in merged[0].masks if m.id == 103).parent_id is None  # parent 101 was dropped
+    assert (
+        next(m for m in merged[0].masks if m.id == 103).parent_id is None
+    )  # parent 101 was dropped
 
 
 def test_merge_gt_renumbers_colliding_gt_ids_and_matches_by_id() -> None:
@@ -95,7 +122,10 @@ def test_merge_gt_renumbers_colliding_gt_ids_and_matches_by_id() -> None:
 def test_merge_gt_size_mismatch_is_an_error() -> None:
     gt = [ImageRecord(1, "a.png", 10, 10, ())]
     pseudo = [ImageRecord(1, "a.png", H, W, ())]
-    with pytest.raises(ValueError, match=r"ground-truth image 1 \(a.png\) is 10x10 but pseudo-label image 1 \(a.png\) is 20x20"):
+    with pytest.raises(
+        ValueError,
+        match=r"ground-truth image 1 \(a.png\) is 10x10 but pseudo-label image 1 \(a.png\) is 20x20",
+    ):
         merge_ground_truth(gt, pseudo)
 
 
@@ -112,25 +142,42 @@ def _predictions() -> list[MaskRecord]:
 
 def test_select_new_masks_by_score_and_iou() -> None:
     existing = [_mask((0, 10), (0, 20))]
-    got = select_new_masks(existing, _predictions(), SelfTrainConfig(score_thresh=0.5, iou_thresh=0.5))
+    got = select_new_masks(
+        existing, _predictions(), SelfTrainConfig(score_thresh=0.5, iou_thresh=0.5)
+    )
     assert [m.score for m in got] == [0.8, 0.6]
-    got = select_new_masks(existing, _predictions(), SelfTrainConfig(score_thresh=0.5, iou_thresh=0.5, dedupe=False))
+    got = select_new_masks(
+        existing, _predictions(), SelfTrainConfig(score_thresh=0.5, iou_thresh=0.5, dedupe=False)
+    )
     assert [m.score for m in got] == [0.8, 0.7, 0.6]
-    got = select_new_masks(existing, _predictions(), SelfTrainConfig(score_thresh=0.2, iou_thresh=0.5))
+    got = select_new_masks(
+        existing, _predictions(), SelfTrainConfig(score_thresh=0.2, iou_thresh=0.5)
+    )
     assert [m.score for m in got] == [0.8, 0.6]  # q4 (0.3) now passes the score but duplicates q5
 
 
 def test_add_model_masks_assigns_deterministic_ids() -> None:
     pseudo = [
-        ImageRecord(1, "a.png", H, W, (_mask((0, 10), (0, 20), id=annotation_id(1, 0), image_id=1),)),
+        ImageRecord(
+            1, "a.png", H, W, (_mask((0, 10), (0, 20), id=annotation_id(1, 0), image_id=1),)
+        ),
         ImageRecord(2, "b.png", H, W, (_mask((0, 3), (0, 3), id=annotation_id(2, 0), image_id=2),)),
     ]
     out, stats = add_model_masks(pseudo, {1: _predictions()}, SelfTrainConfig())
-    assert [m.id for m in out[0].masks] == [annotation_id(1, 0), annotation_id(1, 1), annotation_id(1, 2)]
+    assert [m.id for m in out[0].masks] == [
+        annotation_id(1, 0),
+        annotation_id(1, 1),
+        annotation_id(1, 2),
+    ]
     assert [m.source for m in out[0].masks[1:]] == ["model", "model"]
     assert [m.score for m in out[0].masks[1:]] == [0.8, 0.6]
     assert out[1] == pseudo[1]  # no predictions for image 2
-    assert (stats.base_masks, stats.added_masks, stats.dropped_masks, stats.unmatched_images) == (2, 2, 2, 1)
+    assert (stats.base_masks, stats.added_masks, stats.dropped_masks, stats.unmatched_images) == (
+        2,
+        2,
+        2,
+        1,
+    )
     again, _ = add_model_masks(pseudo, {1: _predictions()}, SelfTrainConfig())
     assert [m.id for m in again[0].masks] == [m.id for m in out[0].masks]
 

@@ -51,20 +51,32 @@ def add_config_arguments(
             continue
         if dataclasses.is_dataclass(hints[f.name]):
             if recurse:
-                add_config_arguments(parser, hints[f.name], prefix=f"{prefix}{f.name}_", recurse=True)
+                add_config_arguments(
+                    parser, hints[f.name], prefix=f"{prefix}{f.name}_", recurse=True
+                )
             continue  # without recurse: nested stage configs get their own group (see the callers)
         help_text = f.metadata.get("help")
         if not help_text:
-            raise TypeError(f"{config_cls.__name__}.{f.name} has no help text; declare it with unsam.config.param")
+            raise TypeError(
+                f"{config_cls.__name__}.{f.name} has no help text; declare it with unsam.config.param"
+            )
         tp, optional = _strip_optional(hints[f.name])
         default = f.default
         help_full = f"{help_text} (default: {default})"
-        kwargs: dict[str, Any] = {"dest": _dest(prefix, f.name), "default": argparse.SUPPRESS, "help": help_full}
+        kwargs: dict[str, Any] = {
+            "dest": _dest(prefix, f.name),
+            "default": argparse.SUPPRESS,
+            "help": help_full,
+        }
         if tp is bool:
-            parser.add_argument(_flag(prefix, f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(
+                _flag(prefix, f.name), action=argparse.BooleanOptionalAction, **kwargs
+            )
             continue
         if get_origin(tp) is Literal:
-            parser.add_argument(_flag(prefix, f.name), choices=[str(c) for c in get_args(tp)], **kwargs)
+            parser.add_argument(
+                _flag(prefix, f.name), choices=[str(c) for c in get_args(tp)], **kwargs
+            )
             continue
         if get_origin(tp) is tuple:
             elem = get_args(tp)[0]
@@ -72,7 +84,9 @@ def add_config_arguments(
             def parse_tuple(text: str, elem: Any = elem) -> tuple[Any, ...]:
                 return tuple(elem(v) for v in text.split(",") if v.strip())
 
-            parser.add_argument(_flag(prefix, f.name), type=parse_tuple, metavar="V1,V2,...", **kwargs)
+            parser.add_argument(
+                _flag(prefix, f.name), type=parse_tuple, metavar="V1,V2,...", **kwargs
+            )
             continue
         base = tp if tp in (int, float, str) else str
 
@@ -81,10 +95,14 @@ def add_config_arguments(
                 return None
             return base(text)
 
-        parser.add_argument(_flag(prefix, f.name), type=parse, metavar=base.__name__.upper(), **kwargs)
+        parser.add_argument(
+            _flag(prefix, f.name), type=parse, metavar=base.__name__.upper(), **kwargs
+        )
 
 
-def config_from_args(config_cls: type, args: argparse.Namespace, *, prefix: str = "", **overrides: Any) -> Any:
+def config_from_args(
+    config_cls: type, args: argparse.Namespace, *, prefix: str = "", **overrides: Any
+) -> Any:
     """Build ``config_cls`` from the flags the user set (plus ``overrides``); others keep defaults.
 
     Raises:

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+
 from unsam.baselines import BaselineConfig, BaselineProducer
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder, run_outputs
+from unsam.cli.common import (
+    add_run_arguments,
+    check_run_outputs,
+    list_inputs,
+    run_folder,
+    run_outputs,
+)
 from unsam.runner import parse_shard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", choices=["felzenszwalb", "slic"], help="classical segmentation algorithm")
+    parser.add_argument(
+        "method", choices=["felzenszwalb", "slic"], help="classical segmentation algorithm"
+    )
     parser.add_argument("images", help="folder of images (or one image)")
-    parser.add_argument("-o", "--output", required=True, help="COCO dataset JSON to write (with scores)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="COCO dataset JSON to write (with scores)"
+    )
     add_run_arguments(parser)
     g = parser.add_argument_group("baseline settings")
     add_config_arguments(g, BaselineConfig, skip=("method",))  # the positional METHOD sets it
@@ -22,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(BaselineConfig, args, method=args.method)
     parse_shard(args.shard)  # bad flags fail before any work
     listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(args.images, listing, run_outputs(args),
-                      extra_inputs=[args.image_ids_from] if args.image_ids_from else [])
-    return run_folder(BaselineProducer(config), listing.images, listing.root, args, desc=args.method)
+    check_run_outputs(
+        args.images,
+        listing,
+        run_outputs(args),
+        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
+    )
+    return run_folder(
+        BaselineProducer(config), listing.images, listing.root, args, desc=args.method
+    )

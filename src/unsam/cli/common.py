@@ -30,20 +30,42 @@ logger = logging.getLogger(__name__)
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of every folder-processing command (resumable runs, unsam.runner)."""
     g = parser.add_argument_group("run")
-    g.add_argument("--image-ids-from", metavar="GT.json", help="reuse image ids of this COCO JSON (matched by file name)")
-    g.add_argument("--shard", metavar="I/N", help="process only images I, I+N, I+2N, ... of the sorted listing")
-    g.add_argument("--workers", type=int, default=1, help="worker processes sharing the machine's cores (default: 1)")
+    g.add_argument(
+        "--image-ids-from",
+        metavar="GT.json",
+        help="reuse image ids of this COCO JSON (matched by file name)",
+    )
+    g.add_argument(
+        "--shard", metavar="I/N", help="process only images I, I+N, I+2N, ... of the sorted listing"
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the machine's cores (default: 1)",
+    )
     g.add_argument("--recursive", action="store_true", help="also take images from sub-folders")
     g.add_argument("--overlay-dir", metavar="DIR", help="also write one overlay PNG per image here")
     add_overlay_arguments(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--format", dest="output_format", default="coco-dataset",
-                   choices=["coco-dataset", "coco-results", "sam-folder"],
-                   help="-o as a COCO dataset JSON (default; resumable from the file itself), a COCO "
-                        "results list (what COCO.loadRes reads) or a folder of SA-1B-style per-image JSONs")
-    g.add_argument("--binary-masks", metavar="DIR", help="also write every mask as a 0/255 PNG under DIR/<image>/")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start over when -o (or its unfinished work file) was written with other settings")
+    g.add_argument(
+        "--format",
+        dest="output_format",
+        default="coco-dataset",
+        choices=["coco-dataset", "coco-results", "sam-folder"],
+        help="-o as a COCO dataset JSON (default; resumable from the file itself), a COCO "
+        "results list (what COCO.loadRes reads) or a folder of SA-1B-style per-image JSONs",
+    )
+    g.add_argument(
+        "--binary-masks",
+        metavar="DIR",
+        help="also write every mask as a 0/255 PNG under DIR/<image>/",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over when -o (or its unfinished work file) was written with other settings",
+    )
     from unsam.engines import add_engine_arguments
 
     add_engine_arguments(parser)
@@ -53,11 +75,21 @@ def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
     """``--overlay-top-k`` / ``--overlay-min-score``: what overlays draw (the JSON keeps every mask)."""
     from unsam.io.overlay import OVERLAY_TOP_K
 
-    group.add_argument("--overlay-top-k", type=int, default=OVERLAY_TOP_K, metavar="K",
-                       help=f"overlays draw the K best-scoring masks (default: {OVERLAY_TOP_K}; 0: none); "
-                            "the JSON keeps every mask")
-    group.add_argument("--overlay-min-score", type=float, default=min_score, metavar="S",
-                       help=f"overlays draw only masks scoring at least S (default: {min_score})")
+    group.add_argument(
+        "--overlay-top-k",
+        type=int,
+        default=OVERLAY_TOP_K,
+        metavar="K",
+        help=f"overlays draw the K best-scoring masks (default: {OVERLAY_TOP_K}; 0: none); "
+        "the JSON keeps every mask",
+    )
+    group.add_argument(
+        "--overlay-min-score",
+        type=float,
+        default=min_score,
+        metavar="S",
+        help=f"overlays draw only masks scoring at least S (default: {min_score})",
+    )
 
 
 def list_inputs(paths: str | Sequence[str], *, recursive: bool = False) -> ImageListing:
@@ -70,17 +102,26 @@ def list_inputs(paths: str | Sequence[str], *, recursive: bool = False) -> Image
     listing = list_image_inputs(expand_image_inputs(inputs), recursive=recursive)
     label = inputs[0] if len(inputs) == 1 else str(listing.root)
     if listing.skipped:
-        print(f"{label}: skipping {len(listing.skipped)} non-image file(s): "
-              + ", ".join(p.name for p in listing.skipped[:5]) + (" ..." if len(listing.skipped) > 5 else ""),
-              file=sys.stderr)
+        print(
+            f"{label}: skipping {len(listing.skipped)} non-image file(s): "
+            + ", ".join(p.name for p in listing.skipped[:5])
+            + (" ..." if len(listing.skipped) > 5 else ""),
+            file=sys.stderr,
+        )
     if not listing.images:
-        raise FileNotFoundError(f"{label}: no image files found (extensions: .jpg .jpeg .png .bmp .tif .tiff .webp ...)")
+        raise FileNotFoundError(
+            f"{label}: no image files found (extensions: .jpg .jpeg .png .bmp .tif .tiff .webp ...)"
+        )
     return listing
 
 
 def run_outputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """The ``(flag, path)`` outputs of a folder command (``-o`` first)."""
-    return [("-o", args.output), ("--overlay-dir", args.overlay_dir), ("--binary-masks", args.binary_masks)]
+    return [
+        ("-o", args.output),
+        ("--overlay-dir", args.overlay_dir),
+        ("--binary-masks", args.binary_masks),
+    ]
 
 
 def check_run_outputs(
@@ -92,10 +133,15 @@ def check_run_outputs(
     """Before any work: refuse outputs that are folders, or that would overwrite an input file or
     lie inside an input image folder (``outputs`` = ``(flag, path)``; the first is the -o file)."""
     if outputs and outputs[0][1] is not None and not Path(outputs[0][1]).is_dir():
-        check_output_file(outputs[0][1], outputs[0][0])  # a folder -o is judged by the runner (--format)
+        check_output_file(
+            outputs[0][1], outputs[0][0]
+        )  # a folder -o is judged by the runner (--format)
     given = [inputs] if isinstance(inputs, str) else list(inputs)
-    check_outputs(outputs, input_files=[*listing.images, *extra_inputs],
-                  input_dirs=[p for p in given if Path(p).is_dir()])
+    check_outputs(
+        outputs,
+        input_files=[*listing.images, *extra_inputs],
+        input_dirs=[p for p in given if Path(p).is_dir()],
+    )
 
 
 def overlay_names(file_names: Sequence[str]) -> dict[str, str]:
@@ -106,7 +152,9 @@ def overlay_names(file_names: Sequence[str]) -> dict[str, str]:
     return {n: stem + ".png" for n, stem in distinct_stems(file_names).items()}
 
 
-def tqdm_progress(desc: str, disable: bool = False) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+def tqdm_progress(
+    desc: str, disable: bool = False
+) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """A ``progress(done, total)`` callback drawing a tqdm bar, and a ``close()``."""
     from tqdm import tqdm
 
@@ -114,8 +162,14 @@ def tqdm_progress(desc: str, disable: bool = False) -> tuple[Callable[[int, int]
 
     def progress(done: int, total: int) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, initial=done, desc=desc, unit="img", disable=disable or None,
-                              dynamic_ncols=True)
+            bar["bar"] = tqdm(
+                total=total,
+                initial=done,
+                desc=desc,
+                unit="img",
+                disable=disable or None,
+                dynamic_ncols=True,
+            )
         else:
             bar["bar"].update(done - bar["bar"].n)
 
@@ -131,29 +185,42 @@ def print_run_summary(result: Any) -> None:
 
     secs = result.seconds_per_image
     timing = f", {statistics.median(secs):.2f} s/image (median)" if secs else ""
-    print(f"wrote {result.output}: {result.images_total - len(result.skipped)} images, {result.masks} masks"
-          f" ({result.images_done_now} processed now, {result.images_resumed} resumed){timing}")
+    print(
+        f"wrote {result.output}: {result.images_total - len(result.skipped)} images, {result.masks} masks"
+        f" ({result.images_done_now} processed now, {result.images_resumed} resumed){timing}"
+    )
     for s in result.skipped:
         print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
     stats = result.stats
     notes = []
     if stats.get("refine_rejected"):
-        notes.append(f"refinement rejected {stats['refine_rejected']} mask(s) (area > refine max, or IoU "
-                     "with the raw mask below the threshold)")
+        notes.append(
+            f"refinement rejected {stats['refine_rejected']} mask(s) (area > refine max, or IoU "
+            "with the raw mask below the threshold)"
+        )
     if stats.get("orphans_dropped"):
         notes.append(f"{stats['orphans_dropped']} part(s) dropped with their rejected object mask")
     if stats.get("capped"):
-        notes.append(f"masks capped at --max-masks on {stats['capped']} image(s) (the best-scoring kept)")
+        notes.append(
+            f"masks capped at --max-masks on {stats['capped']} image(s) (the best-scoring kept)"
+        )
     for warning in (result.dataset or {}).get("info", {}).get("settings", {}).get("warnings", []):
         notes.append(f"warning: {warning}")
     for note in notes:
         print(f"note: {note}" if not note.startswith("warning:") else note, file=sys.stderr)
     if result.exit_code:
-        print(f"error: none of the {result.images_total} image(s) could be read (listed above)", file=sys.stderr)
+        print(
+            f"error: none of the {result.images_total} image(s) could be read (listed above)",
+            file=sys.stderr,
+        )
 
 
 def write_overlays(
-    dataset: dict[str, Any], root: Path, overlay_dir: str, min_score: float = 0.0, top_k: int | None = None
+    dataset: dict[str, Any],
+    root: Path,
+    overlay_dir: str,
+    min_score: float = 0.0,
+    top_k: int | None = None,
 ) -> int:
     """Write one overlay PNG per image of a finished run (its COCO dataset dict), drawing its
     ``top_k`` best masks among those scoring >= ``min_score``."""
@@ -167,8 +234,13 @@ def write_overlays(
     names = overlay_names([rec.file_name or str(rec.id) for rec in records])
     for rec in records:
         target = out / names[rec.file_name or str(rec.id)]
-        write_overlay(target, load_image(root / (rec.file_name or "")), rec.masks, top_k=top_k,
-                      min_score=min_score)
+        write_overlay(
+            target,
+            load_image(root / (rec.file_name or "")),
+            rec.masks,
+            top_k=top_k,
+            min_score=min_score,
+        )
         n += 1
     return n
 
@@ -195,10 +267,21 @@ def run_folder(
     ids = assign_image_ids([p.relative_to(root).as_posix() for p in images], args.image_ids_from)
     progress, close = tqdm_progress(desc, disable=args.no_progress)
     try:
-        result = run_images(producer, images, root, args.output, image_ids=ids,
-                            ids_rule=id_rule(args.image_ids_from), shard=shard, workers=args.workers,
-                            progress=progress, info=info, overwrite=args.overwrite,
-                            output_format=args.output_format, engine=engine)
+        result = run_images(
+            producer,
+            images,
+            root,
+            args.output,
+            image_ids=ids,
+            ids_rule=id_rule(args.image_ids_from),
+            shard=shard,
+            workers=args.workers,
+            progress=progress,
+            info=info,
+            overwrite=args.overwrite,
+            output_format=args.output_format,
+            engine=engine,
+        )
     finally:
         close()
     print_run_summary(result)
@@ -208,8 +291,11 @@ def run_folder(
         n = write_binary_masks(result.dataset, args.binary_masks)
         print(f"wrote {n} mask PNG(s) to {args.binary_masks}")
     if args.overlay_dir:
-        n = write_overlays(result.dataset, root, args.overlay_dir, args.overlay_min_score,
-                           args.overlay_top_k)
+        n = write_overlays(
+            result.dataset, root, args.overlay_dir, args.overlay_min_score, args.overlay_top_k
+        )
         extra = f", scoring >= {args.overlay_min_score}" if args.overlay_min_score > 0 else ""
-        print(f"wrote {n} overlay PNG(s) to {args.overlay_dir} (the {args.overlay_top_k} best masks{extra})")
+        print(
+            f"wrote {n} overlay PNG(s) to {args.overlay_dir} (the {args.overlay_top_k} best masks{extra})"
+        )
     return result.exit_code

@@ -17,28 +17,51 @@ INSTALL_HINT = 'the demo needs gradio: pip install "unsam[demo]" (or pip install
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="promptable model for clicks: a folder (unsam convert-checkpoint --kind promptable "
-                             "/ save_pretrained) or an official UnSAM promptable .pth (default: none; clicks "
-                             "pick from the segment-everything masks)")
-    parser.add_argument("--whole-image", default=None, metavar="MODEL",
-                        help="whole-image model for 'Segment everything': a model folder, a training run folder "
-                             "or an official UnSAM .pth (default: the promptable model's automatic mask "
-                             "generator, else divide-and-conquer on classic features)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="promptable model for clicks: a folder (unsam convert-checkpoint --kind promptable "
+        "/ save_pretrained) or an official UnSAM promptable .pth (default: none; clicks "
+        "pick from the segment-everything masks)",
+    )
+    parser.add_argument(
+        "--whole-image",
+        default=None,
+        metavar="MODEL",
+        help="whole-image model for 'Segment everything': a model folder, a training run folder "
+        "or an official UnSAM .pth (default: the promptable model's automatic mask "
+        "generator, else divide-and-conquer on classic features)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--max-side", type=int, default=640,
-                        help="shrink images so their longest side is at most this many pixels; masks and the "
-                             "COCO JSON are at that size (default: 640)")
-    parser.add_argument("--top-k", type=int, default=30,
-                        help="masks drawn by 'Segment everything' (default: 30)")
-    parser.add_argument("--short-side", type=int, default=640,
-                        help="shortest side of the promptable model's input for clicks, pixels (default: 640, "
-                             "the original demo)")
-    parser.add_argument("--points-per-side", type=int, default=32,
-                        help="point grid of the promptable automatic mask generator (default: 32)")
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=640,
+        help="shrink images so their longest side is at most this many pixels; masks and the "
+        "COCO JSON are at that size (default: 640)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=30, help="masks drawn by 'Segment everything' (default: 30)"
+    )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=640,
+        help="shortest side of the promptable model's input for clicks, pixels (default: 640, "
+        "the original demo)",
+    )
+    parser.add_argument(
+        "--points-per-side",
+        type=int,
+        default=32,
+        help="point grid of the promptable automatic mask generator (default: 32)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,10 +81,18 @@ def run(args: argparse.Namespace) -> int:
         from unsam.models.promptable.amg import AMGConfig
 
         amg = AMGConfig(points_per_side=args.points_per_side)
-    backend = DemoBackend(args.model, args.whole_image, device=args.device, max_side=args.max_side,
-                          short_side=args.short_side, amg=amg)  # bad model paths fail here, before the server starts
+    backend = DemoBackend(
+        args.model,
+        args.whole_image,
+        device=args.device,
+        max_side=args.max_side,
+        short_side=args.short_side,
+        amg=amg,
+    )  # bad model paths fail here, before the server starts
     demo = build_demo(backend, top_k=args.top_k)
-    print(f"unsam demo: clicks {backend.click_source}; segment everything: {backend.everything_source}")
+    print(
+        f"unsam demo: clicks {backend.click_source}; segment everything: {backend.everything_source}"
+    )
     print(f"unsam demo: open http://{args.host}:{args.port} (Ctrl+C to stop)")
     launch_demo(demo, host=args.host, port=args.port, block=True, quiet=True)
     return 0

@@ -20,14 +20,35 @@ from unsam.evaluation.points import PointEvalConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and model")
-    g.add_argument("--gt", required=True, metavar="GT.json|PANOPTIC.json", help="COCO instances or panoptic JSON")
-    g.add_argument("--panoptic-dir", metavar="DIR", help="folder of the panoptic PNGs (default: the JSON path "
-                   "without .json)")
-    g.add_argument("--images", required=True, metavar="DIR", help="folder the GT's file_name values are relative to")
-    g.add_argument("--model", required=True, metavar="M", help="train-promptable run folder, save_pretrained "
-                   "folder or official promptable .pth")
-    g.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON (fractions in [0, 1])")
-    g.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N GT images")
+    g.add_argument(
+        "--gt",
+        required=True,
+        metavar="GT.json|PANOPTIC.json",
+        help="COCO instances or panoptic JSON",
+    )
+    g.add_argument(
+        "--panoptic-dir",
+        metavar="DIR",
+        help="folder of the panoptic PNGs (default: the JSON path without .json)",
+    )
+    g.add_argument(
+        "--images",
+        required=True,
+        metavar="DIR",
+        help="folder the GT's file_name values are relative to",
+    )
+    g.add_argument(
+        "--model",
+        required=True,
+        metavar="M",
+        help="train-promptable run folder, save_pretrained folder or official promptable .pth",
+    )
+    g.add_argument(
+        "--json", metavar="OUT.json", help="also write the metrics as JSON (fractions in [0, 1])"
+    )
+    g.add_argument(
+        "--max-images", type=int, metavar="N", help="evaluate only the first N GT images"
+    )
     g.add_argument("--device", default="cpu", help='torch device (default: "cpu")')
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("protocol settings"), PointEvalConfig)
@@ -50,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(PointEvalConfig, args)
     if config.max_clicks != 1:
-        raise ValueError("--max-clicks must be 1: the promptable model takes one positive click per object")
+        raise ValueError(
+            "--max-clicks must be 1: the promptable model takes one positive click per object"
+        )
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     images = Path(args.images)
@@ -61,12 +84,19 @@ def run(args: argparse.Namespace) -> int:
         records = load_panoptic_gt(args.gt, args.panoptic_dir, max_images=args.max_images)
     else:
         if args.panoptic_dir:
-            raise ValueError(f"{args.gt} is an instances JSON; --panoptic-dir is only for panoptic JSONs")
+            raise ValueError(
+                f"{args.gt} is an instances JSON; --panoptic-dir is only for panoptic JSONs"
+            )
         records = load_instances_gt(args.gt)[: args.max_images]
     predictor = PromptablePredictor.from_pretrained(args.model, device=args.device, short_side=None)
     predict = predictor_predict_fn(predictor)
-    bar = tqdm(total=len(records), desc="eval-points", unit="img", disable=True if args.no_progress else None,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(records),
+        desc="eval-points",
+        unit="img",
+        disable=True if args.no_progress else None,
+        dynamic_ncols=True,
+    )
 
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
@@ -79,8 +109,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     kind = "panoptic" if panoptic else "instances"
-    print(format_point_metrics(metrics, title=f"1-click interactive mIoU ({kind} GT {args.gt}, model {args.model})"),
-          file=sys.stdout)
+    print(
+        format_point_metrics(
+            metrics, title=f"1-click interactive mIoU ({kind} GT {args.gt}, model {args.model})"
+        ),
+        file=sys.stdout,
+    )
     if args.json:
         atomic_write_json(args.json, metrics, indent=2)
         print(f"wrote {args.json}")

@@ -21,8 +21,8 @@ from unsam.io.files import atomic_write_json, check_output_file, check_outputs
 
 _EPILOG = (
     "Layout: ROOT/<name>/gt.json (written by `unsam datasets convert`) and ROOT/<name>/images/, "
-    f"<name> in {', '.join(DATASET_ORDER)}. Datasets without gt.json are listed as \"not present\" "
-    "(a column of \"–\"). With --pred-dir, predictions are PRED_DIR/<name>.json (COCO results list "
+    f'<name> in {", ".join(DATASET_ORDER)}. Datasets without gt.json are listed as "not present" '
+    '(a column of "–"). With --pred-dir, predictions are PRED_DIR/<name>.json (COCO results list '
     "or dataset JSON, matched by file name). With --model, the model segments each dataset's images "
     "into ROOT/<name>/pred_<model-name>.json (resumable: rerun to continue)."
 )
@@ -35,19 +35,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred-dir", metavar="DIR", help="folder holding <name>.json predictions")
-    source.add_argument("--model", metavar="M",
-                        help="a training run folder, save_pretrained folder, official .pth or hub id; "
-                        "its predictions are written to ROOT/<name>/pred_<model-name>.json")
-    parser.add_argument("--data-root", required=True, metavar="ROOT", help="folder of prepared datasets")
-    parser.add_argument("--datasets", metavar="LIST",
-                        help=f"comma-separated subset (default: all of {','.join(DATASET_ORDER)})")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the results as JSON (fractions)")
+    source.add_argument(
+        "--model",
+        metavar="M",
+        help="a training run folder, save_pretrained folder, official .pth or hub id; "
+        "its predictions are written to ROOT/<name>/pred_<model-name>.json",
+    )
+    parser.add_argument(
+        "--data-root", required=True, metavar="ROOT", help="folder of prepared datasets"
+    )
+    parser.add_argument(
+        "--datasets",
+        metavar="LIST",
+        help=f"comma-separated subset (default: all of {','.join(DATASET_ORDER)})",
+    )
+    parser.add_argument(
+        "--json", metavar="OUT.json", help="also write the results as JSON (fractions)"
+    )
     g = parser.add_argument_group("model runs (--model)")
     g.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start a dataset's predictions over when they were made with other settings")
-    add_config_arguments(parser.add_argument_group("whole-image model settings (--model)"), SegmentConfig)
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a dataset's predictions over when they were made with other settings",
+    )
+    add_config_arguments(
+        parser.add_argument_group("whole-image model settings (--model)"), SegmentConfig
+    )
 
 
 def _predict(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Path]:
@@ -67,8 +82,15 @@ def _predict(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Path
     for name in present:
         progress, close = tqdm_progress(f"segment {name}", disable=args.no_progress)
         try:
-            result = predict_dataset(producer, args.data_root, name, outputs[name], workers=args.workers,
-                                     progress=progress, overwrite=args.overwrite)
+            result = predict_dataset(
+                producer,
+                args.data_root,
+                name,
+                outputs[name],
+                workers=args.workers,
+                progress=progress,
+                overwrite=args.overwrite,
+            )
         finally:
             close()
         print_run_summary(result)

@@ -20,21 +20,51 @@ __all__ = ["main", "SUBCOMMANDS"]
 
 #: name -> (module, one-line help). The order is the pipeline's.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "baseline": ("unsam.cli.baseline", "weight-free classical masks (felzenszwalb / slic) for a folder of images"),
+    "baseline": (
+        "unsam.cli.baseline",
+        "weight-free classical masks (felzenszwalb / slic) for a folder of images",
+    ),
     "dico": ("unsam.cli.dico", "divide-and-conquer masks for one image, with an overlay PNG"),
-    "pseudo-label": ("unsam.cli.pseudo_label", "divide-and-conquer pseudo-labels for a folder (resumable)"),
+    "pseudo-label": (
+        "unsam.cli.pseudo_label",
+        "divide-and-conquer pseudo-labels for a folder (resumable)",
+    ),
     "train": ("unsam.cli.train", "train the whole-image Mask2Former on pseudo-labels (resumable)"),
-    "train-promptable": ("unsam.cli.train_promptable", "train the promptable (click) model on pseudo-labels (resumable)"),
+    "train-promptable": (
+        "unsam.cli.train_promptable",
+        "train the promptable (click) model on pseudo-labels (resumable)",
+    ),
     "segment": ("unsam.cli.segment", "run a trained whole-image model on images"),
-    "self-train": ("unsam.cli.self_train", "add a trained model's confident masks to the pseudo-labels"),
-    "merge-gt": ("unsam.cli.merge_gt", "UnSAM+: ground truth plus pseudo-masks that overlap no GT mask"),
-    "convert-checkpoint": ("unsam.cli.convert_checkpoint", "convert an official UnSAM .pth to a transformers folder"),
+    "self-train": (
+        "unsam.cli.self_train",
+        "add a trained model's confident masks to the pseudo-labels",
+    ),
+    "merge-gt": (
+        "unsam.cli.merge_gt",
+        "UnSAM+: ground truth plus pseudo-masks that overlap no GT mask",
+    ),
+    "convert-checkpoint": (
+        "unsam.cli.convert_checkpoint",
+        "convert an official UnSAM .pth to a transformers folder",
+    ),
     "prompt": ("unsam.cli.prompt", "promptable model: 6 granularity masks per click on one image"),
     "eval": ("unsam.cli.eval", "class-agnostic COCO AR/AP of predictions against ground truth"),
-    "datasets": ("unsam.cli.datasets", "convert the paper's 7 evaluation datasets to class-agnostic COCO JSON"),
-    "eval-suite": ("unsam.cli.eval_suite", "AR@1000 on the paper's 7 datasets, in the paper's table layout"),
-    "eval-points": ("unsam.cli.eval_points", "1-click interactive mIoU / NoC of a promptable model"),
-    "demo": ("unsam.cli.demo", "interactive web demo: click -> 6 masks, segment everything (gradio)"),
+    "datasets": (
+        "unsam.cli.datasets",
+        "convert the paper's 7 evaluation datasets to class-agnostic COCO JSON",
+    ),
+    "eval-suite": (
+        "unsam.cli.eval_suite",
+        "AR@1000 on the paper's 7 datasets, in the paper's table layout",
+    ),
+    "eval-points": (
+        "unsam.cli.eval_points",
+        "1-click interactive mIoU / NoC of a promptable model",
+    ),
+    "demo": (
+        "unsam.cli.demo",
+        "interactive web demo: click -> 6 masks, segment everything (gradio)",
+    ),
 }
 
 logger = logging.getLogger("unsam")
@@ -48,7 +78,9 @@ def _available() -> dict[str, tuple[str, str]]:
     return out
 
 
-def build_parser(commands: dict[str, tuple[str, str]], selected: str | None) -> argparse.ArgumentParser:
+def build_parser(
+    commands: dict[str, tuple[str, str]], selected: str | None
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unsam",
         description="UnSAM: segment anything without supervision (pure PyTorch, CPU first).",
@@ -72,15 +104,26 @@ def _version() -> str:
 
 def _add_global_flags(parser: argparse.ArgumentParser, *, default: bool) -> None:
     g = parser.add_argument_group("output") if not default else parser
-    g.add_argument("-v", "--verbose", action="count", default=0 if default else argparse.SUPPRESS,
-                   help="more log output (-vv: debug)")
-    g.add_argument("--debug", action="store_true", default=False if default else argparse.SUPPRESS,
-                   help="show tracebacks instead of one-line errors")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if default else argparse.SUPPRESS,
+        help="more log output (-vv: debug)",
+    )
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if default else argparse.SUPPRESS,
+        help="show tracebacks instead of one-line errors",
+    )
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Errors the user can fix (bad input, missing weights, a busy output): one line, exit 2."""
-    return isinstance(exc, (ValueError, OSError, ImportError)) or bool(getattr(exc, "user_error", False))
+    return isinstance(exc, (ValueError, OSError, ImportError)) or bool(
+        getattr(exc, "user_error", False)
+    )
 
 
 def _configure_logging(verbose: int) -> None:
@@ -106,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
-        print(f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:
         if debug or not is_user_error(exc):

@@ -14,9 +14,17 @@ from unsam.training.selftrain import MergeGTConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("gt", metavar="GT.json", help="ground truth: COCO dataset JSON or SA-1B JSON folder")
-    parser.add_argument("pseudo", metavar="PSEUDO.json", help="pseudo-labels: COCO dataset JSON (unsam pseudo-label)")
-    parser.add_argument("-o", "--output", required=True, metavar="MERGED.json", help="COCO dataset JSON to write")
+    parser.add_argument(
+        "gt", metavar="GT.json", help="ground truth: COCO dataset JSON or SA-1B JSON folder"
+    )
+    parser.add_argument(
+        "pseudo",
+        metavar="PSEUDO.json",
+        help="pseudo-labels: COCO dataset JSON (unsam pseudo-label)",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="MERGED.json", help="COCO dataset JSON to write"
+    )
     add_config_arguments(parser.add_argument_group("merge settings"), MergeGTConfig)
 
 

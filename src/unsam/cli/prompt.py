@@ -28,36 +28,79 @@ def _point(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--point {text!r}: expected X,Y in pixels, e.g. 120,85") from None
+        raise argparse.ArgumentTypeError(
+            f"--point {text!r}: expected X,Y in pixels, e.g. 120,85"
+        ) from None
     return x, y
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file")
-    parser.add_argument("--point", type=_point, action="append", required=True, metavar="X,Y",
-                        help="a click in pixels of the image (repeat for more clicks)")
-    parser.add_argument("--model", required=True,
-                        help="a folder written by `unsam convert-checkpoint --kind promptable` or "
-                             "save_pretrained, or an official UnSAM promptable .pth")
-    parser.add_argument("-o", "--output", required=True, help="JSON file to write (SAM-style masks)")
-    parser.add_argument("--overlay", metavar="PNG", help="also write an overlay: one row per click, 6 granularities")
-    parser.add_argument("--image-id", type=int, default=0, help="image id stored in the records (default: 0)")
+    parser.add_argument(
+        "--point",
+        type=_point,
+        action="append",
+        required=True,
+        metavar="X,Y",
+        help="a click in pixels of the image (repeat for more clicks)",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a folder written by `unsam convert-checkpoint --kind promptable` or "
+        "save_pretrained, or an official UnSAM promptable .pth",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="JSON file to write (SAM-style masks)"
+    )
+    parser.add_argument(
+        "--overlay", metavar="PNG", help="also write an overlay: one row per click, 6 granularities"
+    )
+    parser.add_argument(
+        "--image-id", type=int, default=0, help="image id stored in the records (default: 0)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--config", default=None,
-                        help="model size of an official .pth: swin_t (default), tiny or a config.json")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="model size of an official .pth: swin_t (default), tiny or a config.json",
+    )
     g = parser.add_argument_group("click settings")
-    g.add_argument("--short-side", type=int, default=640,
-                   help="shortest side of the model input, pixels (original demo: 640; evaluation: 800)")
-    g.add_argument("--box-size", type=float, default=None,
-                   help="click box side in model-input pixels (training/evaluation: 6; default: 0.005 of the image side)")
-    g.add_argument("--joint", action="store_true",
-                   help="decode the clicks jointly as the original demo (they then influence each other)")
-    g.add_argument("--iou-thresh", type=float, default=None,
-                   help="drop masks with predicted IoU below this (original demo: 0.5; default: keep all 6)")
-    g.add_argument("--dedup-iou-thresh", type=float, default=None,
-                   help="drop a mask whose IoU with a kept one exceeds this (original demo: 0.95)")
-    g.add_argument("--min-region-area", type=int, default=0,
-                   help="fill holes / remove islands smaller than this many pixels (original demo: 100)")
+    g.add_argument(
+        "--short-side",
+        type=int,
+        default=640,
+        help="shortest side of the model input, pixels (original demo: 640; evaluation: 800)",
+    )
+    g.add_argument(
+        "--box-size",
+        type=float,
+        default=None,
+        help="click box side in model-input pixels (training/evaluation: 6; default: 0.005 of the image side)",
+    )
+    g.add_argument(
+        "--joint",
+        action="store_true",
+        help="decode the clicks jointly as the original demo (they then influence each other)",
+    )
+    g.add_argument(
+        "--iou-thresh",
+        type=float,
+        default=None,
+        help="drop masks with predicted IoU below this (original demo: 0.5; default: keep all 6)",
+    )
+    g.add_argument(
+        "--dedup-iou-thresh",
+        type=float,
+        default=None,
+        help="drop a mask whose IoU with a kept one exceeds this (original demo: 0.95)",
+    )
+    g.add_argument(
+        "--min-region-area",
+        type=int,
+        default=0,
+        help="fill holes / remove islands smaller than this many pixels (original demo: 100)",
+    )
 
 
 def promptable_config(value: str | None) -> PromptableConfig | None:
@@ -71,8 +114,9 @@ def promptable_config(value: str | None) -> PromptableConfig | None:
     return PromptableConfig.load(value)
 
 
-def click_overlay(image: npt.NDArray[np.uint8], clicks: list[list[MaskRecord]],
-                  points: list[tuple[float, float]]) -> npt.NDArray[np.uint8]:
+def click_overlay(
+    image: npt.NDArray[np.uint8], clicks: list[list[MaskRecord]], points: list[tuple[float, float]]
+) -> npt.NDArray[np.uint8]:
     """One row per click, one panel per mask (token order), each labelled ``L<level> iou=<value>``.
 
     Returns:
@@ -95,7 +139,16 @@ def click_overlay(image: npt.NDArray[np.uint8], clicks: list[list[MaskRecord]],
             cv2.rectangle(panel, (cx - 3, cy - 3), (cx + 3, cy + 3), (255, 0, 0), -1)
             label = f"L{rec.level} iou={rec.predicted_iou:.2f}"
             cv2.rectangle(panel, (0, 0), (min(pw, 8 * len(label) + 6), 16), (0, 0, 0), -1)
-            cv2.putText(panel, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                panel,
+                label,
+                (3, 12),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
             canvas[row * ph : (row + 1) * ph, col * pw : (col + 1) * pw] = panel
     return canvas
 
@@ -109,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     from unsam.records import ImageRecord
 
     if args.overlay is not None and not str(args.overlay).lower().endswith(".png"):
-        raise ValueError(f"--overlay {args.overlay}: the overlay is a PNG; give a file name ending in .png")
+        raise ValueError(
+            f"--overlay {args.overlay}: the overlay is a PNG; give a file name ending in .png"
+        )
     for flag, path in (("-o", args.output), ("--overlay", args.overlay)):
         if path is not None:
             check_output_file(path, flag)
@@ -119,15 +174,28 @@ def run(args: argparse.Namespace) -> int:
     for x, y in args.point:
         if not (0 <= x < w and 0 <= y < h):
             raise ValueError(f"--point {x:g},{y:g} is outside the {w}x{h} image {args.image}")
-    predictor = PromptablePredictor.from_pretrained(args.model, device=args.device, config=promptable_config(args.config),
-                                                    short_side=args.short_side)
+    predictor = PromptablePredictor.from_pretrained(
+        args.model,
+        device=args.device,
+        config=promptable_config(args.config),
+        short_side=args.short_side,
+    )
     predictor.set_image(image, image_id=args.image_id)
-    clicks = predictor.predict(args.point, independent=not args.joint, box_size=args.box_size,
-                               iou_thresh=args.iou_thresh, dedup_iou_thresh=args.dedup_iou_thresh,
-                               min_region_area=args.min_region_area)
+    clicks = predictor.predict(
+        args.point,
+        independent=not args.joint,
+        box_size=args.box_size,
+        iou_thresh=args.iou_thresh,
+        dedup_iou_thresh=args.dedup_iou_thresh,
+        min_region_area=args.min_region_area,
+    )
     records = [r for click in clicks for r in click]
-    write_sam_json(args.output, ImageRecord(id=args.image_id, file_name=str(args.image), height=h, width=w,
-                                            masks=tuple(records)))
+    write_sam_json(
+        args.output,
+        ImageRecord(
+            id=args.image_id, file_name=str(args.image), height=h, width=w, masks=tuple(records)
+        ),
+    )
     if args.overlay is not None:
         write_png(args.overlay, click_overlay(image, clicks, list(args.point)))
     summary = "; ".join(

@@ -10,25 +10,44 @@ import argparse
 from typing import Any
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder, run_outputs
+from unsam.cli.common import (
+    add_run_arguments,
+    check_run_outputs,
+    list_inputs,
+    run_folder,
+    run_outputs,
+)
 from unsam.conquer.region import ConquerConfig
 from unsam.divide.maskcut import MaskCutConfig
 from unsam.pipeline import DicoProducer, PipelineConfig
 from unsam.refine.crf import RefineConfig
 from unsam.runner import parse_shard
 
-NESTED = (("maskcut", "maskcut_", MaskCutConfig), ("conquer", "conquer_", ConquerConfig), ("refine", "refine_", RefineConfig))
+NESTED = (
+    ("maskcut", "maskcut_", MaskCutConfig),
+    ("conquer", "conquer_", ConquerConfig),
+    ("refine", "refine_", RefineConfig),
+)
 
 
 class _RefineAction(argparse.Action):
     """``--refine none|crf|cascadepsp|cascadepsp:PATH`` -> refine_method (+ refine_cascadepsp_weights)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         method, sep, path = str(values).partition(":")
-        if method not in ("none", "crf", "cascadepsp") or (sep and (method != "cascadepsp" or not path)):
-            parser.error(f"argument --refine: invalid choice {values!r} (choose none, crf, cascadepsp or "
-                         "cascadepsp:PATH, where PATH is the CascadePSP weights file 'model')")
+        if method not in ("none", "crf", "cascadepsp") or (
+            sep and (method != "cascadepsp" or not path)
+        ):
+            parser.error(
+                f"argument --refine: invalid choice {values!r} (choose none, crf, cascadepsp or "
+                "cascadepsp:PATH, where PATH is the CascadePSP weights file 'model')"
+            )
         namespace.refine_method = method
         if path:
             namespace.refine_cascadepsp_weights = path
@@ -38,10 +57,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of PipelineConfig and its stage configs (--maskcut-*, --conquer-*, --refine-*)."""
     g = parser.add_argument_group("pipeline")
     add_config_arguments(g, PipelineConfig)
-    g.add_argument("--refine", dest="refine_method", action=_RefineAction, default=argparse.SUPPRESS,
-                   metavar="{none,crf,cascadepsp,cascadepsp:PATH}",
-                   help="shorthand for --refine-method (default: none); cascadepsp:PATH also sets "
-                        "--refine-cascadepsp-weights PATH")
+    g.add_argument(
+        "--refine",
+        dest="refine_method",
+        action=_RefineAction,
+        default=argparse.SUPPRESS,
+        metavar="{none,crf,cascadepsp,cascadepsp:PATH}",
+        help="shorthand for --refine-method (default: none); cascadepsp:PATH also sets "
+        "--refine-cascadepsp-weights PATH",
+    )
     for name, prefix, cls in NESTED:  # each stage's flags in its own group, nested CRF ones too
         group = parser.add_argument_group(f"{name} ({cls.__doc__.splitlines()[0]})")
         add_config_arguments(group, cls, prefix=prefix, recurse=True)
@@ -52,7 +76,9 @@ def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", help="folder of images (sorted; other files are skipped and reported)")
+    parser.add_argument(
+        "images", help="folder of images (sorted; other files are skipped and reported)"
+    )
     parser.add_argument("-o", "--output", required=True, help="COCO dataset JSON to write")
     add_run_arguments(parser)
     add_pipeline_arguments(parser)
@@ -62,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
     parse_shard(args.shard)  # bad flags fail before weights are loaded
     listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(args.images, listing, run_outputs(args),
-                      extra_inputs=[args.image_ids_from] if args.image_ids_from else [])
+    check_run_outputs(
+        args.images,
+        listing,
+        run_outputs(args),
+        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
+    )
     producer = DicoProducer(config)
     producer.setup()  # load weights in this process first: errors surface at once, before any worker
     return run_folder(producer, listing.images, listing.root, args, desc="pseudo-label")

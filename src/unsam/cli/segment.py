@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.cli.common import add_run_arguments, check_run_outputs, list_inputs, run_folder, run_outputs
+from unsam.cli.common import (
+    add_run_arguments,
+    check_run_outputs,
+    list_inputs,
+    run_folder,
+    run_outputs,
+)
 from unsam.models.whole_image.segmenter import HUB_ID, SegmentConfig, SegmenterProducer
 from unsam.runner import parse_shard
 
@@ -23,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a training run folder, a save_pretrained folder, an official UnSAM .pth, or a hub id ({HUB_ID}); "
         "promptable:PATH runs the promptable model's point-grid automatic mask generator",
     )
-    parser.add_argument("-o", "--output", required=True, help="COCO dataset JSON to write (images + scored masks)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="COCO dataset JSON to write (images + scored masks)"
+    )
     add_run_arguments(parser)
     parser.set_defaults(overlay_min_score=0.5)  # as the original demo: confident masks only
     g = parser.add_argument_group("whole-image model settings")
@@ -37,14 +45,26 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(SegmentConfig, args)
     parse_shard(args.shard)  # bad flags fail before the model is loaded
     listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(args.images, listing, run_outputs(args),
-                      extra_inputs=[args.image_ids_from] if args.image_ids_from else [])
-    if args.model.startswith("promptable:"):  # the promptable model's point-grid AMG (PROMPTABLE.md §4)
+    check_run_outputs(
+        args.images,
+        listing,
+        run_outputs(args),
+        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
+    )
+    if args.model.startswith(
+        "promptable:"
+    ):  # the promptable model's point-grid AMG (PROMPTABLE.md §4)
         from unsam.models.promptable.amg import PromptableAMGProducer
 
         producer = PromptableAMGProducer(args.model.removeprefix("promptable:"))
     else:
         producer = SegmenterProducer(args.model, config)
     producer.setup()  # load (and convert / download) once, before the progress bar, so errors come first
-    return run_folder(producer, listing.images, listing.root, args, desc="segment",
-                      info={"model": producer.settings()["model"]})
+    return run_folder(
+        producer,
+        listing.images,
+        listing.root,
+        args,
+        desc="segment",
+        info={"model": producer.settings()["model"]},
+    )

@@ -17,18 +17,37 @@ from unsam.training.selftrain import SelfTrainConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--model", required=True, metavar="RUN_DIR", help="trained model: run folder, model folder or .pth")
     g.add_argument(
-        "--annotations", required=True, metavar="PSEUDO.json", help="current pseudo-labels (COCO dataset JSON)"
+        "--model",
+        required=True,
+        metavar="RUN_DIR",
+        help="trained model: run folder, model folder or .pth",
     )
-    g.add_argument("--images", required=True, metavar="DIR", help="folder the JSON's file_name values are relative to")
-    g.add_argument("-o", "--output", required=True, metavar="NEW.json", help="COCO dataset JSON to write")
-    g.add_argument("--workers", type=int, default=1, help="prediction worker processes (default: 1)")
+    g.add_argument(
+        "--annotations",
+        required=True,
+        metavar="PSEUDO.json",
+        help="current pseudo-labels (COCO dataset JSON)",
+    )
+    g.add_argument(
+        "--images",
+        required=True,
+        metavar="DIR",
+        help="folder the JSON's file_name values are relative to",
+    )
+    g.add_argument(
+        "-o", "--output", required=True, metavar="NEW.json", help="COCO dataset JSON to write"
+    )
+    g.add_argument(
+        "--workers", type=int, default=1, help="prediction worker processes (default: 1)"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("self-training settings"), SelfTrainConfig)
     from unsam.models.whole_image.segmenter import SegmentConfig
 
-    add_config_arguments(parser.add_argument_group("segmenter settings"), SegmentConfig, prefix="segment-")
+    add_config_arguments(
+        parser.add_argument_group("segmenter settings"), SegmentConfig, prefix="segment-"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,9 +61,14 @@ def run(args: argparse.Namespace) -> int:
     progress, close = tqdm_progress("self-train", disable=args.no_progress)
     try:
         result = self_train_round(
-            args.model, args.annotations, args.images, args.output,
-            config_from_args(SelfTrainConfig, args), config_from_args(SegmentConfig, args, prefix="segment_"),
-            workers=args.workers, progress=progress,
+            args.model,
+            args.annotations,
+            args.images,
+            args.output,
+            config_from_args(SelfTrainConfig, args),
+            config_from_args(SegmentConfig, args, prefix="segment_"),
+            workers=args.workers,
+            progress=progress,
         )
     finally:
         close()

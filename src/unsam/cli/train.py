@@ -24,12 +24,24 @@ from unsam.training.config import TrainConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and run")
-    g.add_argument("--annotations", metavar="PSEUDO.json", help="COCO dataset JSON with the training masks")
-    g.add_argument("--images", metavar="DIR", help="folder the JSON's file_name values are relative to")
     g.add_argument(
-        "-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, loss curve, model)"
+        "--annotations", metavar="PSEUDO.json", help="COCO dataset JSON with the training masks"
     )
-    g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its newest checkpoint")
+    g.add_argument(
+        "--images", metavar="DIR", help="folder the JSON's file_name values are relative to"
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder (checkpoints, loss curve, model)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its newest checkpoint",
+    )
     g.add_argument(
         "--skip-bad-images",
         action="store_true",
@@ -40,7 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _user_values(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if hasattr(args, f.name)
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
                 dynamic_ncols=True,
             )
         b = bar["bar"]
-        b.set_postfix(loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False)
+        b.set_postfix(
+            loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False
+        )
         b.update(1)
 
     try:
@@ -85,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
             bar["bar"].close()
     if is_main:
         loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        print(f"trained {result.steps} steps (from step {result.start_step}){loss}; model: {result.model_dir}; "
-              f"loss curve: {run_dir / 'loss.png'}", file=sys.stdout)
+        print(
+            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: {result.model_dir}; "
+            f"loss curve: {run_dir / 'loss.png'}",
+            file=sys.stdout,
+        )
     return 0

@@ -25,12 +25,29 @@ from unsam.training.promptable.config import PromptableTrainConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and run")
-    g.add_argument("--annotations", metavar="PSEUDO.json", help="COCO dataset JSON with the training masks")
-    g.add_argument("--images", metavar="DIR", help="folder the JSON's file_name values are relative to")
-    g.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, loss, model)")
-    g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its newest checkpoint")
-    g.add_argument("--skip-bad-images", action="store_true",
-                   help="skip missing or mis-sized images (listed in RUN_DIR/skipped_images.txt) instead of stopping")
+    g.add_argument(
+        "--annotations", metavar="PSEUDO.json", help="COCO dataset JSON with the training masks"
+    )
+    g.add_argument(
+        "--images", metavar="DIR", help="folder the JSON's file_name values are relative to"
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder (checkpoints, loss, model)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its newest checkpoint",
+    )
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip missing or mis-sized images (listed in RUN_DIR/skipped_images.txt) instead of stopping",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("training settings"), PromptableTrainConfig)
 
@@ -41,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.output)
     overrides: dict[str, Any] = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(PromptableTrainConfig) if hasattr(args, f.name)
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(PromptableTrainConfig)
+        if hasattr(args, f.name)
     }
     annotations, images = args.annotations, args.images
     if args.resume and (run_dir / "train_config.json").is_file():
@@ -52,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = PromptableTrainConfig(**overrides)
     if not annotations or not images:
-        raise ValueError("--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)")
+        raise ValueError(
+            "--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)"
+        )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar: dict[str, Any] = {}
@@ -61,20 +82,38 @@ def run(args: argparse.Namespace) -> int:
         if "bar" not in bar:
             from tqdm import tqdm
 
-            bar["bar"] = tqdm(total=log.max_steps, initial=log.step - 1, desc="train-promptable", unit="step",
-                              disable=True if args.no_progress else None, dynamic_ncols=True)
+            bar["bar"] = tqdm(
+                total=log.max_steps,
+                initial=log.step - 1,
+                desc="train-promptable",
+                unit="step",
+                disable=True if args.no_progress else None,
+                dynamic_ncols=True,
+            )
         b = bar["bar"]
-        b.set_postfix(loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False)
+        b.set_postfix(
+            loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False
+        )
         b.update(1)
 
     try:
-        result = train_promptable(config, annotations, images, run_dir, resume=args.resume,
-                                  skip_bad_images=args.skip_bad_images, on_step=on_step if is_main else None)
+        result = train_promptable(
+            config,
+            annotations,
+            images,
+            run_dir,
+            resume=args.resume,
+            skip_bad_images=args.skip_bad_images,
+            on_step=on_step if is_main else None,
+        )
     finally:
         if "bar" in bar:
             bar["bar"].close()
     if is_main:
         loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        print(f"trained {result.steps} steps (from step {result.start_step}){loss}; model: {result.model_dir}; "
-              f"loss curve: {run_dir / 'loss.png'}", file=sys.stdout)
+        print(
+            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: {result.model_dir}; "
+            f"loss curve: {run_dir / 'loss.png'}",
+            file=sys.stdout,
+        )
     return 0

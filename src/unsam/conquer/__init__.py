@@ -10,7 +10,13 @@
 from __future__ import annotations
 
 from unsam.conquer.filter import coverage, paste_mask, windowed_nms
-from unsam.conquer.merge import DEFAULT_THETAS, GraphMergeLevel, MergeLevel, merge_graph, merge_regions
+from unsam.conquer.merge import (
+    DEFAULT_THETAS,
+    GraphMergeLevel,
+    MergeLevel,
+    merge_graph,
+    merge_regions,
+)
 from unsam.conquer.region import ConquerConfig, ConquerMask, conquer, region_box
 from unsam.conquer.superpixels import SuperpixelClusters, superpixel_clusters
 

@@ -18,7 +18,9 @@ from unsam.masks import greedy_nms, mask_iou
 __all__ = ["coverage", "windowed_nms", "paste_mask"]
 
 
-def coverage(masks: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+def coverage(
+    masks: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
     """Fraction of each mask that lies inside ``region``: ``|m ∩ R| / |m|``.
 
     Args:
@@ -31,7 +33,9 @@ def coverage(masks: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_]) -> npt
     masks = np.asarray(masks, dtype=bool)
     region = np.asarray(region, dtype=bool)
     if masks.ndim != 3 or region.shape != masks.shape[1:]:
-        raise ValueError(f"masks must be (N, h, w) and region (h, w); got {masks.shape} and {region.shape}")
+        raise ValueError(
+            f"masks must be (N, h, w) and region (h, w); got {masks.shape} and {region.shape}"
+        )
     flat = masks.reshape(masks.shape[0], -1)
     areas = np.count_nonzero(flat, axis=1)
     inside = np.count_nonzero(flat & region.reshape(1, -1), axis=1)
@@ -39,7 +43,8 @@ def coverage(masks: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_]) -> npt
 
 
 def windowed_nms(
-    masks: npt.NDArray[np.bool_] | Sequence[npt.NDArray[np.bool_] | Callable[[], npt.NDArray[np.bool_]]],
+    masks: npt.NDArray[np.bool_]
+    | Sequence[npt.NDArray[np.bool_] | Callable[[], npt.NDArray[np.bool_]]],
     areas_or_scores: Sequence[float] | npt.NDArray[np.floating] | npt.NDArray[np.integer],
     iou_thresh: float = 0.9,
     window: int = 5,
@@ -109,7 +114,9 @@ def windowed_nms(
     def pair_iou(i: int, j: int) -> float:
         small, large = sorted((areas[i], areas[j]))  # type: ignore[index]
         if large == 0 or small / large <= iou_thresh:
-            return 0.0  # IoU <= small / large <= iou_thresh: cannot be a duplicate, pixels untouched
+            return (
+                0.0  # IoU <= small / large <= iou_thresh: cannot be a duplicate, pixels untouched
+            )
         return mask_iou(get(i), get(j))
 
     return greedy_nms(s, pair_iou, iou_thresh, window=None if full_nms else window)
@@ -131,10 +138,14 @@ def paste_mask(
     x0, y0, x1, y1 = (int(v) for v in box_xyxy)
     h, w = int(image_hw[0]), int(image_hw[1])
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise ValueError(f"box {box_xyxy} (x0, y0, x1, y1; exclusive x1, y1) is not inside an image of (H, W) = {(h, w)}")
+        raise ValueError(
+            f"box {box_xyxy} (x0, y0, x1, y1; exclusive x1, y1) is not inside an image of (H, W) = {(h, w)}"
+        )
     crop_mask = np.asarray(crop_mask, dtype=bool)
     if crop_mask.shape != (y1 - y0, x1 - x0):
-        raise ValueError(f"crop_mask has shape {crop_mask.shape}, but box {box_xyxy} needs {(y1 - y0, x1 - x0)}")
+        raise ValueError(
+            f"crop_mask has shape {crop_mask.shape}, but box {box_xyxy} needs {(y1 - y0, x1 - x0)}"
+        )
     canvas = np.zeros((h, w), dtype=bool)
     canvas[y0:y1, x0:x1] = crop_mask
     return canvas

@@ -113,7 +113,9 @@ def pool_patch_features(
     f = np.asarray(feats, dtype=np.float64)
     lab = np.asarray(labels, dtype=np.int64)
     if f.ndim != 3 or lab.ndim != 2:
-        raise ValueError(f"feats must be (gh, gw, C) and labels (h, w); got {f.shape} and {lab.shape}")
+        raise ValueError(
+            f"feats must be (gh, gw, C) and labels (h, w); got {f.shape} and {lab.shape}"
+        )
     n = int(lab.max()) + 1 if num_labels is None else int(num_labels)
     gh, gw, c = f.shape
     patch = _patch_index(lab.shape, (gh, gw)).ravel()

@@ -172,7 +172,11 @@ def _json_entries(
         image_id = _int(img, "id", where)
         if image_id in infos:
             raise MaskFileError(f"{where}: duplicate image id {image_id}")
-        infos[image_id] = (file_name(img, where), _int(img, "height", where), _int(img, "width", where))
+        infos[image_id] = (
+            file_name(img, where),
+            _int(img, "height", where),
+            _int(img, "width", where),
+        )
     per_image: dict[int, list[tuple[int, int, dict[str, Any]]]] = {k: [] for k in infos}
     for i, ann in enumerate(data.get("annotations", [])):
         where = f"{path}: annotations[{i}]"
@@ -191,7 +195,11 @@ def _json_entries(
         def load() -> tuple[int, int, list[_Ann]]:
             _, h, w = infos[image_id]
             anns = sorted(per_image[image_id], key=lambda t: (t[0], t[1]))
-            return h, w, [_Ann(a["segmentation"], int(bool(a.get("iscrowd", 0)))) for _, _, a in anns]
+            return (
+                h,
+                w,
+                [_Ann(a["segmentation"], int(bool(a.get("iscrowd", 0)))) for _, _, a in anns],
+            )
 
         return load
 
@@ -241,18 +249,26 @@ def _select(
                 continue
             found = by_base.get(Path(e.file_name).name, [])
             if len(found) > 1:
-                raise ValueError(f"{folder}: {e.where} ({e.file_name}) matches {len(found)} files by "
-                                 f"name ({found[0]}, {found[1]}); keep one, or give the exact folder")
+                raise ValueError(
+                    f"{folder}: {e.where} ({e.file_name}) matches {len(found)} files by "
+                    f"name ({found[0]}, {found[1]}); keep one, or give the exact folder"
+                )
             if found:
                 kept.append((e, found[0]))
             else:
                 missing += 1
         if entries and not kept:
-            raise FileNotFoundError(f"{folder}: none of the {len(entries)} images is there (first: "
-                                    f"{entries[0].file_name}); is this the dataset's image folder?")
+            raise FileNotFoundError(
+                f"{folder}: none of the {len(entries)} images is there (first: "
+                f"{entries[0].file_name}); is this the dataset's image folder?"
+            )
         if missing:
-            logger.warning("%s: %d of %d images are missing there; they are left out",
-                           folder, missing, len(entries))
+            logger.warning(
+                "%s: %d of %d images are missing there; they are left out",
+                folder,
+                missing,
+                len(entries),
+            )
     if max_images is not None:
         kept = kept[:max_images]
     return kept, missing
@@ -286,7 +302,9 @@ def _build(
             where = f"{entry.where}, annotation {k}"
             try:
                 mask = MaskRecord.from_coco(
-                    {"segmentation": ann.segmentation, "image_id": entry.image_id}, (h, w), where=where
+                    {"segmentation": ann.segmentation, "image_id": entry.image_id},
+                    (h, w),
+                    where=where,
                 ).replace(source="gt")
             except ValueError as exc:
                 raise MaskFileError(str(exc)) from None
@@ -299,8 +317,11 @@ def _build(
             check_rles([m.rle for m in masks], lambda i, e=entry: f"{e.where}, kept annotation {i}")
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
-        records.append(ImageRecord(id=entry.image_id, file_name=file_name, height=h, width=w,
-                                   masks=tuple(masks)))
+        records.append(
+            ImageRecord(
+                id=entry.image_id, file_name=file_name, height=h, width=w, masks=tuple(masks)
+            )
+        )
         if progress is not None:
             progress(n + 1, len(selected))
     if dropped:
@@ -317,15 +338,17 @@ def _build(
     dataset = coco_dataset_dict(records, info=info)
     annotations = []
     for ann, src_ann in zip(dataset["annotations"], kept_anns, strict=True):
-        annotations.append({
-            "id": ann["id"],
-            "image_id": ann["image_id"],
-            "category_id": 1,
-            "iscrowd": src_ann.iscrowd,
-            "segmentation": _segmentation_out(src_ann.segmentation, ann["segmentation"]),
-            "area": ann["area"],
-            "bbox": ann["bbox"],
-        })
+        annotations.append(
+            {
+                "id": ann["id"],
+                "image_id": ann["image_id"],
+                "category_id": 1,
+                "iscrowd": src_ann.iscrowd,
+                "segmentation": _segmentation_out(src_ann.segmentation, ann["segmentation"]),
+                "area": ann["area"],
+                "bbox": ann["bbox"],
+            }
+        )
     dataset["annotations"] = annotations
     validate_dataset(dataset, where=f"{name} from {src}")
     logger.info("%s: %d images, %d masks", name, len(records), len(annotations))
@@ -359,7 +382,9 @@ def convert_coco(
     path = Path(src)
     data = _read_json_object(path, "a COCO instances JSON")
     entries = _json_entries(path, data, file_name=_given_file_name)
-    return _build("coco", path, entries, images_dir=images_dir, max_images=max_images, progress=progress)
+    return _build(
+        "coco", path, entries, images_dir=images_dir, max_images=max_images, progress=progress
+    )
 
 
 def _lvis_file_name(img: dict[str, Any], where: str) -> str:
@@ -387,7 +412,9 @@ def convert_lvis(
     path = Path(src)
     data = _read_json_object(path, "an LVIS JSON")
     entries = _json_entries(path, data, file_name=_lvis_file_name)
-    return _build("lvis", path, entries, images_dir=images_dir, max_images=max_images, progress=progress)
+    return _build(
+        "lvis", path, entries, images_dir=images_dir, max_images=max_images, progress=progress
+    )
 
 
 def convert_entityseg(
@@ -404,8 +431,9 @@ def convert_entityseg(
     path = Path(src)
     data = _read_json_object(path, "an EntitySeg JSON")
     entries = _json_entries(path, data, file_name=_given_file_name)
-    return _build("entityseg", path, entries, images_dir=images_dir, max_images=max_images,
-                  progress=progress)
+    return _build(
+        "entityseg", path, entries, images_dir=images_dir, max_images=max_images, progress=progress
+    )
 
 
 def convert_partimagenet(
@@ -423,8 +451,14 @@ def convert_partimagenet(
     path = Path(src)
     data = _read_json_object(path, "a PartImageNet part JSON")
     entries = _json_entries(path, data, file_name=_given_file_name)
-    return _build("partimagenet", path, entries, images_dir=images_dir, max_images=max_images,
-                  progress=progress)
+    return _build(
+        "partimagenet",
+        path,
+        entries,
+        images_dir=images_dir,
+        max_images=max_images,
+        progress=progress,
+    )
 
 
 def convert_paco(
@@ -451,8 +485,10 @@ def convert_paco(
     data = _read_json_object(path, "a PACO JSON")
     for i, ann in enumerate(data.get("annotations", [])):
         if isinstance(ann, dict) and "obj_ann_id" not in ann:
-            raise MaskFileError(f'{path}: annotations[{i}]: missing field "obj_ann_id" (is this a PACO '
-                                "JSON? PACO marks part annotations by id != obj_ann_id)")
+            raise MaskFileError(
+                f'{path}: annotations[{i}]: missing field "obj_ann_id" (is this a PACO '
+                "JSON? PACO marks part annotations by id != obj_ann_id)"
+            )
 
     def keep(ann: dict[str, Any]) -> bool:
         is_part = ann.get("id") != ann["obj_ann_id"]
@@ -460,8 +496,15 @@ def convert_paco(
 
     entries = _json_entries(path, data, file_name=_given_file_name, keep=keep)
     rule = CONVERSION_RULES["paco"] + f" [annotations={annotations}]"
-    return _build("paco", path, entries, images_dir=images_dir, max_images=max_images,
-                  progress=progress, rule=rule)
+    return _build(
+        "paco",
+        path,
+        entries,
+        images_dir=images_dir,
+        max_images=max_images,
+        progress=progress,
+        rule=rule,
+    )
 
 
 def _ade20k_masks(png: Path) -> tuple[int, int, list[_Ann]]:
@@ -474,8 +517,10 @@ def _ade20k_masks(png: Path) -> tuple[int, int, list[_Ann]]:
     except OSError as exc:
         raise MaskFileError(f"{png}: cannot read the instance PNG ({exc})") from None
     if arr.ndim != 3 or arr.shape[2] < 2 or arr.dtype != np.uint8:
-        raise MaskFileError(f"{png}: expected an RGB uint8 instance PNG (R = class, G = instance id), "
-                            f"found mode {mode} with shape {arr.shape}")
+        raise MaskFileError(
+            f"{png}: expected an RGB uint8 instance PNG (R = class, G = instance id), "
+            f"found mode {mode} with shape {arr.shape}"
+        )
     instances = arr[:, :, 1]
     anns = [_Ann(encode_mask(instances == g), 0) for g in np.unique(instances) if g != 0]
     return int(arr.shape[0]), int(arr.shape[1]), anns
@@ -497,22 +542,36 @@ def convert_ade20k(
     if (folder / "annotations_instance" / "validation").is_dir():
         folder = folder / "annotations_instance" / "validation"
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: no such folder (expected ADE20K's "
-                                 "annotations_instance/validation folder of instance PNGs)")
-    pngs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+        raise NotADirectoryError(
+            f"{folder}: no such folder (expected ADE20K's "
+            "annotations_instance/validation folder of instance PNGs)"
+        )
+    pngs = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")
+    )
     if not pngs:
-        raise FileNotFoundError(f"{folder}: no .png files (expected ADE20K instance PNGs ADE_val_*.png)")
+        raise FileNotFoundError(
+            f"{folder}: no .png files (expected ADE20K instance PNGs ADE_val_*.png)"
+        )
     entries: dict[int, _Entry] = {}
     for png in pngs:
         m = re.search(r"(\d+)$", png.stem)
         if m is None:
-            raise MaskFileError(f"{png}: no image number at the end of the name (expected ADE_val_<id>.png)")
+            raise MaskFileError(
+                f"{png}: no image number at the end of the name (expected ADE_val_<id>.png)"
+            )
         image_id = int(m.group(1))
         if image_id in entries:
-            raise MaskFileError(f"{png}: image id {image_id} is also that of {entries[image_id].where}")
-        entries[image_id] = _Entry(image_id, png.stem + ".jpg", lambda p=png: _ade20k_masks(p), str(png))
+            raise MaskFileError(
+                f"{png}: image id {image_id} is also that of {entries[image_id].where}"
+            )
+        entries[image_id] = _Entry(
+            image_id, png.stem + ".jpg", lambda p=png: _ade20k_masks(p), str(png)
+        )
     ordered = [entries[k] for k in sorted(entries)]
-    return _build("ade20k", folder, ordered, images_dir=images_dir, max_images=max_images, progress=progress)
+    return _build(
+        "ade20k", folder, ordered, images_dir=images_dir, max_images=max_images, progress=progress
+    )
 
 
 def _sa1b_masks(path: Path) -> tuple[int, int, list[_Ann]]:
@@ -533,7 +592,9 @@ def convert_sa1b(
     """
     folder = Path(src)
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: no such folder (expected a folder of SA-1B sa_<id>.json files)")
+        raise NotADirectoryError(
+            f"{folder}: no such folder (expected a folder of SA-1B sa_<id>.json files)"
+        )
     entries: list[_Entry] = []
     for p in folder.iterdir():
         if p.suffix.lower() != ".json" or p.name.startswith("."):
@@ -545,7 +606,9 @@ def convert_sa1b(
     if not entries:
         raise FileNotFoundError(f"{folder}: no sa_<id>.json files (expected SA-1B per-image JSONs)")
     entries.sort(key=lambda e: e.image_id)
-    return _build("sa1b", folder, entries, images_dir=images_dir, max_images=max_images, progress=progress)
+    return _build(
+        "sa1b", folder, entries, images_dir=images_dir, max_images=max_images, progress=progress
+    )
 
 
 #: dataset name → converter; every converter takes ``(src, *, images_dir, max_images, progress)``.
@@ -580,6 +643,11 @@ def convert_dataset(
     if name not in CONVERTERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     if name == "paco":
-        return convert_paco(src, annotations=paco_annotations, images_dir=images_dir,
-                            max_images=max_images, progress=progress)
+        return convert_paco(
+            src,
+            annotations=paco_annotations,
+            images_dir=images_dir,
+            max_images=max_images,
+            progress=progress,
+        )
     return CONVERTERS[name](src, images_dir=images_dir, max_images=max_images, progress=progress)

@@ -67,8 +67,13 @@ def example_images(root: str | os.PathLike[str] | None = None) -> list[Path]:
     base = Path(root) if root is not None else REPO
     found: list[Path] = []
     for pattern in EXAMPLE_GLOBS:
-        found.extend(sorted(p for p in base.glob(pattern)
-                            if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and p.is_file()))
+        found.extend(
+            sorted(
+                p
+                for p in base.glob(pattern)
+                if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and p.is_file()
+            )
+        )
     return found
 
 
@@ -239,15 +244,21 @@ def mask_panels(
     return panels
 
 
-def score_markdown(records: Sequence[MaskRecord], point: tuple[float, float] | None, answered_by: str) -> str:
+def score_markdown(
+    records: Sequence[MaskRecord], point: tuple[float, float] | None, answered_by: str
+) -> str:
     """A Markdown table of the click's masks: granularity, predicted IoU / score, area."""
     if point is None:
         return "Click on the image to see the masks at that point."
     where = f"({point[0]:.0f}, {point[1]:.0f})"
     if not records:
         return f"No mask contains the click at {where} ({answered_by})."
-    lines = [f"**{len(records)} masks** at {where}, {answered_by}:", "",
-             "| granularity | predicted IoU | score | area (px) |", "|---|---|---|---|"]
+    lines = [
+        f"**{len(records)} masks** at {where}, {answered_by}:",
+        "",
+        "| granularity | predicted IoU | score | area (px) |",
+        "|---|---|---|---|",
+    ]
     for rank, rec in enumerate(records, start=1):
         iou = "–" if rec.predicted_iou is None else f"{rec.predicted_iou:.3f}"
         granularity = mask_caption(rec, rank).split(" · ")[0].removeprefix("granularity ")
@@ -255,7 +266,9 @@ def score_markdown(records: Sequence[MaskRecord], point: tuple[float, float] | N
     return "\n".join(lines)
 
 
-def masks_for_export(everything: Sequence[MaskRecord], clicks: Sequence[MaskRecord]) -> list[MaskRecord]:
+def masks_for_export(
+    everything: Sequence[MaskRecord], clicks: Sequence[MaskRecord]
+) -> list[MaskRecord]:
     """The masks of an image to export: all "segment everything" masks, then the click masks not
     among them (each once). Records keep their ids; a missing or repeated id gets a fresh one."""
     seen = {str(rec.rle["counts"]) for rec in everything}
@@ -292,7 +305,9 @@ def write_masks_json(
     from unsam.io.coco import write_coco_dataset
 
     masks = tuple(r.replace(image_id=image_id) for r in records)
-    image = ImageRecord(id=image_id, file_name=file_name, height=int(hw[0]), width=int(hw[1]), masks=masks)
+    image = ImageRecord(
+        id=image_id, file_name=file_name, height=int(hw[0]), width=int(hw[1]), masks=masks
+    )
     return write_coco_dataset(path, [image], info={"description": "unsam demo masks"})
 
 
@@ -382,7 +397,9 @@ class DemoBackend:
     def _load_promptable(self, path: Path) -> Any:
         from unsam.models.promptable.predictor import PromptablePredictor
 
-        return PromptablePredictor.from_pretrained(path, device=self.device, short_side=self.short_side)
+        return PromptablePredictor.from_pretrained(
+            path, device=self.device, short_side=self.short_side
+        )
 
     def _load_whole_image(self, path: Path) -> Any:
         from unsam.models.whole_image import WholeImageSegmenter
@@ -438,7 +455,9 @@ class DemoBackend:
             self._dico = DivideAndConquer(features="classic", device=self.device)
         return self._dico(image)
 
-    def everything(self, image: npt.NDArray[np.uint8], digest: str | None = None) -> list[MaskRecord]:
+    def everything(
+        self, image: npt.NDArray[np.uint8], digest: str | None = None
+    ) -> list[MaskRecord]:
         """The "segment everything" masks of a prepared image, computed once per image (cached)."""
         digest = digest or image_digest(image)
         if digest in self._cache:
@@ -521,7 +540,9 @@ def launch_demo(
     )
 
 
-def build_demo(backend: DemoBackend, *, top_k: int = 30, examples: Sequence[Path] | None = None) -> gr.Blocks:
+def build_demo(
+    backend: DemoBackend, *, top_k: int = 30, examples: Sequence[Path] | None = None
+) -> gr.Blocks:
     """The gradio app: image input (upload or bundled example), click -> 6 masks (overlay, gallery
     of panels, score table), "Segment everything" (top ``top_k`` masks) and a COCO JSON download.
 
@@ -585,30 +606,62 @@ def build_demo(backend: DemoBackend, *, top_k: int = 30, examples: Sequence[Path
         state = gr.State(DemoState())
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Image (click on it)", sources=["upload"],
-                                 height=360, elem_id="unsam-input")
+                image = gr.Image(
+                    type="filepath",
+                    label="Image (click on it)",
+                    sources=["upload"],
+                    height=360,
+                    elem_id="unsam-input",
+                )
                 if examples:
-                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[image], label="Bundled images",
-                                examples_per_page=len(examples), elem_id="unsam-examples")
+                    gr.Examples(
+                        examples=[[str(p)] for p in examples],
+                        inputs=[image],
+                        label="Bundled images",
+                        examples_per_page=len(examples),
+                        elem_id="unsam-examples",
+                    )
                 with gr.Row():
-                    everything_btn = gr.Button("Segment everything", variant="primary",
-                                               elem_id="unsam-everything")
-                    download_btn = gr.Button("Download masks as COCO JSON", elem_id="unsam-download")
+                    everything_btn = gr.Button(
+                        "Segment everything", variant="primary", elem_id="unsam-everything"
+                    )
+                    download_btn = gr.Button(
+                        "Download masks as COCO JSON", elem_id="unsam-download"
+                    )
                 coco_file = gr.File(label="COCO JSON", height=80, elem_id="unsam-coco-file")
             with gr.Column():
-                overlay = gr.Image(label="Masks of the click", interactive=False, height=360,
-                                   elem_id="unsam-overlay")
+                overlay = gr.Image(
+                    label="Masks of the click",
+                    interactive=False,
+                    height=360,
+                    elem_id="unsam-overlay",
+                )
                 scores = gr.Markdown(score_markdown([], None, ""), elem_id="unsam-scores")
-        gallery = gr.Gallery(label="The click's masks, one per granularity", columns=CLICKS_PER_IMAGE,
-                             rows=1, height=280, object_fit="contain", elem_id="unsam-gallery")
+        gallery = gr.Gallery(
+            label="The click's masks, one per granularity",
+            columns=CLICKS_PER_IMAGE,
+            rows=1,
+            height=280,
+            object_fit="contain",
+            elem_id="unsam-gallery",
+        )
         with gr.Row():
-            everything_img = gr.Image(label="Segment everything", interactive=False, height=360,
-                                      elem_id="unsam-everything-image")
+            everything_img = gr.Image(
+                label="Segment everything",
+                interactive=False,
+                height=360,
+                elem_id="unsam-everything-image",
+            )
             everything_text = gr.Markdown("", elem_id="unsam-everything-text")
 
-        image.change(on_image, [image], [state, overlay, gallery, scores, everything_img, everything_text,
-                                         coco_file])
+        image.change(
+            on_image,
+            [image],
+            [state, overlay, gallery, scores, everything_img, everything_text, coco_file],
+        )
         image.select(on_click, [image, state], [overlay, gallery, scores, state])
-        everything_btn.click(on_everything, [image, state], [everything_img, everything_text, state])
+        everything_btn.click(
+            on_everything, [image, state], [everything_img, everything_text, state]
+        )
         download_btn.click(on_download, [image, state], [coco_file, state])
     return demo

@@ -46,8 +46,8 @@ from PIL import Image
 from scipy import ndimage
 
 from unsam.config import param
-from unsam.masks import mask_iou, resize_image, resize_mask
 from unsam.crf import CRFConfig, crf_available, crf_refine_mask
+from unsam.masks import mask_iou, resize_image, resize_mask
 
 if TYPE_CHECKING:
     from unsam.features.base import FeatureExtractor
@@ -72,28 +72,35 @@ class MaskCutConfig:
     """MaskCut divide stage (spec §2.2); defaults are CutLER's recommended run (README command)."""
 
     image_size: int = param(
-        480, "square side the image is resized to before feature extraction, pixels (spec §2.2 step 0)"
+        480,
+        "square side the image is resized to before feature extraction, pixels (spec §2.2 step 0)",
     )
     tau: float = param(0.15, "cosine-affinity binarisation threshold in (-1, 1) (spec §2.2 step 2)")
-    eps: float = param(1e-5, "weight that replaces sub-threshold affinities, > 0 (spec §2.2 step 2)")
+    eps: float = param(
+        1e-5, "weight that replaces sub-threshold affinities, > 0 (spec §2.2 step 2)"
+    )
     num_masks: int = param(
         3, "NCut iterations, i.e. at most this many masks per image (N, spec §2.2 step 7)"
     )
     reject_iou_thresh: float = param(
-        0.5, "a later mask whose IoU with the previous one exceeds this is dropped (spec §2.2 step 5)"
+        0.5,
+        "a later mask whose IoU with the previous one exceeds this is dropped (spec §2.2 step 5)",
     )
     min_area_frac: float = param(
-        0.01, "a later mask covering at most this fraction of the patch grid is dropped (spec §2.2 step 5)"
+        0.01,
+        "a later mask covering at most this fraction of the patch grid is dropped (spec §2.2 step 5)",
     )
     crf: bool = param(True, "refine each mask with DenseCRF, needs pydensecrf2 (spec §2.2 step 9)")
     crf_params: CRFConfig = field(
-        default_factory=CRFConfig, metadata={"help": "DenseCRF parameters of the MaskCut CRF (spec §2.2 step 9)"}
+        default_factory=CRFConfig,
+        metadata={"help": "DenseCRF parameters of the MaskCut CRF (spec §2.2 step 9)"},
     )
     crf_iou_thresh: float = param(
         0.5, "drop a mask whose IoU between NCut and CRF masks is below this (spec §2.2 step 10)"
     )
     solver: Literal["eigsh", "dense"] = param(
-        "eigsh", "eigen-solver: eigsh (ARPACK on the normalised affinity, fast) or dense (original eigh)"
+        "eigsh",
+        "eigen-solver: eigsh (ARPACK on the normalised affinity, fast) or dense (original eigh)",
     )
 
     def __post_init__(self) -> None:
@@ -102,11 +109,17 @@ class MaskCutConfig:
                 f"MaskCutConfig.image_size={self.image_size} must be >= 1 pixel (the paper uses 480)"
             )
         if not -1.0 < self.tau < 1.0:
-            raise ValueError(f"MaskCutConfig.tau={self.tau} is outside (-1, 1); the paper uses 0.15")
+            raise ValueError(
+                f"MaskCutConfig.tau={self.tau} is outside (-1, 1); the paper uses 0.15"
+            )
         if not self.eps > 0:
-            raise ValueError(f"MaskCutConfig.eps={self.eps} must be > 0 so the graph stays connected (1e-5)")
+            raise ValueError(
+                f"MaskCutConfig.eps={self.eps} must be > 0 so the graph stays connected (1e-5)"
+            )
         if self.num_masks < 1:
-            raise ValueError(f"MaskCutConfig.num_masks={self.num_masks} must be >= 1 (the paper uses 3)")
+            raise ValueError(
+                f"MaskCutConfig.num_masks={self.num_masks} must be >= 1 (the paper uses 3)"
+            )
         for name in ("reject_iou_thresh", "min_area_frac", "crf_iou_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"MaskCutConfig.{name}={getattr(self, name)} must be in [0, 1]")
@@ -232,7 +245,9 @@ def ncut_second_eigenvector(
     return _second_eigenvector(a, d, solver)
 
 
-def maskcut_patches(feats: torch.Tensor | np.ndarray, config: MaskCutConfig) -> list[npt.NDArray[np.bool_]]:
+def maskcut_patches(
+    feats: torch.Tensor | np.ndarray, config: MaskCutConfig
+) -> list[npt.NDArray[np.bool_]]:
     """Repeated NCut on a patch-feature grid (spec §2.2 steps 2-7).
 
     Args:
@@ -264,7 +279,9 @@ def maskcut_patches(feats: torch.Tensor | np.ndarray, config: MaskCutConfig) -> 
             sim = sim_full * keep[:, None] * keep[None, :]
         else:
             sim = sim_full
-        v = _second_eigenvector(*_affinity_from_similarity(sim, config.tau, config.eps), config.solver)
+        v = _second_eigenvector(
+            *_affinity_from_similarity(sim, config.tau, config.eps), config.solver
+        )
         fg = v > v.mean()
         seed = _first_argmax(np.abs(v))
         reverse = int(fg[corners].sum()) >= 3 or not fg[seed]
@@ -351,4 +368,3 @@ def maskcut(
         time.perf_counter() - start,
     )
     return results
-

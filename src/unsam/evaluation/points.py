@@ -95,12 +95,17 @@ class PointEvalConfig:
     """Interactive evaluation settings (PROMPTABLE.md §5); defaults are the original's."""
 
     short_side: int | None = param(
-        800, "evaluation resize: shortest side in pixels (detectron2 ResizeShortestEdge); None = original size"
+        800,
+        "evaluation resize: shortest side in pixels (detectron2 ResizeShortestEdge); None = original size",
     )
     max_size: int = param(1333, "evaluation resize: cap on the longest side, pixels")
-    max_clicks: int = param(1, "clicks per GT mask (1 = the original protocol; > 1 = iterative, see module doc)")
+    max_clicks: int = param(
+        1, "clicks per GT mask (1 = the original protocol; > 1 = iterative, see module doc)"
+    )
     thresholds: tuple[float, ...] = param((0.5, 0.8, 0.85, 0.9), "IoU thresholds of NoC@t")
-    max_noc: int = param(20, "NoC value of a GT mask that never reaches the threshold (the original: 20)")
+    max_noc: int = param(
+        20, "NoC value of a GT mask that never reaches the threshold (the original: 20)"
+    )
     kernel_size: int = param(3, "kornia distance-transform kernel size (odd)")
     h: float = param(0.35, "kornia distance-transform softness h")
 
@@ -110,7 +115,9 @@ class PointEvalConfig:
         if self.max_size < 1 or self.max_clicks < 1 or self.max_noc < 1:
             raise ValueError("PointEvalConfig.max_size, max_clicks and max_noc must be >= 1")
         if not self.thresholds or any(not 0.0 < t <= 1.0 for t in self.thresholds):
-            raise ValueError(f"PointEvalConfig.thresholds={self.thresholds} must be non-empty, each in (0, 1]")
+            raise ValueError(
+                f"PointEvalConfig.thresholds={self.thresholds} must be non-empty, each in (0, 1]"
+            )
         if self.kernel_size < 3 or self.kernel_size % 2 == 0 or not self.h > 0:
             raise ValueError("PointEvalConfig.kernel_size must be odd >= 3 and h > 0")
 
@@ -254,7 +261,7 @@ class SegmentResult:
 
     @property
     def size(self) -> str:
-        """"small", "medium" or "large" (COCO area ranges, :data:`SIZE_RANGES`)."""
+        """ "small", "medium" or "large" (COCO area ranges, :data:`SIZE_RANGES`)."""
         for name, (lo, hi) in SIZE_RANGES.items():
             if lo <= self.area < hi:
                 return name
@@ -273,7 +280,12 @@ def _check_prediction(
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
     masks = np.asarray(masks)
     ious = np.asarray(ious, dtype=np.float64).reshape(-1)
-    if masks.ndim != 3 or masks.shape[1:] != hw or masks.shape[0] == 0 or masks.shape[0] != ious.shape[0]:
+    if (
+        masks.ndim != 3
+        or masks.shape[1:] != hw
+        or masks.shape[0] == 0
+        or masks.shape[0] != ious.shape[0]
+    ):
         raise ValueError(
             f"predict must return masks (K, H, W) with (H, W) = {hw} and K >= 1, and predicted_iou (K,); "
             f"got masks {masks.shape}, predicted_iou {ious.shape}"
@@ -306,9 +318,13 @@ def evaluate_segment(
     """
     gt = np.asarray(gt, dtype=bool)
     if image.ndim != 3 or image.shape[:2] != gt.shape:
-        raise ValueError(f"image must be (H, W, 3) with (H, W) = gt's {gt.shape}, got {image.shape}")
+        raise ValueError(
+            f"image must be (H, W, 3) with (H, W) = gt's {gt.shape}, got {image.shape}"
+        )
     if not gt.any():
-        raise ValueError(f"image {image_id}: GT mask {segment_id} is empty; empty masks cannot be clicked")
+        raise ValueError(
+            f"image {image_id}: GT mask {segment_id} is empty; empty masks cannot be clicked"
+        )
     x, y, _ = click_point(gt, kernel_size=config.kernel_size, h=config.h)
     clicks = [(x, y, 1)]
     max_ious: list[float] = []
@@ -396,7 +412,13 @@ def evaluate_image(
             continue
         out.append(
             evaluate_segment(
-                predict, resized, gt, config=config, image_id=record.id, segment_id=m.id, area=float(full.sum())
+                predict,
+                resized,
+                gt,
+                config=config,
+                image_id=record.id,
+                segment_id=m.id,
+                area=float(full.sum()),
             )
         )
     return out
@@ -526,7 +548,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise MaskFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise MaskFileError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
 
 
 def load_instances_gt(path: str | os.PathLike[str]) -> list[ImageRecord]:
@@ -548,7 +572,9 @@ def load_instances_gt(path: str | os.PathLike[str]) -> list[ImageRecord]:
     for rec in records:
         flags = crowd.get(rec.id, [])
         if len(flags) != len(rec.masks):
-            raise MaskFileError(f"{path}: image {rec.id}: annotation count changed while reading; re-run")
+            raise MaskFileError(
+                f"{path}: image {rec.id}: annotation count changed while reading; re-run"
+            )
         masks = [m.replace(source="gt") for m, c in zip(rec.masks, flags, strict=True) if not c]
         out.append(rec.with_masks(masks))
     return out
@@ -569,12 +595,12 @@ def rgb_to_id(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
     return c[..., 0] + 256 * c[..., 1] + 256 * 256 * c[..., 2]
 
 
-def _iter_panoptic(
-    path: Path, png_dir: Path, max_images: int | None
-) -> Iterator[ImageRecord]:
+def _iter_panoptic(path: Path, png_dir: Path, max_images: int | None) -> Iterator[ImageRecord]:
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise MaskFileError(f'{path}: missing list field "annotations" (is this a COCO panoptic JSON?)')
+        raise MaskFileError(
+            f'{path}: missing list field "annotations" (is this a COCO panoptic JSON?)'
+        )
     infos = {int(img["id"]): img for img in data.get("images", [])}
     count = 0
     for i, ann in enumerate(data["annotations"]):
@@ -582,12 +608,16 @@ def _iter_panoptic(
             return
         where = f"{path}: annotations[{i}]"
         if "segments_info" not in ann or "file_name" not in ann or "image_id" not in ann:
-            raise MaskFileError(f'{where}: needs "image_id", "file_name" and "segments_info" (COCO panoptic)')
+            raise MaskFileError(
+                f'{where}: needs "image_id", "file_name" and "segments_info" (COCO panoptic)'
+            )
         image_id = int(ann["image_id"])
         info = infos.get(image_id, {})
         png_path = png_dir / str(ann["file_name"])
         if not png_path.is_file():
-            raise FileNotFoundError(f"{png_path}: panoptic PNG of image {image_id} not found (check --panoptic-dir)")
+            raise FileNotFoundError(
+                f"{png_path}: panoptic PNG of image {image_id} not found (check --panoptic-dir)"
+            )
         with Image.open(png_path) as im:
             ids = rgb_to_id(np.asarray(im.convert("RGB")))
         hw = ids.shape
@@ -601,12 +631,18 @@ def _iter_panoptic(
                 continue
             mask = ids == int(seg["id"])
             if not mask.any():
-                logger.warning("%s: segment %s has no pixel in %s; skipped", where, seg["id"], png_path.name)
+                logger.warning(
+                    "%s: segment %s has no pixel in %s; skipped", where, seg["id"], png_path.name
+                )
                 continue
-            masks.append(MaskRecord(rle=encode_mask(mask), image_id=image_id, id=int(seg["id"]), source="gt"))
+            masks.append(
+                MaskRecord(rle=encode_mask(mask), image_id=image_id, id=int(seg["id"]), source="gt")
+            )
         file_name = info.get("file_name", Path(str(ann["file_name"])).with_suffix(".jpg").name)
         count += 1
-        yield ImageRecord(id=image_id, file_name=file_name, height=hw[0], width=hw[1], masks=tuple(masks))
+        yield ImageRecord(
+            id=image_id, file_name=file_name, height=hw[0], width=hw[1], masks=tuple(masks)
+        )
 
 
 def load_panoptic_gt(
@@ -632,7 +668,9 @@ def load_panoptic_gt(
     path = Path(path)
     folder = Path(png_dir) if png_dir is not None else path.with_suffix("")
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: panoptic PNG folder not found; pass it with --panoptic-dir")
+        raise FileNotFoundError(
+            f"{folder}: panoptic PNG folder not found; pass it with --panoptic-dir"
+        )
     return list(_iter_panoptic(path, folder, max_images))
 
 

@@ -71,20 +71,75 @@ PAPER_SOURCE = (
 #: Reported AR@1000 (%) per method: (label, {"avg" and each dataset: value}). Source: PAPER_SOURCE.
 PAPER_AR1000: tuple[tuple[str, dict[str, float]], ...] = (
     # UNSAM_SPEC.md:678 | Prev. unsup. SOTA (SOHES) | ViT-B | 0.2M | 30.1 | 30.5 | 29.1 | ...
-    ("SOHES ViT-B 0.2M", {"avg": 30.1, "coco": 30.5, "lvis": 29.1, "ade20k": 31.1, "entityseg": 33.5,
-                          "sa1b": 33.3, "partimagenet": 36.0, "paco": 17.1}),
+    (
+        "SOHES ViT-B 0.2M",
+        {
+            "avg": 30.1,
+            "coco": 30.5,
+            "lvis": 29.1,
+            "ade20k": 31.1,
+            "entityseg": 33.5,
+            "sa1b": 33.3,
+            "partimagenet": 36.0,
+            "paco": 17.1,
+        },
+    ),
     # UNSAM_SPEC.md:679 | UnSAM | R-50 | 0.1M | 39.2 | ...
-    ("UnSAM R-50 0.1M", {"avg": 39.2, "coco": 40.5, "lvis": 37.7, "ade20k": 35.7, "entityseg": 39.6,
-                         "sa1b": 41.9, "partimagenet": 51.6, "paco": 27.5}),
+    (
+        "UnSAM R-50 0.1M",
+        {
+            "avg": 39.2,
+            "coco": 40.5,
+            "lvis": 37.7,
+            "ade20k": 35.7,
+            "entityseg": 39.6,
+            "sa1b": 41.9,
+            "partimagenet": 51.6,
+            "paco": 27.5,
+        },
+    ),
     # UNSAM_SPEC.md:680 | UnSAM | R-50 | 0.4M | 41.1 | ...
-    ("UnSAM R-50 0.4M", {"avg": 41.1, "coco": 42.0, "lvis": 40.5, "ade20k": 37.5, "entityseg": 41.0,
-                         "sa1b": 44.5, "partimagenet": 52.7, "paco": 29.7}),
+    (
+        "UnSAM R-50 0.4M",
+        {
+            "avg": 41.1,
+            "coco": 42.0,
+            "lvis": 40.5,
+            "ade20k": 37.5,
+            "entityseg": 41.0,
+            "sa1b": 44.5,
+            "partimagenet": 52.7,
+            "paco": 29.7,
+        },
+    ),
     # UNSAM_SPEC.md:686 | SAM | ViT-B | 11M | 42.1 | ...
-    ("SAM ViT-B 11M (supervised)", {"avg": 42.1, "coco": 49.6, "lvis": 46.1, "ade20k": 45.8,
-                                    "entityseg": 45.9, "sa1b": 60.8, "partimagenet": 28.3, "paco": 18.1}),
+    (
+        "SAM ViT-B 11M (supervised)",
+        {
+            "avg": 42.1,
+            "coco": 49.6,
+            "lvis": 46.1,
+            "ade20k": 45.8,
+            "entityseg": 45.9,
+            "sa1b": 60.8,
+            "partimagenet": 28.3,
+            "paco": 18.1,
+        },
+    ),
     # UNSAM_SPEC.md:687 | UnSAM+ | R-50 | 0.1M | 48.8 | ...
-    ("UnSAM+ R-50 0.1M", {"avg": 48.8, "coco": 52.2, "lvis": 50.8, "ade20k": 45.3, "entityseg": 49.8,
-                          "sa1b": 64.8, "partimagenet": 46.0, "paco": 32.3}),
+    (
+        "UnSAM+ R-50 0.1M",
+        {
+            "avg": 48.8,
+            "coco": 52.2,
+            "lvis": 50.8,
+            "ade20k": 45.3,
+            "entityseg": 49.8,
+            "sa1b": 64.8,
+            "partimagenet": 46.0,
+            "paco": 32.3,
+        },
+    ),
 )
 
 Status = Literal["ok", "not present", "no predictions"]
@@ -128,7 +183,9 @@ def parse_dataset_names(text: str | Sequence[str] | None) -> tuple[str, ...]:
             continue
         key = _ALIASES.get(key, key)
         if key not in DATASET_ORDER:
-            raise ValueError(f"unknown dataset {item.strip()!r}; choose from {', '.join(DATASET_ORDER)}")
+            raise ValueError(
+                f"unknown dataset {item.strip()!r}; choose from {', '.join(DATASET_ORDER)}"
+            )
         chosen.add(key)
     if not chosen:
         raise ValueError(f"no dataset named; choose from {', '.join(DATASET_ORDER)}")
@@ -186,9 +243,18 @@ def predict_dataset(
 
     gt, images_dir = dataset_paths(root, name)
     ids = dataset_images(root, name)
-    return run_images(producer, [images_dir / n for n in ids], images_dir, output,
-                      image_ids=ids, ids_rule=id_rule(gt), workers=workers,
-                      progress=progress, info={"dataset": name}, overwrite=overwrite)
+    return run_images(
+        producer,
+        [images_dir / n for n in ids],
+        images_dir,
+        output,
+        image_ids=ids,
+        ids_rule=id_rule(gt),
+        workers=workers,
+        progress=progress,
+        info={"dataset": name},
+        overwrite=overwrite,
+    )
 
 
 def dataset_images(root: str | os.PathLike[str], name: str) -> dict[str, int]:
@@ -211,10 +277,15 @@ def dataset_images(root: str | os.PathLike[str], name: str) -> dict[str, int]:
         raise MaskFileError(f'{gt}: expected a COCO dataset JSON with an "images" list')
     out: dict[str, int] = {}
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) \
-                or not isinstance(img.get("id"), int):
-            raise MaskFileError(f'{gt}: images[{i}] needs an integer "id" and a "file_name" (the path '
-                                f"of the image inside {images_dir})")
+        if (
+            not isinstance(img, dict)
+            or not isinstance(img.get("file_name"), str)
+            or not isinstance(img.get("id"), int)
+        ):
+            raise MaskFileError(
+                f'{gt}: images[{i}] needs an integer "id" and a "file_name" (the path '
+                f"of the image inside {images_dir})"
+            )
         out[img["file_name"]] = img["id"]
     names = sorted(out)
     missing = [n for n in names if not (images_dir / n).is_file()]
@@ -253,7 +324,9 @@ def evaluate_suite(
             continue
         pred = predictions.get(name)
         if pred is None or not Path(pred).exists():
-            entries.append(SuiteEntry(name, "no predictions", gt, Path(pred) if pred is not None else None))
+            entries.append(
+                SuiteEntry(name, "no predictions", gt, Path(pred) if pred is not None else None)
+            )
             continue
         logger.info("evaluating %s: %s vs %s", name, pred, gt)
         metrics = evaluate(gt, pred, max_dets=max_dets)
@@ -294,7 +367,9 @@ def format_suite_table(
     for metric in metrics:
         cells = []
         avg = suite_average(entries, metric)
-        cells.append(_cell(None if avg is None else 100 * avg) + ("*" if partial and avg is not None else ""))
+        cells.append(
+            _cell(None if avg is None else 100 * avg) + ("*" if partial and avg is not None else "")
+        )
         for n in DATASET_ORDER:
             e = by_name.get(n)
             value = e.metrics.get(metric) if e is not None and e.metrics is not None else None
@@ -302,24 +377,35 @@ def format_suite_table(
         rows.append((f"this run: {metric}", cells))
     for label, values in paper:
         avg_cell = _cell(values.get("avg")) + (" " if partial else "")  # aligns with "12.3*"
-        rows.append((f"paper AR@1000: {label}",
-                     [avg_cell, *(_cell(values.get(n)) for n in DATASET_ORDER)]))
+        rows.append(
+            (f"paper AR@1000: {label}", [avg_cell, *(_cell(values.get(n)) for n in DATASET_ORDER)])
+        )
     label_w = max(len(r[0]) for r in rows)
     widths = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["class-agnostic mask metrics, % (AR@1000 = recall over IoU 0.50:0.95, 1000 masks/image)",
-             " " * label_w + "  " + "  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += [lbl.ljust(label_w) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-              for lbl, cells in rows]
+    lines = [
+        "class-agnostic mask metrics, % (AR@1000 = recall over IoU 0.50:0.95, 1000 masks/image)",
+        " " * label_w + "  " + "  ".join(h.rjust(w) for h, w in zip(header, widths)),
+    ]
+    lines += [
+        lbl.ljust(label_w) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+        for lbl, cells in rows
+    ]
     if partial and evaluated:
-        lines.append(f"* average over the {len(evaluated)} of {len(DATASET_ORDER)} datasets evaluated "
-                     f"({', '.join(e.name for e in evaluated)}); the paper's Avg covers all seven")
+        lines.append(
+            f"* average over the {len(evaluated)} of {len(DATASET_ORDER)} datasets evaluated "
+            f"({', '.join(e.name for e in evaluated)}); the paper's Avg covers all seven"
+        )
     for e in entries:
         if e.status == "ok":
             m = e.metrics or {}
-            lines.append(f"{e.name}: {m.get('images')} images, {m.get('gt_masks')} GT masks, "
-                         f"{m.get('pred_masks')} predicted masks ({e.pred})")
+            lines.append(
+                f"{e.name}: {m.get('images')} images, {m.get('gt_masks')} GT masks, "
+                f"{m.get('pred_masks')} predicted masks ({e.pred})"
+            )
         elif e.status == "not present":
-            lines.append(f"{e.name}: not present (no {e.gt}; prepare it with unsam datasets convert)")
+            lines.append(
+                f"{e.name}: not present (no {e.gt}; prepare it with unsam datasets convert)"
+            )
         else:
             lines.append(f"{e.name}: no predictions ({e.pred or 'none given'})")
     lines.append(f"paper rows: {PAPER_SOURCE}")
@@ -340,8 +426,11 @@ def suite_to_json(entries: Sequence[SuiteEntry]) -> dict[str, Any]:
     evaluated = [e.name for e in entries if e.status == "ok"]
     return {
         "datasets": datasets,
-        "average": {"over": evaluated, "AR@1000": suite_average(entries, "AR@1000"),
-                    "AP": suite_average(entries, "AP")},
+        "average": {
+            "over": evaluated,
+            "AR@1000": suite_average(entries, "AR@1000"),
+            "AP": suite_average(entries, "AP"),
+        },
         "paper_ar1000_percent": {label: dict(values) for label, values in PAPER_AR1000},
         "paper_source": PAPER_SOURCE,
     }

@@ -1,10 +1,10 @@
 """Per-patch image features for the divide (MaskCut) and conquer stages.
 
-    FeatureExtractor          the interface: (B, S, S', 3) uint8 RGB -> (B, S/p, S'/p, C) float32
-    DinoFeatureExtractor      last-layer attention keys of a DINO ViT (transformers ViTModel)
-    ClassicFeatureExtractor   weight-free colour/texture/position features (lower quality)
-    load_feature_extractor    hub id / local folder / official DINO .pth / "classic"
-    MissingWeightsError       weights absent offline (one-sentence message with the fix)
+FeatureExtractor          the interface: (B, S, S', 3) uint8 RGB -> (B, S/p, S'/p, C) float32
+DinoFeatureExtractor      last-layer attention keys of a DINO ViT (transformers ViTModel)
+ClassicFeatureExtractor   weight-free colour/texture/position features (lower quality)
+load_feature_extractor    hub id / local folder / official DINO .pth / "classic"
+MissingWeightsError       weights absent offline (one-sentence message with the fix)
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ def as_image_batch(
         batch = images[None] if images.ndim == 3 else images
     else:
         if len(images) == 0:
-            raise ValueError("got an empty list of images; pass at least one (S, S', 3) uint8 image")
+            raise ValueError(
+                "got an empty list of images; pass at least one (S, S', 3) uint8 image"
+            )
         shapes = {np.asarray(im).shape for im in images}
         if len(shapes) != 1:
             raise ValueError(

@@ -59,7 +59,9 @@ def _context(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return cv2.blur(x, (3, 3), borderType=cv2.BORDER_REPLICATE).reshape(x.shape)
 
 
-def classic_patch_features(image: npt.NDArray[np.uint8], patch_size: int = 8) -> npt.NDArray[np.float32]:
+def classic_patch_features(
+    image: npt.NDArray[np.uint8], patch_size: int = 8
+) -> npt.NDArray[np.float32]:
     """Whitened colour/texture/position descriptors of one image (lower quality than DINO).
 
     Args:
@@ -72,7 +74,9 @@ def classic_patch_features(image: npt.NDArray[np.uint8], patch_size: int = 8) ->
     p = int(patch_size)
     s, s2 = image.shape[:2]
     h, w = s // p, s2 // p
-    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # L [0,100], a/b ~[-127,127]
+    lab = cv2.cvtColor(
+        image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab
+    )  # L [0,100], a/b ~[-127,127]
     lab_mean = _patch_mean(lab, p)
     lab_sq = _patch_mean(lab * lab, p)
     lab_std = np.sqrt(np.maximum(lab_sq - lab_mean.astype(np.float32) ** 2, 0.0))

@@ -70,7 +70,9 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     """Find the tensor dict inside a checkpoint and strip ``module.`` / ``backbone.`` prefixes."""
     for _ in range(3):  # e.g. {"teacher": {"state_dict": ...}} at most a couple of levels deep
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            inner = next(
+                (obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+            )
             if inner is None:
                 break
             obj = inner
@@ -114,7 +116,9 @@ def load_dino_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         raise FileNotFoundError(f"{p}: checkpoint not found")
     from unsam.io.checkpoints import load_safetensors, load_torch_file
 
-    obj: object = load_safetensors(p) if p.suffix == ".safetensors" else load_torch_file(p, "DINO checkpoint")
+    obj: object = (
+        load_safetensors(p) if p.suffix == ".safetensors" else load_torch_file(p, "DINO checkpoint")
+    )
     return _unwrap(obj, str(p))
 
 
@@ -151,7 +155,9 @@ def dino_config_from_state_dict(
     hidden = int(state["cls_token"].shape[-1])
     patch_w = state["patch_embed.proj.weight"]
     if patch_w.ndim != 4 or patch_w.shape[2] != patch_w.shape[3]:
-        raise ValueError(f"patch_embed.proj.weight has shape {tuple(patch_w.shape)}; expected (C, 3, p, p)")
+        raise ValueError(
+            f"patch_embed.proj.weight has shape {tuple(patch_w.shape)}; expected (C, 3, p, p)"
+        )
     patch = int(patch_w.shape[-1])
     num_pos = int(state["pos_embed"].shape[1]) - 1
     grid = int(round(num_pos**0.5))
@@ -215,7 +221,9 @@ def convert_dino_state_dict(
         if rest in ("attn.qkv.weight", "attn.qkv.bias"):
             kind = rest.rsplit(".", 1)[1]
             if value.shape[0] % 3:
-                raise ValueError(f"{key} has shape {tuple(value.shape)}; the first dim must be 3 x hidden")
+                raise ValueError(
+                    f"{key} has shape {tuple(value.shape)}; the first dim must be 3 x hidden"
+                )
             q, k, v = value.chunk(3, dim=0)
             for proj, part in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
                 out[f"layers.{i}.attention.{proj}.{kind}"] = part

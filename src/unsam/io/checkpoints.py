@@ -36,7 +36,9 @@ def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise CheckpointFileError(f"{path}: truncated safetensors file ({size} bytes); copy or download it again")
+                raise CheckpointFileError(
+                    f"{path}: truncated safetensors file ({size} bytes); copy or download it again"
+                )
             (n,) = struct.unpack("<Q", head)
             if n > size - 8:
                 raise CheckpointFileError(
@@ -45,7 +47,9 @@ def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
                 )
             header = json.loads(fh.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointFileError(f"{path}: not a readable safetensors file ({exc}); copy or download it again") from None
+        raise CheckpointFileError(
+            f"{path}: not a readable safetensors file ({exc}); copy or download it again"
+        ) from None
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
     expected = 8 + n + max(ends, default=0)
     if size < expected:
@@ -63,7 +67,9 @@ def load_safetensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[
     try:
         return load_file(str(path), device=device)
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointFileError(f"{path}: cannot read the weights ({exc}); copy or download it again") from None
+        raise CheckpointFileError(
+            f"{path}: cannot read the weights ({exc}); copy or download it again"
+        ) from None
 
 
 def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:

@@ -60,7 +60,9 @@ def _load_json(path: str | os.PathLike[str]) -> Any:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise MaskFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise MaskFileError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
     except UnicodeDecodeError:
         raise MaskFileError(f"{path}: not a UTF-8 text file (is it a JSON file?)") from None
 
@@ -87,7 +89,9 @@ def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # COCO dataset JSON
 # ---------------------------------------------------------------------------------------------
-def coco_dataset_dict(images: Sequence[ImageRecord], *, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def coco_dataset_dict(
+    images: Sequence[ImageRecord], *, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Build a class-agnostic COCO dataset dict; missing annotation ids are assigned deterministically.
 
     Raises:
@@ -111,7 +115,11 @@ def coco_dataset_dict(images: Sequence[ImageRecord], *, info: dict[str, Any] | N
             ann = m.to_coco()
             ann["image_id"] = image.id
             annotations.append(ann)
-    out: dict[str, Any] = {"images": out_images, "annotations": annotations, "categories": CATEGORIES}
+    out: dict[str, Any] = {
+        "images": out_images,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
     if info is not None:
         out["info"] = info
     return out
@@ -128,26 +136,35 @@ def validate_dataset(dataset: dict[str, Any], *, where: str) -> None:
     names: dict[int, Any] = {}
     for img in dataset.get("images", []):
         if img["id"] in sizes:
-            raise ValueError(f"{where}: image id {img['id']} is given to both {names[img['id']]} and "
-                             f"{img.get('file_name')}")
+            raise ValueError(
+                f"{where}: image id {img['id']} is given to both {names[img['id']]} and "
+                f"{img.get('file_name')}"
+            )
         sizes[img["id"]] = (int(img["height"]), int(img["width"]))
         names[img["id"]] = img.get("file_name")
     seen: set[int] = set()
     for i, ann in enumerate(dataset.get("annotations", [])):
         if ann["image_id"] not in sizes:
-            raise ValueError(f"{where}: annotations[{i}] belongs to image id {ann['image_id']}, which is not "
-                             "in the file")
+            raise ValueError(
+                f"{where}: annotations[{i}] belongs to image id {ann['image_id']}, which is not "
+                "in the file"
+            )
         if ann["id"] in seen:
             raise ValueError(f"{where}: annotation id {ann['id']} is used twice (annotations[{i}])")
         seen.add(ann["id"])
         seg = ann.get("segmentation")
         if isinstance(seg, dict) and tuple(int(v) for v in seg["size"]) != sizes[ann["image_id"]]:
-            raise ValueError(f"{where}: annotations[{i}] has an RLE of size {seg['size']} but image "
-                             f"{ann['image_id']} ({names[ann['image_id']]}) is {list(sizes[ann['image_id']])}")
+            raise ValueError(
+                f"{where}: annotations[{i}] has an RLE of size {seg['size']} but image "
+                f"{ann['image_id']} ({names[ann['image_id']]}) is {list(sizes[ann['image_id']])}"
+            )
 
 
 def write_coco_dataset(
-    path: str | os.PathLike[str], images: Sequence[ImageRecord], *, info: dict[str, Any] | None = None
+    path: str | os.PathLike[str],
+    images: Sequence[ImageRecord],
+    *,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write a class-agnostic COCO dataset JSON (see :func:`coco_dataset_dict`)."""
     return atomic_write_json(path, coco_dataset_dict(images, info=info))
@@ -183,7 +200,7 @@ def _parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
             raise MaskFileError(f"{w}: expected an object")
         image_id = _int_field(ann, "image_id", w)
         if image_id not in infos:
-            raise MaskFileError(f"{w}: image_id {image_id} is not in \"images\"")
+            raise MaskFileError(f'{w}: image_id {image_id} is not in "images"')
         img = infos[image_id]
         try:
             rec = MaskRecord.from_coco(ann, (int(img["height"]), int(img["width"])), where=w)
@@ -216,7 +233,9 @@ def load_coco_dataset(path: str | os.PathLike[str]) -> list[ImageRecord]:
     """
     data = _load_json(path)
     if not isinstance(data, dict):
-        raise MaskFileError(f"{path}: expected a COCO dataset object, found a {type(data).__name__}")
+        raise MaskFileError(
+            f"{path}: expected a COCO dataset object, found a {type(data).__name__}"
+        )
     return _parse_coco_dataset(data, str(path))
 
 
@@ -237,7 +256,9 @@ def _parse_results(data: list[Any], where: str) -> list[MaskRecord]:
         _int_field(ann, "image_id", w)
         seg = ann.get("segmentation")
         if isinstance(seg, list):
-            raise MaskFileError(f'{w}: field "segmentation" is a polygon; results need RLE with a "size"')
+            raise MaskFileError(
+                f'{w}: field "segmentation" is a polygon; results need RLE with a "size"'
+            )
         if "score" not in ann:
             raise MaskFileError(f'{w}: missing field "score"')
         try:
@@ -264,7 +285,11 @@ def write_sam_json(path: str | os.PathLike[str], image: ImageRecord) -> Path:
     info = {"image_id": image.id, "width": image.width, "height": image.height}
     if image.file_name is not None:
         info["file_name"] = image.file_name
-    masks = image.with_masks(image.masks, assign_ids=True).masks if any(m.id is None for m in image.masks) else image.masks
+    masks = (
+        image.with_masks(image.masks, assign_ids=True).masks
+        if any(m.id is None for m in image.masks)
+        else image.masks
+    )
     return atomic_write_json(path, {"image": info, "annotations": [m.to_sam() for m in masks]})
 
 
@@ -289,23 +314,29 @@ def _parse_sam(data: dict[str, Any], where: str) -> ImageRecord:
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
     _check_rles(masks, lambda i: f"{where}: annotations[{i}]")
-    return ImageRecord(id=image_id, file_name=img.get("file_name"), height=h, width=w, masks=tuple(masks))
+    return ImageRecord(
+        id=image_id, file_name=img.get("file_name"), height=h, width=w, masks=tuple(masks)
+    )
 
 
 def load_sam_json(path: str | os.PathLike[str]) -> ImageRecord:
     """Read one SA-1B / SAM-AMG per-image JSON."""
     data = _load_json(path)
     if not isinstance(data, dict):
-        raise MaskFileError(f"{path}: expected an object with \"image\" and \"annotations\"")
+        raise MaskFileError(f'{path}: expected an object with "image" and "annotations"')
     return _parse_sam(data, str(path))
 
 
 def load_sa1b_folder(folder: str | os.PathLike[str]) -> list[ImageRecord]:
     """Read every ``*.json`` of a folder of SA-1B per-image JSONs, in sorted order."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json" and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() == ".json" and not p.name.startswith(".")
+    )
     if not files:
-        raise MaskFileError(f"{folder}: no .json files in this folder (expected SA-1B per-image JSONs)")
+        raise MaskFileError(
+            f"{folder}: no .json files in this folder (expected SA-1B per-image JSONs)"
+        )
     return [load_sam_json(p) for p in files]
 
 
@@ -325,14 +356,23 @@ def load_mask_sets(path: str | os.PathLike[str]) -> list[ImageRecord]:
     if path.is_dir():
         return load_sa1b_folder(path)
     if path.suffix.lower() == ".jsonl":
-        return [image_record_from_json(d, where=f"{path}: line {i + 1}") for i, d in enumerate(read_jsonl(path))]
+        return [
+            image_record_from_json(d, where=f"{path}: line {i + 1}")
+            for i, d in enumerate(read_jsonl(path))
+        ]
     data = _load_json(path)
     if isinstance(data, list):
         grouped: dict[int, list[MaskRecord]] = {}
         for m in _parse_results(data, str(path)):
             grouped.setdefault(m.image_id, []).append(m)
         return [
-            ImageRecord(id=k, file_name=None, height=v[0].image_hw[0], width=v[0].image_hw[1], masks=tuple(v))
+            ImageRecord(
+                id=k,
+                file_name=None,
+                height=v[0].image_hw[0],
+                width=v[0].image_hw[1],
+                masks=tuple(v),
+            )
             for k, v in grouped.items()
         ]
     if isinstance(data, dict) and "images" in data:
@@ -367,7 +407,9 @@ def image_record_from_json(data: dict[str, Any], *, where: str = "record") -> Im
         except ValueError as exc:
             raise MaskFileError(str(exc)) from None
     _check_rles(masks, lambda i: f"{where}: annotations[{i}]")
-    return ImageRecord(id=image_id, file_name=img.get("file_name"), height=h, width=w, masks=tuple(masks))
+    return ImageRecord(
+        id=image_id, file_name=img.get("file_name"), height=h, width=w, masks=tuple(masks)
+    )
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

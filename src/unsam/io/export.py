@@ -27,7 +27,13 @@ from PIL import Image
 from unsam.io.files import atomic_write, atomic_write_json
 from unsam.records import MaskRecord
 
-__all__ = ["OUTPUT_FORMATS", "OutputFormat", "distinct_stems", "write_dataset_as", "write_binary_masks"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "OutputFormat",
+    "distinct_stems",
+    "write_dataset_as",
+    "write_binary_masks",
+]
 
 OutputFormat = Literal["coco-dataset", "coco-results", "sam-folder"]
 OUTPUT_FORMATS: tuple[str, ...] = ("coco-dataset", "coco-results", "sam-folder")
@@ -50,7 +56,9 @@ def _per_image(dataset: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[
     return [(img, anns.get(int(img["id"]), [])) for img in dataset.get("images", [])]
 
 
-def write_dataset_as(dataset: dict[str, Any], output: str | os.PathLike[str], fmt: OutputFormat) -> Path:
+def write_dataset_as(
+    dataset: dict[str, Any], output: str | os.PathLike[str], fmt: OutputFormat
+) -> Path:
     """Write a COCO dataset dict (as built by :func:`unsam.runner.run_images`) in ``fmt``.
 
     Args:
@@ -65,8 +73,16 @@ def write_dataset_as(dataset: dict[str, Any], output: str | os.PathLike[str], fm
     if fmt == "coco-dataset":
         return atomic_write_json(output, dataset)
     if fmt == "coco-results":
-        results = [{"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"],
-                    "score": a.get("score", 1.0), "bbox": a.get("bbox")} for a in dataset.get("annotations", [])]
+        results = [
+            {
+                "image_id": a["image_id"],
+                "category_id": 1,
+                "segmentation": a["segmentation"],
+                "score": a.get("score", 1.0),
+                "bbox": a.get("bbox"),
+            }
+            for a in dataset.get("annotations", [])
+        ]
         return atomic_write_json(output, results)
     if fmt == "sam-folder":
         output.mkdir(parents=True, exist_ok=True)
@@ -103,9 +119,14 @@ def write_binary_masks(dataset: dict[str, Any], folder: str | os.PathLike[str]) 
             Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG", optimize=False)
             data = buf.getvalue()
             atomic_write(sub / f"{rank:04d}.png", lambda fh, d=data: fh.write(d))
-            index.append({"file": f"{rank:04d}.png", "id": ann.get("id"), "score": ann.get("score"),
-                          "level": ann.get("level")})
+            index.append(
+                {
+                    "file": f"{rank:04d}.png",
+                    "id": ann.get("id"),
+                    "score": ann.get("score"),
+                    "level": ann.get("level"),
+                }
+            )
             n += 1
         atomic_write_json(sub / "masks.json", {"image": img, "masks": index}, indent=1)
     return n
-

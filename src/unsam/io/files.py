@@ -56,7 +56,9 @@ def _target_mode(path: Path) -> int:
 
 def _named(exc: OSError, path: Path, action: str) -> OSError:
     """``exc`` again, with a one-line message that names ``path`` (ENOSPC says "disk full")."""
-    reason = "no space left on the disk" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    reason = (
+        "no space left on the disk" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    )
     out = OSError(exc.errno, f"{path}: cannot {action} ({reason})")
     out.filename = str(path)
     return out
@@ -204,13 +206,19 @@ def check_output_file(path: str | os.PathLike[str], flag: str) -> Path:
     parent that is a file. Returns the path."""
     p = Path(path)
     if p.is_dir():
-        raise IsADirectoryError(errno.EISDIR, f"{flag} {p}: is a folder; give a file name, e.g. {p / 'out.json'}")
+        raise IsADirectoryError(
+            errno.EISDIR, f"{flag} {p}: is a folder; give a file name, e.g. {p / 'out.json'}"
+        )
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, f"{flag} {p}: {parent} is a file, not a folder")
+                raise NotADirectoryError(
+                    errno.ENOTDIR, f"{flag} {p}: {parent} is a file, not a folder"
+                )
             if not os.access(parent, os.W_OK):
-                raise PermissionError(errno.EACCES, f"{flag} {p}: cannot write in {parent} (permission denied)")
+                raise PermissionError(
+                    errno.EACCES, f"{flag} {p}: cannot write in {parent} (permission denied)"
+                )
             break
     return p
 
@@ -238,12 +246,18 @@ def check_outputs(
             continue
         resolved = Path(out).resolve()
         if resolved in files:
-            raise ValueError(f"{flag} {out}: is an input file ({files[resolved]}); writing it would "
-                             "destroy the input; choose another path")
+            raise ValueError(
+                f"{flag} {out}: is an input file ({files[resolved]}); writing it would "
+                "destroy the input; choose another path"
+            )
         for real, given in dirs:
             if _inside(resolved, real):
-                raise ValueError(f"{flag} {out}: lies inside the input image folder {given}; outputs "
-                                 "there could overwrite images or be read as inputs; choose another path")
+                raise ValueError(
+                    f"{flag} {out}: lies inside the input image folder {given}; outputs "
+                    "there could overwrite images or be read as inputs; choose another path"
+                )
         if resolved in seen:
-            raise ValueError(f"{flag} {out}: is also given as {seen[resolved]}; choose two different paths")
+            raise ValueError(
+                f"{flag} {out}: is also given as {seen[resolved]}; choose two different paths"
+            )
         seen[resolved] = flag

@@ -17,13 +17,34 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "load_image", "list_images", "ImageListing", "image_size", "list_image_inputs"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "load_image",
+    "list_images",
+    "ImageListing",
+    "image_size",
+    "list_image_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
 #: File extensions treated as images when a folder is listed (lower case).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".jfif",
+    }
 )
 
 # Never silently accept truncated files: a truncated JPEG must be an error, not a grey band.
@@ -93,7 +114,9 @@ def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
                 img = ImageOps.exif_transpose(img)
                 arr = _to_rgb_uint8(img)
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file, or an image format Pillow cannot decode") from None
+        raise ImageReadError(
+            path, "not an image file, or an image format Pillow cannot decode"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"image too large ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -115,7 +138,9 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise ImageReadError(
+            path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ) from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
@@ -162,11 +187,18 @@ def list_images(root: str | os.PathLike[str], *, recursive: bool = False) -> Ima
     images.sort(key=lambda p: p.relative_to(root).as_posix())
     skipped.sort()
     if skipped:
-        logger.info("%s: skipped %d non-image file(s): %s", root, len(skipped), ", ".join(p.name for p in skipped[:5]))
+        logger.info(
+            "%s: skipped %d non-image file(s): %s",
+            root,
+            len(skipped),
+            ", ".join(p.name for p in skipped[:5]),
+        )
     return ImageListing(root, tuple(images), tuple(skipped))
 
 
-def list_image_inputs(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> ImageListing:
+def list_image_inputs(
+    inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = False
+) -> ImageListing:
     """One listing for every command: image files and/or folders, merged, de-duplicated and sorted.
 
     The root is the deepest folder holding every input; file names are relative to it. Paths are

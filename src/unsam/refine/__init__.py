@@ -1,8 +1,8 @@
 """Mask refinement (spec §4): DenseCRF (optional extra ``unsam[crf]``), CascadePSP, or none.
 
-    CRFConfig, crf_refine_mask   CutLER's DenseCRF + hole filling on one mask (spec §2.2 step 9)
-    RefineConfig, refine_masks   per-mask context crop, CRF, paste back, accept rules (spec §4.2)
-    CascadePSPRefiner            the original's CascadePSP (official weights file), UnSAM's rules (§4.1)
+CRFConfig, crf_refine_mask   CutLER's DenseCRF + hole filling on one mask (spec §2.2 step 9)
+RefineConfig, refine_masks   per-mask context crop, CRF, paste back, accept rules (spec §4.2)
+CascadePSPRefiner            the original's CascadePSP (official weights file), UnSAM's rules (§4.1)
 """
 
 from __future__ import annotations

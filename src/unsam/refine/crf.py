@@ -37,6 +37,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class RefineConfig:
     """Mask refinement after divide-and-conquer (spec §4; CRF variant §4.2)."""
@@ -57,7 +58,8 @@ class RefineConfig:
         "for parity with the released pseudo-labels; CASCADEPSP.md §2.2)",
     )
     min_side: int = param(
-        100, "CascadePSP: crops whose longer side is below this are upsampled to it, pixels (spec §4.1 step 3)"
+        100,
+        "CascadePSP: crops whose longer side is below this are upsampled to it, pixels (spec §4.1 step 3)",
     )
     context_ratio: float = param(
         2.0, "side of the square context crop as a multiple of max(box w, box h) (spec §4.1 step 2)"
@@ -66,12 +68,15 @@ class RefineConfig:
         900, "crops whose longer side exceeds this are downscaled to it, pixels (spec §4.1 step 3)"
     )
     max_area_frac: float = param(
-        0.9, "reject a refined mask covering more than this fraction of the image (spec §4.1 step 6)"
+        0.9,
+        "reject a refined mask covering more than this fraction of the image (spec §4.1 step 6)",
     )
     min_iou: float = param(
         0.5, "reject a refined mask whose IoU with the raw mask is below this (spec §4.1 step 7)"
     )
-    crf: CRFConfig = field(default_factory=CRFConfig, metadata={"help": "DenseCRF parameters (method crf)"})
+    crf: CRFConfig = field(
+        default_factory=CRFConfig, metadata={"help": "DenseCRF parameters (method crf)"}
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("none", "crf", "cascadepsp"):

@@ -35,8 +35,16 @@ CONFIG_DEFAULTS: dict[str, dict[str, object]] = {
     "r50": {},
     # the whole image resized to fit the 192-px crop (jitter with a fixed scale 1): every step sees
     # every object, at a size the tiny model handles
-    "tiny": {"batch_size": 2, "lr": 1e-3, "max_masks_per_image": 50, "max_steps": 300,
-             "checkpoint_every": 100, "scale_jitter": True, "min_scale": 1.0, "max_scale": 1.0},
+    "tiny": {
+        "batch_size": 2,
+        "lr": 1e-3,
+        "max_masks_per_image": 50,
+        "max_steps": 300,
+        "checkpoint_every": 100,
+        "scale_jitter": True,
+        "min_scale": 1.0,
+        "max_scale": 1.0,
+    },
 }
 
 
@@ -45,9 +53,12 @@ class TrainConfig:
     """Whole-image Mask2Former training (spec §6.3 data, §6.4 optimisation); defaults are the paper's."""
 
     config: Literal["r50", "tiny"] = param(
-        "r50", "model config: r50 (the paper's ResNet-50, 2000 queries) or tiny (tests / CPU experiments)"
+        "r50",
+        "model config: r50 (the paper's ResNet-50, 2000 queries) or tiny (tests / CPU experiments)",
     )
-    num_queries: int | None = param(None, "number of object queries; None keeps the model config's (2000 for r50)")
+    num_queries: int | None = param(
+        None, "number of object queries; None keeps the model config's (2000 for r50)"
+    )
     backbone_init: str | None = param(
         None,
         "ResNet-50 weights for the backbone of a new run (not --resume): the paper's DINO "
@@ -55,33 +66,58 @@ class TrainConfig:
         "None = random init",
     )
     max_steps: int = param(200_000, "optimizer steps to train for (the paper: 200,000)")
-    batch_size: int = param(16, "global images per step, split over torchrun processes (paper ckpt name: bs16)")
-    lr: float = param(5e-5, "base AdamW learning rate (yaml says 1e-6, the checkpoints' names 5e-5; see module doc)")
+    batch_size: int = param(
+        16, "global images per step, split over torchrun processes (paper ckpt name: bs16)"
+    )
+    lr: float = param(
+        5e-5,
+        "base AdamW learning rate (yaml says 1e-6, the checkpoints' names 5e-5; see module doc)",
+    )
     backbone_lr_mult: float = param(0.1, "learning-rate multiplier of the ResNet backbone")
     weight_decay: float = param(0.05, "AdamW weight decay (norm layers and embeddings get none)")
-    weight_decay_norm: float = param(0.0, "weight decay of normalisation layers (detectron2 default 0)")
-    weight_decay_embed: float = param(0.0, "weight decay of nn.Embedding parameters (detectron2 default 0)")
+    weight_decay_norm: float = param(
+        0.0, "weight decay of normalisation layers (detectron2 default 0)"
+    )
+    weight_decay_embed: float = param(
+        0.0, "weight decay of nn.Embedding parameters (detectron2 default 0)"
+    )
     grad_clip: float = param(0.01, "max L2 norm of the full-model gradient; 0 disables clipping")
     lr_steps: tuple[float, ...] = param(
-        LR_STEP_FRACTIONS, "LR drops at these fractions of max_steps (the original's 177,776 and 192,592 of 200k)"
+        LR_STEP_FRACTIONS,
+        "LR drops at these fractions of max_steps (the original's 177,776 and 192,592 of 200k)",
     )
     lr_gamma: float = param(0.1, "LR factor applied at each lr_steps milestone")
-    warmup_steps: int = param(10, "linear warmup steps (the original: 10, with warmup_factor 1.0, i.e. none)")
-    warmup_factor: float = param(1.0, "LR factor at step 0 of the warmup (1.0 = no warmup, as the original)")
-    crop_size: int | None = param(
-        None, "side of the square training crop, pixels, multiple of 32; None = 1024 for r50, 192 for tiny"
+    warmup_steps: int = param(
+        10, "linear warmup steps (the original: 10, with warmup_factor 1.0, i.e. none)"
     )
-    max_masks_per_image: int = param(500, "masks sampled per image load, uniformly without replacement")
+    warmup_factor: float = param(
+        1.0, "LR factor at step 0 of the warmup (1.0 = no warmup, as the original)"
+    )
+    crop_size: int | None = param(
+        None,
+        "side of the square training crop, pixels, multiple of 32; None = 1024 for r50, 192 for tiny",
+    )
+    max_masks_per_image: int = param(
+        500, "masks sampled per image load, uniformly without replacement"
+    )
     hflip: bool = param(True, "random horizontal flip (probability 0.5)")
-    scale_jitter: bool = param(False, "large-scale jitter (resize by a random scale before the crop); off in the paper")
+    scale_jitter: bool = param(
+        False, "large-scale jitter (resize by a random scale before the crop); off in the paper"
+    )
     min_scale: float = param(0.1, "smallest scale of the jitter, relative to crop_size")
     max_scale: float = param(2.0, "largest scale of the jitter, relative to crop_size")
-    bf16: bool = param(False, "bfloat16 autocast for forward and loss (the original used fp16 AMP on GPU)")
-    checkpoint_every: int = param(5000, "save a resumable checkpoint every N steps (and at the end)")
+    bf16: bool = param(
+        False, "bfloat16 autocast for forward and loss (the original used fp16 AMP on GPU)"
+    )
+    checkpoint_every: int = param(
+        5000, "save a resumable checkpoint every N steps (and at the end)"
+    )
     keep_checkpoints: int = param(3, "keep only the newest N step checkpoints; 0 keeps all")
     seed: int = param(0, "seed of data order, augmentation, matcher point sampling and init")
     num_workers: int = param(0, "data-loading worker processes per training process")
-    device: str = param("cpu", 'torch device, e.g. "cpu" or "cuda" (each torchrun process uses cuda:LOCAL_RANK)')
+    device: str = param(
+        "cpu", 'torch device, e.g. "cpu" or "cuda" (each torchrun process uses cuda:LOCAL_RANK)'
+    )
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float) -> None:
@@ -92,10 +128,18 @@ class TrainConfig:
             positive(name, getattr(self, name))
         if self.num_queries is not None:
             positive("num_queries", self.num_queries)
-        for name in ("backbone_lr_mult", "weight_decay", "weight_decay_norm", "weight_decay_embed", "grad_clip"):
+        for name in (
+            "backbone_lr_mult",
+            "weight_decay",
+            "weight_decay_norm",
+            "weight_decay_embed",
+            "grad_clip",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
-        if any(not 0.0 < f <= 1.0 for f in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
+        if any(not 0.0 < f <= 1.0 for f in self.lr_steps) or list(self.lr_steps) != sorted(
+            self.lr_steps
+        ):
             raise ValueError(
                 f"TrainConfig.lr_steps={self.lr_steps} must be ascending fractions of max_steps in (0, 1]"
             )
@@ -117,14 +161,18 @@ class TrainConfig:
         if self.keep_checkpoints < 0 or self.num_workers < 0:
             raise ValueError("TrainConfig.keep_checkpoints and num_workers must be >= 0")
         if self.config not in DEFAULT_CROP_SIZE:
-            raise ValueError(f"TrainConfig.config={self.config!r}: expected one of {sorted(DEFAULT_CROP_SIZE)}")
+            raise ValueError(
+                f"TrainConfig.config={self.config!r}: expected one of {sorted(DEFAULT_CROP_SIZE)}"
+            )
 
     @classmethod
     def for_model(cls, config: str = "r50", **values: object) -> TrainConfig:
         """A TrainConfig for model config ``config`` with :data:`CONFIG_DEFAULTS` under ``values``
         (what the user set wins)."""
         if config not in CONFIG_DEFAULTS:
-            raise ValueError(f"TrainConfig.config={config!r}: expected one of {sorted(CONFIG_DEFAULTS)}")
+            raise ValueError(
+                f"TrainConfig.config={config!r}: expected one of {sorted(CONFIG_DEFAULTS)}"
+            )
         return cls(config=config, **{**CONFIG_DEFAULTS[config], **values})  # type: ignore[arg-type]
 
     @property

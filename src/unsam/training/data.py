@@ -81,7 +81,9 @@ class TrainSample:
     position: int
 
 
-def sample_mask_indices(num_masks: int, max_masks: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+def sample_mask_indices(
+    num_masks: int, max_masks: int, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
     """Indices of the masks used at one load: all of them, or ``max_masks`` drawn without replacement.
 
     Returns:
@@ -92,9 +94,7 @@ def sample_mask_indices(num_masks: int, max_masks: int, rng: np.random.Generator
     return np.sort(rng.choice(num_masks, size=max_masks, replace=False)).astype(np.int64)
 
 
-def scaled_size(
-    image_hw: tuple[int, int], crop_size: int, scale: float
-) -> tuple[int, int]:
+def scaled_size(image_hw: tuple[int, int], crop_size: int, scale: float) -> tuple[int, int]:
     """detectron2 ``ResizeScale``: size that fits the image into ``crop_size * scale`` (aspect kept).
 
     Returns:
@@ -144,7 +144,9 @@ def augment(
     h, w = image.shape[:2]
     for i, r in enumerate(rles):
         if tuple(int(v) for v in r["size"]) != (h, w):
-            raise ValueError(f"mask {i} has size {list(r['size'])} but the image is {[h, w]} (H, W)")
+            raise ValueError(
+                f"mask {i} has size {list(r['size'])} but the image is {[h, w]} (H, W)"
+            )
     keep = sample_mask_indices(len(rles), max_masks, rng)
     flip = bool(hflip) and bool(rng.random() < 0.5)
     out_hw = (h, w)
@@ -157,7 +159,9 @@ def augment(
         if flip:
             arr = arr[:, ::-1]
         if out_hw != (h, w):
-            arr = cv2.resize(np.ascontiguousarray(arr), (out_hw[1], out_hw[0]), interpolation=interpolation)
+            arr = cv2.resize(
+                np.ascontiguousarray(arr), (out_hw[1], out_hw[0]), interpolation=interpolation
+            )
         return arr[y0 : y0 + ch, x0 : x0 + cw]
 
     out_image = np.full((crop_size, crop_size, 3), IMAGE_PAD_VALUE, dtype=np.uint8)
@@ -214,28 +218,36 @@ def check_images(
             empty += 1
             continue
         if img.file_name is None:
-            raise ValueError(f"image id {img.id} has no file_name in the annotation JSON; training needs one per image")
+            raise ValueError(
+                f"image id {img.id} has no file_name in the annotation JSON; training needs one per image"
+            )
         path = root / img.file_name
         try:
             if not path.is_file():
                 raise ImageReadError(
-                    path, "no such file (is --images the folder the JSON's file_name values are relative to?)"
+                    path,
+                    "no such file (is --images the folder the JSON's file_name values are relative to?)",
                 )
             hw = image_size(path)
             if hw != (img.height, img.width):
                 raise ImageReadError(
-                    path, f"size {hw[0]}x{hw[1]} (HxW) differs from the annotation JSON's {img.height}x{img.width}"
+                    path,
+                    f"size {hw[0]}x{hw[1]} (HxW) differs from the annotation JSON's {img.height}x{img.width}",
                 )
         except ImageReadError as exc:
             if not skip_bad:
-                raise ImageReadError(exc.path, f"{exc.reason}; fix it or train with --skip-bad-images") from None
+                raise ImageReadError(
+                    exc.path, f"{exc.reason}; fix it or train with --skip-bad-images"
+                ) from None
             bad.append((str(path), exc.reason))
             continue
         good.append(img)
     if empty:
         logger.info("dropped %d image(s) without masks", empty)
     if bad:
-        logger.warning("skipped %d unreadable image(s); first: %s (%s)", len(bad), bad[0][0], bad[0][1])
+        logger.warning(
+            "skipped %d unreadable image(s); first: %s (%s)", len(bad), bad[0][0], bad[0][1]
+        )
     return good, bad
 
 
@@ -291,7 +303,8 @@ class TrainDataset(torch.utils.data.Dataset):
         image = load_image(path)
         if image.shape[:2] != (record.height, record.width):
             raise ImageReadError(
-                path, f"size {image.shape[0]}x{image.shape[1]} differs from the JSON's {record.height}x{record.width}"
+                path,
+                f"size {image.shape[0]}x{image.shape[1]} differs from the JSON's {record.height}x{record.width}",
             )
         rng = np.random.default_rng([self.seed, int(position)])
         img, masks, valid = augment(
@@ -303,7 +316,9 @@ class TrainDataset(torch.utils.data.Dataset):
             hflip=self.hflip,
             scale_range=self.scale_range,
         )
-        return TrainSample(image=img, masks=masks, valid_hw=valid, image_id=record.id, position=int(position))
+        return TrainSample(
+            image=img, masks=masks, valid_hw=valid, image_id=record.id, position=int(position)
+        )
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -313,7 +328,15 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     ``world_size`` takes the ``rank``-th contiguous slice of ``B / world_size`` positions.
     """
 
-    def __init__(self, *, start_step: int, max_steps: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        start_step: int,
+        max_steps: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(
                 f"batch size {batch_size} is not divisible by the {world_size} training processes; "

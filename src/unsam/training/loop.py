@@ -191,7 +191,9 @@ def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, 
             seen.add(id(p))
             full = f"{module_name}.{param_name}" if module_name else param_name
             lr = config.lr
-            if full.startswith(("model.pixel_level_module.encoder.", "pixel_level_module.encoder.")):
+            if full.startswith(
+                ("model.pixel_level_module.encoder.", "pixel_level_module.encoder.")
+            ):
                 lr = config.lr * config.backbone_lr_mult
             wd = config.weight_decay
             if isinstance(module, _NORM_TYPES):
@@ -209,7 +211,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(build_param_groups(model, config), lr=config.lr)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR applying :func:`lr_factor` to every group's base LR."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config=config))
 
@@ -254,7 +258,9 @@ def load_train_config(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, dic
     """
     path = Path(run_dir) / "train_config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; is {run_dir} an `unsam train` run directory?")
+        raise FileNotFoundError(
+            f"{path}: no such file; is {run_dir} an `unsam train` run directory?"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         values = dict(record["train"])
@@ -285,7 +291,9 @@ def read_loss_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     return out
 
 
-def write_loss_plot(csv_path: str | os.PathLike[str], png_path: str | os.PathLike[str]) -> Path | None:
+def write_loss_plot(
+    csv_path: str | os.PathLike[str], png_path: str | os.PathLike[str]
+) -> Path | None:
     """Plot loss (and a moving average) against step into a PNG; None when there is no row yet."""
     rows = read_loss_csv(csv_path)
     if not rows:
@@ -394,7 +402,9 @@ def _resolve_device(config: TrainConfig, info: DistInfo) -> torch.device:
     device = torch.device(config.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f'device "{config.device}" requested but CUDA is not available; use --device cpu')
+            raise ValueError(
+                f'device "{config.device}" requested but CUDA is not available; use --device cpu'
+            )
         if info.distributed:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -410,7 +420,9 @@ def _sync_num_masks(criterion: nn.Module) -> None:
     import torch.distributed as dist
 
     def get_num_masks(class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        count = torch.as_tensor(float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device)
+        count = torch.as_tensor(
+            float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device
+        )
         dist.all_reduce(count)
         return torch.clamp(count / dist.get_world_size(), min=1)
 
@@ -559,7 +571,15 @@ def _load_model_weights(model: nn.Module, folder: Path) -> None:
         )
 
 
-_EXACT_FIELDS = ("batch_size", "seed", "crop_size", "max_masks_per_image", "hflip", "scale_jitter", "bf16")
+_EXACT_FIELDS = (
+    "batch_size",
+    "seed",
+    "crop_size",
+    "max_masks_per_image",
+    "hflip",
+    "scale_jitter",
+    "bf16",
+)
 
 
 def _check_resume_config(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
@@ -600,7 +620,11 @@ def _versions() -> dict[str, str]:
 
     import unsam
 
-    return {"unsam": unsam.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "unsam": unsam.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def train(
@@ -647,7 +671,9 @@ def train(
             dist.init_process_group(backend=backend)
             created_group = True
     try:
-        return _train(config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info)
+        return _train(
+            config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info
+        )
     finally:
         if created_group:
             import torch.distributed as dist
@@ -673,10 +699,14 @@ def _train(
     _barrier(info)
     dataset, bad = _build_dataset(config, annotations, images, skip_bad_images)
     test_size = training_test_size(config, [(r.height, r.width) for r in dataset.images])
-    model, optimizer, scheduler, state, start_step = _build_training_state(config, run_dir, resume, device)
+    model, optimizer, scheduler, state, start_step = _build_training_state(
+        config, run_dir, resume, device
+    )
     csv_path = run_dir / "loss.csv"
     if info.is_main:
-        _write_run_files(run_dir, config, annotations, images, info, dataset.num_images, bad, start_step)
+        _write_run_files(
+            run_dir, config, annotations, images, info, dataset.num_images, bad, start_step
+        )
     net: nn.Module = model
     if info.distributed:
         _sync_num_masks(model.criterion)
@@ -689,19 +719,47 @@ def _train(
     _restore_rng(state, config, start_step, info)  # last, right before the first step
     logger.info(
         "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), device %s",
-        config.config, dataset.num_images, start_step, config.max_steps, config.batch_size, info.world_size, device,
+        config.config,
+        dataset.num_images,
+        start_step,
+        config.max_steps,
+        config.batch_size,
+        info.world_size,
+        device,
     )
     step, last_loss = _run_steps(
-        net, model, optimizer, scheduler, batches, config, start_step, device, info, run_dir, csv_path, on_step,
+        net,
+        model,
+        optimizer,
+        scheduler,
+        batches,
+        config,
+        start_step,
+        device,
+        info,
+        run_dir,
+        csv_path,
+        on_step,
         test_size,
     )
     model_dir = run_dir / "model"
     if info.is_main:
         _save_pretrained_atomic(model, model_dir, test_size)
         write_loss_plot(csv_path, run_dir / "loss.png")
-        logger.info("trained to step %d in %.1f s; model in %s", step, time.perf_counter() - t_start, model_dir)
+        logger.info(
+            "trained to step %d in %.1f s; model in %s",
+            step,
+            time.perf_counter() - t_start,
+            model_dir,
+        )
     _barrier(info)
-    return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, start_step=start_step, final_loss=last_loss)
+    return TrainResult(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        steps=step,
+        start_step=start_step,
+        final_loss=last_loss,
+    )
 
 
 def _build_dataset(
@@ -727,7 +785,9 @@ def _build_dataset(
 
 def _build_training_state(
     config: TrainConfig, run_dir: Path, resume: bool, device: torch.device
-) -> tuple[nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, dict[str, Any] | None, int]:
+) -> tuple[
+    nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, dict[str, Any] | None, int
+]:
     """Model (backbone-initialised for a new run, restored from the newest checkpoint on resume),
     optimiser, schedule, the checkpoint's training state and its step."""
     from unsam.models.whole_image import build_model, freeze_batchnorm
@@ -761,10 +821,16 @@ def _build_training_state(
         scheduler.load_state_dict(state["scheduler"])
         # the stored LR came from the old schedule: recompute it with this config's (a resume may
         # change max_steps, which moves the decay steps)
-        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        for group, base, fn in zip(
+            optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+        ):
             group["lr"] = base * fn(scheduler.last_epoch)
     if start_step >= config.max_steps:
-        logger.info("run already has %d >= max_steps=%d steps; nothing to train", start_step, config.max_steps)
+        logger.info(
+            "run already has %d >= max_steps=%d steps; nothing to train",
+            start_step,
+            config.max_steps,
+        )
     return model, optimizer, scheduler, state, start_step
 
 
@@ -803,7 +869,11 @@ def _write_run_files(
 
 
 def _build_loader(
-    dataset: TrainDataset, config: TrainConfig, start_step: int, info: DistInfo, device: torch.device
+    dataset: TrainDataset,
+    config: TrainConfig,
+    start_step: int,
+    info: DistInfo,
+    device: torch.device,
 ) -> torch.utils.data.DataLoader:
     """Batches for steps ``start_step..max_steps`` of this rank (deterministic, resumable)."""
     from unsam.models.whole_image import IMAGE_MEAN, IMAGE_STD
@@ -825,7 +895,9 @@ def _build_loader(
     )
 
 
-def _restore_rng(state: dict[str, Any] | None, config: TrainConfig, start_step: int, info: DistInfo) -> None:
+def _restore_rng(
+    state: dict[str, Any] | None, config: TrainConfig, start_step: int, info: DistInfo
+) -> None:
     """The checkpoint's RNG states (bit-identical resume), else a seed derived from the step."""
     if state is not None and len(state["rng"]) == info.world_size:
         _set_rng_state(state["rng"][info.rank])
@@ -865,7 +937,9 @@ def _run_steps(
     while step < config.max_steps:
         batch = next(batches)
         lr = max(float(g["lr"]) for g in optimizer.param_groups)  # the non-backbone LR
-        loss_value = _one_step(net, optimizer, scheduler, batch, params, config, device, info, autocast, step)
+        loss_value = _one_step(
+            net, optimizer, scheduler, batch, params, config, device, info, autocast, step
+        )
         step += 1
         last_loss = loss_value
         now = time.perf_counter()
@@ -874,12 +948,27 @@ def _run_steps(
         if info.is_main:
             append_line_durable(csv_path, f"{step},{last_loss!r},{lr!r},{seconds:.4f}")
             if on_step is not None:
-                on_step(StepLog(step=step, max_steps=config.max_steps, loss=last_loss, lr=lr, seconds=seconds))
+                on_step(
+                    StepLog(
+                        step=step,
+                        max_steps=config.max_steps,
+                        loss=last_loss,
+                        lr=lr,
+                        seconds=seconds,
+                    )
+                )
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             rng_states = _gather_objects(_rng_state(), info)
             if info.is_main:
                 path = _save_checkpoint(
-                    run_dir, step, model, optimizer, scheduler, config, rng_states, test_size=test_size
+                    run_dir,
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    config,
+                    rng_states,
+                    test_size=test_size,
                 )
                 write_loss_plot(csv_path, run_dir / "loss.png")
                 logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
@@ -953,5 +1042,7 @@ def resolve_training_run(
         values = dict(overrides)
         config = TrainConfig.for_model(str(values.pop("config", "r50")), **values)
     if not annotations or not images:
-        raise ValueError("--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)")
+        raise ValueError(
+            "--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)"
+        )
     return config, annotations, images

@@ -52,9 +52,15 @@ logger = logging.getLogger(__name__)
 class SelfTrainConfig:
     """One self-training round (spec §6.6; a documented reconstruction)."""
 
-    score_thresh: float = param(0.5, "keep model masks whose score (fg prob x mean mask prob) is >= this, [0, 1]")
-    iou_thresh: float = param(0.5, "add a model mask when its IoU with every mask already in the set is < this")
-    dedupe: bool = param(True, "also compare a model mask with the model masks added before it (by score)")
+    score_thresh: float = param(
+        0.5, "keep model masks whose score (fg prob x mean mask prob) is >= this, [0, 1]"
+    )
+    iou_thresh: float = param(
+        0.5, "add a model mask when its IoU with every mask already in the set is < this"
+    )
+    dedupe: bool = param(
+        True, "also compare a model mask with the model masks added before it (by score)"
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_thresh <= 1.0:
@@ -67,9 +73,12 @@ class SelfTrainConfig:
 class MergeGTConfig:
     """UnSAM+ merge of ground truth and pseudo-masks (spec §6.6)."""
 
-    iou_thresh: float = param(0.02, "keep a pseudo-mask when its overlap with every GT mask is < this")
+    iou_thresh: float = param(
+        0.02, "keep a pseudo-mask when its overlap with every GT mask is < this"
+    )
     overlap: Literal["iou", "ioa"] = param(
-        "iou", "overlap measure: iou, or ioa = intersection / pseudo-mask area (spec §6.6 leaves it open)"
+        "iou",
+        "overlap measure: iou, or ioa = intersection / pseudo-mask area (spec §6.6 leaves it open)",
     )
 
     def __post_init__(self) -> None:
@@ -101,9 +110,13 @@ def overlap_matrix(
         return np.zeros((len(a), len(b)), dtype=np.float64)
     for m in (*a, *b):
         if tuple(m.rle["size"]) != tuple(a[0].rle["size"]):
-            raise ValueError(f"masks of different sizes {a[0].rle['size']} and {m.rle['size']} cannot be compared")
+            raise ValueError(
+                f"masks of different sizes {a[0].rle['size']} and {m.rle['size']} cannot be compared"
+            )
     crowd = [1 if measure == "ioa" else 0] * len(b)
-    ious = mask_utils.iou([coco_rle_bytes(m.rle) for m in a], [coco_rle_bytes(m.rle) for m in b], crowd)
+    ious = mask_utils.iou(
+        [coco_rle_bytes(m.rle) for m in a], [coco_rle_bytes(m.rle) for m in b], crowd
+    )
     return np.asarray(ious, dtype=np.float64).reshape(len(a), len(b))
 
 
@@ -183,13 +196,17 @@ def add_model_masks(
         new = select_new_masks(img.masks, preds, config)
         ids = _free_ids(img.id, len(img.masks), used)
         masks = list(_with_ids(img))
-        masks += [p.replace(image_id=img.id, id=next(ids), source="model", parent_id=None) for p in new]
+        masks += [
+            p.replace(image_id=img.id, id=next(ids), source="model", parent_id=None) for p in new
+        ]
         out.append(img.with_masks(masks))
         base += len(img.masks)
         added += len(new)
         dropped += sum(1 for p in preds if p.score >= config.score_thresh and p.area > 0) - len(new)
     if missing:
-        logger.warning("%d image(s) have no predictions; they keep their pseudo-masks only", missing)
+        logger.warning(
+            "%d image(s) have no predictions; they keep their pseudo-masks only", missing
+        )
     return out, MergeStats(len(out), base, added, dropped, missing)
 
 
@@ -198,7 +215,9 @@ def _with_ids(img: ImageRecord) -> Iterable[MaskRecord]:
         yield m if m.image_id == img.id else m.replace(image_id=img.id)
 
 
-def _match_images(gt: Sequence[ImageRecord], pseudo: Sequence[ImageRecord]) -> dict[int, ImageRecord | None]:
+def _match_images(
+    gt: Sequence[ImageRecord], pseudo: Sequence[ImageRecord]
+) -> dict[int, ImageRecord | None]:
     """pseudo image id → its ground-truth image: same ``file_name`` first, then same id."""
     by_name = {g.file_name: g for g in gt if g.file_name is not None}
     matched: dict[int, ImageRecord | None] = {}
@@ -262,7 +281,8 @@ def merge_ground_truth(
         keep = [m for m, o in zip(masks, over) if o < config.iou_thresh]
         kept_ids = {m.id for m in keep}
         kept[img.id] = [
-            m if m.parent_id is None or m.parent_id in kept_ids else m.replace(parent_id=None) for m in keep
+            m if m.parent_id is None or m.parent_id in kept_ids else m.replace(parent_id=None)
+            for m in keep
         ]
         dropped += len(masks) - len(keep)
     used = {m.id for ms in kept.values() for m in ms if m.id is not None}
@@ -276,7 +296,11 @@ def merge_ground_truth(
                 continue
             new_id = m.id if (m.id is not None and m.id not in used) else next(ids)
             used.add(new_id)
-            out.append(m.replace(image_id=image_id, id=new_id, source="gt", score=1.0, parent_id=None, level=0))
+            out.append(
+                m.replace(
+                    image_id=image_id, id=new_id, source="gt", score=1.0, parent_id=None, level=0
+                )
+            )
         return out
 
     out: list[ImageRecord] = []
@@ -301,7 +325,10 @@ def merge_ground_truth(
         n_gt += len(gts)
         out.append(g.with_masks(gts))
     if unmatched:
-        logger.warning("%d pseudo-label image(s) have no ground truth; they keep all their pseudo-masks", unmatched)
+        logger.warning(
+            "%d pseudo-label image(s) have no ground truth; they keep all their pseudo-masks",
+            unmatched,
+        )
     return out, MergeStats(len(out), n_gt, n_kept, dropped, unmatched)
 
 
@@ -351,14 +378,20 @@ def self_train_round(
 
     config = config or SelfTrainConfig()
     segment = segment or SegmentConfig()
-    segment = dataclasses.replace(segment, score_thresh=max(segment.score_thresh, config.score_thresh))
+    segment = dataclasses.replace(
+        segment, score_thresh=max(segment.score_thresh, config.score_thresh)
+    )
     pseudo = load_coco_dataset(annotations)
     root = Path(images)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found (the folder {annotations}'s file_name values are relative to)")
+        raise FileNotFoundError(
+            f"{root}: image folder not found (the folder {annotations}'s file_name values are relative to)"
+        )
     missing = [img.id for img in pseudo if not img.file_name]
     if missing:
-        raise ValueError(f"{annotations}: image id {missing[0]} has no file_name; self-training needs one per image")
+        raise ValueError(
+            f"{annotations}: image id {missing[0]} has no file_name; self-training needs one per image"
+        )
     output = Path(output)
     predictions_path = output.with_name(output.stem + ".predictions.json")
     result = run_images(

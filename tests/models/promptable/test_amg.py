@@ -42,11 +42,15 @@ def test_boxes_stability_grid_hand_made() -> None:
     assert boxes_xyxy_inclusive(masks).tolist() == [[2, 1, 4, 2], [0, 0, 0, 0]]
     logits = torch.tensor([[[2.0, 0.5, -0.5, -2.0]], [[-3.0, -3.0, -3.0, -3.0]]])
     assert stability_scores(logits).tolist() == pytest.approx([1 / 3, 1.0])
-    np.testing.assert_allclose(point_grid(2), [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])
+    np.testing.assert_allclose(
+        point_grid(2), [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+    )
 
 
 def test_box_nms_hand_made() -> None:
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 4]], dtype=torch.float32)
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 4]], dtype=torch.float32
+    )
     scores = torch.tensor([0.9, 0.8, 0.95, 0.85])
     # box 1 overlaps box 0 with IoU 0.81 > 0.7; box 3 overlaps box 0 with IoU 0.4
     assert box_nms(boxes, scores, 0.7).tolist() == [2, 0, 3]
@@ -73,43 +77,68 @@ def _image() -> np.ndarray:
 
 
 def _permissive(**kw) -> AMGConfig:
-    return AMGConfig(points_per_side=6, pred_iou_thresh=-1e9, stability_score_thresh=0.0, short_side=64, **kw)
+    return AMGConfig(
+        points_per_side=6, pred_iou_thresh=-1e9, stability_score_thresh=0.0, short_side=64, **kw
+    )
 
 
 def test_amg_records_and_nms(predictor) -> None:
     image = _image()
-    records = PromptableMaskGenerator(predictor, _permissive(min_mask_region_area=0)).generate(image, 4)
+    records = PromptableMaskGenerator(predictor, _permissive(min_mask_region_area=0)).generate(
+        image, 4
+    )
     assert records and all(r.rle["size"] == [48, 64] and r.image_id == 4 for r in records)
     assert all(1 <= r.level <= 6 and r.stability_score is not None for r in records)
     ious = [r.predicted_iou for r in records]
     assert ious == sorted(ious, reverse=True)
     assert len(records) < 36 * 6  # NMS removed duplicates
     # no two kept masks at model-input size have box IoU > 0.7: recompute boxes from records
-    b = torch.tensor([[r.bbox[0], r.bbox[1], r.bbox[0] + r.bbox[2] - 1, r.bbox[1] + r.bbox[3] - 1]
-                      for r in records], dtype=torch.float32)
+    b = torch.tensor(
+        [
+            [r.bbox[0], r.bbox[1], r.bbox[0] + r.bbox[2] - 1, r.bbox[1] + r.bbox[3] - 1]
+            for r in records
+        ],
+        dtype=torch.float32,
+    )
     assert len(box_nms(b, torch.tensor(ious), 0.7)) == len(records)
 
 
 def test_amg_thresholds_filter(predictor) -> None:
     image = _image()
-    loose = PromptableMaskGenerator(predictor, _permissive(box_nms_thresh=1.0, min_mask_region_area=0))
+    loose = PromptableMaskGenerator(
+        predictor, _permissive(box_nms_thresh=1.0, min_mask_region_area=0)
+    )
     all_masks = loose.generate(image)
     assert len(all_masks) == 36 * 6  # nothing filtered, NMS at 1.0 keeps everything
     cut = float(np.median([r.predicted_iou for r in all_masks]))
-    strict = PromptableMaskGenerator(predictor, AMGConfig(
-        points_per_side=6, pred_iou_thresh=cut, stability_score_thresh=0.0, box_nms_thresh=1.0,
-        min_mask_region_area=0, short_side=64))
+    strict = PromptableMaskGenerator(
+        predictor,
+        AMGConfig(
+            points_per_side=6,
+            pred_iou_thresh=cut,
+            stability_score_thresh=0.0,
+            box_nms_thresh=1.0,
+            min_mask_region_area=0,
+            short_side=64,
+        ),
+    )
     kept = strict.generate(image)
     assert len(kept) == sum(r.predicted_iou > cut for r in all_masks)
 
 
 def test_independent_amg_does_not_depend_on_batching(predictor) -> None:
     image = _image()
-    a = PromptableMaskGenerator(predictor, _permissive(independent=True, points_per_batch=7)).generate(image)
-    b = PromptableMaskGenerator(predictor, _permissive(independent=True, points_per_batch=36)).generate(image)
+    a = PromptableMaskGenerator(
+        predictor, _permissive(independent=True, points_per_batch=7)
+    ).generate(image)
+    b = PromptableMaskGenerator(
+        predictor, _permissive(independent=True, points_per_batch=36)
+    ).generate(image)
     assert [r.rle for r in a] == [r.rle for r in b]
     c = PromptableMaskGenerator(predictor, _permissive(points_per_batch=7)).generate(image)
-    assert [r.predicted_iou for r in c] != [r.predicted_iou for r in a]  # joint mode: batches interact
+    assert [r.predicted_iou for r in c] != [
+        r.predicted_iou for r in a
+    ]  # joint mode: batches interact
 
 
 def test_config_checks() -> None:

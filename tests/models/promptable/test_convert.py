@@ -54,7 +54,7 @@ def _synthetic_official(rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
             sd[row["key"]] = torch.randn(shape, generator=g)
     for row in rows:
         if row["note"].startswith("alias of "):
-            sd[row["key"]] = sd["model." + row["note"][len("alias of "):]].clone()
+            sd[row["key"]] = sd["model." + row["note"][len("alias of ") :]].clone()
     return sd
 
 
@@ -82,8 +82,10 @@ def test_full_swin_t_checkpoint_every_tensor_arrives_unchanged(tmp_path: Path) -
         if note.startswith(("alias of ", "unused", "expected-UNCERTAIN")):
             continue
         if hf.startswith("(drop"):
-            target = "backbone.swin.encoder." + key[len("model.backbone."):].replace(
-                "attn.relative_position_index", "attention.relative_position_bias.relative_position_index")
+            target = "backbone.swin.encoder." + key[len("model.backbone.") :].replace(
+                "attn.relative_position_index",
+                "attention.relative_position_bias.relative_position_index",
+            )
             assert torch.equal(buffers[target].view(src.shape), src), target
             continue
         if hf.startswith("split rows"):
@@ -94,7 +96,7 @@ def test_full_swin_t_checkpoint_every_tensor_arrives_unchanged(tmp_path: Path) -
                 assert torch.equal(ours[name], src[i * c : (i + 1) * c]), name
                 filled.add(name)
             continue
-        target = "backbone." + hf if hf else key[len("model."):]
+        target = "backbone." + hf if hf else key[len("model.") :]
         assert target in ours, f"{key} -> {target} is not a model tensor"
         assert ours[target].dtype == src.dtype
         assert torch.equal(ours[target], src), f"{key} -> {target} changed"
@@ -111,11 +113,16 @@ def tiny_model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def tiny_official(tiny_model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in tiny_model.state_dict().items()}
+    sd = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in tiny_model.state_dict().items()
+    }
     return official_state_dict_from_ours(sd, tiny_model.config.decoder_layers)
 
 
-def test_tiny_round_trip_and_missing_file(tmp_path: Path, tiny_official: dict[str, torch.Tensor]) -> None:
+def test_tiny_round_trip_and_missing_file(
+    tmp_path: Path, tiny_official: dict[str, torch.Tensor]
+) -> None:
     path = tmp_path / "tiny.pth"
     torch.save(tiny_official, path)  # a bare state dict, without the "model" wrapper
     model = model_from_official(path, PromptableConfig.tiny())
@@ -132,8 +139,10 @@ def test_tiny_round_trip_and_missing_file(tmp_path: Path, tiny_official: dict[st
     ("edit", "message"),
     [
         # an extra key: mapped by identity but unknown to the model, or matched by no rule
-        (lambda sd: sd.update({"sem_seg_head.pixel_decoder.bogus.weight": torch.zeros(1)}),
-         "unknown to the model"),
+        (
+            lambda sd: sd.update({"sem_seg_head.pixel_decoder.bogus.weight": torch.zeros(1)}),
+            "unknown to the model",
+        ),
         (lambda sd: sd.update({"backbone.extra.weight": torch.zeros(1)}), "unexpected keys"),
         # a deleted parameter is missing after conversion
         (lambda sd: sd.pop("sem_seg_head.predictor.mask_tokens.weight"), "missing"),
@@ -142,9 +151,15 @@ def test_tiny_round_trip_and_missing_file(tmp_path: Path, tiny_official: dict[st
         (lambda sd: sd["sem_seg_head.predictor.bbox_embed.1.layers.0.weight"].add_(1.0), "differs"),
         (lambda sd: sd["sem_seg_head.predictor.decoder.norm.bias"].add_(1.0), "differs"),
         # a wrong relative_position_index (rebuilt by transformers) is reported
-        (lambda sd: sd["backbone.layers.1.blocks.0.attn.relative_position_index"].fill_(0), "rebuilt"),
+        (
+            lambda sd: sd["backbone.layers.1.blocks.0.attn.relative_position_index"].fill_(0),
+            "rebuilt",
+        ),
         # a shape that does not fit the model size
-        (lambda sd: sd.update({"sem_seg_head.predictor.mask_tokens.weight": torch.zeros(5, 32)}), "shape"),
+        (
+            lambda sd: sd.update({"sem_seg_head.predictor.mask_tokens.weight": torch.zeros(5, 32)}),
+            "shape",
+        ),
     ],
 )
 def test_conversion_is_strict(tiny_model, tiny_official, edit, message) -> None:

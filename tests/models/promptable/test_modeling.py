@@ -28,7 +28,11 @@ def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
 
 
 def _params(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
+    return {
+        k[len(prefix) :]: v.detach().clone()
+        for k, v in module.state_dict().items()
+        if k.startswith(prefix)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +75,17 @@ def test_decoder_layer_matches_naive(independent: bool) -> None:
     with torch.no_grad():
         out = layer(x, pos, boxes, values, independent).reshape(n * t, c)
     blocked = ref.block_diagonal_blocked(n, t) if independent else None
-    expected = ref.decoder_layer_naive(x.reshape(-1, c), pos.reshape(-1, c), boxes.reshape(-1, 4), levels,
-                                       _params(layer), "", heads, points, blocked)
+    expected = ref.decoder_layer_naive(
+        x.reshape(-1, c),
+        pos.reshape(-1, c),
+        boxes.reshape(-1, 4),
+        levels,
+        _params(layer),
+        "",
+        heads,
+        points,
+        blocked,
+    )
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -84,8 +97,14 @@ def test_click_to_six_queries_matches_naive(tiny) -> None:
     for pb in (0, 1):
         content, refs = pred.initial_queries(boxes, torch.full((3,), pb))
         exp_content, exp_ref = ref.click_queries_naive(
-            points, padded, box_wh, pred.label_enc.weight.detach(), pred.pb_embedding.weight.detach(),
-            pred.mask_tokens.weight.detach(), pb)
+            points,
+            padded,
+            box_wh,
+            pred.label_enc.weight.detach(),
+            pred.pb_embedding.weight.detach(),
+            pred.mask_tokens.weight.detach(),
+            pb,
+        )
         torch.testing.assert_close(content.reshape(-1, TINY.hidden_dim).detach(), exp_content)
         torch.testing.assert_close(refs.reshape(-1, 4), exp_ref)
 
@@ -99,17 +118,34 @@ def test_decode_matches_naive_decoder_loop(tiny, independent: bool) -> None:
         feats = tiny.backbone(pixels).feature_maps
         mask_features, outs = tiny.sem_seg_head.pixel_decoder(feats)
         points = torch.tensor([[12.0, 30.0], [70.0, 8.0]])
-        out = tiny.decode_boxes(state, click_boxes(points, state.padded_hw, (6.0, 6.0)),
-                                independent=independent)
+        out = tiny.decode_boxes(
+            state, click_boxes(points, state.padded_hw, (6.0, 6.0)), independent=independent
+        )
     pred = tiny.sem_seg_head.predictor
     content, refs = ref.click_queries_naive(
-        [tuple(p) for p in points.tolist()], state.padded_hw, (6.0, 6.0), pred.label_enc.weight.detach(),
-        pred.pb_embedding.weight.detach(), pred.mask_tokens.weight.detach(), 0)
+        [tuple(p) for p in points.tolist()],
+        state.padded_hw,
+        (6.0, 6.0),
+        pred.label_enc.weight.detach(),
+        pred.pb_embedding.weight.detach(),
+        pred.mask_tokens.weight.detach(),
+        0,
+    )
     blocked = ref.block_diagonal_blocked(2, 6) if independent else None
     masks, iou, boxes = ref.decode_naive(
-        content, refs, [o[0] for o in outs[::-1]], mask_features[0], _params(pred), TINY.decoder_layers,
-        TINY.decoder_heads, TINY.decoder_points, blocked)
-    torch.testing.assert_close(out.mask_logits.reshape(12, *masks.shape[1:]), masks, atol=2e-4, rtol=1e-4)
+        content,
+        refs,
+        [o[0] for o in outs[::-1]],
+        mask_features[0],
+        _params(pred),
+        TINY.decoder_layers,
+        TINY.decoder_heads,
+        TINY.decoder_points,
+        blocked,
+    )
+    torch.testing.assert_close(
+        out.mask_logits.reshape(12, *masks.shape[1:]), masks, atol=2e-4, rtol=1e-4
+    )
     torch.testing.assert_close(out.iou.reshape(-1), iou, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.boxes.reshape(-1, 4), boxes, atol=1e-5, rtol=1e-4)
 
@@ -181,4 +217,6 @@ def test_jitter_click_boxes_bounds() -> None:
     d = torch.tensor([[0.05, 0.1, 0.1, 0.2], [0.01, 0.01, 0.02, 0.02]]) * 0.5
     assert ((out - boxes).abs() <= d + 1e-7).all() and (out != boxes).any()
     assert out.min() >= 0 and out.max() <= 1
-    assert torch.equal(jitter_click_boxes(boxes, torch.Generator().manual_seed(0), scale=0.0), boxes)
+    assert torch.equal(
+        jitter_click_boxes(boxes, torch.Generator().manual_seed(0), scale=0.0), boxes
+    )

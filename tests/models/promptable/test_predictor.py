@@ -65,12 +65,18 @@ def test_records_shapes_and_values(model, image) -> None:
     # clicks are given in original pixels and reach the model in model-input pixels
     state = pred._require_state()
     with torch.no_grad():
-        direct, direct_iou = model.decode_clicks(state, torch.tensor([[30.0 * 82 / 90, 20.0 * 64 / 70]]))
-    torch.testing.assert_close(model.upsample_masks(direct, state)[0], logits[0], atol=1e-5, rtol=1e-5)
+        direct, direct_iou = model.decode_clicks(
+            state, torch.tensor([[30.0 * 82 / 90, 20.0 * 64 / 70]])
+        )
+    torch.testing.assert_close(
+        model.upsample_masks(direct, state)[0], logits[0], atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(direct_iou[0], iou[0], atol=1e-5, rtol=1e-5)
     assert [len(c) for c in clicks] == [6, 6]
     for n, records in enumerate(clicks):
-        full = F.interpolate(logits[n][None], size=(70, 90), mode="bilinear", align_corners=False)[0]
+        full = F.interpolate(logits[n][None], size=(70, 90), mode="bilinear", align_corners=False)[
+            0
+        ]
         for k, rec in enumerate(records):
             assert rec.level == k + 1 and rec.image_id == 7 and rec.source == "promptable"
             assert rec.rle["size"] == [70, 90]
@@ -95,7 +101,9 @@ def test_clicks_are_independent_unless_joint(model, image) -> None:
 
 def test_save_load_round_trip_identical(model, image, tmp_path) -> None:
     model.save_pretrained(tmp_path / "m")
-    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "model.safetensors").is_file()
+    assert (tmp_path / "m" / "config.json").is_file() and (
+        tmp_path / "m" / "model.safetensors"
+    ).is_file()
     a, b = _predictor(model), PromptablePredictor.from_pretrained(tmp_path / "m", short_side=64)
     assert b.model.config == model.config
     for p in (a, b):

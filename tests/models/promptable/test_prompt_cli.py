@@ -20,7 +20,9 @@ def _image(path, hw=(60, 80)) -> None:
     rng = np.random.default_rng(0)
     img = np.zeros((*hw, 3), dtype=np.uint8)
     img[10:40, 20:60] = (220, 30, 30)
-    Image.fromarray(np.clip(img + rng.integers(0, 40, size=img.shape), 0, 255).astype(np.uint8)).save(path)
+    Image.fromarray(
+        np.clip(img + rng.integers(0, 40, size=img.shape), 0, 255).astype(np.uint8)
+    ).save(path)
 
 
 def test_convert_then_prompt_writes_json_and_overlay(tmp_path, capsys) -> None:
@@ -30,15 +32,45 @@ def test_convert_then_prompt_writes_json_and_overlay(tmp_path, capsys) -> None:
     ckpt = tmp_path / "unsam_promptable_tiny.pth"
     torch.save({"model": official, "iteration": 9}, ckpt)
     out_dir = tmp_path / "converted"
-    assert main(["convert-checkpoint", str(ckpt), "--kind", "promptable", "--size", "tiny", "-o", str(out_dir)]) == 0
+    assert (
+        main(
+            [
+                "convert-checkpoint",
+                str(ckpt),
+                "--kind",
+                "promptable",
+                "--size",
+                "tiny",
+                "-o",
+                str(out_dir),
+            ]
+        )
+        == 0
+    )
     assert (out_dir / "model.safetensors").is_file()
     assert "unsam prompt" in capsys.readouterr().out
 
     image = tmp_path / "photo.png"
     _image(image)
     out_json, overlay = tmp_path / "masks.json", tmp_path / "overlay.png"
-    rc = main(["prompt", str(image), "--point", "30,20", "--point", "70,50", "--model", str(out_dir),
-               "-o", str(out_json), "--overlay", str(overlay), "--short-side", "64"])
+    rc = main(
+        [
+            "prompt",
+            str(image),
+            "--point",
+            "30,20",
+            "--point",
+            "70,50",
+            "--model",
+            str(out_dir),
+            "-o",
+            str(out_json),
+            "--overlay",
+            str(overlay),
+            "--short-side",
+            "64",
+        ]
+    )
     assert rc == 0
     data = json.loads(out_json.read_text())
     anns = data["annotations"]
@@ -55,20 +87,61 @@ def test_convert_then_prompt_writes_json_and_overlay(tmp_path, capsys) -> None:
 
     # the converted folder and the official .pth give the same masks
     out2 = tmp_path / "masks_pth.json"
-    assert main(["prompt", str(image), "--point", "30,20", "--point", "70,50", "--model", str(ckpt),
-                 "--config", "tiny", "-o", str(out2), "--short-side", "64"]) == 0
+    assert (
+        main(
+            [
+                "prompt",
+                str(image),
+                "--point",
+                "30,20",
+                "--point",
+                "70,50",
+                "--model",
+                str(ckpt),
+                "--config",
+                "tiny",
+                "-o",
+                str(out2),
+                "--short-side",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert [a["segmentation"] for a in json.loads(out2.read_text())["annotations"]] == [
-        a["segmentation"] for a in anns]
+        a["segmentation"] for a in anns
+    ]
 
 
 def test_prompt_errors(tmp_path, capsys) -> None:
     image = tmp_path / "photo.png"
     _image(image)
-    rc = main(["prompt", str(image), "--point", "500,20", "--model", str(tmp_path), "-o", str(tmp_path / "a.json")])
+    rc = main(
+        [
+            "prompt",
+            str(image),
+            "--point",
+            "500,20",
+            "--model",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "a.json"),
+        ]
+    )
     assert rc == 2
     assert "outside the 80x60 image" in capsys.readouterr().err
-    rc = main(["prompt", str(image), "--point", "5,5", "--model", str(tmp_path / "none"), "-o",
-               str(tmp_path / "a.json")])
+    rc = main(
+        [
+            "prompt",
+            str(image),
+            "--point",
+            "5,5",
+            "--model",
+            str(tmp_path / "none"),
+            "-o",
+            str(tmp_path / "a.json"),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "convert-checkpoint" in err and len(err.strip().splitlines()) == 1
@@ -76,8 +149,13 @@ def test_prompt_errors(tmp_path, capsys) -> None:
 
 def test_segment_with_promptable_amg(tmp_path, capsys, monkeypatch) -> None:
     # the producer's default AMG settings (32² points at 900 px) made small for the test
-    small = functools.partial(amg.AMGConfig, points_per_side=4, short_side=64, pred_iou_thresh=-1e9,
-                              stability_score_thresh=0.0)
+    small = functools.partial(
+        amg.AMGConfig,
+        points_per_side=4,
+        short_side=64,
+        pred_iou_thresh=-1e9,
+        stability_score_thresh=0.0,
+    )
     monkeypatch.setattr(amg, "AMGConfig", small)
     torch.manual_seed(0)
     folder = tmp_path / "model"
@@ -86,7 +164,9 @@ def test_segment_with_promptable_amg(tmp_path, capsys, monkeypatch) -> None:
     images.mkdir()
     _image(images / "a.png", (30, 40))
     out = tmp_path / "pred.json"
-    rc = main(["segment", str(images), "--model", f"promptable:{folder}", "-o", str(out), "--no-progress"])
+    rc = main(
+        ["segment", str(images), "--model", f"promptable:{folder}", "-o", str(out), "--no-progress"]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert [im["file_name"] for im in data["images"]] == ["a.png"]

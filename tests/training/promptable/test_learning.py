@@ -38,26 +38,51 @@ def test_tiny_promptable_model_learns_coco_masks(tmp_path: Path) -> None:
     from unsam.models.promptable.modeling import build_model
     from unsam.models.promptable.predictor import PromptablePredictor
 
-    ann, images = write_coco_subset(EXAMPLES / "instances.json", EXAMPLES / "images", tmp_path / "data",
-                                    num_images=5, max_side=SIDE, min_masks=1, max_masks=20, min_area=16)
+    ann, images = write_coco_subset(
+        EXAMPLES / "instances.json",
+        EXAMPLES / "images",
+        tmp_path / "data",
+        num_images=5,
+        max_side=SIDE,
+        min_masks=1,
+        max_masks=20,
+        min_area=16,
+    )
     gt = load_instances_gt(ann)
     assert len(gt) == 5 and sum(len(r.masks) for r in gt) >= 20
 
     def oracle(predictor: PromptablePredictor) -> dict:
-        metrics, _ = evaluate_points(predictor_predict_fn(predictor), gt, lambda r: load_image(images / r.file_name),
-                                     config=PointEvalConfig(short_side=None))
+        metrics, _ = evaluate_points(
+            predictor_predict_fn(predictor),
+            gt,
+            lambda r: load_image(images / r.file_name),
+            config=PointEvalConfig(short_side=None),
+        )
         return metrics
 
     torch.manual_seed(0)
     untrained = oracle(PromptablePredictor(build_model("tiny"), short_side=None))
-    config = PromptableTrainConfig(config="tiny", max_steps=200, batch_size=1, lr=1e-3, image_size=SIDE,
-                                   num_clicks=20, num_points=256, checkpoint_every=200)
+    config = PromptableTrainConfig(
+        config="tiny",
+        max_steps=200,
+        batch_size=1,
+        lr=1e-3,
+        image_size=SIDE,
+        num_clicks=20,
+        num_points=256,
+        checkpoint_every=200,
+    )
     result = train_promptable(config, ann, images, tmp_path / "run")
     rows = read_loss_csv(tmp_path / "run" / "loss.csv")
     first, last = sum(r["loss"] for r in rows[:20]) / 20, sum(r["loss"] for r in rows[-20:]) / 20
     assert last < 0.8 * first, (first, last)
     trained = oracle(PromptablePredictor.from_pretrained(result.run_dir, short_side=None))
-    print(f"Point(Oracle) untrained {untrained['point_oracle_miou']:.3f} trained {trained['point_oracle_miou']:.3f}; "
-          f"Point(Max) {untrained['point_max_miou']:.3f} -> {trained['point_max_miou']:.3f}")
-    assert trained["point_oracle_miou"] > max(2 * untrained["point_oracle_miou"], 0.10), (untrained, trained)
+    print(
+        f"Point(Oracle) untrained {untrained['point_oracle_miou']:.3f} trained {trained['point_oracle_miou']:.3f}; "
+        f"Point(Max) {untrained['point_max_miou']:.3f} -> {trained['point_max_miou']:.3f}"
+    )
+    assert trained["point_oracle_miou"] > max(2 * untrained["point_oracle_miou"], 0.10), (
+        untrained,
+        trained,
+    )
     assert trained["point_max_miou"] > untrained["point_max_miou"]

@@ -26,13 +26,28 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "coco"
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The 5 bundled COCO images at 96 px with their masks."""
     out = tmp_path_factory.mktemp("pdata")
-    return write_coco_subset(EXAMPLES / "instances.json", EXAMPLES / "images", out, num_images=5, max_side=96,
-                             min_masks=1, max_masks=20, min_area=8)
+    return write_coco_subset(
+        EXAMPLES / "instances.json",
+        EXAMPLES / "images",
+        out,
+        num_images=5,
+        max_side=96,
+        min_masks=1,
+        max_masks=20,
+        min_area=8,
+    )
 
 
 def _config(**kw: object) -> PromptableTrainConfig:
-    base = {"config": "tiny", "batch_size": 1, "lr": 1e-3, "image_size": 96, "num_clicks": 8, "num_points": 64,
-                "checkpoint_every": 2}
+    base = {
+        "config": "tiny",
+        "batch_size": 1,
+        "lr": 1e-3,
+        "image_size": 96,
+        "num_clicks": 8,
+        "num_points": 64,
+        "checkpoint_every": 2,
+    }
     base.update(kw)
     return PromptableTrainConfig(**base)  # type: ignore[arg-type]
 
@@ -54,12 +69,17 @@ def test_resume_is_exact(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    rows_a, rows_b = read_loss_csv(tmp_path / "a" / "loss.csv"), read_loss_csv(tmp_path / "b" / "loss.csv")
+    rows_a, rows_b = (
+        read_loss_csv(tmp_path / "a" / "loss.csv"),
+        read_loss_csv(tmp_path / "b" / "loss.csv"),
+    )
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b] and len(rows_a) == 4
     # the run folder: a save_pretrained model at the top, checkpoints, plot, config
     assert (tmp_path / "a" / "loss.png").is_file()
     assert (tmp_path / "a" / "checkpoints" / "step_0000004" / "training_state.pt").is_file()
-    state = torch.load(tmp_path / "a" / "checkpoints" / "step_0000004" / "training_state.pt", weights_only=True)
+    state = torch.load(
+        tmp_path / "a" / "checkpoints" / "step_0000004" / "training_state.pt", weights_only=True
+    )
     assert state["step"] == 4
     cfg, record = load_promptable_train_config(tmp_path / "a")
     assert cfg == _config(max_steps=4) and record["model"] == "promptable"
@@ -69,7 +89,9 @@ def test_resume_is_exact(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
     loaded = predictor.model.state_dict()
     assert all(torch.equal(loaded[k], wa[k]) for k in wa)
     # weights moved
-    assert any(not torch.equal(wa[k], state_k) for k, state_k in _weights_after_init().items() if k in wa)
+    assert any(
+        not torch.equal(wa[k], state_k) for k, state_k in _weights_after_init().items() if k in wa
+    )
 
 
 def _weights_after_init() -> dict[str, torch.Tensor]:
@@ -118,7 +140,9 @@ def test_param_groups_backbone_lr_and_no_decay() -> None:
     assert groups["sem_seg_head.predictor.mask_tokens.weight"]["weight_decay"] == 0.0
     assert groups["sem_seg_head.predictor.decoder_norm.weight"]["weight_decay"] == 0.0
     bias = "sem_seg_head.predictor.mask_embed.layers.0.bias"
-    assert groups[bias]["weight_decay"] == 0.05 and groups[bias]["lr"] == 1e-4  # biases do get decay
+    assert (
+        groups[bias]["weight_decay"] == 0.05 and groups[bias]["lr"] == 1e-4
+    )  # biases do get decay
     patch = "backbone.swin.embeddings.patch_embeddings.projection.weight"
     assert groups[patch]["lr"] == pytest.approx(1e-5) and groups[patch]["weight_decay"] == 0.05
 
@@ -133,20 +157,35 @@ def _official_swin_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             s, wb = k.removeprefix("backbone.hidden_states_norms.stage").split(".")
             out[f"norm{int(s) - 1}.{wb}"] = v
             continue
-        if ".attention.k_proj." in name or ".attention.v_proj." in name or "relative_position_index" in name:
+        if (
+            ".attention.k_proj." in name
+            or ".attention.v_proj." in name
+            or "relative_position_index" in name
+        ):
             continue
         if ".attention.q_proj." in name:
             wb = name.rsplit(".", 1)[1]
             base = name.split(".attention.")[0]
-            qkv = torch.cat([hf[f"backbone.swin.{base}.attention.{p}.{wb}"] for p in ("q_proj", "k_proj", "v_proj")])
+            qkv = torch.cat(
+                [
+                    hf[f"backbone.swin.{base}.attention.{p}.{wb}"]
+                    for p in ("q_proj", "k_proj", "v_proj")
+                ]
+            )
             out[base.removeprefix("encoder.") + f".attn.qkv.{wb}"] = qkv
             continue
-        name = (name.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")
-                .replace("embeddings.norm", "patch_embed.norm").removeprefix("encoder.")
-                .replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
-                .replace("attention.o_proj", "attn.proj")
-                .replace("attention.relative_position_bias.relative_position_bias_table",
-                         "attn.relative_position_bias_table"))
+        name = (
+            name.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")
+            .replace("embeddings.norm", "patch_embed.norm")
+            .removeprefix("encoder.")
+            .replace("layernorm_before", "norm1")
+            .replace("layernorm_after", "norm2")
+            .replace("attention.o_proj", "attn.proj")
+            .replace(
+                "attention.relative_position_bias.relative_position_bias_table",
+                "attn.relative_position_bias_table",
+            )
+        )
         out[name] = v
     return out
 
@@ -158,20 +197,32 @@ def test_backbone_init_from_moby_checkpoint(tmp_path: Path) -> None:
     source = build_model("tiny")
     official = _official_swin_state(source)
     assert "layers.0.blocks.0.attn.qkv.weight" in official
-    ckpt = {"model": {**{f"encoder.{k}": v for k, v in official.items()},
-                      "encoder_k.patch_embed.proj.weight": torch.zeros(1), "projector.w": torch.zeros(1),
-                      "encoder.head.weight": torch.zeros(3, 3)}}
+    ckpt = {
+        "model": {
+            **{f"encoder.{k}": v for k, v in official.items()},
+            "encoder_k.patch_embed.proj.weight": torch.zeros(1),
+            "projector.w": torch.zeros(1),
+            "encoder.head.weight": torch.zeros(3, 3),
+        }
+    }
     path = tmp_path / "moby.pth"
     torch.save(ckpt, path)
     torch.manual_seed(2)
     target = build_model("tiny")
     n = load_backbone_init(target, path)
-    assert n == sum(1 for k in target.state_dict() if k.startswith("backbone.") and "relative_position_index" not in k)
+    assert n == sum(
+        1
+        for k in target.state_dict()
+        if k.startswith("backbone.") and "relative_position_index" not in k
+    )
     src, dst = source.state_dict(), target.state_dict()
     for k in src:
         if k.startswith("backbone."):
             assert torch.equal(src[k], dst[k]), k
-    assert not torch.equal(src["sem_seg_head.predictor.mask_tokens.weight"], dst["sem_seg_head.predictor.mask_tokens.weight"])
+    assert not torch.equal(
+        src["sem_seg_head.predictor.mask_tokens.weight"],
+        dst["sem_seg_head.predictor.mask_tokens.weight"],
+    )
     swin_t = build_model("tiny")
     bad = {"model": {"patch_embed.proj.weight": torch.zeros(96, 3, 4, 4)}}
     torch.save(bad, tmp_path / "bad.pth")

@@ -81,12 +81,18 @@ def _hand_case() -> tuple:
 def test_layer_losses_hand_values() -> None:
     mask_logits, pred_iou, pred_boxes, masks, target_boxes, match = _hand_case()
     cfg = LossConfig(num_points=10)
-    out = layer_losses(mask_logits, pred_iou, pred_boxes, masks, target_boxes, match, 2.0, config=cfg)
+    out = layer_losses(
+        mask_logits, pred_iou, pred_boxes, masks, target_boxes, match, 2.0, config=cfg
+    )
     # every sampled point: sigma = 0.5, label 0 -> BCE ln 2; dice 1 - (0 + 1) / (5 + 0 + 1) = 5/6
     assert out["loss_mask_bce"].item() == pytest.approx(math.log(2) / 2)
     assert out["loss_mask_dice"].item() == pytest.approx(5 / 6 / 2)
-    assert out["loss_iou"].item() == pytest.approx((0.3 - 1 / 6) ** 2 / 2)  # token 1's IoU, not token 0's
-    assert out["loss_bbox"].item() == pytest.approx(0.0) and out["loss_giou"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["loss_iou"].item() == pytest.approx(
+        (0.3 - 1 / 6) ** 2 / 2
+    )  # token 1's IoU, not token 0's
+    assert out["loss_bbox"].item() == pytest.approx(0.0) and out[
+        "loss_giou"
+    ].item() == pytest.approx(0.0, abs=1e-6)
     total = weighted_total([out, out], cfg)
     expected = 2 * (5 * math.log(2) / 2 + 5 * 5 / 12 + (0.3 - 1 / 6) ** 2 / 2)
     assert total.item() == pytest.approx(expected, rel=1e-5)
@@ -95,7 +101,9 @@ def test_layer_losses_hand_values() -> None:
 def test_iou_loss_backpropagates_into_the_mask_logits() -> None:
     """Spec §3.6: the IoU target (1 - dice) is not detached."""
     mask_logits, pred_iou, _pred_boxes, masks, _target_boxes, match = _hand_case()
-    out = layer_losses(mask_logits, pred_iou, None, masks, None, match, 1.0, config=LossConfig(num_points=10))
+    out = layer_losses(
+        mask_logits, pred_iou, None, masks, None, match, 1.0, config=LossConfig(num_points=10)
+    )
     out["loss_iou"].backward()
     assert mask_logits.grad is not None and mask_logits.grad[0, 1].abs().sum() > 0
     assert mask_logits.grad[0, 0].abs().sum() == 0  # the unmatched token gets nothing
@@ -105,6 +113,10 @@ def test_iou_loss_backpropagates_into_the_mask_logits() -> None:
 
 def test_empty_match_gives_zero_losses() -> None:
     mask_logits, pred_iou, pred_boxes, masks, target_boxes, _ = _hand_case()
-    empty = Match(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    empty = Match(
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=torch.int64),
+    )
     out = layer_losses(mask_logits, pred_iou, pred_boxes, masks, target_boxes, empty, 1.0)
     assert all(v.item() == 0.0 for v in out.values())

@@ -75,22 +75,38 @@ def test_match_clicks_end_to_end_vs_brute_force(seed: int) -> None:
     target_boxes = torch.rand((5, 4), generator=g) * 0.5 + 0.25
     targets = [torch.tensor([0, 3]), torch.tensor([1, 2, 4])]
     cfg = MatcherConfig(num_points=50)
-    match = match_clicks(logits, pred_boxes, masks, target_boxes, targets, config=cfg,
-                         generator=torch.Generator().manual_seed(99))
+    match = match_clicks(
+        logits,
+        pred_boxes,
+        masks,
+        target_boxes,
+        targets,
+        config=cfg,
+        generator=torch.Generator().manual_seed(99),
+    )
     # the same points, drawn again
     coords = torch.rand((1, 50, 2), generator=torch.Generator().manual_seed(99))
     grid = 2 * coords[:, :, None] - 1
     pl = F.grid_sample(logits.reshape(1, c * k, h, w), grid, align_corners=False)[0, :, :, 0]
     flat_targets = [0, 3, 1, 2, 4]
-    tl = F.grid_sample(masks[flat_targets].float()[:, None], grid.expand(5, -1, -1, -1), align_corners=False)
+    tl = F.grid_sample(
+        masks[flat_targets].float()[:, None], grid.expand(5, -1, -1, -1), align_corners=False
+    )
     tl = tl[:, 0, :, 0]
-    cost = cost_naive(pl.double().numpy(), tl.double().numpy(), pred_boxes.reshape(-1, 4).double().numpy(),
-                      target_boxes[flat_targets].double().numpy())
+    cost = cost_naive(
+        pl.double().numpy(),
+        tl.double().numpy(),
+        pred_boxes.reshape(-1, 4).double().numpy(),
+        target_boxes[flat_targets].double().numpy(),
+    )
     query_click = np.repeat(np.arange(c), k)
     _total, best = brute_force_match(cost, query_click, [0, 0, 1, 1, 1])
     assert len(match) == 5
     owners = [0, 0, 1, 1, 1]
     position = {(o, t): pos for pos, (o, t) in enumerate(zip(owners, flat_targets))}
-    got = {position[(int(cl), int(t))]: int(q) for q, t, cl in zip(match.query, match.target, match.click)}
+    got = {
+        position[(int(cl), int(t))]: int(q)
+        for q, t, cl in zip(match.query, match.target, match.click)
+    }
     assert got == best
     assert match.query.tolist() == sorted(match.query.tolist())  # pairs come sorted by query

@@ -85,7 +85,9 @@ def test_click_targets_errors() -> None:
 
 
 def test_flatten_targets() -> None:
-    masks, owner = flatten_targets([torch.tensor([3, 1]), torch.tensor([0]), torch.tensor([2, 4, 5])])
+    masks, owner = flatten_targets(
+        [torch.tensor([3, 1]), torch.tensor([0]), torch.tensor([2, 4, 5])]
+    )
     assert masks.tolist() == [3, 1, 0, 2, 4, 5]
     assert owner.tolist() == [0, 0, 1, 2, 2, 2]
 

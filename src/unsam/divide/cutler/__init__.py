@@ -1,11 +1,11 @@
 """CutLER's class-agnostic Cascade Mask R-CNN in pure PyTorch: UnSAM's released *divide* stage.
 
-    CutlerConfig, CutlerDetector   test-time settings; the loaded detector (image → scored masks)
-    divide_cutler                  UnSAM's divide rule: score > 0.1, at most 100 masks
-    resolve_cutler_weights         "cutler:PATH" / "cutler" (env UNSAM_CUTLER_WEIGHTS) → path
-    CascadeMaskRCNN                the modules (ResNet-50, FPN, RPN, 3 box stages, mask head)
-    load_cutler_state_dict, read_checkpoint, KEY_RULES   strict official-checkpoint loading
-    ops                            roi_align, nms, batched_nms, box coder, paste_masks_in_image
+CutlerConfig, CutlerDetector   test-time settings; the loaded detector (image → scored masks)
+divide_cutler                  UnSAM's divide rule: score > 0.1, at most 100 masks
+resolve_cutler_weights         "cutler:PATH" / "cutler" (env UNSAM_CUTLER_WEIGHTS) → path
+CascadeMaskRCNN                the modules (ResNet-50, FPN, RPN, 3 box stages, mask head)
+load_cutler_state_dict, read_checkpoint, KEY_RULES   strict official-checkpoint loading
+ops                            roi_align, nms, batched_nms, box coder, paste_masks_in_image
 """
 
 from __future__ import annotations

@@ -63,8 +63,20 @@ def _numpy_safe_globals() -> list[Any]:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
         from numpy.core import multiarray  # type: ignore[no-redef]
-    numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-               np.uint64, np.float16, np.float32, np.float64)
+    numeric = (
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+    )
     dtypes = [type(np.dtype(t)) for t in numeric]  # no object dtype: it would unpickle anything
     return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
@@ -127,7 +139,7 @@ def map_official_key(key: str) -> str | None:
         return None
     for official, ours in KEY_RULES:
         if key.startswith(official):
-            return ours + key[len(official):]
+            return ours + key[len(official) :]
     return None
 
 
@@ -173,8 +185,7 @@ def load_cutler_state_dict(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected: {_short_list(unexpected)}")
         raise ValueError(
-            f"{source}: not a CutLER Cascade Mask R-CNN (R50-FPN) checkpoint; "
-            + "; ".join(parts)
+            f"{source}: not a CutLER Cascade Mask R-CNN (R50-FPN) checkpoint; " + "; ".join(parts)
         )
     bad = [
         f"{key} {tuple(value.shape)} != {tuple(targets[map_official_key(key)].shape)}"
@@ -195,7 +206,7 @@ def _official_names(targets: Mapping[str, torch.Tensor]) -> dict[str, str]:
     for name in targets:
         for official, ours in KEY_RULES:
             if name.startswith(ours):
-                out[official + name[len(ours):]] = name
+                out[official + name[len(ours) :]] = name
                 break
         else:
             raise ValueError(f"model tensor {name!r} is not covered by KEY_RULES")

@@ -22,11 +22,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from typing import Any
-
 import torch
 from PIL import Image
 
@@ -71,7 +70,9 @@ class CutlerConfig:
     rpn_pre_nms_topk: int = param(1000, "RPN proposals kept per FPN level before NMS")
     rpn_post_nms_topk: int = param(1000, "RPN proposals kept per image after NMS")
     rpn_nms_thresh: float = param(0.65, "RPN NMS IoU cutoff (suppress IoU > this), per level")
-    score_thresh: float = param(0.1, "keep detections scoring > this (UnSAM --confidence-threshold)")
+    score_thresh: float = param(
+        0.1, "keep detections scoring > this (UnSAM --confidence-threshold)"
+    )
     nms_thresh: float = param(0.5, "class-agnostic NMS IoU cutoff of the final detections")
     max_detections: int = param(100, "at most this many detections per image")
     mask_thresh: float = param(0.5, "pasted mask probability >= this is foreground")
@@ -120,7 +121,9 @@ class CutlerDetections:
             return self.masks[k]
         assert self.mask_probs is not None
         box = torch.from_numpy(self.boxes_xyxy[k : k + 1])
-        pasted = paste_masks_in_image(self.mask_probs[k : k + 1], box, self.image_hw, self.mask_thresh)
+        pasted = paste_masks_in_image(
+            self.mask_probs[k : k + 1], box, self.image_hw, self.mask_thresh
+        )
         return pasted[0].cpu().numpy()
 
 
@@ -174,7 +177,7 @@ def resolve_cutler_weights(spec: str) -> Path:
         MissingWeightsError: no existing file (one sentence: what to download, where, which option).
     """
     if spec.startswith("cutler:"):
-        path_text = spec[len("cutler:"):]
+        path_text = spec[len("cutler:") :]
     elif spec == "cutler":
         path_text = os.environ.get(CUTLER_WEIGHTS_ENV, "")
     else:
@@ -276,11 +279,20 @@ class CutlerDetector:
         masks = paste_masks_in_image(probs, boxes, (h0, w0), cfg.mask_thresh) if paste else None
         t6 = time.perf_counter()
         self.last_timings = {
-            "preprocess": t1 - t0, "backbone": t2 - t1, "rpn": t3 - t2, "box_heads": t4 - t3,
-            "mask_head": t5 - t4, "paste": t6 - t5, "total": t6 - t0,
+            "preprocess": t1 - t0,
+            "backbone": t2 - t1,
+            "rpn": t3 - t2,
+            "box_heads": t4 - t3,
+            "mask_head": t5 - t4,
+            "paste": t6 - t5,
+            "total": t6 - t0,
         }
-        logger.debug("CutLER: %d proposals -> %d detections in %.2f s",
-                     proposals.shape[0], scores.shape[0], t6 - t0)
+        logger.debug(
+            "CutLER: %d proposals -> %d detections in %.2f s",
+            proposals.shape[0],
+            scores.shape[0],
+            t6 - t0,
+        )
         return CutlerDetections(
             boxes_xyxy=boxes.cpu().numpy().astype(np.float32),
             scores=scores.cpu().numpy().astype(np.float32),
@@ -290,9 +302,7 @@ class CutlerDetector:
             mask_thresh=cfg.mask_thresh,
         )
 
-    def __call__(
-        self, image: npt.NDArray[np.uint8]
-    ) -> list[tuple[npt.NDArray[np.bool_], float]]:
+    def __call__(self, image: npt.NDArray[np.uint8]) -> list[tuple[npt.NDArray[np.bool_], float]]:
         """``[(mask (H, W) bool, score), ...]`` by descending score (see :meth:`detect`)."""
         dets = self.detect(image)
         return [(dets.masks[k], float(dets.scores[k])) for k in range(len(dets))]

@@ -119,8 +119,10 @@ class ResNet50(nn.Module):
         cin = 64
         for k, blocks in enumerate(RESNET_BLOCKS):
             cmid, cout = 64 * 2**k, 256 * 2**k
-            stage = [Bottleneck(cin if i == 0 else cout, cmid, cout, 2 if i == 0 and k else 1)
-                     for i in range(blocks)]
+            stage = [
+                Bottleneck(cin if i == 0 else cout, cmid, cout, 2 if i == 0 and k else 1)
+                for i in range(blocks)
+            ]
             self.add_module(f"res{k + 2}", nn.Sequential(*stage))
             cin = cout
 
@@ -215,7 +217,9 @@ class MaskHead(nn.Module):
         return self.predictor(F.relu(self.deconv(x)))
 
 
-def cell_anchors(size: float, aspect_ratios: tuple[float, ...] = ANCHOR_ASPECT_RATIOS) -> torch.Tensor:
+def cell_anchors(
+    size: float, aspect_ratios: tuple[float, ...] = ANCHOR_ASPECT_RATIOS
+) -> torch.Tensor:
     """``(A, 4)`` float32 anchors centred on 0: ``w = sqrt(size² / a)``, ``h = a·w`` (double → float32)."""
     anchors = []
     for a in aspect_ratios:
@@ -270,9 +274,13 @@ class CascadeMaskRCNN(nn.Module):
         """RPN proposals (spec §2.5): ``(R ≤ post_nms_topk, 4)`` float32 XYXY, clipped to ``image_hw``,
         by descending objectness."""
         boxes_all, logits_all, level_ids = [], [], []
-        for level, (feat, stride, size) in enumerate(zip(feats, FPN_STRIDES, ANCHOR_SIZES, strict=True)):
+        for level, (feat, stride, size) in enumerate(
+            zip(feats, FPN_STRIDES, ANCHOR_SIZES, strict=True)
+        ):
             logits, deltas = self.rpn(feat)
-            anchors = grid_anchors(getattr(self, f"_cell_anchors_{int(size)}"), feat.shape[-2:], stride)
+            anchors = grid_anchors(
+                getattr(self, f"_cell_anchors_{int(size)}"), feat.shape[-2:], stride
+            )
             k = min(logits.shape[0], pre_nms_topk)
             top_logits, top_idx = torch.topk(logits, k, sorted=True)
             boxes_all.append(decode_boxes(deltas[top_idx], anchors[top_idx], RPN_BOX_WEIGHTS))

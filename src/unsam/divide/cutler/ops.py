@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -234,8 +233,17 @@ def roi_align(
         while end < r and cum[end] - done <= _ROI_ALIGN_CHUNK:
             end += 1
         weights = _sampling_matrix(
-            (n * height * width, height, width), p, slice(begin, end), batch, start_x, start_y,
-            bin_w, bin_h, grid_h, grid_w, per_roi,
+            (n * height * width, height, width),
+            p,
+            slice(begin, end),
+            batch,
+            start_x,
+            start_y,
+            bin_w,
+            bin_h,
+            grid_h,
+            grid_w,
+            per_roi,
         )
         out[begin * p * p : end * p * p] = weights @ flat
         done = cum[end - 1]
@@ -297,8 +305,13 @@ def _sampling_matrix(
     hx = 1.0 - lx
     zero = torch.zeros((), dtype=dtype, device=device)
     values = torch.stack(
-        [torch.where(valid, hy * hx, zero), torch.where(valid, hy * lx, zero),
-         torch.where(valid, ly * hx, zero), torch.where(valid, ly * lx, zero)], dim=1,
+        [
+            torch.where(valid, hy * hx, zero),
+            torch.where(valid, hy * lx, zero),
+            torch.where(valid, ly * hx, zero),
+            torch.where(valid, ly * lx, zero),
+        ],
+        dim=1,
     ).reshape(-1)
     base = batch[box] * (height * width)
     row_lo = base + y_lo * width
@@ -313,8 +326,13 @@ def _sampling_matrix(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
-            crow, columns, values, size=(row_len.numel(), num_pixels), dtype=dtype,
-            device=device, check_invariants=False,
+            crow,
+            columns,
+            values,
+            size=(row_len.numel(), num_pixels),
+            dtype=dtype,
+            device=device,
+            check_invariants=False,
         )
 
 

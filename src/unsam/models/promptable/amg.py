@@ -81,8 +81,12 @@ class AMGConfig:
     @classmethod
     def demo(cls) -> AMGConfig:
         """The original automatic demo (``demo_auto_generation.py``): 80² points, 0.7 / 0.7, 15 px."""
-        return cls(points_per_side=80, pred_iou_thresh=0.7, stability_score_thresh=0.7,
-                   min_mask_region_area=15)
+        return cls(
+            points_per_side=80,
+            pred_iou_thresh=0.7,
+            stability_score_thresh=0.7,
+            min_mask_region_area=15,
+        )
 
 
 class PromptableMaskGenerator:
@@ -126,10 +130,13 @@ class PromptableMaskGenerator:
         for start in range(0, len(grid), cfg.points_per_batch):
             batch = grid[start : start + cfg.points_per_batch]
             clicks = torch.from_numpy(batch * np.array([w, h])).float()
-            boxes_in = click_boxes(clicks, state.padded_hw, (DEMO_BOX_FRACTION * w, DEMO_BOX_FRACTION * h))
+            boxes_in = click_boxes(
+                clicks, state.padded_hw, (DEMO_BOX_FRACTION * w, DEMO_BOX_FRACTION * h)
+            )
             with torch.inference_mode():
-                out = pred.model.decode_boxes(state, boxes_in, independent=cfg.independent,
-                                              compute_masks=False)
+                out = pred.model.decode_boxes(
+                    state, boxes_in, independent=cfg.independent, compute_masks=False
+                )
             iou, embed = out.iou[:, tokens], out.mask_embeddings[:, tokens]
             n, t = iou.shape
             flat_iou = iou.reshape(-1)
@@ -159,26 +166,34 @@ class PromptableMaskGenerator:
         sel = keep.tolist()
         rles = [rles[i] for i in sel]
         box_t, iou_t = box_t[keep], iou_t[keep]
-        stab_t, pts_t, lvl_t = torch.cat(stabs)[keep], torch.cat(points)[keep], torch.cat(levels)[keep]
+        stab_t, pts_t, lvl_t = (
+            torch.cat(stabs)[keep],
+            torch.cat(points)[keep],
+            torch.cat(levels)[keep],
+        )
         if cfg.min_mask_region_area > 0:
-            rles, box_t, keep2 = _clean_small_regions(rles, cfg.min_mask_region_area, cfg.box_nms_thresh)
+            rles, box_t, keep2 = _clean_small_regions(
+                rles, cfg.min_mask_region_area, cfg.box_nms_thresh
+            )
             iou_t, stab_t, pts_t, lvl_t = iou_t[keep2], stab_t[keep2], pts_t[keep2], lvl_t[keep2]
         records = []
         for i, rle in enumerate(rles):
             if (h, w) != (h0, w0):
                 rle = encode_mask(resize_mask(decode_rle(rle), (h0, w0)))
             x, y = (float(v) for v in pts_t[i])
-            records.append(MaskRecord(
-                rle=rle,
-                image_id=int(image_id),
-                score=float(np.clip(float(iou_t[i]), 0.0, 1.0)),
-                predicted_iou=float(iou_t[i]),
-                stability_score=float(stab_t[i]),
-                point_coords=((x * w0, y * h0),),
-                crop_box=(0.0, 0.0, float(w0), float(h0)),
-                level=int(lvl_t[i]),
-                source="promptable-amg",
-            ))
+            records.append(
+                MaskRecord(
+                    rle=rle,
+                    image_id=int(image_id),
+                    score=float(np.clip(float(iou_t[i]), 0.0, 1.0)),
+                    predicted_iou=float(iou_t[i]),
+                    stability_score=float(stab_t[i]),
+                    point_coords=((x * w0, y * h0),),
+                    crop_box=(0.0, 0.0, float(w0), float(h0)),
+                    level=int(lvl_t[i]),
+                    source="promptable-amg",
+                )
+            )
         logger.debug("AMG: %d grid points -> %d masks", len(grid), len(records))
         return records
 
@@ -227,4 +242,3 @@ class PromptableAMGProducer:
         state = dict(self.__dict__)
         state["_generator"] = None
         return state
-

@@ -54,26 +54,46 @@ _PRED = r"sem_seg_head\.predictor\."
 #: official name (``model.`` stripped; regex, whole match) -> our name (template), action.
 RULES: tuple[tuple[str, str, Action], ...] = (
     # --- Swin-T -> transformers SwinBackbone (spec §6.4) -------------------------------------------
-    (r"backbone\.patch_embed\.proj\." + _WB, _HF + "embeddings.patch_embeddings.projection.{wb}", "copy"),
+    (
+        r"backbone\.patch_embed\.proj\." + _WB,
+        _HF + "embeddings.patch_embeddings.projection.{wb}",
+        "copy",
+    ),
     (r"backbone\.patch_embed\.norm\." + _WB, _HF + "embeddings.norm.{wb}", "copy"),
     (_BLOCK + r"norm1\." + _WB, _HF_BLOCK + "layernorm_before.{wb}", "copy"),
     (_BLOCK + r"norm2\." + _WB, _HF_BLOCK + "layernorm_after.{wb}", "copy"),
     (_BLOCK + r"attn\.qkv\." + _WB, _HF_BLOCK + "attention.{proj}.{wb}", "split_qkv"),
     (_BLOCK + r"attn\.proj\." + _WB, _HF_BLOCK + "attention.o_proj.{wb}", "copy"),
-    (_BLOCK + r"attn\.relative_position_bias_table",
-     _HF_BLOCK + "attention.relative_position_bias.relative_position_bias_table", "copy"),
-    (_BLOCK + r"attn\.relative_position_index",
-     _HF_BLOCK + "attention.relative_position_bias.relative_position_index", "rebuilt"),
+    (
+        _BLOCK + r"attn\.relative_position_bias_table",
+        _HF_BLOCK + "attention.relative_position_bias.relative_position_bias_table",
+        "copy",
+    ),
+    (
+        _BLOCK + r"attn\.relative_position_index",
+        _HF_BLOCK + "attention.relative_position_bias.relative_position_index",
+        "rebuilt",
+    ),
     (_BLOCK + r"mlp\.(?P<fc>fc[12])\." + _WB, _HF_BLOCK + "mlp.{fc}.{wb}", "copy"),
-    (r"backbone\.layers\.(?P<s>\d+)\.downsample\.(?P<rest>reduction\.weight|norm\.weight|norm\.bias)",
-     _HF + "encoder.layers.{s}.downsample.{rest}", "copy"),
-    (r"backbone\.norm(?P<norm>[0-3])\." + _WB, "backbone.hidden_states_norms.stage{stage}.{wb}", "copy"),
+    (
+        r"backbone\.layers\.(?P<s>\d+)\.downsample\.(?P<rest>reduction\.weight|norm\.weight|norm\.bias)",
+        _HF + "encoder.layers.{s}.downsample.{rest}",
+        "copy",
+    ),
+    (
+        r"backbone\.norm(?P<norm>[0-3])\." + _WB,
+        "backbone.hidden_states_norms.stage{stage}.{wb}",
+        "copy",
+    ),
     # --- pixel decoder: official names kept ------------------------------------------------------
     (r"(?P<name>sem_seg_head\.pixel_decoder\..+)", "{name}", "copy"),
     # --- predictor: aliases of shared modules, unused heads, then official names kept ------------
     (_PRED + r"decoder\.norm\." + _WB, "sem_seg_head.predictor.decoder_norm.{wb}", "alias"),
-    (_PRED + r"(decoder\.)?bbox_embed\.\d+\.(?P<rest>layers\.\d+\.(weight|bias))",
-     "sem_seg_head.predictor._bbox_embed.{rest}", "alias"),
+    (
+        _PRED + r"(decoder\.)?bbox_embed\.\d+\.(?P<rest>layers\.\d+\.(weight|bias))",
+        "sem_seg_head.predictor._bbox_embed.{rest}",
+        "alias",
+    ),
     (_PRED + r"(class_embed|class_embed_part|lang_mapper)", "", "unused"),
     (r"(?P<name>sem_seg_head\.predictor\..+)", "{name}", "copy"),
     # --- training-only state ---------------------------------------------------------------------
@@ -109,7 +129,9 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors of arbitrary types
-        raise ValueError(f"{p}: cannot be read as a PyTorch checkpoint with weights_only=True ({exc})") from exc
+        raise ValueError(
+            f"{p}: cannot be read as a PyTorch checkpoint with weights_only=True ({exc})"
+        ) from exc
     sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd:
         raise ValueError(f"{p}: expected a dict of tensors (or a dict with a 'model' entry)")
@@ -161,13 +183,17 @@ def convert_official_state_dict(
         if action == "split_qkv":
             c = tensor.shape[0] // 3
             if tensor.shape[0] != 3 * c:
-                raise ValueError(f"{source}: {key} has shape {tuple(tensor.shape)}; expected 3C rows")
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(tensor.shape)}; expected 3C rows"
+                )
             for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
                 out[template.format(proj=proj, **groups)] = tensor[i * c : (i + 1) * c]
         else:
             name = template.format(**groups)
             if name in out:
-                raise ValueError(f"{source}: {key} maps to {name}, which another key already filled")
+                raise ValueError(
+                    f"{source}: {key} maps to {name}, which another key already filled"
+                )
             out[name] = tensor
     if unexpected:
         raise ValueError(
@@ -181,7 +207,9 @@ def convert_official_state_dict(
         tensor = state_dict[key]
         if action == "rebuilt" and tensor.numel() == reference.numel():
             tensor = tensor.reshape(reference.shape)  # transformers stores the index flat
-        if tensor.shape != reference.shape or not torch.equal(tensor.to(reference.dtype), reference):
+        if tensor.shape != reference.shape or not torch.equal(
+            tensor.to(reference.dtype), reference
+        ):
             kind = "shared module" if action == "alias" else "rebuilt buffer"
             raise ValueError(
                 f"{source}: {key} should equal {name} ({kind}) but differs; the checkpoint is "

@@ -59,7 +59,9 @@ def remove_small_regions(
     return np.isin(regions, fill), True
 
 
-def stability_scores(mask_logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+def stability_scores(
+    mask_logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0
+) -> torch.Tensor:
     """SAM's stability score: |logit > t + offset| / |logit > t - offset| per mask.
 
     Args:
@@ -70,7 +72,9 @@ def stability_scores(mask_logits: torch.Tensor, threshold: float = 0.0, offset: 
     """
     inter = (mask_logits > threshold + offset).flatten(1).sum(-1, dtype=torch.int64)
     union = (mask_logits > threshold - offset).flatten(1).sum(-1, dtype=torch.int64)
-    return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), torch.ones_like(inter).float())
+    return torch.where(
+        union > 0, inter.float() / union.clamp(min=1).float(), torch.ones_like(inter).float()
+    )
 
 
 def boxes_xyxy_inclusive(masks: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,9 @@ def point_grid(points_per_side: int) -> npt.NDArray[np.float64]:
     return np.stack([xs, ys], -1).reshape(-1, 2)
 
 
-def resized_hw(hw: tuple[int, int], short_side: int | None, max_side: int | None = None) -> tuple[int, int]:
+def resized_hw(
+    hw: tuple[int, int], short_side: int | None, max_side: int | None = None
+) -> tuple[int, int]:
     """Model-input size of an image (spec §1.1).
 
     - ``short_side=None``: no resize.

@@ -59,7 +59,9 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def sine_position_encoding(
-    hw: tuple[int, int], num_feats: int, device: torch.device | None = None,
+    hw: tuple[int, int],
+    num_feats: int,
+    device: torch.device | None = None,
     temperature: float = 10000.0,
 ) -> torch.Tensor:
     """Normalised 2-d sine position encoding of an h×w grid (DETR style, spec §2.2 step 3).
@@ -174,8 +176,9 @@ class MLP(nn.Module):
 class Conv2dNorm(nn.Conv2d):
     """detectron2-style ``Conv2d`` with its norm stored as ``.norm`` and an optional ReLU."""
 
-    def __init__(self, *args: int, norm: nn.Module, relu: bool = False, bias: bool = False,
-                 padding: int = 0) -> None:
+    def __init__(
+        self, *args: int, norm: nn.Module, relu: bool = False, bias: bool = False, padding: int = 0
+    ) -> None:
         super().__init__(*args, bias=bias, padding=padding)
         self.norm = norm
         self.relu = relu
@@ -193,7 +196,9 @@ class Conv2dNorm(nn.Conv2d):
 class EncoderLayer(nn.Module):
     """Post-norm deformable self-attention + FFN (``transformer.encoder.layers.{i}``)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int) -> None:
+    def __init__(
+        self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int
+    ) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.norm1 = nn.LayerNorm(d_model)
@@ -201,8 +206,13 @@ class EncoderLayer(nn.Module):
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+    ) -> torch.Tensor:
         """x, pos: ``(B, S, C)``; reference_points: ``(B, S, 2)``. Returns ``(B, S, C)``."""
         values = self.self_attn.project_value(x, spatial_shapes)
         x = self.norm1(x + self.self_attn(x + pos, reference_points, values))
@@ -222,13 +232,19 @@ class _DeformableTransformer(nn.Module):
         super().__init__()
         c = config.hidden_dim
         self.level_embed = nn.Parameter(torch.randn(n_levels, c) * 0.02)
-        self.encoder = _Encoder([
-            EncoderLayer(c, config.encoder_ffn_dim, n_levels, config.encoder_heads, config.encoder_points)
-            for _ in range(config.encoder_layers)
-        ])
+        self.encoder = _Encoder(
+            [
+                EncoderLayer(
+                    c, config.encoder_ffn_dim, n_levels, config.encoder_heads, config.encoder_points
+                )
+                for _ in range(config.encoder_layers)
+            ]
+        )
 
 
-def _level_reference_points(shapes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+def _level_reference_points(
+    shapes: Sequence[tuple[int, int]], device: torch.device
+) -> torch.Tensor:
     """Pixel centres ((c+0.5)/w, (r+0.5)/h) of every level, concatenated: ``(S, 2)`` float32."""
     refs = []
     for h, w in shapes:
@@ -252,12 +268,14 @@ class PixelDecoder(nn.Module):
         c = config.hidden_dim
         _, c3, c4, c5 = config.stage_channels
         g = config.norm_groups
-        self.input_proj = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(c3, c, 1), nn.GroupNorm(g, c)),
-            nn.Sequential(nn.Conv2d(c4, c, 1), nn.GroupNorm(g, c)),
-            nn.Sequential(nn.Conv2d(c5, c, 1), nn.GroupNorm(g, c)),
-            nn.Sequential(nn.Conv2d(c5, c, 3, stride=2, padding=1), nn.GroupNorm(g, c)),
-        ])
+        self.input_proj = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(c3, c, 1), nn.GroupNorm(g, c)),
+                nn.Sequential(nn.Conv2d(c4, c, 1), nn.GroupNorm(g, c)),
+                nn.Sequential(nn.Conv2d(c5, c, 1), nn.GroupNorm(g, c)),
+                nn.Sequential(nn.Conv2d(c5, c, 3, stride=2, padding=1), nn.GroupNorm(g, c)),
+            ]
+        )
         self.transformer = _DeformableTransformer(config, self.n_levels)
         self.adapter_1 = Conv2dNorm(config.stage_channels[0], c, 1, norm=nn.GroupNorm(g, c))
         self.layer_1 = Conv2dNorm(c, c, 3, padding=1, norm=nn.GroupNorm(g, c), relu=True)
@@ -285,11 +303,18 @@ class PixelDecoder(nn.Module):
         b = res2.shape[0]
         device = res2.device
         x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, C)
-        pos = torch.cat([
-            (sine_position_encoding(hw, self.num_pos_feats, device).flatten(2).transpose(1, 2)
-             + self.transformer.level_embed[lvl][None, None])
-            for lvl, hw in enumerate(shapes)
-        ], 1).to(x.dtype)
+        pos = torch.cat(
+            [
+                (
+                    sine_position_encoding(hw, self.num_pos_feats, device)
+                    .flatten(2)
+                    .transpose(1, 2)
+                    + self.transformer.level_embed[lvl][None, None]
+                )
+                for lvl, hw in enumerate(shapes)
+            ],
+            1,
+        ).to(x.dtype)
         ref = _level_reference_points(shapes, device)[None].expand(b, -1, -1).to(x.dtype)
         for layer in self.transformer.encoder.layers:
             x = layer(x, pos, ref, shapes)
@@ -299,7 +324,9 @@ class PixelDecoder(nn.Module):
             outs.append(x[:, start : start + h * w].transpose(1, 2).reshape(b, -1, h, w))
             start += h * w
         lateral = self.adapter_1(res2)
-        y = lateral + F.interpolate(outs[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        y = lateral + F.interpolate(
+            outs[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False
+        )
         y = self.layer_1(y)
         return self.mask_features(y), outs
 
@@ -312,7 +339,9 @@ class PixelDecoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention -> deformable cross-attention -> FFN, each post-norm (spec §2.5 steps 3-5)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int) -> None:
+    def __init__(
+        self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int
+    ) -> None:
         super().__init__()
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.norm1 = nn.LayerNorm(d_model)
@@ -322,8 +351,14 @@ class DecoderLayer(nn.Module):
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, query_pos: torch.Tensor, boxes: torch.Tensor,
-                values: Sequence[torch.Tensor], independent: bool) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        query_pos: torch.Tensor,
+        boxes: torch.Tensor,
+        values: Sequence[torch.Tensor],
+        independent: bool,
+    ) -> torch.Tensor:
         """One layer for N clicks × T tokens.
 
         Args:
@@ -344,7 +379,9 @@ class DecoderLayer(nn.Module):
             v = x
         sa = self.self_attn(q, q, v, need_weights=False)[0].reshape(n, t, c)
         x = self.norm2(x + sa)
-        ca = self.cross_attn((x + query_pos).reshape(1, n * t, c), boxes.reshape(1, n * t, 4), values)
+        ca = self.cross_attn(
+            (x + query_pos).reshape(1, n * t, c), boxes.reshape(1, n * t, 4), values
+        )
         x = self.norm1(x + ca.reshape(n, t, c))
         return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
 
@@ -356,7 +393,9 @@ class _Decoder(nn.Module):
         super().__init__()
         c = config.hidden_dim
         self.layers = nn.ModuleList(
-            DecoderLayer(c, config.decoder_ffn_dim, n_levels, config.decoder_heads, config.decoder_points)
+            DecoderLayer(
+                c, config.decoder_ffn_dim, n_levels, config.decoder_heads, config.decoder_points
+            )
             for _ in range(config.decoder_layers)
         )
         self.ref_point_head = MLP(2 * c, c, c, 2)
@@ -380,7 +419,9 @@ class InteractiveDecoder(nn.Module):
         self.pb_embedding = nn.Embedding(2, c)
         self.label_enc = nn.Embedding(2, c)
 
-    def initial_queries(self, boxes: torch.Tensor, pb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_queries(
+        self, boxes: torch.Tensor, pb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Click -> T content queries and T (identical) reference boxes (spec §2.4).
 
         Args:
@@ -393,13 +434,17 @@ class InteractiveDecoder(nn.Module):
         """
         n = boxes.shape[0]
         t = self.mask_tokens.num_embeddings
-        content = (self.label_enc.weight[0][None, None] + self.pb_embedding(pb)[:, None]
-                   + self.mask_tokens.weight[None])
+        content = (
+            self.label_enc.weight[0][None, None]
+            + self.pb_embedding(pb)[:, None]
+            + self.mask_tokens.weight[None]
+        )
         ref = inverse_sigmoid(boxes)[:, None].expand(n, t, 4).sigmoid()
         return content, ref
 
-    def heads(self, hs: torch.Tensor, ref: torch.Tensor, mask_features: torch.Tensor | None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def heads(
+        self, hs: torch.Tensor, ref: torch.Tensor, mask_features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Heads of one layer (§2.6): mask logits ``(N, T, h, w)`` (empty ``(N, T, 0, 0)`` when
         ``mask_features`` is None), IoU ``(N, T)``, boxes ``(N, T, 4)``, mask embeddings
         ``(N, T, C)``."""
@@ -442,8 +487,12 @@ class ImageState:
         if not 0 <= index < b:
             raise IndexError(f"image index {index} is outside the batch of {b}")
         m = self.values[0][0].shape[0] // b if self.values else 1
-        values = tuple(tuple(v[index * m : (index + 1) * m] for v in layer) for layer in self.values)
-        return ImageState(self.mask_features[index : index + 1], values, self.image_hw, self.padded_hw)
+        values = tuple(
+            tuple(v[index * m : (index + 1) * m] for v in layer) for layer in self.values
+        )
+        return ImageState(
+            self.mask_features[index : index + 1], values, self.image_hw, self.padded_hw
+        )
 
 
 @dataclass
@@ -515,8 +564,12 @@ class PromptableModel(nn.Module):
         self.config = config
         self.backbone = _swin_backbone(config)
         self.sem_seg_head = _SemSegHead(config)
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False
+        )
 
     # ---------------------------------------------------------------------------- per image
     def normalize_and_pad(self, images: torch.Tensor) -> torch.Tensor:
@@ -529,8 +582,9 @@ class PromptableModel(nn.Module):
         h, w = x.shape[-2:]
         return F.pad(x, (0, (-w) % d, 0, (-h) % d))
 
-    def encode_image(self, pixel_values: torch.Tensor,
-                     image_hw: tuple[int, int] | None = None) -> ImageState:
+    def encode_image(
+        self, pixel_values: torch.Tensor, image_hw: tuple[int, int] | None = None
+    ) -> ImageState:
         """Backbone + pixel decoder + per-layer value projections (spec §2.2).
 
         Args:
@@ -542,7 +596,9 @@ class PromptableModel(nn.Module):
             An :class:`ImageState` (differentiable w.r.t. the parameters when grad is enabled).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values must be (B, 3, Hp, Wp), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (B, 3, Hp, Wp), got {tuple(pixel_values.shape)}"
+            )
         hp, wp = (int(v) for v in pixel_values.shape[-2:])
         d = self.config.size_divisibility
         if hp % d or wp % d:
@@ -593,8 +649,10 @@ class PromptableModel(nn.Module):
             boxes ``(N, 6, 4)``.
         """
         if state.batch_size != 1:
-            raise ValueError(f"decode needs the state of one image, got a batch of {state.batch_size}; "
-                             "use state.select(i)")
+            raise ValueError(
+                f"decode needs the state of one image, got a batch of {state.batch_size}; "
+                "use state.select(i)"
+            )
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise ValueError(f"boxes must be (N, 4) (cx, cy, w, h), got shape {tuple(boxes.shape)}")
         n = boxes.shape[0]
@@ -664,16 +722,23 @@ class PromptableModel(nn.Module):
         h, w = state.image_hw
         return x[:, 0, :h, :w].reshape(*lead, h, w)
 
-    def forward(self, pixel_values: torch.Tensor, boxes: torch.Tensor, *, pb: int | torch.Tensor = 0,
-                independent: bool = True) -> ClickDecoderOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        boxes: torch.Tensor,
+        *,
+        pb: int | torch.Tensor = 0,
+        independent: bool = True,
+    ) -> ClickDecoderOutput:
         """The original's recompute-everything path: encode one image, decode its click boxes.
 
         Args:
             pixel_values: ``(1, 3, Hp, Wp)`` normalised, padded.
             boxes: ``(N, 4)`` click boxes normalised to the padded input.
         """
-        return self.decode_boxes(self.encode_image(pixel_values), boxes, pb=pb, independent=independent)
-
+        return self.decode_boxes(
+            self.encode_image(pixel_values), boxes, pb=pb, independent=independent
+        )
 
     # ---------------------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
@@ -690,8 +755,9 @@ class PromptableModel(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str],
-                        device: str | torch.device = "cpu") -> PromptableModel:
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> PromptableModel:
         """Load a :meth:`save_pretrained` folder strictly (missing or unexpected keys are errors).
 
         Raises:

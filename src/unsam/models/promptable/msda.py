@@ -57,7 +57,9 @@ def ms_deform_attn_sample(
                 f"value level {level} must be (B*M={b * m}, D, H, W), got {tuple(value.shape)}"
             )
         grid = grids[:, :, :, level].transpose(1, 2).reshape(b * m, q, p, 2)
-        sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(
+            value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         weight = attention_weights[:, :, :, level].transpose(1, 2).reshape(b * m, 1, q, p)
         term = (sampled * weight).sum(-1)  # (B*M, D, Q)
         out = term if out is None else out + term

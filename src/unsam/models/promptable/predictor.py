@@ -164,13 +164,17 @@ class PromptablePredictor:
         hw = (int(image.shape[0]), int(image.shape[1]))
         in_hw = resized_hw(hw, self.short_side, self.max_side)
         resized = resize_image(image, in_hw, _RESAMPLE[self.resample])
-        pixels = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device)
+        pixels = (
+            torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].to(self.device)
+        )
         with torch.inference_mode():
             padded = self.model.normalize_and_pad(pixels)
             self._state = self.model.encode_image(padded, image_hw=in_hw)
         self._image_hw = hw
         self._image_id = int(image_id)
-        logger.debug("encoded image %s -> model input %s (padded %s)", hw, in_hw, self._state.padded_hw)
+        logger.debug(
+            "encoded image %s -> model input %s (padded %s)", hw, in_hw, self._state.padded_hw
+        )
 
     def reset_image(self) -> None:
         """Drop the cached encoding."""
@@ -258,8 +262,9 @@ class PromptablePredictor:
         for n in range(pts.shape[0]):
             click_logits = logits[n]
             if state.image_hw != (h0, w0):
-                click_logits = F.interpolate(click_logits[None], size=(h0, w0), mode="bilinear",
-                                             align_corners=False)[0]
+                click_logits = F.interpolate(
+                    click_logits[None], size=(h0, w0), mode="bilinear", align_corners=False
+                )[0]
             masks = (click_logits > 0).numpy()
             iou = ious[n].numpy()
             kept = _select_tokens(masks, iou, iou_thresh, dedup_iou_thresh)
@@ -270,21 +275,27 @@ class PromptablePredictor:
                 if min_region_area > 0:
                     mask, _ = remove_small_regions(mask, min_region_area, "holes")
                     mask, _ = remove_small_regions(mask, min_region_area, "islands")
-                records.append(MaskRecord(
-                    rle=encode_mask(mask),
-                    image_id=self._image_id,
-                    score=float(np.clip(iou[k], 0.0, 1.0)),
-                    predicted_iou=float(iou[k]),
-                    point_coords=point,
-                    level=int(k) + 1,
-                    source="promptable",
-                ))
+                records.append(
+                    MaskRecord(
+                        rle=encode_mask(mask),
+                        image_id=self._image_id,
+                        score=float(np.clip(iou[k], 0.0, 1.0)),
+                        predicted_iou=float(iou[k]),
+                        point_coords=point,
+                        level=int(k) + 1,
+                        source="promptable",
+                    )
+                )
             out.append(records)
         return out
 
 
-def _select_tokens(masks: npt.NDArray[np.bool_], iou: npt.NDArray[np.floating],
-                   iou_thresh: float | None, dedup_iou_thresh: float | None) -> list[int]:
+def _select_tokens(
+    masks: npt.NDArray[np.bool_],
+    iou: npt.NDArray[np.floating],
+    iou_thresh: float | None,
+    dedup_iou_thresh: float | None,
+) -> list[int]:
     """Token indices kept by the demo's rule (spec §2.8), in token order."""
     t = len(iou)
     if iou_thresh is None and dedup_iou_thresh is None:

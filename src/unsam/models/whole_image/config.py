@@ -77,7 +77,9 @@ def model_config(name: Literal["r50", "tiny"] = "r50", *, num_queries: int | Non
     from transformers import Mask2FormerConfig, ResNetConfig
 
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown whole-image model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise ValueError(
+            f"unknown whole-image model {name!r}; choose one of {', '.join(MODEL_NAMES)}"
+        )
     if num_queries is not None and (isinstance(num_queries, bool) or int(num_queries) < 1):
         raise ValueError(f"num_queries must be a positive integer, got {num_queries!r}")
     if name == "r50":
@@ -201,7 +203,9 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
         """A frozen copy of ``bn`` (same tensors, same device and dtype)."""
-        frozen = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=True, track_running_stats=True)
+        frozen = cls(
+            bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=True, track_running_stats=True
+        )
         frozen = frozen.to(device=bn.running_mean.device if bn.running_mean is not None else "cpu")
         with torch.no_grad():
             if bn.affine:
@@ -273,7 +277,9 @@ def freeze_batchnorm(model: nn.Module) -> int:
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def torchvision_resnet_key_map(depths: tuple[int, ...] | list[int] = (3, 4, 6, 3)) -> dict[str, str]:
+def torchvision_resnet_key_map(
+    depths: tuple[int, ...] | list[int] = (3, 4, 6, 3),
+) -> dict[str, str]:
     """torchvision-style ResNet key -> transformers ``ResNetBackbone`` key (without the model prefix).
 
     ===================================  ========================================================
@@ -456,7 +462,12 @@ def preprocess(
             raise ValueError("preprocess: min_size needs max_size as well")
         hw = resized_hw(image.shape[0], image.shape[1], int(min_size), int(max_size))
         image = resize_image(image, hw, Image.BILINEAR)
-    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device).permute(2, 0, 1).to(torch.float32)
+    x = (
+        torch.from_numpy(np.require(image, requirements=["C", "W"]))
+        .to(device)
+        .permute(2, 0, 1)
+        .to(torch.float32)
+    )
     m = torch.tensor(mean, dtype=torch.float32, device=x.device)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32, device=x.device)[:, None, None]
     x = (x - m) / s

@@ -68,51 +68,128 @@ RULES: tuple[tuple[str, str, Transform], ...] = (
     # --- backbone: ResNet-50, res2..res5 -> stages 0..3 ------------------------------------------
     (_B + r"stem\.conv1\.weight", _HB + "embedder.embedder.convolution.weight", "copy"),
     (_B + r"stem\.conv1\.norm\." + _BN, _HB + "embedder.embedder.normalization.{n}", "copy"),
-    (_B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.conv(?P<conv>[1-3])\.weight",
-     _HB + "encoder.stages.{stage}.layers.{j}.layer.{layer}.convolution.weight", "copy"),
-    (_B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.conv(?P<conv>[1-3])\.norm\." + _BN,
-     _HB + "encoder.stages.{stage}.layers.{j}.layer.{layer}.normalization.{n}", "copy"),
-    (_B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.shortcut\.weight",
-     _HB + "encoder.stages.{stage}.layers.{j}.shortcut.convolution.weight", "copy"),
-    (_B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.shortcut\.norm\." + _BN,
-     _HB + "encoder.stages.{stage}.layers.{j}.shortcut.normalization.{n}", "copy"),
+    (
+        _B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.conv(?P<conv>[1-3])\.weight",
+        _HB + "encoder.stages.{stage}.layers.{j}.layer.{layer}.convolution.weight",
+        "copy",
+    ),
+    (
+        _B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.conv(?P<conv>[1-3])\.norm\." + _BN,
+        _HB + "encoder.stages.{stage}.layers.{j}.layer.{layer}.normalization.{n}",
+        "copy",
+    ),
+    (
+        _B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.shortcut\.weight",
+        _HB + "encoder.stages.{stage}.layers.{j}.shortcut.convolution.weight",
+        "copy",
+    ),
+    (
+        _B + r"res(?P<res>[2-5])\.(?P<j>\d+)\.shortcut\.norm\." + _BN,
+        _HB + "encoder.stages.{stage}.layers.{j}.shortcut.normalization.{n}",
+        "copy",
+    ),
     # --- pixel decoder: MSDeformAttn encoder + FPN ---------------------------------------------
-    (_PD + r"input_proj\.(?P<k>\d+)\.(?P<m>[01])\." + _WB, _HPD + "input_projections.{k}.{m}.{wb}", "copy"),
+    (
+        _PD + r"input_proj\.(?P<k>\d+)\.(?P<m>[01])\." + _WB,
+        _HPD + "input_projections.{k}.{m}.{wb}",
+        "copy",
+    ),
     (_PD + r"transformer\.level_embed", _HPD + "level_embed", "copy"),
-    (_PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.self_attn\."
-     r"(?P<sub>sampling_offsets|attention_weights|value_proj|output_proj)\." + _WB,
-     _HPD + "encoder.layers.{l}.self_attn.{sub}.{wb}", "copy"),
-    (_PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.norm1\." + _WB,
-     _HPD + "encoder.layers.{l}.self_attn_layer_norm.{wb}", "copy"),
-    (_PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.linear1\." + _WB, _HPD + "encoder.layers.{l}.fc1.{wb}", "copy"),
-    (_PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.linear2\." + _WB, _HPD + "encoder.layers.{l}.fc2.{wb}", "copy"),
-    (_PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.norm2\." + _WB,
-     _HPD + "encoder.layers.{l}.final_layer_norm.{wb}", "copy"),
+    (
+        _PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.self_attn\."
+        r"(?P<sub>sampling_offsets|attention_weights|value_proj|output_proj)\." + _WB,
+        _HPD + "encoder.layers.{l}.self_attn.{sub}.{wb}",
+        "copy",
+    ),
+    (
+        _PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.norm1\." + _WB,
+        _HPD + "encoder.layers.{l}.self_attn_layer_norm.{wb}",
+        "copy",
+    ),
+    (
+        _PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.linear1\." + _WB,
+        _HPD + "encoder.layers.{l}.fc1.{wb}",
+        "copy",
+    ),
+    (
+        _PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.linear2\." + _WB,
+        _HPD + "encoder.layers.{l}.fc2.{wb}",
+        "copy",
+    ),
+    (
+        _PD + r"transformer\.encoder\.layers\.(?P<l>\d+)\.norm2\." + _WB,
+        _HPD + "encoder.layers.{l}.final_layer_norm.{wb}",
+        "copy",
+    ),
     (_PD + r"mask_features\." + _WB, _HPD + "mask_projection.{wb}", "copy"),
     (_PD + r"(?P<fpn>adapter|layer)_(?P<i>\d+)\.weight", _HPD + "{fpn}_{i}.0.weight", "copy"),
     (_PD + r"(?P<fpn>adapter|layer)_(?P<i>\d+)\.norm\." + _WB, _HPD + "{fpn}_{i}.1.{wb}", "copy"),
     # --- transformer decoder (predictor) --------------------------------------------------------
-    (_P + r"(query_feat|static_query)\.weight", _HT + "queries_features.weight", "copy"),  # content queries
+    (
+        _P + r"(query_feat|static_query)\.weight",
+        _HT + "queries_features.weight",
+        "copy",
+    ),  # content queries
     (_P + r"query_embed\.weight", _HT + "queries_embedder.weight", "copy"),  # positional queries
     (_P + r"level_embed\.weight", _HT + "level_embed.weight", "copy"),
-    (_P + r"transformer_self_attention_layers\.(?P<i>\d+)\.self_attn\.in_proj_(?P<wb>weight|bias)",
-     _HD + "layers.{i}.self_attn.{proj}.{wb}", "split_qkv"),
-    (_P + r"transformer_self_attention_layers\.(?P<i>\d+)\.self_attn\.out_proj\." + _WB,
-     _HD + "layers.{i}.self_attn.out_proj.{wb}", "copy"),
-    (_P + r"transformer_self_attention_layers\.(?P<i>\d+)\.norm\." + _WB,
-     _HD + "layers.{i}.self_attn_layer_norm.{wb}", "copy"),
-    (_P + r"transformer_cross_attention_layers\.(?P<i>\d+)\.multihead_attn\.in_proj_(?P<wb>weight|bias)",
-     _HD + "layers.{i}.cross_attn.in_proj_{wb}", "copy"),
-    (_P + r"transformer_cross_attention_layers\.(?P<i>\d+)\.multihead_attn\.out_proj\." + _WB,
-     _HD + "layers.{i}.cross_attn.out_proj.{wb}", "copy"),
-    (_P + r"transformer_cross_attention_layers\.(?P<i>\d+)\.norm\." + _WB,
-     _HD + "layers.{i}.cross_attn_layer_norm.{wb}", "copy"),
-    (_P + r"transformer_ffn_layers\.(?P<i>\d+)\.linear1\." + _WB, _HD + "layers.{i}.fc1.{wb}", "copy"),
-    (_P + r"transformer_ffn_layers\.(?P<i>\d+)\.linear2\." + _WB, _HD + "layers.{i}.fc2.{wb}", "copy"),
-    (_P + r"transformer_ffn_layers\.(?P<i>\d+)\.norm\." + _WB, _HD + "layers.{i}.final_layer_norm.{wb}", "copy"),
+    (
+        _P
+        + r"transformer_self_attention_layers\.(?P<i>\d+)\.self_attn\.in_proj_(?P<wb>weight|bias)",
+        _HD + "layers.{i}.self_attn.{proj}.{wb}",
+        "split_qkv",
+    ),
+    (
+        _P + r"transformer_self_attention_layers\.(?P<i>\d+)\.self_attn\.out_proj\." + _WB,
+        _HD + "layers.{i}.self_attn.out_proj.{wb}",
+        "copy",
+    ),
+    (
+        _P + r"transformer_self_attention_layers\.(?P<i>\d+)\.norm\." + _WB,
+        _HD + "layers.{i}.self_attn_layer_norm.{wb}",
+        "copy",
+    ),
+    (
+        _P
+        + r"transformer_cross_attention_layers\.(?P<i>\d+)\.multihead_attn\.in_proj_(?P<wb>weight|bias)",
+        _HD + "layers.{i}.cross_attn.in_proj_{wb}",
+        "copy",
+    ),
+    (
+        _P + r"transformer_cross_attention_layers\.(?P<i>\d+)\.multihead_attn\.out_proj\." + _WB,
+        _HD + "layers.{i}.cross_attn.out_proj.{wb}",
+        "copy",
+    ),
+    (
+        _P + r"transformer_cross_attention_layers\.(?P<i>\d+)\.norm\." + _WB,
+        _HD + "layers.{i}.cross_attn_layer_norm.{wb}",
+        "copy",
+    ),
+    (
+        _P + r"transformer_ffn_layers\.(?P<i>\d+)\.linear1\." + _WB,
+        _HD + "layers.{i}.fc1.{wb}",
+        "copy",
+    ),
+    (
+        _P + r"transformer_ffn_layers\.(?P<i>\d+)\.linear2\." + _WB,
+        _HD + "layers.{i}.fc2.{wb}",
+        "copy",
+    ),
+    (
+        _P + r"transformer_ffn_layers\.(?P<i>\d+)\.norm\." + _WB,
+        _HD + "layers.{i}.final_layer_norm.{wb}",
+        "copy",
+    ),
     (_P + r"decoder_norm\." + _WB, _HD + "layernorm.{wb}", "copy"),
-    (_P + r"mask_embed\.layers\.(?P<k>\d+)\." + _WB, _HD + "mask_predictor.mask_embedder.{k}.0.{wb}", "copy"),
-    (_P + r"class_embed\." + _WB, "class_predictor.{wb}", "copy"),  # index 0 = object, 1 = no-object
+    (
+        _P + r"mask_embed\.layers\.(?P<k>\d+)\." + _WB,
+        _HD + "mask_predictor.mask_embedder.{k}.0.{wb}",
+        "copy",
+    ),
+    (
+        _P + r"class_embed\." + _WB,
+        "class_predictor.{wb}",
+        "copy",
+    ),  # index 0 = object, 1 = no-object
     (r"criterion\.empty_weight", "criterion.empty_weight", "copy"),
 )
 
@@ -135,7 +212,9 @@ def _target_names(key: str) -> tuple[list[str], Transform] | None:
         if "conv" in fields:
             fields["layer"] = int(fields["conv"]) - 1
         if transform == "split_qkv":
-            return [template.format(proj=p, **fields) for p in ("q_proj", "k_proj", "v_proj")], transform
+            return [
+                template.format(proj=p, **fields) for p in ("q_proj", "k_proj", "v_proj")
+            ], transform
         return [template.format(**fields)], transform
     return None
 
@@ -170,7 +249,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     origin: dict[str, str] = {}
     unknown: list[str] = []
     for raw_key, tensor in state_dict.items():
-        key = raw_key[len("module."):] if raw_key.startswith("module.") else raw_key
+        key = raw_key[len("module.") :] if raw_key.startswith("module.") else raw_key
         if key in _PREPROCESSING_KEYS:
             continue
         match = _target_names(key)
@@ -180,7 +259,9 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
         targets, transform = match
         if transform == "split_qkv":
             if tensor.shape[0] % 3:
-                raise ValueError(f"{key}: packed q/k/v projection has {tensor.shape[0]} rows, not a multiple of 3")
+                raise ValueError(
+                    f"{key}: packed q/k/v projection has {tensor.shape[0]} rows, not a multiple of 3"
+                )
             values = [t.contiguous() for t in torch.chunk(tensor, 3, dim=0)]
         else:
             values = [tensor]
@@ -209,8 +290,10 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder; give the official UnSAM whole-image .pth file itself "
-                         "(a folder written by save_pretrained needs no conversion)")
+        raise ValueError(
+            f"{path}: is a folder; give the official UnSAM whole-image .pth file itself "
+            "(a folder written by save_pretrained needs no conversion)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -222,8 +305,14 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: no 'model' dict of tensors found; expected the official UnSAM whole-image .pth")
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
+        raise ValueError(
+            f"{path}: no 'model' dict of tensors found; expected the official UnSAM whole-image .pth"
+        )
     return {str(k): v for k, v in obj.items()}
 
 
@@ -281,7 +370,9 @@ def read_preprocessor_config(folder: str | os.PathLike[str] | None) -> dict[str,
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); delete it to use the default preprocessing") from None
+        raise ValueError(
+            f"{path}: not valid JSON ({exc}); delete it to use the default preprocessing"
+        ) from None
     if "unsam_pixel_mean" in data:
         out["mean"] = tuple(float(v) for v in data["unsam_pixel_mean"])
         out["std"] = tuple(float(v) for v in data["unsam_pixel_std"])
@@ -300,7 +391,10 @@ def read_preprocessor_config(folder: str | os.PathLike[str] | None) -> dict[str,
 
 
 def convert_to_model(
-    state_dict: dict[str, torch.Tensor], *, num_queries: int | None = None, where: str = "checkpoint"
+    state_dict: dict[str, torch.Tensor],
+    *,
+    num_queries: int | None = None,
+    where: str = "checkpoint",
 ) -> Any:
     """Build the r50 model and load a converted official state dict into it (checked strictly).
 
@@ -319,10 +413,14 @@ def convert_to_model(
     converted = convert_official_state_dict(state_dict)
     queries = converted.get(_HT + "queries_features.weight")
     if queries is None:
-        raise ValueError(f"{where}: no sem_seg_head.predictor.query_feat.weight; not a Mask2Former checkpoint")
+        raise ValueError(
+            f"{where}: no sem_seg_head.predictor.query_feat.weight; not a Mask2Former checkpoint"
+        )
     found = int(queries.shape[0])
     if num_queries is not None and int(num_queries) != found:
-        raise ValueError(f"{where}: the checkpoint has {found} queries but num_queries={num_queries} was asked for")
+        raise ValueError(
+            f"{where}: the checkpoint has {found} queries but num_queries={num_queries} was asked for"
+        )
     model = build_model("r50", num_queries=found)
     target = model.state_dict()
     wrong = [
@@ -331,13 +429,17 @@ def convert_to_model(
         if k in target and tuple(v.shape) != tuple(target[k].shape)
     ]
     if wrong:
-        raise ValueError(f"{where}: {len(wrong)} tensors have the wrong shape for the r50 model, e.g. {wrong[0]}")
+        raise ValueError(
+            f"{where}: {len(wrong)} tensors have the wrong shape for the r50 model, e.g. {wrong[0]}"
+        )
     result = model.load_state_dict(converted, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} model tensors have no source (e.g. {', '.join(missing[:3])})")
+            parts.append(
+                f"{len(missing)} model tensors have no source (e.g. {', '.join(missing[:3])})"
+            )
         if result.unexpected_keys:
             extra = ", ".join(result.unexpected_keys[:3])
             parts.append(f"{len(result.unexpected_keys)} converted tensors have no place ({extra})")
@@ -391,5 +493,8 @@ def _verify(model: Any, converted: dict[str, torch.Tensor], *, where: str) -> No
             raise ValueError(f"{where}: {key} changed while loading into the model")
     with torch.inference_mode():
         out = model(pixel_values=torch.zeros(1, 3, 64, 64))
-    if not (torch.isfinite(out.class_queries_logits).all() and torch.isfinite(out.masks_queries_logits).all()):
+    if not (
+        torch.isfinite(out.class_queries_logits).all()
+        and torch.isfinite(out.masks_queries_logits).all()
+    ):
         raise ValueError(f"{where}: the converted model produces non-finite outputs")

@@ -31,32 +31,52 @@ DEFAULT_IMAGE_SIZE = {"swin_t": 1024, "tiny": 256}
 class PromptableTrainConfig:
     """Promptable-model training (spec §1.7 optimiser, §3 prompts and losses)."""
 
-    config: Literal["swin_t", "tiny"] = param("swin_t", "model size: swin_t (the paper's) or tiny (tests / CPU)")
-    backbone_init: str | None = param(
-        None, "local Swin-T / MoBY checkpoint (.pth) for the backbone (the paper: MoBY Swin-T 300 ep); None = random"
+    config: Literal["swin_t", "tiny"] = param(
+        "swin_t", "model size: swin_t (the paper's) or tiny (tests / CPU)"
     )
-    max_steps: int = param(400_000, "optimizer steps (the yaml: 400,000; released checkpoints: 100,000)")
-    batch_size: int = param(4, "global images per step, split over torchrun processes (the original: 4 GPUs x 1)")
+    backbone_init: str | None = param(
+        None,
+        "local Swin-T / MoBY checkpoint (.pth) for the backbone (the paper: MoBY Swin-T 300 ep); None = random",
+    )
+    max_steps: int = param(
+        400_000, "optimizer steps (the yaml: 400,000; released checkpoints: 100,000)"
+    )
+    batch_size: int = param(
+        4, "global images per step, split over torchrun processes (the original: 4 GPUs x 1)"
+    )
     lr: float = param(1e-4, "base AdamW learning rate")
     backbone_lr_mult: float = param(0.1, "learning-rate multiplier of the Swin backbone")
-    weight_decay: float = param(0.05, "AdamW weight decay (biases included; norms, embeddings, Swin tables: none)")
+    weight_decay: float = param(
+        0.05, "AdamW weight decay (biases included; norms, embeddings, Swin tables: none)"
+    )
     weight_decay_norm: float = param(0.0, "weight decay of normalisation layers")
     weight_decay_embed: float = param(0.0, "weight decay of nn.Embedding and Swin position tables")
     grad_clip: float = param(0.01, "max L2 norm of the full-model gradient; 0 disables clipping")
-    lr_steps: tuple[float, ...] = param(LR_STEP_FRACTIONS, "LR drops at these fractions of max_steps")
+    lr_steps: tuple[float, ...] = param(
+        LR_STEP_FRACTIONS, "LR drops at these fractions of max_steps"
+    )
     lr_gamma: float = param(0.1, "LR factor applied at each lr_steps milestone")
-    warmup_steps: int = param(10, "linear warmup steps (the original: 10 with factor 1.0, i.e. none)")
+    warmup_steps: int = param(
+        10, "linear warmup steps (the original: 10 with factor 1.0, i.e. none)"
+    )
     warmup_factor: float = param(1.0, "LR factor at step 0 of the warmup (1.0 = no warmup)")
     image_size: int | None = param(
-        None, "square training image side, pixels, multiple of 32; None = 1024 for swin_t, 256 for tiny"
+        None,
+        "square training image side, pixels, multiple of 32; None = 1024 for swin_t, 256 for tiny",
     )
-    min_scale: float = param(0.99, "ResizeScale lower bound (the image is fitted into image_size * scale)")
+    min_scale: float = param(
+        0.99, "ResizeScale lower bound (the image is fitted into image_size * scale)"
+    )
     max_scale: float = param(1.01, "ResizeScale upper bound")
     hflip: bool = param(True, "random horizontal flip (probability 0.5)")
-    max_masks_per_image: int = param(500, "masks sampled per image load, uniformly without replacement")
+    max_masks_per_image: int = param(
+        500, "masks sampled per image load, uniformly without replacement"
+    )
     num_clicks: int = param(60, "clicks per image (MAX_NUM_INSTANCE)")
     click_box_px: float = param(6.0, "side of a click's reference box, pixels (x - 3 .. x + 3)")
-    box_noise_scale: float = param(0.4, "click-box noise scale (DN_NOISE_SCALE; times 0.01 for point prompts)")
+    box_noise_scale: float = param(
+        0.4, "click-box noise scale (DN_NOISE_SCALE; times 0.01 for point prompts)"
+    )
     num_points: int = param(12544, "points per mask for the matcher and the mask losses")
     oversample_ratio: float = param(3.0, "PointRend oversampling of loss points")
     importance_sample_ratio: float = param(0.75, "fraction of loss points chosen by uncertainty")
@@ -65,36 +85,76 @@ class PromptableTrainConfig:
     weight_box: float = param(5.0, "box L1 weight (also the matcher's L1 cost)")
     weight_giou: float = param(2.0, "box GIoU weight (also the matcher's GIoU cost)")
     weight_iou: float = param(1.0, "IoU-head MSE weight")
-    deep_supervision: bool = param(True, "same losses on every auxiliary decoder layer (same matching)")
-    bf16: bool = param(False, "bfloat16 autocast for the forward pass (the original used fp16 AMP on GPU)")
-    checkpoint_every: int = param(5000, "save a resumable checkpoint every N steps (and at the end)")
+    deep_supervision: bool = param(
+        True, "same losses on every auxiliary decoder layer (same matching)"
+    )
+    bf16: bool = param(
+        False, "bfloat16 autocast for the forward pass (the original used fp16 AMP on GPU)"
+    )
+    checkpoint_every: int = param(
+        5000, "save a resumable checkpoint every N steps (and at the end)"
+    )
     keep_checkpoints: int = param(3, "keep only the newest N step checkpoints; 0 keeps all")
     seed: int = param(0, "seed of data order, augmentation, clicks, point sampling and init")
     num_workers: int = param(0, "data-loading worker processes per training process")
-    device: str = param("cpu", 'torch device, e.g. "cpu" or "cuda" (each torchrun process uses cuda:LOCAL_RANK)')
+    device: str = param(
+        "cpu", 'torch device, e.g. "cpu" or "cuda" (each torchrun process uses cuda:LOCAL_RANK)'
+    )
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "lr", "checkpoint_every", "max_masks_per_image", "num_clicks",
-                     "num_points", "click_box_px", "lr_gamma"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "lr",
+            "checkpoint_every",
+            "max_masks_per_image",
+            "num_clicks",
+            "num_points",
+            "click_box_px",
+            "lr_gamma",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PromptableTrainConfig.{name}={getattr(self, name)} must be > 0")
-        for name in ("backbone_lr_mult", "weight_decay", "weight_decay_norm", "weight_decay_embed", "grad_clip",
-                     "box_noise_scale", "weight_mask", "weight_dice", "weight_box", "weight_giou", "weight_iou"):
+        for name in (
+            "backbone_lr_mult",
+            "weight_decay",
+            "weight_decay_norm",
+            "weight_decay_embed",
+            "grad_clip",
+            "box_noise_scale",
+            "weight_mask",
+            "weight_dice",
+            "weight_box",
+            "weight_giou",
+            "weight_iou",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"PromptableTrainConfig.{name}={getattr(self, name)} must be >= 0")
-        if any(not 0.0 < f <= 1.0 for f in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
-            raise ValueError(f"PromptableTrainConfig.lr_steps={self.lr_steps} must be ascending fractions in (0, 1]")
+        if any(not 0.0 < f <= 1.0 for f in self.lr_steps) or list(self.lr_steps) != sorted(
+            self.lr_steps
+        ):
+            raise ValueError(
+                f"PromptableTrainConfig.lr_steps={self.lr_steps} must be ascending fractions in (0, 1]"
+            )
         if self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:
-            raise ValueError("PromptableTrainConfig: warmup_steps must be >= 0 and warmup_factor in (0, 1]")
+            raise ValueError(
+                "PromptableTrainConfig: warmup_steps must be >= 0 and warmup_factor in (0, 1]"
+            )
         if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
-            raise ValueError(f"PromptableTrainConfig.image_size={self.image_size} must be a positive multiple of 32")
+            raise ValueError(
+                f"PromptableTrainConfig.image_size={self.image_size} must be a positive multiple of 32"
+            )
         if not 0.0 < self.min_scale <= self.max_scale:
-            raise ValueError(f"PromptableTrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, "
-                             f"{self.max_scale}")
+            raise ValueError(
+                f"PromptableTrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, "
+                f"{self.max_scale}"
+            )
         if self.keep_checkpoints < 0 or self.num_workers < 0:
             raise ValueError("PromptableTrainConfig.keep_checkpoints and num_workers must be >= 0")
         if self.config not in DEFAULT_IMAGE_SIZE:
-            raise ValueError(f"PromptableTrainConfig.config={self.config!r}: expected one of {sorted(DEFAULT_IMAGE_SIZE)}")
+            raise ValueError(
+                f"PromptableTrainConfig.config={self.config!r}: expected one of {sorted(DEFAULT_IMAGE_SIZE)}"
+            )
         self.loss_config()  # validates the point-sampling fields
 
     @property

@@ -91,8 +91,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EXACT_FIELDS = ("batch_size", "seed", "image_size", "max_masks_per_image", "hflip", "min_scale", "max_scale",
-                 "num_clicks", "num_points", "bf16")
+_EXACT_FIELDS = (
+    "batch_size",
+    "seed",
+    "image_size",
+    "max_masks_per_image",
+    "hflip",
+    "min_scale",
+    "max_scale",
+    "num_clicks",
+    "num_points",
+    "bf16",
+)
 _NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
@@ -154,7 +164,9 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: backbone checkpoint not found (pass a Swin-T / MoBY .pth to --backbone-init)")
+        raise FileNotFoundError(
+            f"{p}: backbone checkpoint not found (pass a Swin-T / MoBY .pth to --backbone-init)"
+        )
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors of many types
@@ -186,7 +198,9 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
         else:
             out[template.format(**groups)] = tensor
     if not out:
-        raise ValueError(f"{p}: no Swin backbone tensor found (keys like layers.0.blocks.0.attn.qkv.weight)")
+        raise ValueError(
+            f"{p}: no Swin backbone tensor found (keys like layers.0.blocks.0.attn.qkv.weight)"
+        )
     for name, tensor in out.items():
         if name not in target or target[name].shape != tensor.shape:
             shape = tuple(target[name].shape) if name in target else "absent"
@@ -196,8 +210,14 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
             )
     model.load_state_dict(out, strict=False)
     total = sum(1 for k in target if k.startswith("backbone."))
-    logger.info("backbone init from %s: %d of %d backbone tensors loaded; %d checkpoint keys skipped (%s)",
-                p, len(out), total, len(skipped), ", ".join(sorted(skipped)[:4]))
+    logger.info(
+        "backbone init from %s: %d of %d backbone tensors loaded; %d checkpoint keys skipped (%s)",
+        p,
+        len(out),
+        total,
+        len(skipped),
+        ", ".join(sorted(skipped)[:4]),
+    )
     return len(out)
 
 
@@ -266,18 +286,38 @@ class PromptableTrainStep(nn.Module):
                 # no mask in this crop: decode one click with zero weight, so every parameter is
                 # still part of the graph (DistributedDataParallel needs that)
                 centre = torch.tensor([[st.image_hw[1] / 2, st.image_hw[0] / 2]])
-                out = model.decode_boxes(st, _click_boxes(centre, st, self.config), pb=1, return_aux=deep)
+                out = model.decode_boxes(
+                    st, _click_boxes(centre, st, self.config), pb=1, return_aux=deep
+                )
                 dummy = dummy + 0.0 * sum(t.sum() for layer in _layers(out, deep) for t in layer)
                 continue
-            boxes = jitter_click_boxes(_click_boxes(pts, st, self.config), self.config.box_noise_scale)
+            boxes = jitter_click_boxes(
+                _click_boxes(pts, st, self.config), self.config.box_noise_scale
+            )
             out = model.decode_boxes(st, boxes, pb=1, independent=True, return_aux=deep)
             img_masks = masks[i].to(pixel_values.device)
             target_boxes = mask_boxes_cxcywh(img_masks).to(pixel_values.device)
-            match = match_clicks(out.mask_logits, out.boxes, img_masks, target_boxes, targets[i],
-                                 config=self.matcher_config)
+            match = match_clicks(
+                out.mask_logits,
+                out.boxes,
+                img_masks,
+                target_boxes,
+                targets[i],
+                config=self.matcher_config,
+            )
             for logits, iou, pred_boxes in _layers(out, deep):
-                per_layer.append(layer_losses(logits.float(), iou.float(), pred_boxes.float(), img_masks,
-                                              target_boxes, match, num_masks, config=self.loss_config))
+                per_layer.append(
+                    layer_losses(
+                        logits.float(),
+                        iou.float(),
+                        pred_boxes.float(),
+                        img_masks,
+                        target_boxes,
+                        match,
+                        num_masks,
+                        config=self.loss_config,
+                    )
+                )
         if not per_layer:
             return dummy
         return weighted_total(per_layer, self.loss_config) + dummy
@@ -323,7 +363,9 @@ class _Saver:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
-    def save_pretrained(self, folder: str | os.PathLike[str], safe_serialization: bool = True) -> Path:
+    def save_pretrained(
+        self, folder: str | os.PathLike[str], safe_serialization: bool = True
+    ) -> Path:
         return self.model.save_pretrained(folder)  # type: ignore[operator,no-any-return]
 
 
@@ -341,7 +383,9 @@ def _save_final(model: nn.Module, run_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_promptable_train_config(run_dir: str | os.PathLike[str]) -> tuple[PromptableTrainConfig, dict[str, Any]]:
+def load_promptable_train_config(
+    run_dir: str | os.PathLike[str],
+) -> tuple[PromptableTrainConfig, dict[str, Any]]:
     """The PromptableTrainConfig and the whole record of ``RUN_DIR/train_config.json``.
 
     Raises:
@@ -349,18 +393,24 @@ def load_promptable_train_config(run_dir: str | os.PathLike[str]) -> tuple[Promp
     """
     path = Path(run_dir) / "train_config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; is {run_dir} an `unsam train-promptable` run directory?")
+        raise FileNotFoundError(
+            f"{path}: no such file; is {run_dir} an `unsam train-promptable` run directory?"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         values = dict(record["train"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid train_config.json ({exc})") from None
     if record.get("model") != "promptable":
-        raise ValueError(f"{path}: written by `unsam train` (whole-image model), not `unsam train-promptable`")
+        raise ValueError(
+            f"{path}: written by `unsam train` (whole-image model), not `unsam train-promptable`"
+        )
     names = {f.name for f in dataclasses.fields(PromptableTrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{path}: unknown PromptableTrainConfig fields {unknown}; written by a newer unsam?")
+        raise ValueError(
+            f"{path}: unknown PromptableTrainConfig fields {unknown}; written by a newer unsam?"
+        )
     if isinstance(values.get("lr_steps"), list):
         values["lr_steps"] = tuple(values["lr_steps"])
     return PromptableTrainConfig(**values), record
@@ -380,7 +430,8 @@ def _check_resume_config(saved: dict[str, Any], config: PromptableTrainConfig, w
             "resuming with changed settings %s%s",
             ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed),
             f" (the resumed run will not reproduce an uninterrupted one because of {', '.join(inexact)})"
-            if inexact else "",
+            if inexact
+            else "",
         )
 
 
@@ -424,10 +475,14 @@ def train_promptable(
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.device(config.device).type == "cuda" else "gloo")
+            dist.init_process_group(
+                backend="nccl" if torch.device(config.device).type == "cuda" else "gloo"
+            )
             created_group = True
     try:
-        return _train(config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info)
+        return _train(
+            config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info
+        )
     finally:
         if created_group:
             import torch.distributed as dist
@@ -511,7 +566,9 @@ def _train(
             indent=2,
         )
         if bad:
-            atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{r}\n" for p, r in bad))
+            atomic_write_text(
+                run_dir / "skipped_images.txt", "".join(f"{p}\t{r}\n" for p, r in bad)
+            )
         if csv_path.exists():
             _truncate_loss_csv(csv_path, start_step)
         else:
@@ -523,8 +580,13 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler = StepBatchSampler(start_step=start_step, max_steps=config.max_steps, batch_size=config.batch_size,
-                               rank=info.rank, world_size=info.world_size)
+    sampler = StepBatchSampler(
+        start_step=start_step,
+        max_steps=config.max_steps,
+        batch_size=config.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -538,8 +600,12 @@ def _train(
         _set_rng_state(state["rng"][info.rank])
     else:
         if state is not None:
-            logger.warning("checkpoint was written by %d process(es), this run has %d: RNG re-seeded, so the "
-                           "resumed run is not bit-identical", len(state["rng"]), info.world_size)
+            logger.warning(
+                "checkpoint was written by %d process(es), this run has %d: RNG re-seeded, so the "
+                "resumed run is not bit-identical",
+                len(state["rng"]),
+                info.world_size,
+            )
         _seed_all(config.seed * 1_000_003 + start_step * 7919 + info.rank)
 
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
@@ -547,9 +613,16 @@ def _train(
     step = start_step
     last_loss: float | None = None
     t_step = time.perf_counter()
-    logger.info("training promptable %s on %d image(s) from step %d to %d, batch %d over %d process(es), %s",
-                config.config, dataset.num_images, start_step, config.max_steps, config.batch_size,
-                info.world_size, device)
+    logger.info(
+        "training promptable %s on %d image(s) from step %d to %d, batch %d over %d process(es), %s",
+        config.config,
+        dataset.num_images,
+        start_step,
+        config.max_steps,
+        config.batch_size,
+        info.world_size,
+        device,
+    )
     while step < config.max_steps:
         batch = next(batches)
         lr = max(float(g["lr"]) for g in optimizer.param_groups)
@@ -587,12 +660,27 @@ def _train(
         if info.is_main:
             append_line_durable(csv_path, f"{step},{last_loss!r},{lr!r},{seconds:.4f}")
             if on_step is not None:
-                on_step(StepLog(step=step, max_steps=config.max_steps, loss=last_loss, lr=lr, seconds=seconds))
+                on_step(
+                    StepLog(
+                        step=step,
+                        max_steps=config.max_steps,
+                        loss=last_loss,
+                        lr=lr,
+                        seconds=seconds,
+                    )
+                )
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             rng_states = _gather_objects(_rng_state(), info)
             if info.is_main:
-                path = _save_checkpoint(run_dir, step, _Saver(model), optimizer, scheduler,  # type: ignore[arg-type]
-                                        config, rng_states)  # type: ignore[arg-type]
+                path = _save_checkpoint(
+                    run_dir,
+                    step,
+                    _Saver(model),
+                    optimizer,
+                    scheduler,  # type: ignore[arg-type]
+                    config,
+                    rng_states,
+                )  # type: ignore[arg-type]
                 write_loss_plot(csv_path, run_dir / "loss.png")
                 logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
             _barrier(info)
@@ -602,8 +690,13 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         _save_final(model, run_dir)
         write_loss_plot(csv_path, run_dir / "loss.png")
-        logger.info("trained to step %d in %.1f s; model in %s", step, time.perf_counter() - t_start, run_dir)
+        logger.info(
+            "trained to step %d in %.1f s; model in %s",
+            step,
+            time.perf_counter() - t_start,
+            run_dir,
+        )
     _barrier(info)
-    return TrainResult(run_dir=run_dir, model_dir=run_dir, steps=step, start_step=start_step, final_loss=last_loss)
-
-
+    return TrainResult(
+        run_dir=run_dir, model_dir=run_dir, steps=step, start_step=start_step, final_loss=last_loss
+    )

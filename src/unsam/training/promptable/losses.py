@@ -50,6 +50,7 @@ __all__ = [
 #: Keys of :func:`layer_losses`.
 LOSS_KEYS = ("loss_mask_bce", "loss_mask_dice", "loss_iou", "loss_bbox", "loss_giou")
 
+
 @dataclass(frozen=True)
 class LossConfig:
     """Loss weights and point sampling (PROMPTABLE.md §1.6); defaults are the original's."""
@@ -65,7 +66,11 @@ class LossConfig:
     deep_supervision: bool = param(True, "apply the same losses to every auxiliary decoder layer")
 
     def __post_init__(self) -> None:
-        if self.num_points < 1 or self.oversample_ratio < 1 or not 0 <= self.importance_sample_ratio <= 1:
+        if (
+            self.num_points < 1
+            or self.oversample_ratio < 1
+            or not 0 <= self.importance_sample_ratio <= 1
+        ):
             raise ValueError(
                 f"LossConfig: need num_points >= 1, oversample_ratio >= 1 and importance_sample_ratio in "
                 f"[0, 1], got {self.num_points}, {self.oversample_ratio}, {self.importance_sample_ratio}"
@@ -92,13 +97,22 @@ def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, C, P) float.
     """
-    if inputs.ndim != 4 or coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[0] != inputs.shape[0]:
-        raise ValueError(f"need inputs (N, C, H, W) and coords (N, P, 2), got {tuple(inputs.shape)}, {tuple(coords.shape)}")
+    if (
+        inputs.ndim != 4
+        or coords.ndim != 3
+        or coords.shape[-1] != 2
+        or coords.shape[0] != inputs.shape[0]
+    ):
+        raise ValueError(
+            f"need inputs (N, C, H, W) and coords (N, P, 2), got {tuple(inputs.shape)}, {tuple(coords.shape)}"
+        )
     out = F.grid_sample(inputs, 2.0 * coords[:, :, None] - 1.0, align_corners=False)
     return out[..., 0]
 
 
-def point_sample_masks(masks: torch.Tensor, index: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+def point_sample_masks(
+    masks: torch.Tensor, index: torch.Tensor, coords: torch.Tensor
+) -> torch.Tensor:
     """Bilinear values of bool masks ``masks[index[i]]`` at points, as :func:`point_sample` gives.
 
     Reads only the 4 neighbours of each point from the bool masks (no float copy of whole masks);
@@ -135,7 +149,7 @@ def point_sample_masks(masks: torch.Tensor, index: torch.Tensor, coords: torch.T
             xi = (x0 + dx).long()
             yi = (y0 + dy).long()
             valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            lin = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))
+            lin = yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)
             val = flat[rows, lin] & valid
             out = out + wy * wx * val.float()
     return out
@@ -285,7 +299,9 @@ def layer_losses(
     return out
 
 
-def weighted_total(per_layer: Sequence[Mapping[str, torch.Tensor]], config: LossConfig = LossConfig()) -> torch.Tensor:
+def weighted_total(
+    per_layer: Sequence[Mapping[str, torch.Tensor]], config: LossConfig = LossConfig()
+) -> torch.Tensor:
     """Σ over layers and keys of weight · loss (PROMPTABLE.md §3.6 total)."""
     if not per_layer:
         raise ValueError("no layer losses to add up")

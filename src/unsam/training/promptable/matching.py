@@ -53,7 +53,9 @@ class MatcherConfig:
     cost_dice: float = param(5.0, "weight of the point-sampled dice cost")
     cost_box: float = param(5.0, "weight of the L1 cost between (cx, cy, w, h) boxes")
     cost_giou: float = param(2.0, "weight of the -GIoU cost")
-    num_points: int = param(12544, "uniform points shared by all predictions and targets of an image")
+    num_points: int = param(
+        12544, "uniform points shared by all predictions and targets of an image"
+    )
 
     def __post_init__(self) -> None:
         if self.num_points < 1:
@@ -140,7 +142,9 @@ def match_cost_matrix(
 
 
 def many_to_many_assignment(
-    cost: torch.Tensor | np.ndarray, query_click: Sequence[int] | np.ndarray, target_click: Sequence[int] | np.ndarray
+    cost: torch.Tensor | np.ndarray,
+    query_click: Sequence[int] | np.ndarray,
+    target_click: Sequence[int] | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One Hungarian assignment where a query may only take targets of its own click.
 
@@ -216,7 +220,9 @@ def match_clicks(
     device = mask_logits.device
     coords = torch.rand((1, config.num_points, 2), generator=generator).to(device)
     logits = mask_logits.reshape(1, c * k, *mask_logits.shape[-2:]).float()
-    point_logits = F.grid_sample(logits, 2.0 * coords[:, :, None] - 1.0, align_corners=False)[0, :, :, 0]
+    point_logits = F.grid_sample(logits, 2.0 * coords[:, :, None] - 1.0, align_corners=False)[
+        0, :, :, 0
+    ]
     unique, inverse = torch.unique(target_masks, return_inverse=True)
     labels = point_sample_masks(masks, unique.to(masks.device), coords[0])[inverse.to(device)]
     pb = tb = None

@@ -182,13 +182,21 @@ def mask_boxes_cxcywh(masks: torch.Tensor) -> torch.Tensor:
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     xyxy = xyxy / scale
     return torch.stack(
-        [(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2, xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]],
+        [
+            (xyxy[:, 0] + xyxy[:, 2]) / 2,
+            (xyxy[:, 1] + xyxy[:, 3]) / 2,
+            xyxy[:, 2] - xyxy[:, 0],
+            xyxy[:, 3] - xyxy[:, 1],
+        ],
         1,
     )
 
 
 def jitter_click_boxes(
-    boxes: torch.Tensor, noise_scale: float = 0.4, factor: float = 0.01, generator: torch.Generator | None = None
+    boxes: torch.Tensor,
+    noise_scale: float = 0.4,
+    factor: float = 0.01,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The training box noise (``dec:366-376``): box += U(-1, 1) · (w/2, h/2, w, h) · factor · noise_scale.
 
