@@ -102,7 +102,9 @@ def resize_image(
     h, w = int(hw[0]), int(hw[1])
     if image.shape[:2] == (h, w):
         return image
-    return np.array(Image.fromarray(image).resize((w, h), resample))  # writable (C code may need it)
+    return np.array(
+        Image.fromarray(image).resize((w, h), resample)
+    )  # writable (C code may need it)
 
 
 def mask_iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:

@@ -16,7 +16,9 @@ ranking coarser superpixel scales first; at most the 1000 best-ranked masks are 
 keeps no more); MaskCut skips its CRF. On the 144 COCO val2017 images of the shared data this
 gives AR@1000 0.201 against 0.153 for the multi-scale Felzenszwalb baseline (spec preset: 0.035).
 A preset only replaces settings still at their spec default; settings given explicitly keep their
-value (``preset="spec"`` turns the preset off, ``"classic"`` forces it).
+value (``preset="spec"`` turns the preset off, ``"classic"`` forces it). ``preset="released"``
+applies :data:`RELEASED_PRESET`, the released UnSAM code's settings (CutLER divide, BGR input to
+DINO and CascadePSP, its tiny-crop mask rule); the bugs of spec §10 stay fixed.
 
 Example:
     >>> dico = unsam.DivideAndConquer(features="facebook/dino-vitb8")   # doctest: +SKIP
@@ -44,9 +46,10 @@ from unsam.refine.crf import RefineConfig, refine_masks
 
 __all__ = [
     "CLASSIC_PRESET",
-    "PipelineConfig",
-    "DivideAndConquer",
+    "RELEASED_PRESET",
     "DicoProducer",
+    "DivideAndConquer",
+    "PipelineConfig",
     "conquer_score",
     "memory_bound_bytes",
     "resolve_preset",
@@ -65,19 +68,45 @@ class PipelineConfig:
         "patch features: a DINO hub id (facebook/dino-vits8|vits16|vitb8|vitb16), a local HF folder, an official "
         "DINO .pth, or 'classic' (weight-free, lower quality)",
     )
-    divide: str = param("maskcut", "divide stage: 'maskcut' (training-free, spec §2.2), 'model:RUN_DIR' (a trained unsam whole-image model), or 'cutler:PATH' (CutLER's Cascade Mask R-CNN with cutler_cascade_final.pth, as the released UnSAM code; 'cutler' alone reads PATH from $UNSAM_CUTLER_WEIGHTS)")
-    divide_score_thresh: float = param(0.1, "with divide=model:.../cutler, keep masks scoring above this (the original's detector threshold, spec §2.1)")
-    divide_max_masks: int = param(100, "with divide=model:.../cutler, at most this many divide masks per image (spec §2.1)")
-    device: str = param("cpu", "torch device for the feature extractor / divide model, e.g. cpu or cuda")
-    dtype: Literal["float32", "bfloat16"] = param("float32", "feature-extractor compute dtype (output is float32)")
-    maskcut: MaskCutConfig = field(default_factory=MaskCutConfig, metadata={"help": "MaskCut settings"})
-    conquer: ConquerConfig = field(default_factory=ConquerConfig, metadata={"help": "conquer settings"})
-    refine: RefineConfig = field(default_factory=RefineConfig, metadata={"help": "refinement settings"})
-    preset: Literal["auto", "spec", "classic"] = param(
+    divide: str = param(
+        "maskcut",
+        "divide stage: 'maskcut' (training-free, spec §2.2), 'model:RUN_DIR' (a trained unsam whole-image model), or 'cutler:PATH' (CutLER's Cascade Mask R-CNN with cutler_cascade_final.pth, as the released UnSAM code; 'cutler' alone reads PATH from $UNSAM_CUTLER_WEIGHTS)",
+    )
+    divide_score_thresh: float = param(
+        0.1,
+        "with divide=model:.../cutler, keep masks scoring above this (the original's detector threshold, spec §2.1)",
+    )
+    divide_max_masks: int = param(
+        100, "with divide=model:.../cutler, at most this many divide masks per image (spec §2.1)"
+    )
+    device: str = param(
+        "cpu", "torch device for the feature extractor / divide model, e.g. cpu or cuda"
+    )
+    dtype: Literal["float32", "bfloat16"] = param(
+        "float32", "feature-extractor compute dtype (output is float32)"
+    )
+    channel_order: Literal["rgb", "bgr"] = param(
+        "rgb",
+        "channel order of the images the feature extractor sees (MaskCut and conquer crops): rgb "
+        "(what DINO was trained on) or bgr (what the released UnSAM code fed it through cv2.imread, "
+        "spec §10 bug 9); CascadePSP has its own --refine-cascadepsp-channel-order",
+    )
+    maskcut: MaskCutConfig = field(
+        default_factory=MaskCutConfig, metadata={"help": "MaskCut settings"}
+    )
+    conquer: ConquerConfig = field(
+        default_factory=ConquerConfig, metadata={"help": "conquer settings"}
+    )
+    refine: RefineConfig = field(
+        default_factory=RefineConfig, metadata={"help": "refinement settings"}
+    )
+    preset: Literal["auto", "spec", "classic", "released"] = param(
         "auto",
-        "default settings: 'spec' (the paper's) or 'classic' (tuned for the weight-free classic "
-        "features: whole-image region, superpixel conquer, dense thetas, 1000 masks); 'auto' = classic "
-        "iff the features are classic. A preset only replaces settings left at their spec default",
+        "default settings: 'spec' (the paper's), 'classic' (tuned for the weight-free classic "
+        "features: whole-image region, superpixel conquer, dense thetas, 1000 masks) or 'released' "
+        "(the released UnSAM code: CutLER divide, BGR input to DINO and CascadePSP, its tiny-crop "
+        "mask rule; see RELEASED_PRESET); 'auto' = classic iff the features are classic. A preset "
+        "only replaces settings left at their spec default",
     )
     whole_image_region: bool = param(
         False,
@@ -88,14 +117,27 @@ class PipelineConfig:
         None,
         "keep at most this many masks per image, the highest-scoring ones (none: all, as the original)",
     )
+    keep_orphans: bool = param(
+        False,
+        "keep a conquer mask whose divide mask refinement rejected (parent_id then null), as the "
+        "released code, which refines and drops every mask on its own; default: drop it",
+    )
 
     def __post_init__(self) -> None:
-        if self.preset not in ("auto", "spec", "classic"):
-            raise ValueError(f"preset must be 'auto', 'spec' or 'classic', got {self.preset!r}")
+        if self.preset not in ("auto", "spec", "classic", "released"):
+            raise ValueError(
+                f"preset must be 'auto', 'spec', 'classic' or 'released', got {self.preset!r}"
+            )
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
         if self.max_masks is not None and self.max_masks < 1:
             raise ValueError(f"max_masks must be >= 1 or None (keep all), got {self.max_masks}")
-        if self.divide not in ("maskcut", "cutler") and not self.divide.startswith(("model:", "cutler:")):
-            raise ValueError(f"divide must be 'maskcut', 'model:RUN_DIR', 'cutler' or 'cutler:PATH', got {self.divide!r}")
+        if self.divide not in ("maskcut", "cutler") and not self.divide.startswith(
+            ("model:", "cutler:")
+        ):
+            raise ValueError(
+                f"divide must be 'maskcut', 'model:RUN_DIR', 'cutler' or 'cutler:PATH', got {self.divide!r}"
+            )
         if self.divide in ("model:", "cutler:"):
             raise ValueError(f"divide {self.divide!r} needs a path: model:RUN_DIR or cutler:PATH")
         if not 0.0 <= self.divide_score_thresh <= 1.0 or self.divide_max_masks < 1:
@@ -110,8 +152,63 @@ CLASSIC_PRESET: dict[str, Any] = {
     "maskcut": {"crf": False},
     "conquer": {
         "units": "superpixels",  # scales (50, 100, 200, 400), colour weight 0.7: their defaults
-        "thetas": (0.97, 0.95, 0.92, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0, -0.1),
+        "thetas": (
+            0.97,
+            0.95,
+            0.92,
+            0.9,
+            0.85,
+            0.8,
+            0.75,
+            0.7,
+            0.6,
+            0.5,
+            0.4,
+            0.3,
+            0.2,
+            0.1,
+            0.0,
+            -0.1,
+        ),
         "full_nms": True,
+    },
+}
+
+
+#: The released UnSAM pseudo-label code (``divide_and_conquer/divide_conquer.py``, spec §2.1, §3,
+#: §4.1; CUTLER_DETECTOR.md §1.2, CASCADEPSP.md §1), for ``preset="released"``. Most values equal
+#: the spec defaults and are listed so the preset states the whole released configuration. Not
+#: switched on: CascadePSP itself (``--refine cascadepsp:PATH``; minutes per mask on a CPU, and an
+#: explicit ``--refine none`` cannot be told apart from the default). Kept fixed (spec §10): the
+#: crop's dropped last row/column (bug 13), the ids (bugs 1-2), unsorted/skipped images (3-4),
+#: hook growth (14), GPU-only fp16 DINO (8; float32 here, as the original's CPU path).
+RELEASED_PRESET: dict[str, Any] = {
+    "features": "facebook/dino-vitb8",  # DINO ViT-B/8 last-layer keys (spec §3.1)
+    "divide": "cutler",  # CutLER Cascade Mask R-CNN; PATH from $UNSAM_CUTLER_WEIGHTS unless given
+    "divide_score_thresh": 0.1,  # --confidence-threshold
+    "divide_max_masks": 100,  # TEST.DETECTIONS_PER_IMAGE
+    "channel_order": "bgr",  # cv2.imread arrays fed to DINO (spec §10 bug 9)
+    "whole_image_region": False,
+    "max_masks": None,
+    "keep_orphans": True,  # each mask is refined and dropped on its own (cascadepsp.py)
+    "conquer": {
+        "crop_size": 256,  # --local-size
+        "thetas": (0.6, 0.5, 0.4, 0.3, 0.2, 0.1),
+        "min_size": 4,
+        "coverage_thresh": 0.9,  # --kept-thresh
+        "nms_iou_thresh": 0.9,  # --NMS-iou
+        "nms_window": 5,  # --NMS-step
+        "full_nms": False,
+        "units": "patches",
+        "mask_resize": "unsam",  # resize_mask then > 127.5: tiny crops lose small clusters
+    },
+    "refine": {  # used when --refine cascadepsp:PATH is given
+        "cascadepsp_channel_order": "bgr",  # cv2.imread arrays fed to CascadePSP (spec §10 bug 10)
+        "min_side": 100,  # --refine-min-L
+        "max_side": 900,  # --refine-max-L
+        "context_ratio": 2.0,  # hard-coded factor 2
+        "max_area_frac": 0.9,  # --max-area-thresh
+        "min_iou": 0.5,  # --iou-thresh
     },
 }
 
@@ -137,7 +234,8 @@ def _apply_defaults(obj: Any, values: dict[str, Any]) -> Any:
 
 def resolve_preset(config: PipelineConfig, extractor_name: str | None = None) -> PipelineConfig:
     """The settings a :class:`DivideAndConquer` runs with: ``config`` with :data:`CLASSIC_PRESET`
-    applied to the fields still at their spec default when the preset is (or resolves to) classic.
+    applied to the fields still at their spec default when the preset is (or resolves to) classic,
+    or :data:`RELEASED_PRESET` when it is ``"released"``.
 
     Args:
         config: as given by the user.
@@ -147,6 +245,8 @@ def resolve_preset(config: PipelineConfig, extractor_name: str | None = None) ->
     Returns:
         ``config`` itself when no preset applies, else a copy.
     """
+    if config.preset == "released":
+        return _apply_defaults(config, RELEASED_PRESET)
     if not _is_classic(config, extractor_name):
         return config
     return _apply_defaults(config, CLASSIC_PRESET)
@@ -183,46 +283,71 @@ class DivideAndConquer:
         last_timings: seconds per stage of the last call (divide, conquer, refine, encode, total).
     """
 
-    def __init__(self, features: Any = None, *, config: PipelineConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, features: Any = None, *, config: PipelineConfig | None = None, **overrides: Any
+    ) -> None:
         from unsam.features import FeatureExtractor, load_feature_extractor
 
         config = config or PipelineConfig()
         if isinstance(features, str):
             overrides["features"] = features
-        if isinstance(overrides.get("refine"), str):  # "none" | "crf" | "cascadepsp" | "cascadepsp:PATH"
+        if isinstance(
+            overrides.get("refine"), str
+        ):  # "none" | "crf" | "cascadepsp" | "cascadepsp:PATH"
             method, _, weights = overrides["refine"].partition(":")
             extra = {"cascadepsp_weights": weights} if weights else {}
             overrides["refine"] = dataclasses.replace(config.refine, method=method, **extra)
         config = dataclasses.replace(config, **overrides) if overrides else config
-        if config.refine.method == "crf":
+        # the preset first: it sets the refiner's and the divide's settings (it depends on the
+        # features only through their name, known before loading them)
+        ready = features if isinstance(features, FeatureExtractor) else None
+        resolved = resolve_preset(config, getattr(ready, "name", None))
+        if resolved is not config:
+            logger.info(
+                "%s preset applied to the settings left at default",
+                "released" if resolved.preset == "released" else "classic",
+            )
+        if resolved.refine.method == "crf":
             from unsam.refine.crf import require_crf
 
             require_crf()  # fail now, with the install command, not after the first image
-        self.refiner = None  # CascadePSP, loaded once, before any other work (missing weights fail fast)
-        if config.refine.method == "cascadepsp":
+        self.refiner = (
+            None  # CascadePSP, loaded once, before any other work (missing weights fail fast)
+        )
+        if resolved.refine.method == "cascadepsp":
             from unsam.refine.cascadepsp import CascadePSPRefiner
 
-            self.refiner = CascadePSPRefiner.from_config(config.refine, device=config.device)
-        if isinstance(features, FeatureExtractor):
-            self.extractor = features
+            self.refiner = CascadePSPRefiner.from_config(resolved.refine, device=resolved.device)
+        if ready is not None:
+            self.extractor = ready
         else:
             self.extractor = load_feature_extractor(
-                config.features, device=config.device, dtype=config.dtype
+                resolved.features, device=resolved.device, dtype=resolved.dtype
             )
-        self.config = resolve_preset(config, getattr(self.extractor, "name", None))
-        if self.config is not config:
-            logger.info("classic features: classic preset applied to the settings left at default")
+        self.config = resolved
         self.divide_model = None
         if self.config.divide.startswith("model:"):
             from unsam.models.whole_image import WholeImageSegmenter
 
-            self.divide_model = WholeImageSegmenter.from_pretrained(self.config.divide[len("model:"):], device=self.config.device)
+            self.divide_model = WholeImageSegmenter.from_pretrained(
+                self.config.divide[len("model:") :], device=self.config.device
+            )
         self.cutler = None
         if self.config.divide == "cutler" or self.config.divide.startswith("cutler:"):
             from unsam.divide.cutler import CutlerDetector, resolve_cutler_weights
 
-            self.cutler = CutlerDetector.from_checkpoint(resolve_cutler_weights(self.config.divide), device=self.config.device)
+            self.cutler = CutlerDetector.from_checkpoint(
+                resolve_cutler_weights(self.config.divide), device=self.config.device
+            )
         self.last_timings: dict[str, float] = {}
+
+    def feature_input(self) -> Any:
+        """The extractor as the stages call it: :attr:`extractor` itself, or with
+        ``channel_order="bgr"`` a wrapper that flips every batch to BGR first (what the released
+        code fed DINO). Built on each call, so a replaced :attr:`extractor` is honoured."""
+        if self.config.channel_order == "bgr":
+            return _BGRInput(self.extractor)
+        return self.extractor
 
     def divide(self, image: npt.NDArray[np.uint8]) -> list[tuple[dict[str, Any], float]]:
         """Object-level masks as ``[(compressed RLE on the image grid, score)]``, by the divide stage
@@ -235,7 +360,10 @@ class DivideAndConquer:
                 image, self.cutler, self.config.divide_score_thresh, self.config.divide_max_masks
             )
         if self.divide_model is None:
-            return [(encode_mask(m), s) for m, s in maskcut(image, self.extractor, self.config.maskcut)]
+            return [
+                (encode_mask(m), s)
+                for m, s in maskcut(image, self.feature_input(), self.config.maskcut)
+            ]
         records = [r for r in self.divide_model(image) if r.score > self.config.divide_score_thresh]
         records = sorted(records, key=lambda r: -r.score)[: self.config.divide_max_masks]
         return [(r.rle, float(r.score)) for r in records if r.area > 0]
@@ -264,7 +392,7 @@ class DivideAndConquer:
         divided, sources = self._divide_regions(image)
         t1 = time.perf_counter()
         regions = _LazyMasks([rle for rle, _ in divided])  # decoded one at a time by conquer
-        parts = conquer(image, regions, self.extractor, cfg.conquer) if divided else []
+        parts = conquer(image, regions, self.feature_input(), cfg.conquer) if divided else []
         t2 = time.perf_counter()
         items = self._candidates(divided, sources, parts, hw)
         selected = self._select(items)
@@ -272,16 +400,31 @@ class DivideAndConquer:
         t3 = time.perf_counter()
         self.last_timings = {"divide": t1 - t0, "conquer": t2 - t1, **timings, "total": t3 - t0}
         self.last_stats = {**stats, "capped": int(selected is not None)}
-        logger.debug("%d divide + %d conquer masks -> %d records in %.2f s", len(divided), len(parts),
-                     len(records), t3 - t0)
+        logger.debug(
+            "%d divide + %d conquer masks -> %d records in %.2f s",
+            len(divided),
+            len(parts),
+            len(records),
+            t3 - t0,
+        )
         return records
 
-    def _divide_regions(self, image: npt.NDArray[np.uint8]) -> tuple[list[tuple[dict[str, Any], float]], list[str]]:
+    def _divide_regions(
+        self, image: npt.NDArray[np.uint8]
+    ) -> tuple[list[tuple[dict[str, Any], float]], list[str]]:
         """Divide masks (RLE, score) and their sources, plus the whole image when configured."""
         divided = self.divide(image)
-        source = "cutler" if self.cutler is not None else "maskcut" if self.divide_model is None else "model"
+        source = (
+            "cutler"
+            if self.cutler is not None
+            else "maskcut"
+            if self.divide_model is None
+            else "model"
+        )
         sources = [source] * len(divided)
-        if self.config.whole_image_region:  # the whole image as one more divide region (last, score 1)
+        if (
+            self.config.whole_image_region
+        ):  # the whole image as one more divide region (last, score 1)
             h, w = image.shape[:2]
             divided = [*divided, ({"size": [h, w], "counts": _full_counts(h, w)}, 1.0)]
             sources.append("image")
@@ -305,11 +448,20 @@ class DivideAndConquer:
             items.append((lambda r=rle: decode_rle(r), fields))
         for part in parts:
             parent_score = divided[part.parent][1]
-            items.append((
-                lambda p=part: paste_mask(p.mask, p.box_xyxy, hw),
-                {"score": conquer_score(parent_score, part.level, num_levels, part.scale, num_scales),
-                 "level": part.level, "theta": part.theta, "source": "conquer", "parent": part.parent},
-            ))
+            items.append(
+                (
+                    lambda p=part: paste_mask(p.mask, p.box_xyxy, hw),
+                    {
+                        "score": conquer_score(
+                            parent_score, part.level, num_levels, part.scale, num_scales
+                        ),
+                        "level": part.level,
+                        "theta": part.theta,
+                        "source": "conquer",
+                        "parent": part.parent,
+                    },
+                )
+            )
         return items
 
     def _select(self, items: list[tuple[Any, dict[str, Any]]]) -> set[int] | None:
@@ -339,16 +491,23 @@ class DivideAndConquer:
         refine_s = encode_s = 0.0
         stats = {"refine_rejected": 0, "orphans_dropped": 0, "empty_dropped": 0}
         kept_index: dict[int, int] = {}  # divide index -> output position (for parent ids)
-        psp_results = None  # CascadePSP: refined crops in item order, computed lazily in bounded batches
+        psp_results = (
+            None  # CascadePSP: refined crops in item order, computed lazily in bounded batches
+        )
         if self.refiner is not None:
-            to_refine = [i for i, (_, f) in enumerate(items)
-                         if (selected is None or i in selected) and f["source"] != "image"]
+            to_refine = [
+                i
+                for i, (_, f) in enumerate(items)
+                if (selected is None or i in selected) and f["source"] != "image"
+            ]
             self.refiner.warn_cpu_time(hw, (items[i][0]() for i in to_refine))  # once, CPU only
             psp_results = self.refiner.iter_refined(image, (items[i][0]() for i in to_refine))
         for pos, (get_mask, fields) in enumerate(items):
             if selected is not None and pos not in selected:
                 continue
-            mask = get_mask()  # one full-size mask at a time: memory stays bounded (spec §10 bug 16)
+            mask = (
+                get_mask()
+            )  # one full-size mask at a time: memory stays bounded (spec §10 bug 16)
             refined = "none"
             if cfg.refine.method != "none" and fields["source"] != "image":  # the image stays whole
                 tr = time.perf_counter()
@@ -374,13 +533,39 @@ class DivideAndConquer:
                 kept_index[pos] = len(records)
                 parent_id = None
             else:
-                if parent not in kept_index:
+                if parent not in kept_index and not cfg.keep_orphans:
                     stats["orphans_dropped"] += 1
                     continue  # its divide mask was rejected by refinement: drop the orphan part
-                parent_id = annotation_id(image_id, kept_index[parent])
-            records.append(MaskRecord(rle=rle, image_id=image_id, id=annotation_id(image_id, len(records)),
-                                      parent_id=parent_id, refined=refined, **fields))
+                parent_id = (
+                    annotation_id(image_id, kept_index[parent]) if parent in kept_index else None
+                )
+            records.append(
+                MaskRecord(
+                    rle=rle,
+                    image_id=image_id,
+                    id=annotation_id(image_id, len(records)),
+                    parent_id=parent_id,
+                    refined=refined,
+                    **fields,
+                )
+            )
         return records, {"refine": refine_s, "encode": encode_s}, stats
+
+
+class _BGRInput:
+    """A feature extractor seen through ``cv2.imread`` eyes: (B, S, S', 3) RGB batches are flipped
+    to BGR before the wrapped extractor normalises them (with its RGB statistics, as the released
+    code did, spec §10 bug 9). Every other attribute is the wrapped extractor's."""
+
+    def __init__(self, extractor: Any) -> None:
+        self._extractor = extractor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._extractor, name)
+
+    def __call__(self, images: Any) -> Any:
+        batch = np.asarray(images) if isinstance(images, np.ndarray) else np.stack(list(images))
+        return self._extractor(np.ascontiguousarray(batch[..., ::-1]))
 
 
 class _LazyMasks(Sequence[npt.NDArray[np.bool_]]):
@@ -400,7 +585,9 @@ def _full_counts(h: int, w: int) -> str:
     """Counts string of an all-True (h, w) mask, from its runs [0, h*w] (no (h, w) array built)."""
     from pycocotools import mask as mask_utils
 
-    return mask_utils.frPyObjects({"size": [h, w], "counts": [0, h * w]}, h, w)["counts"].decode("utf-8")
+    return mask_utils.frPyObjects({"size": [h, w], "counts": [0, h * w]}, h, w)["counts"].decode(
+        "utf-8"
+    )
 
 
 class DicoProducer:
@@ -480,6 +667,8 @@ def runtime_warnings(config: PipelineConfig) -> list[str]:
 
     out = []
     if config.divide == "maskcut" and config.maskcut.crf and not crf_available():
-        out.append('MaskCut CRF is off: pydensecrf2 is not installed (pip install "unsam[crf]"), so '
-                   "the divide masks stay at patch resolution")
+        out.append(
+            'MaskCut CRF is off: pydensecrf2 is not installed (pip install "unsam[crf]"), so '
+            "the divide masks stay at patch resolution"
+        )
     return out

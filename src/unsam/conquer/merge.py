@@ -62,7 +62,9 @@ def unit_rows(sums: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return sums / np.maximum(norms, _NORM_EPS)
 
 
-def row_similarities(dirs_a: npt.NDArray[np.float64], dirs_b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def row_similarities(
+    dirs_a: npt.NDArray[np.float64], dirs_b: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
     """Row-wise dot products ``(dirs_a * dirs_b).sum(-1)`` of unit vectors (cosine similarity)."""
     return (dirs_a * dirs_b).sum(-1)
 
@@ -103,24 +105,32 @@ def _as_float64(feats: torch.Tensor | npt.NDArray[np.floating]) -> npt.NDArray[n
 
 def _check_finite(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     if not np.isfinite(array).all():
-        raise ValueError("feats contains NaN or infinite values; check the feature extractor's output")
+        raise ValueError(
+            "feats contains NaN or infinite values; check the feature extractor's output"
+        )
     return np.ascontiguousarray(array)
 
 
 def _features_float64(feats: torch.Tensor | npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     array = _as_float64(feats)
     if array.ndim != 3 or min(array.shape) < 1:
-        raise ValueError(f"feats must be an (h, w, C) patch-feature grid, got shape {tuple(array.shape)}")
+        raise ValueError(
+            f"feats must be an (h, w, C) patch-feature grid, got shape {tuple(array.shape)}"
+        )
     return _check_finite(array)
 
 
 def _check_thetas(thetas: Sequence[float], min_size: int) -> tuple[float, ...]:
     values = tuple(float(t) for t in thetas)
     if not values:
-        raise ValueError("thetas is empty; pass at least one merge threshold, e.g. (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)")
+        raise ValueError(
+            "thetas is empty; pass at least one merge threshold, e.g. (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)"
+        )
     for t in values:
         if not (math.isfinite(t) and -1.0 <= t <= 1.0):
-            raise ValueError(f"merge threshold {t} is outside [-1, 1] (thresholds are cosine similarities)")
+            raise ValueError(
+                f"merge threshold {t} is outside [-1, 1] (thresholds are cosine similarities)"
+            )
     if int(min_size) != min_size or min_size < 1:
         raise ValueError(f"min_size must be a positive number of patches, got {min_size}")
     return values
@@ -238,14 +248,18 @@ def merge_graph(
     theta_values = _check_thetas(thetas, min_size)
     nodes = _as_float64(feats)
     if nodes.ndim != 2 or min(nodes.shape) < 1:
-        raise ValueError(f"feats must be an (N, C) node-feature matrix, got shape {tuple(nodes.shape)}")
+        raise ValueError(
+            f"feats must be an (N, C) node-feature matrix, got shape {tuple(nodes.shape)}"
+        )
     nodes = _check_finite(nodes)
     n = nodes.shape[0]
     e = np.asarray(edges)
     if e.size == 0:
         e = np.zeros((0, 2), dtype=np.int64)
     if e.ndim != 2 or e.shape[1] != 2 or not np.issubdtype(e.dtype, np.integer):
-        raise ValueError(f"edges must be an (E, 2) integer array of node pairs, got {e.shape} {e.dtype}")
+        raise ValueError(
+            f"edges must be an (E, 2) integer array of node pairs, got {e.shape} {e.dtype}"
+        )
     if e.size and (e.min() < 0 or e.max() >= n or (e[:, 0] == e[:, 1]).any()):
         raise ValueError(
             f"edges must join two different nodes with ids in [0, {n}); "
@@ -259,7 +273,9 @@ def merge_graph(
     if weights is not None:
         w = np.asarray(weights)
         if w.shape != (n,) or not np.issubdtype(w.dtype, np.integer) or (w < 1).any():
-            raise ValueError(f"weights must be ({n},) positive integers, got shape {w.shape} {w.dtype}")
+            raise ValueError(
+                f"weights must be ({n},) positive integers, got shape {w.shape} {w.dtype}"
+            )
     levels = _merge(nodes, np.stack([lo, hi], axis=1), theta_values, min_size, w, None)
     return [GraphMergeLevel(theta=t, level=lv, labels=lab, emitted=em) for t, lv, lab, em in levels]
 

@@ -54,22 +54,35 @@ class ConquerConfig:
     """Conquer stage (spec §3); defaults are the original's."""
 
     crop_size: int = param(
-        256, "side of the square each divide-mask crop is resized to for feature extraction, pixels (spec §3.1)"
+        256,
+        "side of the square each divide-mask crop is resized to for feature extraction, pixels (spec §3.1)",
     )
     thetas: tuple[float, ...] = param(
         DEFAULT_THETAS, "cosine merge thresholds, one mask level each, finest first (spec §3.2)"
     )
     min_size: int = param(4, "smallest emitted cluster, in patches (spec §3.2)")
     coverage_thresh: float = param(
-        0.9, "keep a conquer mask only if more than this fraction of it lies inside its divide mask (spec §3.3)"
+        0.9,
+        "keep a conquer mask only if more than this fraction of it lies inside its divide mask (spec §3.3)",
     )
     nms_iou_thresh: float = param(
-        0.9, "per-region NMS: a mask whose IoU with a larger one is above this is removed (spec §3.3)"
+        0.9,
+        "per-region NMS: a mask whose IoU with a larger one is above this is removed (spec §3.3)",
     )
     nms_window: int = param(
-        5, "per-region NMS compares each kept mask with the next nms_window - 1 masks by area (spec §3.3)"
+        5,
+        "per-region NMS compares each kept mask with the next nms_window - 1 masks by area (spec §3.3)",
     )
-    full_nms: bool = param(False, "per-region NMS over all pairs instead of the original's window rule")
+    full_nms: bool = param(
+        False, "per-region NMS over all pairs instead of the original's window rule"
+    )
+    mask_resize: Literal["half_max", "unsam"] = param(
+        "half_max",
+        "binarisation of a patch-grid cluster resized (PIL bicubic, 0/255) to its crop: half_max "
+        "keeps the pixels above half the resized maximum; unsam (the released code) keeps nothing "
+        "when that maximum is below 128, which drops small clusters of crops narrower than the "
+        "patch grid (unsam.masks.resize_mask)",
+    )
     batch_size: int = param(8, "divide-mask crops per feature-extractor call")
     # --- superpixel units: not in the original; defaults measured with the classic features ---
     units: Literal["patches", "superpixels"] = param(
@@ -92,7 +105,8 @@ class ConquerConfig:
         64, "with units=superpixels: smallest emitted cluster, pixels of the crop"
     )
     superpixel_max_side: int = param(
-        640, "with units=superpixels: crops are downscaled so the longer side is at most this many pixels"
+        640,
+        "with units=superpixels: crops are downscaled so the longer side is at most this many pixels",
     )
     superpixel_colour_weight: float = param(
         0.7,
@@ -102,25 +116,47 @@ class ConquerConfig:
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
-            raise ValueError(f"ConquerConfig.crop_size must be >= 1 pixel, got {self.crop_size}; the original uses 256")
+            raise ValueError(
+                f"ConquerConfig.crop_size must be >= 1 pixel, got {self.crop_size}; the original uses 256"
+            )
         if not self.thetas or not all(math.isfinite(t) and -1.0 <= t <= 1.0 for t in self.thetas):
-            raise ValueError(f"ConquerConfig.thetas must be non-empty, with values in [-1, 1]; got {self.thetas}")
+            raise ValueError(
+                f"ConquerConfig.thetas must be non-empty, with values in [-1, 1]; got {self.thetas}"
+            )
         if self.min_size < 1:
             raise ValueError(f"ConquerConfig.min_size must be >= 1 patch, got {self.min_size}")
         if not 0.0 <= self.coverage_thresh < 1.0:
-            raise ValueError(f"ConquerConfig.coverage_thresh must be in [0, 1), got {self.coverage_thresh}")
+            raise ValueError(
+                f"ConquerConfig.coverage_thresh must be in [0, 1), got {self.coverage_thresh}"
+            )
         if not 0.0 <= self.nms_iou_thresh <= 1.0:
-            raise ValueError(f"ConquerConfig.nms_iou_thresh must be in [0, 1], got {self.nms_iou_thresh}")
+            raise ValueError(
+                f"ConquerConfig.nms_iou_thresh must be in [0, 1], got {self.nms_iou_thresh}"
+            )
         if self.nms_window < 2:
-            raise ValueError(f"ConquerConfig.nms_window must be >= 2, got {self.nms_window}; the original uses 5")
+            raise ValueError(
+                f"ConquerConfig.nms_window must be >= 2, got {self.nms_window}; the original uses 5"
+            )
         if self.batch_size < 1:
             raise ValueError(f"ConquerConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.mask_resize not in ("half_max", "unsam"):
+            raise ValueError(
+                f"ConquerConfig.mask_resize must be 'half_max' or 'unsam', got {self.mask_resize!r}"
+            )
         if self.units not in ("patches", "superpixels"):
-            raise ValueError(f"ConquerConfig.units must be 'patches' or 'superpixels', got {self.units!r}")
+            raise ValueError(
+                f"ConquerConfig.units must be 'patches' or 'superpixels', got {self.units!r}"
+            )
         scales = self.superpixel_scales
         if not scales or not all(math.isfinite(v) and v > 0 for v in scales):
-            raise ValueError(f"ConquerConfig.superpixel_scales must be positive numbers, got {scales}")
-        if not self.superpixel_sigma >= 0 or self.superpixel_min_size < 1 or self.superpixel_min_area < 1:
+            raise ValueError(
+                f"ConquerConfig.superpixel_scales must be positive numbers, got {scales}"
+            )
+        if (
+            not self.superpixel_sigma >= 0
+            or self.superpixel_min_size < 1
+            or self.superpixel_min_area < 1
+        ):
             raise ValueError(
                 "ConquerConfig needs superpixel_sigma >= 0, superpixel_min_size >= 1 and "
                 f"superpixel_min_area >= 1; got {self.superpixel_sigma}, {self.superpixel_min_size}, "
@@ -210,14 +246,20 @@ def _region_masks(
     for lvl in levels:
         for cid in lvl.emitted:
             if cid not in passed:  # an unchanged cluster keeps its id across levels: do it once
-                make = functools.partial(resize_mask, lvl.labels == cid, crop_hw)  # patch grid: tiny
+                make = (
+                    functools.partial(  # the patch-grid mask is tiny; the crop mask is built on use
+                        resize_mask, lvl.labels == cid, crop_hw, rule=config.mask_resize
+                    )
+                )
                 mask = make()
                 inside = coverage(mask[None], divide_crop)[0] > config.coverage_thresh
                 passed[cid] = (make, int(np.count_nonzero(mask))) if inside else None
                 del mask
             if passed[cid] is not None:
                 make, area = passed[cid]  # type: ignore[misc]
-                candidates.append(ConquerMask(region.parent, lvl.level, lvl.theta, region.box, make))
+                candidates.append(
+                    ConquerMask(region.parent, lvl.level, lvl.theta, region.box, make)
+                )
                 areas.append(area)
     kept = windowed_nms(
         [c.source for c in candidates],  # built lazily, a few at a time
@@ -284,7 +326,11 @@ def _region_masks_superpixels(
         # never empty: clusters have area > 0 and resize_mask keeps the pixels above half its
         # maximum, so an upsampled non-empty mask stays non-empty
         make = functools.partial(_cluster_mask, clusters, int(i), crop_hw if scaled else None)
-        level, theta, scale = int(clusters.level[i]), float(clusters.theta[i]), int(clusters.scale[i])
+        level, theta, scale = (
+            int(clusters.level[i]),
+            float(clusters.theta[i]),
+            int(clusters.scale[i]),
+        )
         out.append(ConquerMask(region.parent, level, theta, region.box, make, scale=scale))
     return out
 
@@ -323,7 +369,9 @@ def conquer(
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+        raise ValueError(
+            f"image must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}"
+        )
     patch = getattr(extractor, "patch_size", None)
     if isinstance(patch, int) and patch > 0 and config.crop_size % patch:
         raise ValueError(
@@ -337,7 +385,9 @@ def conquer(
     for k, divide_mask in enumerate(divide_list):
         divide_mask = np.asarray(divide_mask, dtype=bool)
         if divide_mask.shape != hw:
-            raise ValueError(f"divide mask {k} has shape {divide_mask.shape}, but the image is {hw}")
+            raise ValueError(
+                f"divide mask {k} has shape {divide_mask.shape}, but the image is {hw}"
+            )
         box = region_box(divide_mask)
         if box is None:
             logger.debug("divide mask %d is empty or thinner than 2 px: skipped", k)
@@ -355,10 +405,15 @@ def conquer(
             divide_crop = np.asarray(divide_list[region.parent], dtype=bool)[y0:y1, x0:x1]
             if config.units == "superpixels":
                 crop = image[y0:y1, x0:x1]
-                out.extend(_region_masks_superpixels(region_feats, crop, divide_crop, region, config))
+                out.extend(
+                    _region_masks_superpixels(region_feats, crop, divide_crop, region, config)
+                )
             else:
                 out.extend(_region_masks(region_feats, divide_crop, region, config))
     logger.debug(
-        "conquer: %d divide masks, %d regions, %d conquer masks", len(divide_list), len(regions), len(out)
+        "conquer: %d divide masks, %d regions, %d conquer masks",
+        len(divide_list),
+        len(regions),
+        len(out),
     )
     return out

@@ -84,7 +84,9 @@ def find_key_projection(model: nn.Module) -> tuple[str, nn.Linear]:
     name, mod = found[-1]
     layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers is not None and not re.search(rf"(^|\.){layers - 1}\.", name):
-        raise ValueError(f"the last key projection {name!r} is not in the last layer ({layers - 1})")
+        raise ValueError(
+            f"the last key projection {name!r} is not in the last layer ({layers - 1})"
+        )
     return name, mod
 
 
@@ -117,7 +119,11 @@ class DinoFeatureExtractor(FeatureExtractor):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
         config = getattr(model, "config", None)
-        if config is None or not hasattr(config, "patch_size") or not hasattr(config, "hidden_size"):
+        if (
+            config is None
+            or not hasattr(config, "patch_size")
+            or not hasattr(config, "hidden_size")
+        ):
             raise ValueError(f"{type(model).__name__} has no ViT config (patch_size, hidden_size)")
         self.name = name
         self.device = torch.device(device)
@@ -245,7 +251,9 @@ def _set_layer_norm_eps(model: nn.Module, eps: float | None, source: str) -> Non
     """
     config = model.config
     current = float(config.layer_norm_eps)
-    target = eps if eps is not None else (DINO_LAYER_NORM_EPS if current == _HF_DEFAULT_EPS else current)
+    target = (
+        eps if eps is not None else (DINO_LAYER_NORM_EPS if current == _HF_DEFAULT_EPS else current)
+    )
     if target == current:
         return
     if eps is None:
@@ -319,13 +327,17 @@ def load_feature_extractor(
 
             for weights in path.glob("*.safetensors"):
                 check_safetensors_file(weights)  # a truncated download is named here
-            net = _check_loaded(*_from_pretrained(str(path), local_only=True, cache_dir=None), str(path))
+            net = _check_loaded(
+                *_from_pretrained(str(path), local_only=True, cache_dir=None), str(path)
+            )
         else:
             net = vit_from_dino_checkpoint(path, num_heads=num_heads)
     else:
         try:
             loaded = _from_pretrained(name, local_only=True, cache_dir=cache)
-        except Exception:  # not cached (OSError / huggingface_hub errors): try the hub unless offline
+        except (
+            Exception
+        ):  # not cached (OSError / huggingface_hub errors): try the hub unless offline
             if _hub_offline():
                 raise MissingWeightsError(_missing_hub_message(name)) from None
             logger.info("%s is not cached; downloading it from the Hugging Face hub", name)
@@ -335,7 +347,9 @@ def load_feature_extractor(
                 raise MissingWeightsError(_missing_hub_message(name)) from None
         net = _check_loaded(*loaded, name)
     _set_layer_norm_eps(net, layer_norm_eps, name)
-    extractor = DinoFeatureExtractor(net, name=name, device=device, dtype=dtype, batch_size=batch_size)
+    extractor = DinoFeatureExtractor(
+        net, name=name, device=device, dtype=dtype, batch_size=batch_size
+    )
     logger.info(
         "DINO features from %s: patch %d, %d-d keys, %s on %s",
         name,
