@@ -1,4 +1,5 @@
-"""Seconds per 1024-px image of the released UnSAM pseudo-label pipeline on CPU, per stage, and peak RSS.
+"""Seconds per 1024-px image of the released UnSAM pseudo-label pipeline on CPU, per stage, and
+peak RSS.
 
 ``--preset released`` end to end, CascadePSP off: the CutLER Cascade Mask R-CNN divide (800/1333
 resize, up to 100 masks scoring > 0.1), DINO ViT-B/8 keys of every divide region's 256² crop
@@ -264,7 +265,8 @@ def main() -> None:
             f"{variant:6s} {r['total']:7.1f} s/image  "
             + ", ".join(f"{k} {r[k]:.1f}" for k in stages)
             + f"  | peak RSS {r['peak_rss_gib']:.2f} GiB, {r['divide_masks']} divide masks, "
-            f"{r['masks']} masks, image {r['image_hw'][1]}x{r['image_hw'][0]}, {r['threads']} threads",
+            f"{r['masks']} masks, image {r['image_hw'][1]}x{r['image_hw'][0]}, {r['threads']} "
+            "threads",
             flush=True,
         )
     base = results[variants[0]]
@@ -272,7 +274,10 @@ def main() -> None:
         r = results[variant]
         r["speedup_total"] = base["total"] / r["total"]
         r["speedup_features"] = base["conquer_features"] / r["conquer_features"]
-        line = f"{variant} vs {variants[0]}: total x{r['speedup_total']:.2f}, features x{r['speedup_features']:.2f}"
+        line = (
+            f"{variant} vs {variants[0]}: total x{r['speedup_total']:.2f}, "
+            f"features x{r['speedup_features']:.2f}"
+        )
         if args.agreement:
             r["agreement"] = agreement(str(tmp / f"{variants[0]}.npy"), str(tmp / f"{variant}.npy"))
             line += f", masks {json.dumps(r['agreement'])}"

@@ -65,16 +65,21 @@ class PipelineConfig:
 
     features: str = param(
         "facebook/dino-vitb8",
-        "patch features: a DINO hub id (facebook/dino-vits8|vits16|vitb8|vitb16), a local HF folder, an official "
+        "patch features: a DINO hub id (facebook/dino-vits8|vits16|vitb8|vitb16), a local HF "
+        "folder, an official "
         "DINO .pth, or 'classic' (weight-free, lower quality)",
     )
     divide: str = param(
         "maskcut",
-        "divide stage: 'maskcut' (training-free, spec §2.2), 'model:RUN_DIR' (a trained unsam whole-image model), or 'cutler:PATH' (CutLER's Cascade Mask R-CNN with cutler_cascade_final.pth, as the released UnSAM code; 'cutler' alone reads PATH from $UNSAM_CUTLER_WEIGHTS)",
+        "divide stage: 'maskcut' (training-free, spec §2.2), 'model:RUN_DIR' (a trained unsam "
+        "whole-image model), or 'cutler:PATH' (CutLER's Cascade Mask R-CNN with "
+        "cutler_cascade_final.pth, as the released UnSAM code; 'cutler' alone reads PATH from "
+        "$UNSAM_CUTLER_WEIGHTS)",
     )
     divide_score_thresh: float = param(
         0.1,
-        "with divide=model:.../cutler, keep masks scoring above this (the original's detector threshold, spec §2.1)",
+        "with divide=model:.../cutler, keep masks scoring above this (the original's detector "
+        "threshold, spec §2.1)",
     )
     divide_max_masks: int = param(
         100, "with divide=model:.../cutler, at most this many divide masks per image (spec §2.1)"
@@ -88,7 +93,8 @@ class PipelineConfig:
     channel_order: Literal["rgb", "bgr"] = param(
         "rgb",
         "channel order of the images the feature extractor sees (MaskCut and conquer crops): rgb "
-        "(what DINO was trained on) or bgr (what the released UnSAM code fed it through cv2.imread, "
+        "(what DINO was trained on) or bgr (what the released UnSAM code fed it through "
+        "cv2.imread, "
         "spec §10 bug 9); CascadePSP has its own --refine-cascadepsp-channel-order",
     )
     maskcut: MaskCutConfig = field(
@@ -115,7 +121,8 @@ class PipelineConfig:
     )
     max_masks: int | None = param(
         None,
-        "keep at most this many masks per image, the highest-scoring ones (none: all, as the original)",
+        "keep at most this many masks per image, the highest-scoring ones (none: all, as the "
+        "original)",
     )
     keep_orphans: bool = param(
         False,
@@ -136,7 +143,8 @@ class PipelineConfig:
             ("model:", "cutler:")
         ):
             raise ValueError(
-                f"divide must be 'maskcut', 'model:RUN_DIR', 'cutler' or 'cutler:PATH', got {self.divide!r}"
+                "divide must be 'maskcut', 'model:RUN_DIR', 'cutler' or 'cutler:PATH', got "
+                f"{self.divide!r}"
             )
         if self.divide in ("model:", "cutler:"):
             raise ValueError(f"divide {self.divide!r} needs a path: model:RUN_DIR or cutler:PATH")
@@ -220,7 +228,8 @@ def _is_classic(config: PipelineConfig, extractor_name: str | None) -> bool:
 
 
 def _apply_defaults(obj: Any, values: dict[str, Any]) -> Any:
-    """``obj`` (a config dataclass) with ``values`` applied to the fields still at their class default."""
+    """``obj`` (a config dataclass) with ``values`` applied to the fields still at their class
+    default."""
     defaults = type(obj)()
     changes: dict[str, Any] = {}
     for name, value in values.items():
@@ -271,7 +280,8 @@ def conquer_score(
 
 
 class DivideAndConquer:
-    """Training-free multi-granular masks for one image, in the style of SAM's automatic mask generator.
+    """Training-free multi-granular masks for one image, in the style of SAM's automatic mask
+    generator.
 
     Args:
         features: feature extractor spec (see :class:`PipelineConfig`) or a ready
@@ -350,7 +360,8 @@ class DivideAndConquer:
         return self.extractor
 
     def divide(self, image: npt.NDArray[np.uint8]) -> list[tuple[dict[str, Any], float]]:
-        """Object-level masks as ``[(compressed RLE on the image grid, score)]``, by the divide stage
+        """Object-level masks as ``[(compressed RLE on the image grid, score)]``, by the divide
+        stage
         the config names. Each mask is encoded as soon as it exists, so K divide masks cost K RLEs,
         not K full-resolution arrays (a detector divide has up to 100)."""
         if self.cutler is not None:  # the released UnSAM divide (spec §2.1)
@@ -483,7 +494,8 @@ class DivideAndConquer:
         """Refine (optionally), encode one full-size mask at a time and link parts to parents.
 
         Returns:
-            (records, {"refine": s, "encode": s}, {"refine_rejected", "orphans_dropped", "empty_dropped"}).
+            (records, {"refine": s, "encode": s}, {"refine_rejected", "orphans_dropped",
+            "empty_dropped"}).
         """
         cfg = self.config
         hw = image.shape[:2]
@@ -630,11 +642,13 @@ def memory_bound_bytes(image_hw: tuple[int, int], config: PipelineConfig) -> int
 
     ``peak <= H*W * (K + 1 + 6) + R * S * 12 * m^2 + R * 4 * c^2 * 4 + F + 256 MiB``
 
-    * ``H*W * (K + 1)``: the K divide masks (K = ``maskcut.num_masks``, or ``divide_max_masks`` for a
+    * ``H*W * (K + 1)``: the K divide masks (K = ``maskcut.num_masks``, or ``divide_max_masks`` for
+      a
       detector or model divide) plus the whole-image region, one byte a pixel;
     * ``6 * H*W``: one output mask at a time — the crop-grid mask, its upsampling buffers, the
       full-size canvas and the Fortran copy pycocotools encodes (masks leave as RLE at once);
-    * ``R * S * 12 * m^2``: conquer's superpixel cell maps (int64) and cluster tables, for R regions,
+    * ``R * S * 12 * m^2``: conquer's superpixel cell maps (int64) and cluster tables, for R
+      regions,
       S superpixel scales and working side m = min(longer crop side, ``superpixel_max_side``);
       patch units keep only patch-grid labels instead (``(nms_window + 2)`` crop masks, in the
       6 * H*W term);

@@ -124,7 +124,8 @@ def _check_thetas(thetas: Sequence[float], min_size: int) -> tuple[float, ...]:
     values = tuple(float(t) for t in thetas)
     if not values:
         raise ValueError(
-            "thetas is empty; pass at least one merge threshold, e.g. (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)"
+            "thetas is empty; pass at least one merge threshold, e.g. (0.6, 0.5, 0.4, 0.3, 0.2, "
+            "0.1)"
         )
     for t in values:
         if not (math.isfinite(t) and -1.0 <= t <= 1.0):

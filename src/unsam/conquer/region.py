@@ -55,7 +55,8 @@ class ConquerConfig:
 
     crop_size: int = param(
         256,
-        "side of the square each divide-mask crop is resized to for feature extraction, pixels (spec §3.1)",
+        "side of the square each divide-mask crop is resized to for feature extraction, pixels "
+        "(spec §3.1)",
     )
     thetas: tuple[float, ...] = param(
         DEFAULT_THETAS, "cosine merge thresholds, one mask level each, finest first (spec §3.2)"
@@ -63,7 +64,8 @@ class ConquerConfig:
     min_size: int = param(4, "smallest emitted cluster, in patches (spec §3.2)")
     coverage_thresh: float = param(
         0.9,
-        "keep a conquer mask only if more than this fraction of it lies inside its divide mask (spec §3.3)",
+        "keep a conquer mask only if more than this fraction of it lies inside its divide mask "
+        "(spec §3.3)",
     )
     nms_iou_thresh: float = param(
         0.9,
@@ -71,7 +73,8 @@ class ConquerConfig:
     )
     nms_window: int = param(
         5,
-        "per-region NMS compares each kept mask with the next nms_window - 1 masks by area (spec §3.3)",
+        "per-region NMS compares each kept mask with the next nms_window - 1 masks by area (spec "
+        "§3.3)",
     )
     full_nms: bool = param(
         False, "per-region NMS over all pairs instead of the original's window rule"
@@ -106,7 +109,8 @@ class ConquerConfig:
     )
     superpixel_max_side: int = param(
         640,
-        "with units=superpixels: crops are downscaled so the longer side is at most this many pixels",
+        "with units=superpixels: crops are downscaled so the longer side is at most this many "
+        "pixels",
     )
     superpixel_colour_weight: float = param(
         0.7,
@@ -117,7 +121,8 @@ class ConquerConfig:
     def __post_init__(self) -> None:
         if self.crop_size < 1:
             raise ValueError(
-                f"ConquerConfig.crop_size must be >= 1 pixel, got {self.crop_size}; the original uses 256"
+                f"ConquerConfig.crop_size must be >= 1 pixel, got {self.crop_size}; the original "
+                "uses 256"
             )
         if not self.thetas or not all(math.isfinite(t) and -1.0 <= t <= 1.0 for t in self.thetas):
             raise ValueError(
@@ -159,7 +164,8 @@ class ConquerConfig:
         ):
             raise ValueError(
                 "ConquerConfig needs superpixel_sigma >= 0, superpixel_min_size >= 1 and "
-                f"superpixel_min_area >= 1; got {self.superpixel_sigma}, {self.superpixel_min_size}, "
+                f"superpixel_min_area >= 1; got {self.superpixel_sigma}, "
+                f"{self.superpixel_min_size}, "
                 f"{self.superpixel_min_area}"
             )
         weight = self.superpixel_colour_weight
@@ -167,7 +173,8 @@ class ConquerConfig:
             raise ValueError(f"ConquerConfig.superpixel_colour_weight must be >= 0, got {weight}")
         if self.superpixel_max_side < 16:
             raise ValueError(
-                f"ConquerConfig.superpixel_max_side must be >= 16 pixels, got {self.superpixel_max_side}"
+                "ConquerConfig.superpixel_max_side must be >= 16 pixels, got "
+                f"{self.superpixel_max_side}"
             )
 
 
@@ -201,7 +208,8 @@ class ConquerMask:
 
 
 def region_box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int] | None:
-    """Tight box (x0, y0, x1, y1) of a mask, x1/y1 exclusive; None if it is empty or < 2 px wide/high.
+    """Tight box (x0, y0, x1, y1) of a mask, x1/y1 exclusive; None if it is empty or < 2 px
+    wide/high.
 
     The original took inclusive maxima and sliced with them, dropping the last row and column
     (spec §10 bug 13); here x1 = last column + 1. A box of one row or column is degenerate and
@@ -286,7 +294,8 @@ def _region_masks_superpixels(
     region: _Region,
     config: ConquerConfig,
 ) -> list[ConquerMask]:
-    """``units="superpixels"``: merge superpixels of the crop, then the same coverage filter and NMS."""
+    """``units="superpixels"``: merge superpixels of the crop, then the same coverage filter and
+    NMS."""
     crop_hw = crop.shape[:2]
     factor = min(1.0, config.superpixel_max_side / max(crop_hw))
     work_hw = (max(1, round(crop_hw[0] * factor)), max(1, round(crop_hw[1] * factor)))
@@ -375,7 +384,8 @@ def conquer(
     patch = getattr(extractor, "patch_size", None)
     if isinstance(patch, int) and patch > 0 and config.crop_size % patch:
         raise ValueError(
-            f"ConquerConfig.crop_size={config.crop_size} is not a multiple of the extractor's patch size {patch}"
+            f"ConquerConfig.crop_size={config.crop_size} is not a multiple of the extractor's "
+            f"patch size {patch}"
         )
     hw = image.shape[:2]
     # indexed, never copied: a lazy sequence (the pipeline's RLE-backed masks) decodes one mask at

@@ -167,7 +167,8 @@ class DinoFeatureExtractor(FeatureExtractor):
                 )
             if keys.shape[1] != h * w + 1:
                 raise RuntimeError(
-                    f"expected {h * w} patch tokens + CLS from a {s}x{s2} input, got {keys.shape[1]} tokens"
+                    f"expected {h * w} patch tokens + CLS from a {s}x{s2} input, got "
+                    f"{keys.shape[1]} tokens"
                 )
             return keys[:, 1:, :].float().reshape(b, h, w, -1).cpu()
 
@@ -186,7 +187,8 @@ def _missing_hub_message(model_id: str) -> str:
         else ""
     )
     return (
-        f"DINO weights {model_id!r} are not in the Hugging Face cache and cannot be downloaded here: "
+        f"DINO weights {model_id!r} are not in the Hugging Face cache and cannot be downloaded "
+        "here: "
         f"download config.json and model.safetensors from https://huggingface.co/{model_id} into a "
         f"local folder{alt} and point --features PATH (model=PATH in load_feature_extractor) at it."
     )
@@ -199,7 +201,8 @@ def _missing_file_message(path: Path) -> str:
     else:
         where = (
             "download an official DINO checkpoint (e.g. "
-            f"{_OFFICIAL_URL.format('dino_vitbase8_pretrain')}) or save a transformers ViT folder there"
+            f"{_OFFICIAL_URL.format('dino_vitbase8_pretrain')}) or save a transformers ViT folder "
+            "there"
         )
     return f"feature weights {str(path)!r} do not exist: {where} and point --features PATH at it."
 
@@ -247,7 +250,8 @@ def _set_layer_norm_eps(model: nn.Module, eps: float | None, source: str) -> Non
     """Apply DINO's LayerNorm eps (1e-6).
 
     The hub DINO configs carry the transformers ViT default 1e-12 although DINO was trained with
-    1e-6; with ``eps=None`` a config holding exactly 1e-12 is switched to 1e-6, any other value kept.
+    1e-6; with ``eps=None`` a config holding exactly 1e-12 is switched to 1e-6, any other value
+    kept.
     """
     config = model.config
     current = float(config.layer_norm_eps)
@@ -282,7 +286,8 @@ def load_feature_extractor(
               paper's), ``dino-vitb16``), loaded from the Hugging Face cache or downloaded;
             - a local transformers folder (``config.json`` + safetensors);
             - an official DINO checkpoint file (``dino_vitbase8_pretrain.pth``,
-              ``dino_deitsmall8_pretrain.pth``, full training checkpoints with ``teacher``/``student``
+              ``dino_deitsmall8_pretrain.pth``, full training checkpoints with
+              ``teacher``/``student``
               entries …), converted on the fly;
             - ``"classic"``: the weight-free colour/texture extractor (lower quality, see
               :mod:`unsam.features.classic`).
