@@ -14,7 +14,8 @@ speed ratio, the maximum |Δp| of the probabilities and the fraction of crop pix
 (one run takes minutes on 2 CPU cores); ``--full`` runs every variant there too.
 Peak RSS is read after each side; the activation bytes per padded pixel come from the L = 900 run.
 
-Usage: .venv/bin/python benchmarks/cascadepsp_speed.py [--repeats 3] [--threads 1] [--device cpu] [--full]
+Usage: .venv/bin/python benchmarks/cascadepsp_speed.py [--repeats 3] [--threads 1] [--device cpu]
+       [--full]
 Writes benchmarks/results/cascadepsp_speed.json.
 """
 
@@ -127,9 +128,11 @@ def _run_side(
             row["speedup_vs_fp32"] = out["fp32"]["seconds_per_mask"] / row["seconds_per_mask"]  # type: ignore[index]
         out[name] = row
         print(
-            f"L={side} {name}: {row['seconds_per_mask']:.2f} s/mask (runs {[round(t, 2) for t in times]})"
+            f"L={side} {name}: {row['seconds_per_mask']:.2f} s/mask "
+            f"(runs {[round(t, 2) for t in times]})"
             + (
-                f", x{row['speedup_vs_fp32']:.2f} vs fp32, max|dp| {row['max_abs_prob_diff_vs_fp32']:.2e}, "
+                f", x{row['speedup_vs_fp32']:.2f} vs fp32, "
+                f"max|dp| {row['max_abs_prob_diff_vs_fp32']:.2e}, "
                 f"{100 * row['mask_pixels_differing_vs_fp32']:.3f}% pixels differ"
                 if "speedup_vs_fp32" in row
                 else ""
@@ -186,8 +189,10 @@ def main() -> int:
         else "",
     }
     print(
-        f"peak RSS: model {rss_model:.0f} MiB, after L=256 {rss_256:.0f} MiB, after L=900 {rss_900:.0f} MiB "
-        f"(~{data['activation_bytes_per_padded_pixel_L900']:.0f} B per padded pixel above the model)"
+        f"peak RSS: model {rss_model:.0f} MiB, after L=256 {rss_256:.0f} MiB, "
+        f"after L=900 {rss_900:.0f} MiB "
+        f"(~{data['activation_bytes_per_padded_pixel_L900']:.0f} B per padded pixel "
+        "above the model)"
     )
     print(f"wrote {write_result('cascadepsp_speed', data)}")
     return 0

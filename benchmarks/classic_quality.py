@@ -119,7 +119,8 @@ def main() -> None:
             write_coco_dataset(Path(args.save_dir) / f"{name}.json", preds)
 
     print(
-        f"COCO val2017 subset, {len(images)} images from #{args.start} (sorted by file name), class-agnostic"
+        f"COCO val2017 subset, {len(images)} images from #{args.start} (sorted by file name), "
+        "class-agnostic"
     )
     print(f"{'method':14s} " + " ".join(f"{k:>8s}" for k in KEYS) + "  s/img  masks/img")
     for name, r in results.items():

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def time_it(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, Any]:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs; and its last result."""
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs; and its
+    last result."""
     out = None
     for _ in range(warmup):
         out = fn()

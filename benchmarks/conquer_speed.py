@@ -115,7 +115,8 @@ def main() -> int:
             "emitted_per_level": [len(lv.emitted) for lv in fast_out],
         }
         print(
-            f"{name:8s} merge 32x32x768: fast {fast_s * 1e3:8.2f} ms | naive {slow_s * 1e3:9.2f} ms | "
+            f"{name:8s} merge 32x32x768: fast {fast_s * 1e3:8.2f} ms | "
+            f"naive {slow_s * 1e3:9.2f} ms | "
             f"speedup {slow_s / fast_s:6.1f}x | identical {same} | {merges} merges, "
             f"clusters/level {results[name]['clusters_per_level']}"
         )

@@ -1,4 +1,5 @@
-"""Promptable model speed on CPU: encode once + cheap clicks vs the original's per-call recompute vs SAM.
+"""Promptable model speed on CPU: encode once + cheap clicks vs the original's per-call recompute
+vs SAM.
 
 Measured in one run (random weights; speed does not depend on the values):
 
@@ -21,8 +22,8 @@ Timings: set_image / image encoders: median of ``--image-repeats`` runs after on
 ``--click-repeats`` runs after 2 warm-ups. Prints one JSON line with the numbers and the ratios
 and writes benchmarks/results/prompt_speed.json.
 
-Usage: .venv/bin/python benchmarks/prompt_speed.py [--image-repeats 2] [--click-repeats 10] [--threads N]
-       [--skip-sam]
+Usage: .venv/bin/python benchmarks/prompt_speed.py [--image-repeats 2] [--click-repeats 10]
+       [--threads N] [--skip-sam]
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def bench_sam(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-repeats", type=int, default=2)
     parser.add_argument("--click-repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)

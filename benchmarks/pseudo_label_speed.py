@@ -1,7 +1,8 @@
 """Seconds per 1024-px image of the divide-and-conquer pipeline on CPU, per stage, and peak memory.
 
 Usage:
-    python benchmarks/pseudo_label_speed.py [--archs vits8,vitb8,classic] [--repeats 2] [--refine none|crf]
+    python benchmarks/pseudo_label_speed.py [--archs vits8,vitb8,classic] [--repeats 2]
+        [--refine none|crf]
 
 DINO weights cannot be downloaded here, so ViT-S/8 and ViT-B/8 are random-initialised with DINO's
 shapes (saved to a temporary HF folder and loaded through the real loading code); their timings are
@@ -78,7 +79,8 @@ def child(arch: str, repeats: int, refine: str) -> dict:
         dico = DivideAndConquer(
             config=PipelineConfig(features=features, refine=RefineConfig(method=refine))
         )
-        # split the divide / conquer stages into feature extraction, CRF and the rest (NCut / merging)
+        # split the divide / conquer stages into feature extraction, CRF and the rest
+        # (NCut / merging)
         import time
 
         maskcut_module = sys.modules[
@@ -180,7 +182,8 @@ def main() -> None:
             f"{'':8s} "
             + "(stages: "
             + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-            + f"; slowest: {slowest})  peak RSS {r['peak_rss_gib']:.2f} GiB  {r['masks']:.0f} masks  "
+            + f"; slowest: {slowest})  peak RSS {r['peak_rss_gib']:.2f} GiB  "
+            f"{r['masks']:.0f} masks  "
             f"image {r['image_hw'][1]}x{r['image_hw'][0]}, {r['threads']} threads"
         )
     path = write_result("pseudo_label_speed", {"refine": args.refine, "results": results})

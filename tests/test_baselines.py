@@ -1,4 +1,5 @@
-"""unsam.baselines: cross-scale de-duplication and the ranking (coarse scales first, larger first)."""
+"""unsam.baselines: cross-scale de-duplication and the ranking (coarse scales first, larger
+first)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_scores_rank_coarse_scales_first_then_larger_regions(fake_segmentations:
 
 
 def test_area_limits(fake_segmentations: None) -> None:
-    # regions of 40 px (0.1 of the image) and less are dropped by min_area_frac 0.11; halves by max 0.5
+    # regions of 40 px (0.1 of the image) and less are dropped by min_area_frac 0.11; halves by
+    # max 0.5
     out = baseline_masks(
         np.zeros((H, W, 3), np.uint8), BaselineConfig(min_area_frac=0.11, max_area_frac=0.5)
     )

@@ -1,4 +1,5 @@
-"""`--divide model:RUN_DIR`: a trained unsam whole-image model's confident masks as divide regions."""
+"""`--divide model:RUN_DIR`: a trained unsam whole-image model's confident masks as divide
+regions."""
 
 from __future__ import annotations
 

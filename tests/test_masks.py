@@ -1,4 +1,5 @@
-"""unsam.masks (boxes, resizing) and the RLE IoU matrix, on tiny arrays with values worked out by hand.
+"""unsam.masks (boxes, resizing) and the RLE IoU matrix, on tiny arrays with values worked out by
+hand.
 
 PIL's bicubic resize (the original's, spec §2.2 step 11 / §3.3 step 1) is separable: a horizontal
 pass, rounded and clipped to uint8, then a vertical pass. Output pixel i of an n_in -> n_out axis
@@ -31,11 +32,14 @@ L_MASK = np.array([[1, 0, 0], [1, 1, 0]], dtype=bool)
 #     [ 0.4404  0.6260 -0.0665]   c = 1.071
 #     [ 0       1       0     ]   c = 1.5: exactly on input pixel 1 (k(0) = 1, k(1) = 0)
 #     ... mirrored for outputs 4..6
-#   2 -> 5 (s = 2/5): [1.0991 -0.0991], [0.9344 0.0656], [0.5 0.5], [0.0656 0.9344], [-0.0991 1.0991]
+#   2 -> 5 (s = 2/5): [1.0991 -0.0991], [0.9344 0.0656], [0.5 0.5], [0.0656 0.9344],
+#                     [-0.0991 1.0991]
 # Horizontal pass (rounded, clipped to 0..255):
-#   row 0 (255, 0, 0):   255 * column 0 of the 3 -> 7 table = [279.5, 231.0, 112.3, 0, -17.0, -2.1, 0]
+#   row 0 (255, 0, 0):   255 * column 0 of the 3 -> 7 table
+#                        = [279.5, 231.0, 112.3, 0, -17.0, -2.1, 0]
 #                        -> [255, 231, 112, 0, 0, 0, 0]
-#   row 1 (255, 255, 0): 255 * (column 0 + column 1)      = [255, 257.1, 272.0, 255, 142.7, 24.0, -24.5]
+#   row 1 (255, 255, 0): 255 * (column 0 + column 1)
+#                        = [255, 257.1, 272.0, 255, 142.7, 24.0, -24.5]
 #                        -> [255, 255, 255, 255, 143, 24, 0]
 # Vertical pass: row 2 (weights 0.5 / 0.5) is the mean of the two rows, e.g. (112 + 255) / 2 = 183.5
 # -> 184 and (0 + 255) / 2 = 127.5 -> 128; row 1 = 0.9344 * row 0 + 0.0656 * row 1, e.g. column 2:
@@ -63,7 +67,8 @@ L_UP = np.array(
     ],
     dtype=bool,
 )
-# Back down 5x7 -> 2x3 (s = 7/3 and 5/2 > 1: the kernel is stretched by f, support 2f, antialiasing):
+# Back down 5x7 -> 2x3 (s = 7/3 and 5/2 > 1: the kernel is stretched by f, support 2f,
+# antialiasing):
 #   7 -> 3, output 0 (c = 1.167): [0.3831 0.4395 0.2137 0 -0.0323 -0.0040 0]
 #   5 -> 2, output 0 (c = 1.25):  [0.3471 0.4156 0.2394 0.0292 -0.0313]
 # giving [[221, 46, 0], [255, 235, 34]]; max 255 -> > 127.5: the L again.
@@ -129,8 +134,8 @@ def test_resize_mask_is_bicubic_not_bilinear() -> None:
 
 def test_resize_mask_1x2_to_1x4() -> None:
     """2 -> 4 (s = 1/2). Output 1: c = 0.75, weights k(-0.25) = 0.8672 and k(0.75) = 0.2266, sum
-    1.0938 -> 255 * 0.2266 / 1.0938 = 52.8 -> 53. Output 0: c = 0.25, k(0.25) = 0.8672 and
-    k(1.25) = -0.0703 -> 255 * -0.0882 < 0 -> 0. By symmetry [0, 53, 202, 255]; > 127.5: [F, F, T, T]."""
+    1.0938 -> 255 * 0.2266 / 1.0938 = 52.8 -> 53. Output 0: c = 0.25, k(0.25) = 0.8672 and k(1.25) =
+    -0.0703 -> 255 * -0.0882 < 0 -> 0. By symmetry [0, 53, 202, 255]; > 127.5: [F, F, T, T]."""
     mask = np.array([[False, True]])
     np.testing.assert_array_equal(resize_mask(mask, (1, 4)), [[False, False, True, True]])
     np.testing.assert_array_equal(resize_mask(~mask, (1, 4)), [[True, True, False, False]])
@@ -147,7 +152,8 @@ def test_resize_mask_threshold_is_half_of_the_maximum() -> None:
     -> [0.4587, 0.4587, 0.1198, -0.0372]; output 1 mirrored -> [-0.0372, 0.1198, 0.4587, 0.4587].
     Row 1 after the horizontal pass: [255 * 0.4587, 255 * 0.1198] = [117, 31]; vertical pass:
     [[0.4587 * 117, 0.4587 * 31], [0.1198 * 117, 0.1198 * 31]] = [[54, 14], [14, 4]].
-    The maximum is 54, so the threshold is 27: only (0, 0) survives (a fixed 127.5 would keep nothing).
+    The maximum is 54, so the threshold is 27: only (0, 0) survives (a fixed 127.5 would keep
+    nothing).
     """
     mask = np.zeros((4, 4), bool)
     mask[1, 1] = True
@@ -207,7 +213,8 @@ def _three_masks() -> np.ndarray:
 
 
 def test_boxes_xyxy_from_masks() -> None:
-    # mask 0: x in {0, 2}, y in {1, 3} -> (0, 1, 3, 4) with exclusive x1 / y1; mask 1 empty -> zeros;
+    # mask 0: x in {0, 2}, y in {1, 3} -> (0, 1, 3, 4) with exclusive x1 / y1; mask 1 empty ->
+    # zeros;
     # mask 2 full 4x5 -> (0, 0, 5, 4)
     expected = np.array([[0, 1, 3, 4], [0, 0, 0, 0], [0, 0, 5, 4]])
     boxes = boxes_xyxy_from_masks(_three_masks())

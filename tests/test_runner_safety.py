@@ -176,7 +176,8 @@ def test_second_run_on_one_output_is_refused_and_named(tmp_path: Path) -> None:
     with run_lock(out):
         code = (
             "import sys; from unsam.io.files import run_lock\n"
-            f"try:\n    run_lock({str(out)!r}).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)"
+            f"try:\n    run_lock({str(out)!r}).__enter__()\n"
+            "except Exception as e:\n    print(e); sys.exit(3)"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 3
@@ -225,7 +226,8 @@ def test_worker_setup_failure_ends_the_run_once(folder: Path, tmp_path: Path) ->
 
 
 def test_worker_setup_failure_in_a_worker_only(folder: Path, tmp_path: Path) -> None:
-    """setup passes in the parent but fails in the spawned workers: one error, no endless respawn."""
+    """setup passes in the parent but fails in the spawned workers: one error, no endless
+    respawn."""
     with pytest.raises(RuntimeError, match="only in workers"):
         _run(folder, tmp_path / "o.json", FailsInWorkers(), workers=2)
 

@@ -42,7 +42,8 @@ def test_help_lists_every_command() -> None:
 
 
 def pred_results(path: Path) -> list[dict]:
-    """A COCO dataset written by unsam -> a plain results list with the GT's image ids (by file name)."""
+    """A COCO dataset written by unsam -> a plain results list with the GT's image ids (by file
+    name)."""
     gt_ids = {
         img["file_name"]: img["id"]
         for img in json.loads((EXAMPLES / "instances.json").read_text())["images"]

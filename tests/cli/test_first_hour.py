@@ -126,7 +126,8 @@ def test_loading_a_model_draws_no_progress_bar(
 def test_missing_maskcut_crf_is_loud_and_recorded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 9.4: the MaskCut CRF that silently turned off is now a warning in the summary and info."""
+    """Issue 9.4: the MaskCut CRF that silently turned off is now a warning in the summary and
+    info."""
     import json
 
     import unsam.crf as crf

@@ -97,7 +97,8 @@ def test_hand_example_min_size() -> None:
 
 
 def test_threshold_is_inclusive() -> None:
-    """A pair whose similarity equals theta is merged (the original stops only when best < theta)."""
+    """A pair whose similarity equals theta is merged (the original stops only when best <
+    theta)."""
     feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # cosine exactly 0.0
     assert merge_regions(feats, thetas=(0.0,), min_size=1)[0].labels.tolist() == [[2, 2]]
     assert merge_regions(feats, thetas=(0.01,), min_size=1)[0].labels.tolist() == [[0, 1]]

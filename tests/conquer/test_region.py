@@ -13,7 +13,8 @@ RED, BLUE, GREEN, GREY = (255, 0, 0), (0, 0, 255), (0, 255, 0), (128, 128, 128)
 
 
 class ColourExtractor:
-    """Patch feature = mean patch colour in [-0.5, 0.5]^3 (``texture``: minus the crop's mean, + spread).
+    """Patch feature = mean patch colour in [-0.5, 0.5]^3 (``texture``: minus the crop's mean, +
+    spread).
 
     Red and blue have cosine -1/3, so a red/blue crop never merges across colours. Records every
     batch it is called with.
@@ -212,7 +213,8 @@ def test_config_defaults_are_the_originals() -> None:
 
 @pytest.mark.data
 def test_real_image_with_classic_extractor(coco_gt, coco_images) -> None:
-    """Smoke test against the real FeatureExtractor contract on a COCO image, GT masks as divide masks."""
+    """Smoke test against the real FeatureExtractor contract on a COCO image, GT masks as divide
+    masks."""
     features = pytest.importorskip("unsam.features")
     from pycocotools.coco import COCO
 

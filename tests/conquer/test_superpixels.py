@@ -32,7 +32,8 @@ THETAS = (0.9, 0.7, 0.5, 0.3, 0.1, -0.1)
 
 
 def random_labels(h: int, w: int, n: int, seed: int) -> np.ndarray:
-    """Voronoi cells of n random seeds: a label map like a superpixel map (some labels may be absent)."""
+    """Voronoi cells of n random seeds: a label map like a superpixel map (some labels may be
+    absent)."""
     rng = np.random.default_rng(seed)
     pts = rng.uniform(0, 1, size=(n, 2)) * (h, w)
     yy, xx = np.mgrid[0:h, 0:w]

@@ -74,8 +74,8 @@ def _masks(dataset: dict) -> list[np.ndarray]:
 
 
 def _coco_source(tmp_path: Path) -> Path:
-    """COCO instances JSON: image 7 (6x8; a crowd region as uncompressed RLE, a polygon) listed before
-    image 3 (5x5; a compressed RLE, an empty polygon list)."""
+    """COCO instances JSON: image 7 (6x8; a crowd region as uncompressed RLE, a polygon) listed
+    before image 3 (5x5; a compressed RLE, an empty polygon list)."""
     rle = encode_mask(RLE_MASK)
     return _write(
         tmp_path / "instances_val2017.json",

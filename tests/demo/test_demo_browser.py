@@ -2,8 +2,8 @@
 download the COCO JSON. Runs Debian's chromium through playwright against a local server with no
 model (divide-and-conquer on classic features).
 
-Needs ``gradio`` (the ``[demo]`` extra), ``playwright`` (the ``[dev]`` extra) and ``/usr/bin/chromium``
-(``apt-get install -y chromium``); skipped with the reason otherwise. With
+Needs ``gradio`` (the ``[demo]`` extra), ``playwright`` (the ``[dev]`` extra) and
+``/usr/bin/chromium`` (``apt-get install -y chromium``); skipped with the reason otherwise. With
 ``UNSAM_WRITE_DOCS_SCREENSHOT=1`` the final screenshot is also written to ``docs/demo.png``.
 """
 
@@ -61,7 +61,8 @@ def _position_in(img, x: float, y: float) -> dict[str, float]:
     """Where image pixel (x, y) is drawn inside an <img> element (object-fit contain / scale-down,
     centred), relative to the element's top-left corner."""
     nw, nh, fit, bw, bh = img.evaluate(
-        "e => [e.naturalWidth, e.naturalHeight, getComputedStyle(e).objectFit, e.clientWidth, e.clientHeight]"
+        "e => [e.naturalWidth, e.naturalHeight, getComputedStyle(e).objectFit, e.clientWidth, "
+        "e.clientHeight]"
     )
     assert fit in ("contain", "scale-down"), f"unexpected object-fit {fit!r}"
     scale = min(bw / nw, bh / nh) if fit == "contain" else min(1.0, bw / nw, bh / nh)

@@ -55,8 +55,8 @@ def official_state_dict(model: CascadeMaskRCNN) -> dict[str, torch.Tensor]:
 def conditioned_model(
     seed: int = 0, fg_bias: float = 2.0, mask_bias: float = 1.0
 ) -> CascadeMaskRCNN:
-    """Random weights that keep activations O(1) through 50 layers, with biased outputs:
-    foreground probability ≈ sigmoid(fg_bias) for every ROI, mask probability ≈ sigmoid(mask_bias)."""
+    """Random weights that keep activations O(1) through 50 layers, with biased outputs: foreground
+    probability ≈ sigmoid(fg_bias) for every ROI, mask probability ≈ sigmoid(mask_bias)."""
     g = torch.Generator().manual_seed(seed)
     model = CascadeMaskRCNN()
     with torch.no_grad():

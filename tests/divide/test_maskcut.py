@@ -42,7 +42,8 @@ def _planted(
     hw: tuple[int, int] = (30, 30),
     noise: float = 0.3,
 ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.bool_]]]:
-    """(h, w, 32) features: one background vector, one orthogonal vector per (y0, y1, x0, x1) box."""
+    """(h, w, 32) features: one background vector, one orthogonal vector per (y0, y1, x0, x1)
+    box."""
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.standard_normal((32, 32)))
     h, w = hw
@@ -148,7 +149,8 @@ def test_matches_literal_reference_loop(seed: int) -> None:
 
 
 def test_corner_rule_flips_background_like_side() -> None:
-    """A Γ-shaped region touching 3 corners holds the eigenvector's peak; the rule flips to the rest."""
+    """A Γ-shaped region touching 3 corners holds the eigenvector's peak; the rule flips to the
+    rest."""
     feats, (top, left) = _planted([(0, 6, 0, 30), (6, 30, 0, 6)], seed=5)
     feats[6:, :6] = feats[0, 0]  # one surface: the Γ
     gamma = top | left

@@ -21,9 +21,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray", reason='needs Ray: pip install "unsam[ray]"')
 pytest.importorskip("ray.data", reason='needs Ray Data: pip install "unsam[ray]"')
 
-from unsam.baselines import BaselineConfig, BaselineProducer
-from unsam.engines.ray_engine import RayEngine
-from unsam.runner import run_images, shard_dir_for, work_file_for
+from unsam.baselines import BaselineConfig, BaselineProducer  # noqa: E402
+from unsam.engines.ray_engine import RayEngine  # noqa: E402
+from unsam.runner import run_images, shard_dir_for, work_file_for  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 

@@ -207,7 +207,8 @@ def test_bad_predictions_name_the_field(tmp_path: Path, pred: object, message: s
 def test_bad_ground_truth_file(tmp_path: Path) -> None:
     bad = tmp_path / "gt.json"
     bad.write_text(
-        '{"images": [{"id": 1, "height": 2, "width": 2}], "annotations": [{"image_id": 1, "segmentation": 3}]}'
+        '{"images": [{"id": 1, "height": 2, "width": 2}], '
+        '"annotations": [{"image_id": 1, "segmentation": 3}]}'
     )
     with pytest.raises(MaskFileError, match=r"gt.json: annotations\[0\]: field \"segmentation\""):
         evaluate(bad, [])

@@ -208,7 +208,8 @@ def test_iterative_protocol_positive_and_negative_clicks() -> None:
 
     GT = rows 0-5 x cols 0-9 (60 px) on a 12x12 image. Click 1 at its deepest point.
     Prediction 1: rows 0-1 only (IoU 20/60) -> the false negative rows 2-5 -> positive click 2.
-    Prediction 2: GT plus rows 6-11 (IoU 60/132; no false negative) -> negative click 3 in rows 6-11.
+    Prediction 2: GT plus rows 6-11 (IoU 60/132; no false negative) -> negative click 3 in
+    rows 6-11.
     Prediction 3: exactly GT -> IoU 1 >= 0.9, stop. NoC@0.3 = 1, @0.45 = 2, @0.5 = 3.
     """
     hw = (12, 12)
@@ -294,7 +295,7 @@ def test_bad_prediction_shape_is_reported() -> None:
     gt = _square((8, 8), 2, 6, 2, 6)
     with pytest.raises(ValueError, match="predict must return"):
         evaluate_segment(
-            lambda i, p, l: (np.zeros((6, 4, 4), bool), np.zeros(6)),
+            lambda i, p, lab: (np.zeros((6, 4, 4), bool), np.zeros(6)),
             np.zeros((8, 8, 3), np.uint8),
             gt,
         )

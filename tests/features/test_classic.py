@@ -12,7 +12,8 @@ from unsam.features import ClassicFeatureExtractor, load_feature_extractor
 
 
 def _disc_image(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A striped blue disc on a noisy red background, 128x128; returns (image, 16x16 patch truth)."""
+    """A striped blue disc on a noisy red background, 128x128; returns (image, 16x16 patch
+    truth)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:128, :128]
     disc = (yy - 64) ** 2 + (xx - 72) ** 2 < 35**2
@@ -56,10 +57,12 @@ def test_flat_image_is_not_amplified() -> None:
     assert feats[..., -pos_dims:].abs().max() > 0.01
 
 
-def test_warns_lower_quality(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="unsam.features.classic"):
+def test_notes_lower_quality_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11.6: asked for by name, classic is noted at INFO, not warned about."""
+    with caplog.at_level(logging.INFO, logger="unsam.features.classic"):
         ClassicFeatureExtractor()
     assert "lower quality" in caplog.text
+    assert all(r.levelno == logging.INFO for r in caplog.records if "lower quality" in r.message)
 
 
 def test_patch_size_validation() -> None:

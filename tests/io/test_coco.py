@@ -99,7 +99,10 @@ def test_jsonl_line_round_trip_and_partial_last_line(tmp_path: Path) -> None:
             'images\\[0\\]: missing field "height"',
         ),
         (
-            '{"images": [{"id": 1, "width": 4, "height": 4}], "annotations": [{"image_id": 2, "segmentation": []}]}',
+            (
+                '{"images": [{"id": 1, "width": 4, "height": 4}], '
+                '"annotations": [{"image_id": 2, "segmentation": []}]}'
+            ),
             'annotations\\[0\\]: image_id 2 is not in "images"',
         ),
         (

@@ -1,4 +1,5 @@
-"""unsam.io.images: every image kind becomes RGB uint8; every bad file a one-line error naming it."""
+"""unsam.io.images: every image kind becomes RGB uint8; every bad file a one-line error naming
+it."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""Run one ``unsam`` command in this process and print its peak memory as JSON (for the memory tests).
+"""Run one ``unsam`` command in this process and print its peak memory as JSON (for the memory
+tests).
 
 Usage: python -m tests.memory.probe IMAGE_H IMAGE_W OUT_DIR -- unsam-args...
-The image is synthetic (smooth colour regions + noise); ``{image}`` in the args is replaced by its path.
-``base`` is the peak RSS after the imports (torch, transformers, unsam) and the image are in memory,
-``peak`` the peak RSS at the end; the test compares ``peak - base`` with the documented formula.
+The image is synthetic (smooth colour regions + noise); ``{image}`` in the args is replaced by its
+path. ``base`` is the peak RSS after the imports (torch, transformers, unsam) and the image are in
+memory, ``peak`` the peak RSS at the end; the test compares ``peak - base`` with the documented
+formula.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Tests of unsam.models.whole_image.config: model sizes, FrozenBN, backbone loading, preprocessing."""
+"""Tests of unsam.models.whole_image.config: model sizes, FrozenBN, backbone loading,
+preprocessing."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def tiny() -> nn.Module:
 
 
 def test_r50_config_matches_spec() -> None:
-    """Spec §6.1/§6.2/Appendix C: R50, 2000 queries, 1 class, 10 decoder / 6 encoder layers, losses."""
+    """Spec §6.1/§6.2/Appendix C: R50, 2000 queries, 1 class, 10 decoder / 6 encoder layers,
+    losses."""
     cfg = model_config("r50")
     bb = cfg.backbone_config
     assert bb.model_type == "resnet"
@@ -166,7 +168,8 @@ def _torchvision_state_dict(
 
 
 def _tiny_with_depths(depths: list[int]) -> nn.Module:
-    """The tiny model with other ResNet stage depths (two blocks make BN swaps across blocks visible)."""
+    """The tiny model with other ResNet stage depths (two blocks make BN swaps across blocks
+    visible)."""
     from transformers import Mask2FormerForUniversalSegmentation
 
     cfg = model_config("tiny")
@@ -181,7 +184,8 @@ def test_load_backbone_checkpoint_maps_every_tensor(tmp_path, tiny: nn.Module, d
     (tests/reference/resnet_keys.py) send there; all source values are distinct."""
     model = tiny if depths == (1, 1, 1, 1) else _tiny_with_depths(list(depths))
     sd = _torchvision_state_dict(depths, (32, 64, 128, 256), 16)
-    # no two source tensors are equal (values differ element-wise), so a misplaced one cannot look right
+    # no two source tensors are equal (values differ element-wise), so a misplaced one cannot look
+    # right
     values = list(sd.values())
     for i, a in enumerate(values):
         assert not any(a.shape == b.shape and (a == b).any() for b in values[i + 1 :])

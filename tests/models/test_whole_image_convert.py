@@ -1,4 +1,5 @@
-"""Tests of unsam.models.whole_image.convert against a synthetic official checkpoint (spec Appendix C)."""
+"""Tests of unsam.models.whole_image.convert against a synthetic official checkpoint (spec Appendix
+C)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_every_tensor_lands_in_the_right_place(official, r50_keys) -> None:
 
 
 def test_query_trap_feat_vs_embed(official) -> None:
-    """Regression (Appendix C note 3): query_feat -> queries_features, query_embed -> queries_embedder."""
+    """Regression (Appendix C note 3): query_feat -> queries_features, query_embed ->
+    queries_embedder."""
     converted = convert_official_state_dict(official)
     p = "sem_seg_head.predictor."
     assert torch.equal(
@@ -97,7 +99,8 @@ def test_query_trap_feat_vs_embed(official) -> None:
 
 
 def test_qkv_split_reproduces_multihead_attention() -> None:
-    """Appendix C note 7: the row split gives transformers' self-attention the packed layer's output."""
+    """Appendix C note 7: the row split gives transformers' self-attention the packed layer's
+    output."""
     from transformers.models.mask2former.modeling_mask2former import Mask2FormerAttention
 
     torch.manual_seed(0)

@@ -174,7 +174,8 @@ def adaptive_avg_pool_naive(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def bilinear_naive(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """(C, h, w) -> (C, out_h, out_w), ``align_corners=False`` (half-pixel centres, clamped at 0)."""
+    """(C, h, w) -> (C, out_h, out_w), ``align_corners=False`` (half-pixel centres, clamped at
+    0)."""
     c, h, w = x.shape
     out = np.zeros((c, out_h, out_w), dtype=np.float64)
     for oy in range(out_h):
@@ -199,7 +200,8 @@ def psp_naive(
     bottleneck_w: np.ndarray,
     bottleneck_b: np.ndarray,
 ) -> np.ndarray:
-    """PSPModule (spec §3.3) on (C, h, w): pool 1/2/3/6, 1x1 conv, upsample, concat, 1x1 conv, ReLU."""
+    """PSPModule (spec §3.3) on (C, h, w): pool 1/2/3/6, 1x1 conv, upsample, concat, 1x1 conv,
+    ReLU."""
     _, h, w = feats.shape
     priors = []
     for size, weight in zip((1, 2, 3, 6), stage_weights):

@@ -49,8 +49,8 @@ def pycocotools_metrics(
     results: str | Path | list[dict[str, Any]],
     max_dets: tuple[int, ...] = (1, 10, 100, 1000),
 ) -> dict[str, float | None]:
-    """Load GT and a results list with pycocotools, run COCOeval(segm, useCats=0) over all GT images,
-    and read every metric off the ``recall`` / ``precision`` arrays.
+    """Load GT and a results list with pycocotools, run COCOeval(segm, useCats=0) over all GT
+    images, and read every metric off the ``recall`` / ``precision`` arrays.
 
     ``recall`` is [T=10 IoU thresholds, K=1 category, A=4 areas, M=len(max_dets)]; ``precision`` is
     [T, R=101 recall points, K, A, M]. AP and the per-area ARs are read at the last max_dets.

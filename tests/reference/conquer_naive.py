@@ -1,4 +1,5 @@
-"""The per-image conquer driver (spec §3.1, §3.3) rebuilt from the naive references, with no unsam code.
+"""The per-image conquer driver (spec §3.1, §3.3) rebuilt from the naive references, with no unsam
+code.
 
 For every divide region: crop its tight box (last row and column included), resize the crop to
 ``crop_size``² with PIL bicubic, extract patch features, merge them with :func:`merge_naive`,
@@ -30,7 +31,8 @@ def pil_resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def pil_resize_mask(mask: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(H, W) bool -> (h, w) bool: 0/255 uint8, PIL bicubic, then > half of the maximum (all False if 0)."""
+    """(H, W) bool -> (h, w) bool: 0/255 uint8, PIL bicubic, then > half of the maximum (all False
+    if 0)."""
     if mask.shape == (h, w):
         return mask.astype(bool)
     arr = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BICUBIC))

@@ -1,4 +1,5 @@
-"""Names and shapes of the official UnSAM whole-image checkpoint, written out by hand (spec Appendix C).
+"""Names and shapes of the official UnSAM whole-image checkpoint, written out by hand (spec Appendix
+C).
 
 Naive, loop-by-loop listing of every tensor of the detectron2 Mask2Former R50 ``model`` dict with
 the transformers name(s) it must land at, independent of the regex table in
@@ -19,7 +20,8 @@ BN = ("weight", "bias", "running_mean", "running_var")
 
 
 def official_entries(num_queries: int = 2000) -> list[Entry]:
-    """Every tensor of the official R50 Mask2Former ``model`` dict (hidden 256, 6 enc, 9+1 dec layers)."""
+    """Every tensor of the official R50 Mask2Former ``model`` dict (hidden 256, 6 enc, 9+1 dec
+    layers)."""
     out: list[Entry] = []
 
     def add(name: str, shape: tuple[int, ...], hf: str) -> None:
@@ -165,7 +167,8 @@ def official_entries(num_queries: int = 2000) -> list[Entry]:
 
 
 def synthetic_official_state_dict(num_queries: int = 6, seed: int = 0) -> dict:
-    """Every official tensor with its shape, filled with distinct random values (a forward pass stays finite)."""
+    """Every official tensor with its shape, filled with distinct random values (a forward pass
+    stays finite)."""
     import math
 
     import torch

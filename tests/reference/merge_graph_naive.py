@@ -1,9 +1,9 @@
 """Naive bottom-up merging on an arbitrary adjacency graph: short, obviously correct, slow.
 
 :func:`tests.reference.merge_naive.merge_naive` with the grid replaced by an explicit edge list and
-the cluster size by a sum of node weights. Same arithmetic (float64 sums, ``d = s / max(|s|, 1e-12)``,
-``sim = (d_a * d_b).sum(-1)``), same tie rule (smallest ``(a, b)`` id pair), so it must agree exactly
-with ``unsam.conquer.merge.merge_graph``.
+the cluster size by a sum of node weights. Same arithmetic (float64 sums, ``d = s / max(|s|,
+1e-12)``, ``sim = (d_a * d_b).sum(-1)``), same tie rule (smallest ``(a, b)`` id pair), so it must
+agree exactly with ``unsam.conquer.merge.merge_graph``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def distance_transform_naive(
 
 
 def click_naive(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
-    """(x, y, distance map) of the original's click: pad 1 px, invert, transform, crop, first argmax."""
+    """(x, y, distance map) of the original's click: pad 1 px, invert, transform, crop, first
+    argmax."""
     padded = np.pad(mask.astype(bool), 1)
     dist = distance_transform_naive(1.0 - padded.astype(np.float64))[1:-1, 1:-1]
     flat = int(np.argmax(dist))
@@ -58,7 +59,8 @@ def click_naive(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
 def point_metrics_naive(
     per_segment: list[tuple[np.ndarray, np.ndarray, np.ndarray]], thresholds=(0.5, 0.8, 0.85, 0.9)
 ) -> dict[str, float]:
-    """One click per segment. Each item: (gt (H, W) bool, masks (K, H, W) bool, predicted_iou (K,))."""
+    """One click per segment. Each item: (gt (H, W) bool, masks (K, H, W) bool, predicted_iou
+    (K,))."""
     max_ious, oracle_ious = [], []
     for gt, masks, pred in per_segment:
         ious = []

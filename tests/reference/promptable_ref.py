@@ -94,7 +94,8 @@ def self_attention_naive(
     n_heads: int,
     blocked: torch.Tensor | None,
 ) -> torch.Tensor:
-    """nn.MultiheadAttention(q = k = x + pos, v = x) with ``blocked[i, j]`` = True masking j for i."""
+    """nn.MultiheadAttention(q = k = x + pos, v = x) with ``blocked[i, j]`` = True masking j for
+    i."""
     q_count, c = x.shape
     d = c // n_heads
     w = p[prefix + "in_proj_weight"]
@@ -271,7 +272,8 @@ def mlp(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, num_layers: in
 
 
 def box_sine_naive(box: torch.Tensor, num_feats: int) -> torch.Tensor:
-    """``gen_sineembed_for_position`` of (Q, 4) boxes: blocks (cy, cx, w, h), sin/cos interleaved."""
+    """``gen_sineembed_for_position`` of (Q, 4) boxes: blocks (cy, cx, w, h), sin/cos
+    interleaved."""
     out = []
     for coord in (1, 0, 2, 3):
         cols = []

@@ -1,4 +1,5 @@
-"""torchvision ResNet (bottleneck) keys and where transformers' ResNetBackbone keeps them (no unsam code).
+"""torchvision ResNet (bottleneck) keys and where transformers' ResNetBackbone keeps them (no unsam
+code).
 
 :func:`hf_backbone_name` renames one torchvision key by reading it part by part (written
 independently of ``unsam.models.whole_image.config.torchvision_resnet_key_map``, which builds a

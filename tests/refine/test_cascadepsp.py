@@ -1,4 +1,5 @@
-"""CascadePSP refinement (spec §4.1, spec/CASCADEPSP.md): network, key table, refine(fast=True), UnSAM rules."""
+"""CascadePSP refinement (spec §4.1, spec/CASCADEPSP.md): network, key table, refine(fast=True),
+UnSAM rules."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A synthetic official weights file: every TSV row with random values, 'module.' keys, torch.save."""
+    """A synthetic official weights file: every TSV row with random values, 'module.' keys,
+    torch.save."""
     g = torch.Generator().manual_seed(0)
     sd: OrderedDict[str, torch.Tensor] = OrderedDict()
     for file_key, _key, shape, dtype in _tsv_rows():
@@ -98,7 +100,8 @@ def official_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 
 def test_key_table_equals_the_official_tsv() -> None:
-    """All 426 rows (file key, module key, shape, dtype) and 67,745,648 values (CASCADEPSP.md §3.8, §6.1)."""
+    """All 426 rows (file key, module key, shape, dtype) and 67,745,648 values (CASCADEPSP.md §3.8,
+    §6.1)."""
     rows = _tsv_rows()
     table = official_key_table()
     assert len(rows) == len(table) == 426
@@ -261,10 +264,11 @@ def test_psp_module_matches_naive() -> None:
 
 
 class _Stub(nn.Module):
-    """Cheap stand-in for RefinementModule: (im, seg) -> sigmoid(10·(erode(seg) - 0.4) + 0.3·conv(im)).
+    """Cheap stand-in for RefinementModule: (im, seg) -> sigmoid(10·(erode(seg) - 0.4) +
+    0.3·conv(im)).
 
-    Records input shapes. The 7x7 mean "erodes" the mask so thin masks vanish (IoU rejection), and the
-    image term makes the result depend on colours, padding and channel order.
+    Records input shapes. The 7x7 mean "erodes" the mask so thin masks vanish (IoU rejection), and
+    the image term makes the result depend on colours, padding and channel order.
     """
 
     def __init__(self) -> None:
@@ -309,7 +313,8 @@ def test_safe_forward_pads_both_sides_image_with_0_mask_with_minus_1() -> None:
 def test_refine_crop_global_matches_naive(
     hw: tuple[int, int], side: int, net_hw: tuple[int, int]
 ) -> None:
-    """Resize / pad / resize-back rules equal the original's (§2.3), probabilities to float rounding."""
+    """Resize / pad / resize-back rules equal the original's (§2.3), probabilities to float
+    rounding."""
     g = torch.Generator().manual_seed(sum(hw))
     im = torch.randn(1, 3, *hw, generator=g)
     seg = torch.where(torch.rand(1, 1, *hw, generator=g) > 0.3, 1.0, -1.0)
@@ -363,7 +368,8 @@ def test_crop_box_and_l_hand_computed() -> None:
 
 
 def test_cpu_time_estimate_from_crop_sizes(caplog: pytest.LogCaptureFixture) -> None:
-    """One 904² crop ≈ 189 s on 2 cores (CASCADEPSP.md §5); crops of >= 900 run at 900 (padded 904)."""
+    """One 904² crop ≈ 189 s on 2 cores (CASCADEPSP.md §5); crops of >= 900 run at 900 (padded
+    904)."""
     assert estimate_cpu_seconds([(904, 904)]) == pytest.approx(189.0)
     assert estimate_cpu_seconds([(3000, 3000)]) == pytest.approx(189.0)
     assert estimate_cpu_seconds([(50, 50), (50, 50)]) == pytest.approx(
@@ -380,7 +386,8 @@ def test_cpu_time_estimate_from_crop_sizes(caplog: pytest.LogCaptureFixture) -> 
 
 
 def _scene() -> tuple[np.ndarray, list[np.ndarray]]:
-    """A 130x170 image and masks hitting each rule: S < 100, S in [100, 900], thin (vanishes), > 90%, empty."""
+    """A 130x170 image and masks hitting each rule: S < 100, S in [100, 900], thin (vanishes),
+    > 90%, empty."""
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (130, 170, 3), dtype=np.uint8)
     image[30:90, 40:120] = (220, 60, 30)
@@ -589,7 +596,8 @@ class _Recording(CascadePSPRefiner):
 
 
 def test_pipeline_refines_with_cascadepsp(monkeypatch: pytest.MonkeyPatch, test_data: Path) -> None:
-    """Records hold the refiner's kept masks, in order; the whole-image region stays whole; no orphans."""
+    """Records hold the refiner's kept masks, in order; the whole-image region stays whole; no
+    orphans."""
     from unsam.io.images import load_image
     from unsam.pipeline import DivideAndConquer
 
@@ -621,7 +629,8 @@ def test_pipeline_refines_with_cascadepsp(monkeypatch: pytest.MonkeyPatch, test_
 def test_cli_pseudo_label_with_synthetic_official_weights(
     tmp_path: Path, official_file, test_data: Path
 ) -> None:
-    """``unsam pseudo-label DIR -o OUT.json --features classic --refine cascadepsp:CKPT`` (real network)."""
+    """``unsam pseudo-label DIR -o OUT.json --features classic --refine cascadepsp:CKPT`` (real
+    network)."""
     path, _ = official_file
     images = tmp_path / "images"
     images.mkdir()

@@ -54,7 +54,8 @@ def test_crf_snaps_mask_to_colour_boundary() -> None:
 
 @needs_crf
 def test_unaries_alone_keep_the_mask_and_holes_are_filled() -> None:
-    """Without pairwise terms the soft unaries (0.731 vs 0.269) give back the mask; holes get filled."""
+    """Without pairwise terms the soft unaries (0.731 vs 0.269) give back the mask; holes get
+    filled."""
     img, truth = _two_colour()
     ring = truth.copy()
     ring[35:45, 35:45] = False

@@ -1,4 +1,5 @@
-"""A downscaled subset of the shared COCO images with their ground-truth masks (for the learning test)."""
+"""A downscaled subset of the shared COCO images with their ground-truth masks (for the learning
+test)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ def make_shapes_dataset(
     seed: int = 0,
     empty_last: bool = False,
 ) -> tuple[Path, Path]:
-    """Write ``root/images/*.png`` and ``root/train.json`` (rectangles and discs on a noisy background).
+    """Write ``root/images/*.png`` and ``root/train.json`` (rectangles and discs on a noisy
+    background).
 
     Returns:
         (annotation JSON path, image folder).

@@ -1,4 +1,5 @@
-"""Backbone initialisation (spec §6.1): detectron2 .pkl, torchvision .pth, safetensors; safe unpickling."""
+"""Backbone initialisation (spec §6.1): detectron2 .pkl, torchvision .pth, safetensors; safe
+unpickling."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ BN = ("weight", "bias", "running_mean", "running_var")
 
 
 def resnet50_d2_shapes() -> dict[str, tuple[int, ...]]:
-    """Every detectron2 ResNet-50 name and shape (CutLER's dino_RN50_pretrain_d2_format.pkl; spec App. C)."""
+    """Every detectron2 ResNet-50 name and shape (CutLER's dino_RN50_pretrain_d2_format.pkl; spec
+    App. C)."""
     shapes: dict[str, tuple[int, ...]] = {"stem.conv1.weight": (64, 3, 7, 7)}
     shapes.update({f"stem.conv1.norm.{n}": (64,) for n in BN})
     cin = 64
@@ -50,7 +52,8 @@ def resnet50_d2_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def hf_to_d2(key: str) -> str:
-    """transformers ResNetBackbone name -> detectron2 name, written independently of the library's map."""
+    """transformers ResNetBackbone name -> detectron2 name, written independently of the library's
+    map."""
     key = re.sub(r"^embedder\.embedder\.convolution\.", "stem.conv1.", key)
     key = re.sub(r"^embedder\.embedder\.normalization\.", "stem.conv1.norm.", key)
     m = re.fullmatch(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.+)", key)
@@ -214,7 +217,8 @@ def tiny() -> nn.Module:
 
 
 def _tiny_d2(tiny: nn.Module) -> dict[str, np.ndarray]:
-    """Random weights for the tiny backbone under detectron2 names (positive variances, small scale)."""
+    """Random weights for the tiny backbone under detectron2 names (positive variances, small
+    scale)."""
     rng = np.random.default_rng(1)
     out = {}
     for k, v in _backbone_state(tiny).items():
@@ -284,7 +288,8 @@ def test_torchvision_renames_match_detectron2_converter() -> None:
 def test_train_flag_and_new_run_only(
     tmp_path: Path, tiny: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--backbone-init`` reaches TrainConfig; training applies it to a new run and not on --resume."""
+    """``--backbone-init`` reaches TrainConfig; training applies it to a new run and not on
+    --resume."""
     from tests.training.synthetic import make_shapes_dataset
     from unsam.cli.train import _user_values, add_arguments
     from unsam.training import backbone_init

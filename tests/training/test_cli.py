@@ -1,4 +1,5 @@
-"""`unsam train`, `unsam self-train` and `unsam merge-gt` end to end; `torchrun` with 2 CPU processes."""
+"""`unsam train`, `unsam self-train` and `unsam merge-gt` end to end; `torchrun` with 2 CPU
+processes."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def test_train_cli_refuses_overwrite_then_resumes(
     )
     assert code == 2
     assert "run folder exists and is not empty; pass --resume" in capsys.readouterr().err
-    # --resume alone: data paths and settings come from RUN_DIR/train_config.json; --max-steps extends the run
+    # --resume alone: data paths and settings come from RUN_DIR/train_config.json; --max-steps
+    # extends the run
     assert main(["train", "-o", str(run), "--resume", "--max-steps", "3", "--no-progress"]) == 0
     assert [r["step"] for r in read_loss_csv(run / "loss.csv")] == [1, 2, 3]
     assert [s for s, _ in list_checkpoints(run)] == [
@@ -99,9 +101,10 @@ def test_self_train_cli_adds_model_masks(
     ann, images, run = trained_run
     out = tmp_path / "round2.json"
     args = [
-        "self-train", "--model", str(run), "--annotations", str(ann), "--images", str(images), "-o", str(out),
-        "--score-thresh", "0.0", "--iou-thresh", "0.5", "--segment-min-size", "64", "--segment-max-size", "96",
-        "--segment-max-masks", "8", "--no-progress",
+        "self-train", "--model", str(run), "--annotations", str(ann), "--images", str(images),
+        "-o", str(out), "--score-thresh", "0.0", "--iou-thresh", "0.5",
+        "--segment-min-size", "64", "--segment-max-size", "96", "--segment-max-masks", "8",
+        "--no-progress",
     ]  # fmt: skip
     assert main(args) == 0
     before = {img.id: img for img in load_coco_dataset(ann)}
@@ -161,12 +164,14 @@ def test_merge_gt_cli_with_polygon_ground_truth(
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
-    """DDP (gloo) with 2 processes: both take one image per step, rank 0 writes the run; resume works."""
+    """DDP (gloo) with 2 processes: both take one image per step, rank 0 writes the run; resume
+    works."""
     ann, images = make_shapes_dataset(tmp_path, num_images=4)
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "unsam.cli.main", "train", "--annotations", str(ann), "--images", str(images), "-o", str(run),
+        "-m", "unsam.cli.main", "train", "--annotations", str(ann), "--images", str(images),
+        "-o", str(run),
         "--max-steps", "2", "--checkpoint-every", "1", "--keep-checkpoints", "0", *TINY_FLAGS,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

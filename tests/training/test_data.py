@@ -27,7 +27,8 @@ from unsam.training.data import (
 
 
 def _coordinate_image(h: int, w: int) -> np.ndarray:
-    """Pixel (y, x) holds (x, y, 7): after any flip/crop each pixel still says where it came from."""
+    """Pixel (y, x) holds (x, y, 7): after any flip/crop each pixel still says where it came
+    from."""
     yy, xx = np.mgrid[:h, :w]
     return np.stack([xx, yy, np.full_like(xx, 7)], axis=2).astype(np.uint8)
 

@@ -31,7 +31,8 @@ SIDE = 96
 
 
 def write_shapes(root: Path, *, num_images: int = 2, seed: int = 0) -> tuple[Path, Path]:
-    """``root/images/*.png`` + ``root/train.json``: 5 non-overlapping rectangles / ellipses per image."""
+    """``root/images/*.png`` + ``root/train.json``: 5 non-overlapping rectangles / ellipses per
+    image."""
     rng = np.random.default_rng(seed)
     img_dir = root / "images"
     img_dir.mkdir(parents=True)
@@ -108,7 +109,8 @@ def test_tiny_model_overfits_synthetic_shapes(tmp_path: Path) -> None:
         WholeImageSegmenter.from_pretrained(result.run_dir, config=segment), ann, images
     )
     print(
-        f"AR@100 untrained {untrained:.3f} trained {trained:.3f}; worst best-IoU {untrained_iou:.3f} -> "
+        f"AR@100 untrained {untrained:.3f} trained {trained:.3f}; "
+        f"worst best-IoU {untrained_iou:.3f} -> "
         f"{trained_iou:.3f}; loss {first:.2f} -> {last:.2f}"
     )
     assert last < 0.3 * first, (first, last)

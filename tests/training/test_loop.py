@@ -83,7 +83,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_is_exact(shapes: tuple[Path, Path], tmp_path: Path) -> None:
-    """6 straight steps == 3 steps, interruption (mid step 4), resume, 3 more steps: same weights and losses."""
+    """6 straight steps == 3 steps, interruption (mid step 4), resume, 3 more steps: same weights
+    and losses."""
     ann, images = shapes
     straight = train(TINY, ann, images, tmp_path / "straight")
     assert straight.steps == 6 and straight.start_step == 0

@@ -124,7 +124,10 @@ def test_merge_gt_size_mismatch_is_an_error() -> None:
     pseudo = [ImageRecord(1, "a.png", H, W, ())]
     with pytest.raises(
         ValueError,
-        match=r"ground-truth image 1 \(a.png\) is 10x10 but pseudo-label image 1 \(a.png\) is 20x20",
+        match=(
+            r"ground-truth image 1 \(a.png\) is 10x10 but "
+            r"pseudo-label image 1 \(a.png\) is 20x20"
+        ),
     ):
         merge_ground_truth(gt, pseudo)
 

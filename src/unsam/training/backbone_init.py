@@ -1,4 +1,5 @@
-"""Initialise the whole-image model's ResNet-50 backbone from a self-supervised checkpoint (spec §6.1).
+"""Initialise the whole-image model's ResNet-50 backbone from a self-supervised checkpoint
+(spec §6.1).
 
 The paper initialises the backbone with DINO's ResNet-50, as CutLER ships it:
 ``dino_RN50_pretrain_d2_format.pkl``, a detectron2 pickle
@@ -72,7 +73,8 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-#: (module, name) -> object a pickle may reference. numpy < 2 uses ``numpy.core``, numpy 2 ``numpy._core``.
+#: (module, name) -> object a pickle may reference. numpy < 2 uses ``numpy.core``, numpy 2
+#: ``numpy._core``.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("numpy", "ndarray"): np.ndarray,
@@ -113,9 +115,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         allowed = _ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
             raise UnsafePickleError(
-                f"{self.path}: refused to load the global {module}.{name}; this pickle holds more than "
-                "numpy arrays and plain containers and may run code when loaded. Use the official "
-                "dino_RN50_pretrain_d2_format.pkl, or convert the weights to .safetensors"
+                f"{self.path}: refused to load the global {module}.{name}; this pickle holds "
+                "more than numpy arrays and plain containers and may run code when loaded. Use "
+                "the official dino_RN50_pretrain_d2_format.pkl, or convert the weights to "
+                ".safetensors"
             )
         return allowed
 
@@ -148,13 +151,15 @@ def load_restricted_pickle(path: str | os.PathLike[str]) -> Any:
 
 
 def torchvision_to_d2_name(key: str) -> str:
-    """A torchvision ResNet name in detectron2's naming (detectron2 ``convert-torchvision-to-d2.py``).
+    """A torchvision ResNet name in detectron2's naming
+    (detectron2 ``convert-torchvision-to-d2.py``).
 
     ``conv1.weight`` → ``stem.conv1.weight``; ``bn1.X`` → ``stem.conv1.norm.X``;
     ``layer{s}.{j}.conv{c}.weight`` → ``res{s+1}.{j}.conv{c}.weight``;
     ``layer{s}.{j}.bn{c}.X`` → ``res{s+1}.{j}.conv{c}.norm.X``;
     ``layer{s}.0.downsample.0.weight`` → ``res{s+1}.0.shortcut.weight``;
-    ``layer{s}.0.downsample.1.X`` → ``res{s+1}.0.shortcut.norm.X``. Other names are returned unchanged.
+    ``layer{s}.0.downsample.1.X`` → ``res{s+1}.0.shortcut.norm.X``. Other names are returned
+    unchanged.
     """
     m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
     if m is None:
@@ -170,7 +175,8 @@ def torchvision_to_d2_name(key: str) -> str:
 
 
 def backbone_d2_to_hf(key: str) -> str | None:
-    """The ``ResNetBackbone`` name (relative to the Mask2Former backbone) of a detectron2 name, or None.
+    """The ``ResNetBackbone`` name (relative to the Mask2Former backbone) of a detectron2 name,
+    or None.
 
     Uses the backbone rows of :data:`unsam.models.whole_image.convert.RULES` (prefix ``backbone.``).
     """
@@ -186,7 +192,8 @@ def _as_tensor(value: Any, key: str, path: Path) -> torch.Tensor:
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
         return torch.from_numpy(np.ascontiguousarray(value))
     raise ValueError(
-        f"{path}: {key} is a {type(value).__name__} ({getattr(value, 'dtype', '')}), not a numeric array"
+        f"{path}: {key} is a {type(value).__name__} ({getattr(value, 'dtype', '')}), "
+        "not a numeric array"
     )
 
 
@@ -200,7 +207,8 @@ def read_backbone_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     renamed with :func:`torchvision_to_d2_name`.
 
     Returns:
-        detectron2 name -> tensor (CPU, dtype as stored), including the ignored ``fc`` / ``head`` keys.
+        detectron2 name -> tensor (CPU, dtype as stored), including the ignored ``fc`` /
+        ``head`` keys.
 
     Raises:
         FileNotFoundError, UnsafePickleError, ValueError: naming the file.
@@ -223,7 +231,8 @@ def read_backbone_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
             raise ValueError(
-                f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}); "
+                f"{path}: cannot be read with torch.load(weights_only=True) "
+                f"({type(exc).__name__}); "
                 "expected a ResNet-50 state dict (.pth), a detectron2 .pkl or a .safetensors file"
             ) from None
     if isinstance(obj, dict):
@@ -297,8 +306,9 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
             if items:
                 parts.append(f"{len(items)} {name} (e.g. {', '.join(items[:3])})")
         raise ValueError(
-            f"{path}: does not fit the model's ResNet backbone: {'; '.join(parts)}; expected a ResNet-50 "
-            "(dino_RN50_pretrain_d2_format.pkl, or torchvision names conv1.weight, bn1.*, layer1.0.conv1.weight, ...)"
+            f"{path}: does not fit the model's ResNet backbone: {'; '.join(parts)}; "
+            "expected a ResNet-50 (dino_RN50_pretrain_d2_format.pkl, or torchvision names "
+            "conv1.weight, bn1.*, layer1.0.conv1.weight, ...)"
         )
     backbone.load_state_dict(mapped, strict=False)
     logger.info(

@@ -50,7 +50,8 @@ CONFIG_DEFAULTS: dict[str, dict[str, object]] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Whole-image Mask2Former training (spec §6.3 data, §6.4 optimisation); defaults are the paper's."""
+    """Whole-image Mask2Former training (spec §6.3 data, §6.4 optimisation); defaults are the
+    paper's."""
 
     config: Literal["r50", "tiny"] = param(
         "r50",
@@ -62,7 +63,8 @@ class TrainConfig:
     backbone_init: str | None = param(
         None,
         "ResNet-50 weights for the backbone of a new run (not --resume): the paper's DINO "
-        "dino_RN50_pretrain_d2_format.pkl (detectron2 pickle), a torchvision-style .pth or a .safetensors; "
+        "dino_RN50_pretrain_d2_format.pkl (detectron2 pickle), a torchvision-style .pth or a "
+        ".safetensors; "
         "None = random init",
     )
     max_steps: int = param(200_000, "optimizer steps to train for (the paper: 200,000)")
@@ -95,7 +97,8 @@ class TrainConfig:
     )
     crop_size: int | None = param(
         None,
-        "side of the square training crop, pixels, multiple of 32; None = 1024 for r50, 192 for tiny",
+        "side of the square training crop, pixels, multiple of 32; "
+        "None = 1024 for r50, 192 for tiny",
     )
     max_masks_per_image: int = param(
         500, "masks sampled per image load, uniformly without replacement"
@@ -141,7 +144,8 @@ class TrainConfig:
             self.lr_steps
         ):
             raise ValueError(
-                f"TrainConfig.lr_steps={self.lr_steps} must be ascending fractions of max_steps in (0, 1]"
+                f"TrainConfig.lr_steps={self.lr_steps} must be ascending fractions of max_steps "
+                "in (0, 1]"
             )
         positive("lr_gamma", self.lr_gamma)
         if self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:
@@ -156,7 +160,8 @@ class TrainConfig:
             )
         if not 0.0 < self.min_scale <= self.max_scale:
             raise ValueError(
-                f"TrainConfig.min_scale={self.min_scale}, max_scale={self.max_scale}: need 0 < min <= max"
+                f"TrainConfig.min_scale={self.min_scale}, max_scale={self.max_scale}: "
+                "need 0 < min <= max"
             )
         if self.keep_checkpoints < 0 or self.num_workers < 0:
             raise ValueError("TrainConfig.keep_checkpoints and num_workers must be >= 0")

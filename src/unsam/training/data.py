@@ -1,4 +1,5 @@
-"""Training data for the whole-image model: COCO dataset JSON + image folder → augmented crops (spec §6.3).
+"""Training data for the whole-image model: COCO dataset JSON + image folder → augmented crops
+(spec §6.3).
 
 Every sample is a pure function of ``(seed, position)``, where ``position`` counts images in the
 global training stream (epoch ``e`` visits the images in the order of a permutation seeded by
@@ -84,7 +85,8 @@ class TrainSample:
 def sample_mask_indices(
     num_masks: int, max_masks: int, rng: np.random.Generator
 ) -> npt.NDArray[np.int64]:
-    """Indices of the masks used at one load: all of them, or ``max_masks`` drawn without replacement.
+    """Indices of the masks used at one load: all of them, or ``max_masks`` drawn without
+    replacement.
 
     Returns:
         (k,) int64, ascending, k = min(num_masks, max_masks).
@@ -95,7 +97,8 @@ def sample_mask_indices(
 
 
 def scaled_size(image_hw: tuple[int, int], crop_size: int, scale: float) -> tuple[int, int]:
-    """detectron2 ``ResizeScale``: size that fits the image into ``crop_size * scale`` (aspect kept).
+    """detectron2 ``ResizeScale``: size that fits the image into ``crop_size * scale``
+    (aspect kept).
 
     Returns:
         (h, w) in pixels, each at least 1.
@@ -208,7 +211,8 @@ def check_images(
     root = Path(image_root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{root}: image folder not found (pass the folder the JSON's file_name values are relative to)"
+            f"{root}: image folder not found "
+            "(pass the folder the JSON's file_name values are relative to)"
         )
     good: list[ImageRecord] = []
     bad: list[tuple[str, str]] = []
@@ -219,20 +223,23 @@ def check_images(
             continue
         if img.file_name is None:
             raise ValueError(
-                f"image id {img.id} has no file_name in the annotation JSON; training needs one per image"
+                f"image id {img.id} has no file_name in the annotation JSON; "
+                "training needs one per image"
             )
         path = root / img.file_name
         try:
             if not path.is_file():
                 raise ImageReadError(
                     path,
-                    "no such file (is --images the folder the JSON's file_name values are relative to?)",
+                    "no such file "
+                    "(is --images the folder the JSON's file_name values are relative to?)",
                 )
             hw = image_size(path)
             if hw != (img.height, img.width):
                 raise ImageReadError(
                     path,
-                    f"size {hw[0]}x{hw[1]} (HxW) differs from the annotation JSON's {img.height}x{img.width}",
+                    f"size {hw[0]}x{hw[1]} (HxW) differs from the annotation JSON's "
+                    f"{img.height}x{img.width}",
                 )
         except ImageReadError as exc:
             if not skip_bad:
@@ -304,7 +311,8 @@ class TrainDataset(torch.utils.data.Dataset):
         if image.shape[:2] != (record.height, record.width):
             raise ImageReadError(
                 path,
-                f"size {image.shape[0]}x{image.shape[1]} differs from the JSON's {record.height}x{record.width}",
+                f"size {image.shape[0]}x{image.shape[1]} differs from the JSON's "
+                f"{record.height}x{record.width}",
             )
         rng = np.random.default_rng([self.seed, int(position)])
         img, masks, valid = augment(
@@ -322,7 +330,8 @@ class TrainDataset(torch.utils.data.Dataset):
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Yields, for each step ``t`` in ``[start_step, max_steps)``, this process's share of the batch.
+    """Yields, for each step ``t`` in ``[start_step, max_steps)``, this process's share of the
+    batch.
 
     Step ``t`` uses stream positions ``[t*B, (t+1)*B)`` (B = global batch); process ``rank`` of
     ``world_size`` takes the ``rank``-th contiguous slice of ``B / world_size`` positions.

@@ -1,11 +1,13 @@
-"""Training loop of the whole-image model: optimizer, schedule, checkpoints, exact resume, DDP (spec §6.4).
+"""Training loop of the whole-image model: optimizer, schedule, checkpoints, exact resume, DDP
+(spec §6.4).
 
 Run directory layout (``unsam train --output RUN_DIR``)::
 
     RUN_DIR/train_config.json                      TrainConfig + data paths + versions
     RUN_DIR/loss.csv                               step, loss, lr, seconds_per_step (one row a step)
     RUN_DIR/loss.png                               the loss curve (rewritten at every checkpoint)
-    RUN_DIR/checkpoints/step_0000500/model/        save_pretrained folder (config.json + model.safetensors)
+    RUN_DIR/checkpoints/step_0000500/model/        save_pretrained folder
+                                                   (config.json + model.safetensors)
     RUN_DIR/checkpoints/step_0000500/training_state.pt   optimizer, scheduler, step, RNG states
     RUN_DIR/model/                                 final save_pretrained folder
 
@@ -15,9 +17,11 @@ Exact resume: a checkpoint holds the weights, the AdamW state, the scheduler sta
 the python / numpy / torch (CPU and CUDA) RNG states of every process. The data stream is a pure
 function of ``(seed, step)`` (see :mod:`unsam.training.data`), so a run resumed from step ``k``
 reproduces the straight run's weights and loss rows bit for bit (same machine, same thread
-count, same number of processes). ``training_state.pt`` loads with ``torch.load(weights_only=True)``.
+count, same number of processes). ``training_state.pt`` loads with
+``torch.load(weights_only=True)``.
 
-Multi-process data parallel: launch with ``torchrun --nproc_per_node N -m unsam.cli.main train ...``.
+Multi-process data parallel: launch with
+``torchrun --nproc_per_node N -m unsam.cli.main train ...``.
 Each process takes ``batch_size / N`` images per step; gradients are averaged by
 DistributedDataParallel (gloo on CPU, nccl on CUDA); the loss normaliser (number of target
 masks) is summed over processes as in the original; only rank 0 writes files.
@@ -501,7 +505,8 @@ def _write_test_resolution(model_dir: Path, test_size: tuple[int, int]) -> None:
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an older folder at ``target`` is removed after the move."""
+    """Move a finished folder into place; an older folder at ``target`` is removed after the
+    move."""
     old = None
     if target.exists():
         old = target.parent / f".old-{target.name}-{os.getpid()}"
@@ -559,7 +564,8 @@ def _load_model_weights(model: nn.Module, folder: Path) -> None:
     path = folder / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: checkpoint weights missing; delete the broken checkpoint folder {folder.parent}"
+            f"{path}: checkpoint weights missing; delete the broken checkpoint folder "
+            f"{folder.parent}"
         )
     state = load_safetensors(path)
     result = model.load_state_dict(state, strict=False)
@@ -567,7 +573,8 @@ def _load_model_weights(model: nn.Module, folder: Path) -> None:
         raise ValueError(
             f"{path}: does not match the model ({len(result.missing_keys)} missing, e.g. "
             f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. "
-            f"{result.unexpected_keys[:3]}); was the run trained with another --config / --num-queries?"
+            f"{result.unexpected_keys[:3]}); was the run trained with another --config / "
+            "--num-queries?"
         )
 
 
@@ -586,7 +593,8 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, where: Path
     for key in ("config", "num_queries"):
         if saved.get(key) != getattr(config, key):
             raise ValueError(
-                f"{where}: the checkpoint was trained with {key}={saved.get(key)!r} but this run asks for "
+                f"{where}: the checkpoint was trained with {key}={saved.get(key)!r} "
+                "but this run asks for "
                 f"{getattr(config, key)!r}; resume with the same value or start a new --output"
             )
     now = config_to_dict(config)
@@ -596,7 +604,10 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, where: Path
         logger.warning(
             "resuming with changed settings %s%s",
             ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed),
-            f" (the resumed run will not reproduce an uninterrupted one because of {', '.join(inexact)})"
+            (
+                " (the resumed run will not reproduce an uninterrupted one because of "
+                f"{', '.join(inexact)})"
+            )
             if inexact
             else "",
         )
@@ -844,7 +855,8 @@ def _write_run_files(
     bad: list[tuple[str, str]],
     start_step: int,
 ) -> None:
-    """train_config.json, skipped_images.txt and the loss CSV (cut back to ``start_step``); rank 0."""
+    """train_config.json, skipped_images.txt and the loss CSV (cut back to ``start_step``);
+    rank 0."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / "train_config.json",
@@ -1006,8 +1018,9 @@ def _one_step(
         loss_value /= info.world_size
     if not math.isfinite(float(loss_value)):
         raise NonFiniteLossError(
-            f"loss became {float(loss_value)} at step {step + 1}; the weights were not updated. Lower --lr "
-            f"or check the masks of images {batch['image_ids']}, then --resume from the last checkpoint"
+            f"loss became {float(loss_value)} at step {step + 1}; the weights were not updated. "
+            f"Lower --lr or check the masks of images {batch['image_ids']}, then --resume from "
+            "the last checkpoint"
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -1043,6 +1056,7 @@ def resolve_training_run(
         config = TrainConfig.for_model(str(values.pop("config", "r50")), **values)
     if not annotations or not images:
         raise ValueError(
-            "--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)"
+            "--annotations PSEUDO.json and --images DIR are required "
+            "(except with --resume of a run)"
         )
     return config, annotations, images

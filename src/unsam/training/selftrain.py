@@ -102,7 +102,8 @@ class MergeStats:
 def overlap_matrix(
     a: Sequence[MaskRecord], b: Sequence[MaskRecord], measure: Literal["iou", "ioa"] = "iou"
 ) -> npt.NDArray[np.float64]:
-    """Pairwise overlap of masks of one image (pycocotools), shape (len(a), len(b)), float64 in [0, 1].
+    """Pairwise overlap of masks of one image (pycocotools), shape (len(a), len(b)), float64 in
+    [0, 1].
 
     ``"iou"``: |a ∩ b| / |a ∪ b|. ``"ioa"``: |a ∩ b| / |a| (pycocotools' crowd rule, 0 for empty a).
     """
@@ -111,7 +112,8 @@ def overlap_matrix(
     for m in (*a, *b):
         if tuple(m.rle["size"]) != tuple(a[0].rle["size"]):
             raise ValueError(
-                f"masks of different sizes {a[0].rle['size']} and {m.rle['size']} cannot be compared"
+                f"masks of different sizes {a[0].rle['size']} and {m.rle['size']} "
+                "cannot be compared"
             )
     crowd = [1 if measure == "ioa" else 0] * len(b)
     ious = mask_utils.iou(
@@ -190,7 +192,8 @@ def add_model_masks(
         for p in preds:
             if p.image_hw != img.hw:
                 raise ValueError(
-                    f"image {img.id} ({img.file_name}): a prediction has size {list(p.image_hw)}, the image "
+                    f"image {img.id} ({img.file_name}): a prediction has size "
+                    f"{list(p.image_hw)}, the image "
                     f"{[img.height, img.width]}; were the predictions made on other images?"
                 )
         new = select_new_masks(img.masks, preds, config)
@@ -235,8 +238,9 @@ def _match_images(
         g = matched[img.id]
         if g is not None and g.hw != img.hw:
             raise ValueError(
-                f"ground-truth image {g.id} ({g.file_name}) is {g.height}x{g.width} but pseudo-label image "
-                f"{img.id} ({img.file_name}) is {img.height}x{img.width}; are they the same picture?"
+                f"ground-truth image {g.id} ({g.file_name}) is {g.height}x{g.width} but "
+                f"pseudo-label image {img.id} ({img.file_name}) is {img.height}x{img.width}; "
+                "are they the same picture?"
             )
     return matched
 
@@ -317,7 +321,8 @@ def merge_ground_truth(
             continue
         if g.id in taken_ids:
             raise ValueError(
-                f"ground-truth image {g.id} ({g.file_name}) has no pseudo-labels and its id is used by another "
+                f"ground-truth image {g.id} ({g.file_name}) has no pseudo-labels and its id is "
+                "used by another "
                 "pseudo-label image; give the two files consistent image ids "
                 "(e.g. unsam pseudo-label --image-ids-from GT.json)"
             )
@@ -385,12 +390,14 @@ def self_train_round(
     root = Path(images)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{root}: image folder not found (the folder {annotations}'s file_name values are relative to)"
+            f"{root}: image folder not found "
+            f"(the folder {annotations}'s file_name values are relative to)"
         )
     missing = [img.id for img in pseudo if not img.file_name]
     if missing:
         raise ValueError(
-            f"{annotations}: image id {missing[0]} has no file_name; self-training needs one per image"
+            f"{annotations}: image id {missing[0]} has no file_name; "
+            "self-training needs one per image"
         )
     output = Path(output)
     predictions_path = output.with_name(output.stem + ".predictions.json")

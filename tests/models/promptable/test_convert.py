@@ -1,9 +1,9 @@
 """Official promptable checkpoint -> our model (spec PROMPTABLE.md §6).
 
 The full-size test writes every key of ``tests/data/promptable_keys.tsv`` (derived from the official
-module definitions) with random values into an official-format ``.pth``, converts it, and checks that
-every tensor arrives unchanged at the target the TSV names (its own ``hf_swinbackbone`` column for
-the backbone, identity elsewhere) and that nothing in the model is left unfilled.
+module definitions) with random values into an official-format ``.pth``, converts it, and checks
+that every tensor arrives unchanged at the target the TSV names (its own ``hf_swinbackbone`` column
+for the backbone, identity elsewhere) and that nothing in the model is left unfilled.
 """
 
 from __future__ import annotations

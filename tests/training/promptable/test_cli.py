@@ -1,4 +1,5 @@
-"""``unsam train-promptable`` and ``unsam eval-points`` end to end on the bundled samples (tiny sizes)."""
+"""``unsam train-promptable`` and ``unsam eval-points`` end to end on the bundled samples (tiny
+sizes)."""
 
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def test_tiny_promptable_model_learns_coco_masks(tmp_path: Path) -> None:
     assert last < 0.8 * first, (first, last)
     trained = oracle(PromptablePredictor.from_pretrained(result.run_dir, short_side=None))
     print(
-        f"Point(Oracle) untrained {untrained['point_oracle_miou']:.3f} trained {trained['point_oracle_miou']:.3f}; "
+        f"Point(Oracle) untrained {untrained['point_oracle_miou']:.3f} "
+        f"trained {trained['point_oracle_miou']:.3f}; "
         f"Point(Max) {untrained['point_max_miou']:.3f} -> {trained['point_max_miou']:.3f}"
     )
     assert trained["point_oracle_miou"] > max(2 * untrained["point_oracle_miou"], 0.10), (

@@ -2,7 +2,8 @@
 
 Public API:
     PromptableConfig                      model sizes ``swin_t`` / ``tiny`` (config.py)
-    PromptableModel, build_model          modules, ``encode_image`` / ``decode_clicks`` (modeling.py)
+    PromptableModel, build_model          modules, ``encode_image`` / ``decode_clicks``
+                                          (modeling.py)
     ImageState, ClickDecoderOutput        per-image cache, decoder outputs (modeling.py)
     PromptablePredictor                   set_image / predict -> MaskRecords (predictor.py)
     PromptableMaskGenerator, AMGConfig    point-grid automatic masks (amg.py)

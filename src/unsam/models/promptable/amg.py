@@ -80,7 +80,8 @@ class AMGConfig:
 
     @classmethod
     def demo(cls) -> AMGConfig:
-        """The original automatic demo (``demo_auto_generation.py``): 80² points, 0.7 / 0.7, 15 px."""
+        """The original automatic demo (``demo_auto_generation.py``): 80² points, 0.7 / 0.7,
+        15 px."""
         return cls(
             points_per_side=80,
             pred_iou_thresh=0.7,

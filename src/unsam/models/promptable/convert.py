@@ -1,16 +1,16 @@
 """Official UnSAM promptable checkpoint (Semantic-SAM Swin-T, detectron2 .pth) -> our model.
 
 The whole mapping is the table :data:`RULES` (spec PROMPTABLE.md §6). The official key has its
-``model.`` prefix stripped first; then the **first** row whose pattern matches the whole key decides.
-Patterns are regular expressions with named groups, targets are ``str.format`` templates over
-those groups plus ``stage`` (= official Swin ``norm{i}`` index + 1). Actions:
+``model.`` prefix stripped first; then the **first** row whose pattern matches the whole key
+decides. Patterns are regular expressions with named groups, targets are ``str.format`` templates
+over those groups plus ``stage`` (= official Swin ``norm{i}`` index + 1). Actions:
 
 - ``copy``: the tensor is loaded unchanged under the target name.
 - ``split_qkv``: a Swin ``qkv`` weight (3C, C) / bias (3C) is split by rows into q (0..C-1),
   k (C..2C-1), v (2C..3C-1); ``{proj}`` in the target becomes ``q_proj`` / ``k_proj`` / ``v_proj``.
 - ``alias``: the official module registered the same tensor twice (``decoder.norm`` is
-  ``decoder_norm``; ``bbox_embed.{i}`` and ``decoder.bbox_embed.{i}`` are ``_bbox_embed``). The key is
-  dropped after checking it equals the tensor loaded under the target name.
+  ``decoder_norm``; ``bbox_embed.{i}`` and ``decoder.bbox_embed.{i}`` are ``_bbox_embed``). The
+  key is dropped after checking it equals the tensor loaded under the target name.
 - ``rebuilt``: a buffer the target rebuilds itself (Swin ``relative_position_index``); dropped after
   checking it equals the target model's buffer of that name.
 - ``unused``: never read by the model (class heads, language mapper, the criterion's buffer):
@@ -53,7 +53,7 @@ _PRED = r"sem_seg_head\.predictor\."
 
 #: official name (``model.`` stripped; regex, whole match) -> our name (template), action.
 RULES: tuple[tuple[str, str, Action], ...] = (
-    # --- Swin-T -> transformers SwinBackbone (spec §6.4) -------------------------------------------
+    # --- Swin-T -> transformers SwinBackbone (spec §6.4) ------------------------------------------
     (
         r"backbone\.patch_embed\.proj\." + _WB,
         _HF + "embeddings.patch_embeddings.projection.{wb}",
@@ -149,7 +149,8 @@ def convert_official_state_dict(
     *,
     source: str = "the checkpoint",
 ) -> dict[str, torch.Tensor]:
-    """Map an official state dict (``model.`` stripped) onto ``model``'s names through :data:`RULES`.
+    """Map an official state dict (``model.`` stripped) onto ``model``'s names through
+    :data:`RULES`.
 
     Args:
         state_dict: official tensors by name.
@@ -219,9 +220,9 @@ def convert_official_state_dict(
     extra = sorted(set(out) - set(target))
     if missing or extra:
         raise ValueError(
-            f"{source}: after conversion {len(missing)} model keys are missing (e.g. {missing[:5]}) "
-            f"and {len(extra)} are unknown to the model (e.g. {extra[:5]}); the checkpoint does not "
-            "match this model size"
+            f"{source}: after conversion {len(missing)} model keys are missing "
+            f"(e.g. {missing[:5]}) and {len(extra)} are unknown to the model "
+            f"(e.g. {extra[:5]}); the checkpoint does not match this model size"
         )
     for name, tensor in out.items():
         if tensor.shape != target[name].shape:
@@ -235,7 +236,8 @@ def convert_official_state_dict(
 def model_from_official(
     path: str | os.PathLike[str], config: PromptableConfig | None = None
 ) -> PromptableModel:
-    """Build a model of ``config`` (default: the paper's Swin-T) and load an official ``.pth`` strictly."""
+    """Build a model of ``config`` (default: the paper's Swin-T) and load an official ``.pth``
+    strictly."""
     config = config or PromptableConfig.swin_t()
     state_dict = load_official_state_dict(path)
     model = build_model(config)
@@ -250,7 +252,8 @@ def convert_checkpoint(
     output: str | os.PathLike[str],
     config: PromptableConfig | None = None,
 ) -> Path:
-    """Convert an official promptable ``.pth`` to a ``save_pretrained`` folder (config + safetensors).
+    """Convert an official promptable ``.pth`` to a ``save_pretrained`` folder
+    (config + safetensors).
 
     Returns:
         The output folder.

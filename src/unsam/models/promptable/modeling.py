@@ -366,7 +366,8 @@ class DecoderLayer(nn.Module):
             boxes: ``(N, T, 4)`` reference boxes (cx, cy, w, h), normalised to the padded input.
             values: this layer's cached value maps (:meth:`MSDeformAttn.project_value`, batch 1).
             independent: True = each click's T tokens attend only to each other (the training and
-                evaluation block-diagonal mask); False = all N·T queries attend to each other (demo).
+                evaluation block-diagonal mask); False = all N·T queries attend to each other
+                (demo).
 
         Returns:
             ``(N, T, C)``.
@@ -402,7 +403,8 @@ class _Decoder(nn.Module):
 
 
 class InteractiveDecoder(nn.Module):
-    """Click queries, 9 decoder layers and the mask / IoU / box heads (``sem_seg_head.predictor``)."""
+    """Click queries, 9 decoder layers and the mask / IoU / box heads
+    (``sem_seg_head.predictor``)."""
 
     def __init__(self, config: PromptableConfig, n_levels: int = 4) -> None:
         super().__init__()
@@ -573,8 +575,8 @@ class PromptableModel(nn.Module):
 
     # ---------------------------------------------------------------------------- per image
     def normalize_and_pad(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` RGB in 0-255 (any float/uint8) -> normalised, zero-padded bottom/right to
-        multiples of ``size_divisibility``: ``(B, 3, Hp, Wp)`` float32 (spec §1.1)."""
+        """``(B, 3, H, W)`` RGB in 0-255 (any float/uint8) -> normalised, zero-padded bottom/right
+        to multiples of ``size_divisibility``: ``(B, 3, Hp, Wp)`` float32 (spec §1.1)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
         x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
@@ -772,8 +774,9 @@ class PromptableModel(nn.Module):
         weights = path / WEIGHTS_FILE
         if not (path / CONFIG_FILE).is_file() or not weights.is_file():
             raise MissingWeightsError(
-                f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}: download an official UnSAM promptable "
-                "checkpoint (.pth, linked from github.com/frank-xwang/UnSAM) and convert it with "
+                f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}: download an official UnSAM "
+                "promptable checkpoint (.pth, linked from github.com/frank-xwang/UnSAM) and "
+                "convert it with "
                 f"`unsam convert-checkpoint FILE.pth --kind promptable -o {path}`"
             )
         model = cls(PromptableConfig.load(path))
@@ -781,7 +784,8 @@ class PromptableModel(nn.Module):
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
-                f"{weights}: {len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
+                f"{weights}: {len(result.missing_keys)} missing keys "
+                f"(e.g. {result.missing_keys[:3]}), "
                 f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
             )
         return model.to(device).eval()

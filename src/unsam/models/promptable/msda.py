@@ -1,8 +1,8 @@
 """Multi-scale deformable attention in pure PyTorch (spec PROMPTABLE.md §2.3).
 
 The sampling core is :func:`ms_deform_attn_sample` (bilinear ``F.grid_sample`` per level, zero
-padding, ``align_corners=False``: the official pure-PyTorch fallback). :class:`MSDeformAttn` wraps it
-with the four projections under the official parameter names (``sampling_offsets``,
+padding, ``align_corners=False``: the official pure-PyTorch fallback). :class:`MSDeformAttn` wraps
+it with the four projections under the official parameter names (``sampling_offsets``,
 ``attention_weights``, ``value_proj``, ``output_proj``) so checkpoints load by identity.
 
 Values are projected once per memory with :meth:`MSDeformAttn.project_value`; the result depends
@@ -29,8 +29,8 @@ def ms_deform_attn_sample(
     """Weighted bilinear samples of multi-level value maps.
 
     Args:
-        value_levels: L tensors ``(B * M, D, H_l, W_l)`` float, the per-head value maps of each level
-            (M heads of D channels; head m of image b is row ``b * M + m``).
+        value_levels: L tensors ``(B * M, D, H_l, W_l)`` float, the per-head value maps of each
+            level (M heads of D channels; head m of image b is row ``b * M + m``).
         sampling_locations: ``(B, Q, M, L, P, 2)`` float, (x, y) in [0, 1] of each level's map
             (0 = left/top edge, 1 = right/bottom edge); outside points sample zeros.
         attention_weights: ``(B, Q, M, L, P)`` float, weights of the samples (softmax over L·P).
@@ -47,7 +47,8 @@ def ms_deform_attn_sample(
         raise ValueError(f"got {len(value_levels)} value levels for {n_levels} sampled levels")
     if attention_weights.shape != (b, q, m, n_levels, p):
         raise ValueError(
-            f"attention_weights must be {(b, q, m, n_levels, p)}, got {tuple(attention_weights.shape)}"
+            f"attention_weights must be {(b, q, m, n_levels, p)}, "
+            f"got {tuple(attention_weights.shape)}"
         )
     grids = 2.0 * sampling_locations - 1.0
     out = None
@@ -181,7 +182,8 @@ class MSDeformAttn(nn.Module):
             locations = ref[..., :2] + offsets / p * ref[..., 2:] * 0.5
         else:
             raise ValueError(
-                f"reference_points must end in 2 (points) or 4 (boxes), got {tuple(reference_points.shape)}"
+                "reference_points must end in 2 (points) or 4 (boxes), "
+                f"got {tuple(reference_points.shape)}"
             )
         out = ms_deform_attn_sample(value_levels, locations, weights)
         return self.output_proj(out)

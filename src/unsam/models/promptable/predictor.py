@@ -65,8 +65,9 @@ def load_promptable_model(
     if p.is_dir():
         return PromptableModel.from_pretrained(p, device=device)
     raise MissingWeightsError(
-        f"no promptable model at {p}: download an official UnSAM promptable checkpoint (.pth, linked "
-        "from github.com/frank-xwang/UnSAM) and pass its path, or a folder converted from it with "
+        f"no promptable model at {p}: download an official UnSAM promptable checkpoint "
+        "(.pth, linked from github.com/frank-xwang/UnSAM) and pass its path, or a folder "
+        "converted from it with "
         "`unsam convert-checkpoint FILE.pth --kind promptable -o FOLDER`"
     )
 
@@ -136,7 +137,8 @@ class PromptablePredictor:
         """Predictor of a ``save_pretrained`` folder or an official ``.pth``.
 
         ``config`` is the model size of an official ``.pth`` (default Swin-T); ``kwargs`` go to
-        :class:`PromptablePredictor` (``short_side``, ``max_side``, ``resample``, ``click_threads``).
+        :class:`PromptablePredictor` (``short_side``, ``max_side``, ``resample``,
+        ``click_threads``).
         """
         model = load_promptable_model(path, device=device, config=config)
         return cls(model, device=device, **kwargs)  # type: ignore[arg-type]
@@ -238,8 +240,8 @@ class PromptablePredictor:
         dedup_iou_thresh=0.95, min_region_area=100``: tokens are visited by predicted IoU
         (descending); a token below ``iou_thresh`` is skipped unless nothing was kept when the last
         one is reached; a mask whose IoU with a kept (uncleaned) mask is > ``dedup_iou_thresh`` is
-        skipped; kept masks have holes, then islands, smaller than ``min_region_area`` pixels removed.
-        The kept records are returned in token order.
+        skipped; kept masks have holes, then islands, smaller than ``min_region_area`` pixels
+        removed. The kept records are returned in token order.
 
         Args:
             points: N clicks (x, y) in pixels of the original image.

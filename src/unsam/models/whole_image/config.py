@@ -2,17 +2,18 @@
 
 This is the only module that knows model sizes (spec §6.1, §6.2, §11.2, Appendix C):
 
-- ``"r50"``: the paper's model. ResNet-50 (torchvision geometry: stride in the 3x3 conv), MSDeformAttn
-  pixel decoder with 6 encoder layers, a 10-layer masked-attention decoder, 2000 queries, one
-  foreground class (+ no-object), loss weights class 2 / mask 5 / dice 5, no-object 0.1, 12544
-  sampled points (oversample 3, importance 0.75). ~44 M parameters.
+- ``"r50"``: the paper's model. ResNet-50 (torchvision geometry: stride in the 3x3 conv),
+  MSDeformAttn pixel decoder with 6 encoder layers, a 10-layer masked-attention decoder, 2000
+  queries, one foreground class (+ no-object), loss weights class 2 / mask 5 / dice 5, no-object
+  0.1, 12544 sampled points (oversample 3, importance 0.75). ~44 M parameters.
 - ``"tiny"``: the same architecture with one small bottleneck block per stage and narrow
   transformer layers, for tests and CPU experiments (well under 1 s per training step at 256²).
 
 Models are plain :class:`transformers.Mask2FormerForUniversalSegmentation` instances, so
 ``save_pretrained`` / ``from_pretrained`` round-trip config and weights (safetensors).
 
-Class index convention (transformers and the original agree): logit 0 = object, last logit = no-object.
+Class index convention (transformers and the original agree): logit 0 = object, last logit =
+no-object.
 """
 
 from __future__ import annotations
@@ -231,18 +232,21 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
 
 
 def backbone_module(model: nn.Module) -> nn.Module:
-    """The ResNet backbone of a Mask2FormerForUniversalSegmentation (``model.pixel_level_module.encoder``)."""
+    """The ResNet backbone of a Mask2FormerForUniversalSegmentation
+    (``model.pixel_level_module.encoder``)."""
     try:
         return model.get_submodule("model.pixel_level_module.encoder")
     except AttributeError:
         raise ValueError(
             f"{type(model).__name__} has no 'model.pixel_level_module.encoder'; expected a "
-            "transformers Mask2FormerForUniversalSegmentation built by unsam.models.whole_image.build_model"
+            "transformers Mask2FormerForUniversalSegmentation built by "
+            "unsam.models.whole_image.build_model"
         ) from None
 
 
 def freeze_batchnorm(model: nn.Module) -> int:
-    """Freeze the backbone's BatchNorm layers in place, like detectron2's FrozenBN (spec App. C note 8).
+    """Freeze the backbone's BatchNorm layers in place, like detectron2's FrozenBN
+    (spec App. C note 8).
 
     Every ``nn.BatchNorm2d`` of the backbone is *replaced* by a :class:`FrozenBatchNorm2d` holding
     the same tensors: it normalises with the running statistics in both train and eval mode, stays
@@ -280,18 +284,21 @@ _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_trac
 def torchvision_resnet_key_map(
     depths: tuple[int, ...] | list[int] = (3, 4, 6, 3),
 ) -> dict[str, str]:
-    """torchvision-style ResNet key -> transformers ``ResNetBackbone`` key (without the model prefix).
+    """torchvision-style ResNet key -> transformers ``ResNetBackbone`` key (without the model
+    prefix).
 
-    ===================================  ========================================================
-    torchvision / DINO                   transformers ResNetBackbone
-    ===================================  ========================================================
-    ``conv1.weight``                     ``embedder.embedder.convolution.weight``
-    ``bn1.{N}``                          ``embedder.embedder.normalization.{N}``
-    ``layer{s}.{j}.conv{c}.weight``      ``encoder.stages.{s-1}.layers.{j}.layer.{c-1}.convolution.weight``
-    ``layer{s}.{j}.bn{c}.{N}``           ``encoder.stages.{s-1}.layers.{j}.layer.{c-1}.normalization.{N}``
-    ``layer{s}.0.downsample.0.weight``   ``encoder.stages.{s-1}.layers.0.shortcut.convolution.weight``
-    ``layer{s}.0.downsample.1.{N}``      ``encoder.stages.{s-1}.layers.0.shortcut.normalization.{N}``
-    ===================================  ========================================================
+    torchvision / DINO -> transformers ResNetBackbone:
+
+    - ``conv1.weight`` -> ``embedder.embedder.convolution.weight``
+    - ``bn1.{N}`` -> ``embedder.embedder.normalization.{N}``
+    - ``layer{s}.{j}.conv{c}.weight`` ->
+      ``encoder.stages.{s-1}.layers.{j}.layer.{c-1}.convolution.weight``
+    - ``layer{s}.{j}.bn{c}.{N}`` ->
+      ``encoder.stages.{s-1}.layers.{j}.layer.{c-1}.normalization.{N}``
+    - ``layer{s}.0.downsample.0.weight`` ->
+      ``encoder.stages.{s-1}.layers.0.shortcut.convolution.weight``
+    - ``layer{s}.0.downsample.1.{N}`` ->
+      ``encoder.stages.{s-1}.layers.0.shortcut.normalization.{N}``
 
     ``N`` is one of weight, bias, running_mean, running_var, num_batches_tracked.
     """
@@ -326,7 +333,8 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(
-            f"{path}: no tensor dict found; expected a ResNet state_dict (e.g. dino_resnet50_pretrain.pth)"
+            f"{path}: no tensor dict found; expected a ResNet state_dict "
+            "(e.g. dino_resnet50_pretrain.pth)"
         )
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
@@ -360,7 +368,8 @@ def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors of every kind
         raise ValueError(
-            f"{path}: cannot read it with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
+            f"{path}: cannot read it with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {exc}); "
             "pass a torch .pth state_dict (detectron2 .pkl files are not supported)"
         ) from None
     source = _unwrap_state_dict(obj, path)

@@ -10,7 +10,8 @@ derived indices: ``stage = res - 2`` (official ``res2..res5`` = transformers sta
 - ``split_qkv``: a packed ``nn.MultiheadAttention`` ``in_proj_weight`` (3d x d) / ``in_proj_bias``
   (3d) is split by rows into q (rows 0..d-1), k (d..2d-1) and v (2d..3d-1); the template's
   ``{proj}`` becomes ``q_proj``, ``k_proj``, ``v_proj`` (transformers' decoder self-attention
-  has separate projections; its cross-attention is a plain ``nn.MultiheadAttention`` and stays packed).
+  has separate projections; its cross-attention is a plain ``nn.MultiheadAttention`` and stays
+  packed).
 
 Traps the table gets right (spec Appendix C notes 3-5): ``query_feat`` (content queries) maps
 to ``queries_features`` and ``query_embed`` (positional queries) to ``queries_embedder`` — a swap
@@ -60,10 +61,12 @@ _HB = "model.pixel_level_module.encoder."
 _HPD = "model.pixel_level_module.decoder."
 _HT = "model.transformer_module."
 _HD = "model.transformer_module.decoder."
-_BN = r"(?P<n>weight|bias|running_mean|running_var|num_batches_tracked)"  # FrozenBN (+ SyncBN counter)
+# FrozenBN (+ SyncBN counter)
+_BN = r"(?P<n>weight|bias|running_mean|running_var|num_batches_tracked)"
 _WB = r"(?P<wb>weight|bias)"
 
-#: official detectron2 name (regex) -> transformers name (template), transform. One row per module kind.
+#: official detectron2 name (regex) -> transformers name (template), transform. One row per
+#: module kind.
 RULES: tuple[tuple[str, str, Transform], ...] = (
     # --- backbone: ResNet-50, res2..res5 -> stages 0..3 ------------------------------------------
     (_B + r"stem\.conv1\.weight", _HB + "embedder.embedder.convolution.weight", "copy"),
@@ -150,7 +153,10 @@ RULES: tuple[tuple[str, str, Transform], ...] = (
     ),
     (
         _P
-        + r"transformer_cross_attention_layers\.(?P<i>\d+)\.multihead_attn\.in_proj_(?P<wb>weight|bias)",
+        + (
+            r"transformer_cross_attention_layers\.(?P<i>\d+)\.multihead_attn\."
+            r"in_proj_(?P<wb>weight|bias)"
+        ),
         _HD + "layers.{i}.cross_attn.in_proj_{wb}",
         "copy",
     ),
@@ -220,7 +226,8 @@ def _target_names(key: str) -> tuple[list[str], Transform] | None:
 
 
 def official_target_names(key: str) -> list[str] | None:
-    """The transformers name(s) of one official name (no ``module.`` prefix) by :data:`RULES`, or None.
+    """The transformers name(s) of one official name (no ``module.`` prefix) by :data:`RULES`,
+    or None.
 
     E.g. ``backbone.res2.0.conv1.norm.weight`` ->
     ``["model.pixel_level_module.encoder.encoder.stages.0.layers.0.layer.0.normalization.weight"]``
@@ -235,7 +242,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 
     Args:
         state_dict: the official ``model`` dict (``module.`` prefixes are stripped;
-            ``pixel_mean`` / ``pixel_std`` buffers, if present, are skipped: they are preprocessing).
+            ``pixel_mean`` / ``pixel_std`` buffers, if present, are skipped: they are
+            preprocessing).
 
     Returns:
         A new dict keyed by ``Mask2FormerForUniversalSegmentation.state_dict()`` names. Tensors
@@ -260,7 +268,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
         if transform == "split_qkv":
             if tensor.shape[0] % 3:
                 raise ValueError(
-                    f"{key}: packed q/k/v projection has {tensor.shape[0]} rows, not a multiple of 3"
+                    f"{key}: packed q/k/v projection has {tensor.shape[0]} rows, "
+                    "not a multiple of 3"
                 )
             values = [t.contiguous() for t in torch.chunk(tensor, 3, dim=0)]
         else:
@@ -272,7 +281,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
             origin[target] = key
     if unknown:
         raise ValueError(
-            f"{len(unknown)} checkpoint keys match no official Mask2Former name: {', '.join(sorted(unknown)[:8])}"
+            f"{len(unknown)} checkpoint keys match no official Mask2Former name: "
+            f"{', '.join(sorted(unknown)[:8])}"
             + (" ..." if len(unknown) > 8 else "")
             + "; is this an UnSAM whole-image (detectron2 Mask2Former R50) checkpoint?"
         )
@@ -280,7 +290,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 
 def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read the ``model`` tensor dict of an official ``.pth`` with ``torch.load(weights_only=True)``.
+    """Read the ``model`` tensor dict of an official ``.pth`` with
+    ``torch.load(weights_only=True)``.
 
     Optimizer, scheduler and trainer entries of the file are ignored.
 
@@ -300,7 +311,8 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}); expected the "
+            f"{path}: cannot be read with torch.load(weights_only=True) "
+            f"({type(exc).__name__}); expected the "
             "official UnSAM whole-image .pth (a dict with a 'model' state dict)"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -311,7 +323,8 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
         or not all(isinstance(v, torch.Tensor) for v in obj.values())
     ):
         raise ValueError(
-            f"{path}: no 'model' dict of tensors found; expected the official UnSAM whole-image .pth"
+            f"{path}: no 'model' dict of tensors found; "
+            "expected the official UnSAM whole-image .pth"
         )
     return {str(k): v for k, v in obj.items()}
 
@@ -325,10 +338,12 @@ def write_preprocessor_config(
     max_size: int = 2048,
     size_divisibility: int = 32,
 ) -> Path:
-    """Write ``preprocessor_config.json``: the test-time preprocessing of the original (spec §6.1, §6.5).
+    """Write ``preprocessor_config.json``: the test-time preprocessing of the original
+    (spec §6.1, §6.5).
 
     The file follows transformers' ``Mask2FormerImageProcessor`` fields (mean/std in 0-1 units
-    with ``rescale_factor`` 1/255) and adds ``unsam_pixel_mean`` / ``unsam_pixel_std`` in 0-255 units.
+    with ``rescale_factor`` 1/255) and adds ``unsam_pixel_mean`` / ``unsam_pixel_std`` in 0-255
+    units.
     """
     data = {
         "image_processor_type": "Mask2FormerImageProcessor",
@@ -350,7 +365,8 @@ def write_preprocessor_config(
 
 
 def read_preprocessor_config(folder: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """Preprocessing of a model folder: ``{"mean", "std", "min_size", "max_size", "size_divisibility"}``.
+    """Preprocessing of a model folder:
+    ``{"mean", "std", "min_size", "max_size", "size_divisibility"}``.
 
     A missing file or field (or ``folder=None``) falls back to the original's values
     (ImageNet x 255, 1024 / 2048, 32).
@@ -419,7 +435,8 @@ def convert_to_model(
     found = int(queries.shape[0])
     if num_queries is not None and int(num_queries) != found:
         raise ValueError(
-            f"{where}: the checkpoint has {found} queries but num_queries={num_queries} was asked for"
+            f"{where}: the checkpoint has {found} queries but num_queries={num_queries} "
+            "was asked for"
         )
     model = build_model("r50", num_queries=found)
     target = model.state_dict()

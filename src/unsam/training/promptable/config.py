@@ -1,4 +1,5 @@
-"""Training settings of the promptable model (PROMPTABLE.md §1.6-1.7, §3); defaults are the original's.
+"""Training settings of the promptable model (PROMPTABLE.md §1.6-1.7, §3); defaults are the
+original's.
 
 One flat frozen dataclass, so that ``unsam train-promptable`` generates one flag per field. The
 loss and matcher parts are handed to the plain functions as :class:`LossConfig` /
@@ -36,7 +37,8 @@ class PromptableTrainConfig:
     )
     backbone_init: str | None = param(
         None,
-        "local Swin-T / MoBY checkpoint (.pth) for the backbone (the paper: MoBY Swin-T 300 ep); None = random",
+        "local Swin-T / MoBY checkpoint (.pth) for the backbone (the paper: MoBY Swin-T 300 ep); "
+        "None = random",
     )
     max_steps: int = param(
         400_000, "optimizer steps (the yaml: 400,000; released checkpoints: 100,000)"
@@ -134,7 +136,8 @@ class PromptableTrainConfig:
             self.lr_steps
         ):
             raise ValueError(
-                f"PromptableTrainConfig.lr_steps={self.lr_steps} must be ascending fractions in (0, 1]"
+                f"PromptableTrainConfig.lr_steps={self.lr_steps} must be ascending fractions "
+                "in (0, 1]"
             )
         if self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:
             raise ValueError(
@@ -142,7 +145,8 @@ class PromptableTrainConfig:
             )
         if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
             raise ValueError(
-                f"PromptableTrainConfig.image_size={self.image_size} must be a positive multiple of 32"
+                f"PromptableTrainConfig.image_size={self.image_size} must be a positive "
+                "multiple of 32"
             )
         if not 0.0 < self.min_scale <= self.max_scale:
             raise ValueError(
@@ -153,7 +157,8 @@ class PromptableTrainConfig:
             raise ValueError("PromptableTrainConfig.keep_checkpoints and num_workers must be >= 0")
         if self.config not in DEFAULT_IMAGE_SIZE:
             raise ValueError(
-                f"PromptableTrainConfig.config={self.config!r}: expected one of {sorted(DEFAULT_IMAGE_SIZE)}"
+                f"PromptableTrainConfig.config={self.config!r}: expected one of "
+                f"{sorted(DEFAULT_IMAGE_SIZE)}"
             )
         self.loss_config()  # validates the point-sampling fields
 

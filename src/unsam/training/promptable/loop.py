@@ -3,7 +3,8 @@
 Run directory (``unsam train-promptable --output RUN_DIR``)::
 
     RUN_DIR/config.json, RUN_DIR/model.safetensors   the final model (save_pretrained layout), so
-                                                     PromptablePredictor.from_pretrained(RUN_DIR) works
+                                                     PromptablePredictor.from_pretrained(RUN_DIR)
+                                                     works
     RUN_DIR/train_config.json                        PromptableTrainConfig + data paths + versions
     RUN_DIR/loss.csv, RUN_DIR/loss.png               step, loss, lr, seconds_per_step; the curve
     RUN_DIR/checkpoints/step_0005000/model/          save_pretrained folder of that step
@@ -11,7 +12,8 @@ Run directory (``unsam train-promptable --output RUN_DIR``)::
 
 The run-directory helpers, RNG capture, checkpoint writing, loss CSV / plot and the LR schedule
 are the whole-image trainer's (:mod:`unsam.training.loop`); so is the data stream
-(:class:`unsam.training.data.TrainDataset`: every sample is a pure function of ``(seed, position)``).
+(:class:`unsam.training.data.TrainDataset`: every sample is a pure function of
+``(seed, position)``).
 Clicks, box noise and point sampling use the global torch RNG, which checkpoints store, so a run
 resumed from step k reproduces the uninterrupted run's weights bit for bit (same machine, thread
 count and process count). ``training_state.pt`` loads with ``torch.load(weights_only=True)``.
@@ -358,7 +360,8 @@ def _prompts(
 # Run directory
 # ---------------------------------------------------------------------------------------------
 class _Saver:
-    """Adapter: :func:`unsam.training.loop._save_checkpoint` calls ``save_pretrained(folder, safe_serialization=)``."""
+    """Adapter: :func:`unsam.training.loop._save_checkpoint` calls
+    ``save_pretrained(folder, safe_serialization=)``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -419,7 +422,8 @@ def load_promptable_train_config(
 def _check_resume_config(saved: dict[str, Any], config: PromptableTrainConfig, where: Path) -> None:
     if saved.get("config") != config.config:
         raise ValueError(
-            f"{where}: the checkpoint was trained with config={saved.get('config')!r} but this run asks for "
+            f"{where}: the checkpoint was trained with config={saved.get('config')!r} "
+            "but this run asks for "
             f"{config.config!r}; resume with the same value or start a new --output"
         )
     now = config_to_dict(config)
@@ -429,7 +433,10 @@ def _check_resume_config(saved: dict[str, Any], config: PromptableTrainConfig, w
         logger.warning(
             "resuming with changed settings %s%s",
             ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed),
-            f" (the resumed run will not reproduce an uninterrupted one because of {', '.join(inexact)})"
+            (
+                " (the resumed run will not reproduce an uninterrupted one because of "
+                f"{', '.join(inexact)})"
+            )
             if inexact
             else "",
         )
@@ -614,7 +621,8 @@ def _train(
     last_loss: float | None = None
     t_step = time.perf_counter()
     logger.info(
-        "training promptable %s on %d image(s) from step %d to %d, batch %d over %d process(es), %s",
+        "training promptable %s on %d image(s) from step %d to %d, batch %d over %d "
+        "process(es), %s",
         config.config,
         dataset.num_images,
         start_step,
@@ -644,8 +652,9 @@ def _train(
             loss_value /= info.world_size
         if not math.isfinite(float(loss_value)):
             raise NonFiniteLossError(
-                f"loss became {float(loss_value)} at step {step + 1}; the weights were not updated. Lower --lr "
-                f"or check the masks of images {batch['image_ids']}, then --resume from the last checkpoint"
+                f"loss became {float(loss_value)} at step {step + 1}; the weights were not "
+                f"updated. Lower --lr or check the masks of images {batch['image_ids']}, then "
+                "--resume from the last checkpoint"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

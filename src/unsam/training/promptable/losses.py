@@ -72,8 +72,9 @@ class LossConfig:
             or not 0 <= self.importance_sample_ratio <= 1
         ):
             raise ValueError(
-                f"LossConfig: need num_points >= 1, oversample_ratio >= 1 and importance_sample_ratio in "
-                f"[0, 1], got {self.num_points}, {self.oversample_ratio}, {self.importance_sample_ratio}"
+                "LossConfig: need num_points >= 1, oversample_ratio >= 1 and "
+                f"importance_sample_ratio in [0, 1], got {self.num_points}, "
+                f"{self.oversample_ratio}, {self.importance_sample_ratio}"
             )
 
     def weights(self) -> dict[str, float]:
@@ -104,7 +105,8 @@ def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         or coords.shape[0] != inputs.shape[0]
     ):
         raise ValueError(
-            f"need inputs (N, C, H, W) and coords (N, P, 2), got {tuple(inputs.shape)}, {tuple(coords.shape)}"
+            "need inputs (N, C, H, W) and coords (N, P, 2), "
+            f"got {tuple(inputs.shape)}, {tuple(coords.shape)}"
         )
     out = F.grid_sample(inputs, 2.0 * coords[:, :, None] - 1.0, align_corners=False)
     return out[..., 0]
@@ -202,7 +204,8 @@ def dice_loss(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.T
 
 
 def iou_score_loss(pred_iou: torch.Tensor, dice: torch.Tensor) -> torch.Tensor:
-    """(pred_iou − (1 − dice))² per pair; the target is not detached (spec §3.6). (N,), (N,) -> (N,)."""
+    """(pred_iou − (1 − dice))² per pair; the target is not detached (spec §3.6).
+    (N,), (N,) -> (N,)."""
     return (pred_iou - (1.0 - dice)) ** 2
 
 

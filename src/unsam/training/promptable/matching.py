@@ -200,7 +200,8 @@ def match_clicks(
         mask_logits: (C, K, h, w) predicted logits (1/4 resolution of the padded input).
         pred_boxes: (C, K, 4) predicted (cx, cy, w, h), or None to leave out the box costs.
         masks: (M, H, W) bool, all masks of the image at the padded input resolution.
-        target_boxes: (M, 4) (cx, cy, w, h) of the masks (:func:`targets.mask_boxes_cxcywh`) or None.
+        target_boxes: (M, 4) (cx, cy, w, h) of the masks (:func:`targets.mask_boxes_cxcywh`) or
+            None.
         targets: C tensors of mask indices (:func:`targets.click_targets`).
         config: costs and point count.
         generator: RNG of the uniform points (default: the global one).

@@ -1,4 +1,5 @@
-"""Training prompts of the promptable model: clicks, per-click target sets, boxes (PROMPTABLE.md §3.2-3.4).
+"""Training prompts of the promptable model: clicks, per-click target sets, boxes
+(PROMPTABLE.md §3.2-3.4).
 
 Per image (the original's ``RE_POINT`` path, ``arch:430-513``):
 
@@ -198,7 +199,8 @@ def jitter_click_boxes(
     factor: float = 0.01,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The training box noise (``dec:366-376``): box += U(-1, 1) · (w/2, h/2, w, h) · factor · noise_scale.
+    """The training box noise (``dec:366-376``):
+    box += U(-1, 1) · (w/2, h/2, w, h) · factor · noise_scale.
 
     Args:
         boxes: (N, 4) float (cx, cy, w, h) in [0, 1].
