@@ -28,7 +28,8 @@ def _endpoint_unreachable(host: str, port: int) -> bool:
 
 
 def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set or the hub endpoint cannot be reached."""
+    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set or the hub endpoint cannot be
+    reached."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if (os.environ.get(var) or "").strip().lower() in _TRUE:
             return True

@@ -343,7 +343,8 @@ class MaskRecord:
     def from_masks(
         cls, masks: npt.NDArray[np.bool_], scores: Iterable[float] | None = None, **fields: Any
     ) -> list[MaskRecord]:
-        """Build records from (N, H, W) bool masks and optional (N,) scores; shared fields as kwargs."""
+        """Build records from (N, H, W) bool masks and optional (N,) scores; shared fields as
+        kwargs."""
         rles = encode_masks(masks)
         score_list = [1.0] * len(rles) if scores is None else [float(s) for s in scores]
         if len(score_list) != len(rles):
@@ -446,7 +447,8 @@ class MaskRecord:
             raise ValueError(f'{where}: field "segmentation": {exc}') from None
         if image_hw is not None and tuple(rle["size"]) != tuple(int(v) for v in image_hw):
             raise ValueError(
-                f'{where}: field "segmentation.size" is {rle["size"]} but the image is {list(image_hw)} (H, W)'
+                f'{where}: field "segmentation.size" is {rle["size"]} but the image is '
+                f"{list(image_hw)} (H, W)"
             )
 
         def num(key: str, default: float | None) -> float | None:

@@ -331,8 +331,9 @@ def _rows_from_work_file(work: Path, header: dict[str, Any]) -> dict[str, dict[s
         raise ValueError(f"{work}: not an unsam work file; move it away or choose another output")
     if any(rows[0].get(k) != header[k] for k in ("settings", "shard", "image_ids")):
         raise ValueError(
-            f"{work}: an unfinished run with other settings ({_describe(rows[0], header)}) is in this "
-            f"work file; rerun with the same options to resume, or pass --overwrite to start over"
+            f"{work}: an unfinished run with other settings ({_describe(rows[0], header)}) is in "
+            "this work file; rerun with the same options to resume, or pass --overwrite to start "
+            "over"
         )
     done: dict[str, dict[str, Any]] = {}
     for row in rows[1:]:
@@ -423,7 +424,8 @@ def run_images(
         ids_rule: how ``image_ids`` were made (:func:`id_rule`), checked when resuming.
         shard: (I, N): this run does images[I::N] of the listing.
         workers: processes; each loads the producer's models once and gets cores/workers threads.
-        progress: called as ``progress(done, total)`` after each image (the CLI passes a tqdm update).
+        progress: called as ``progress(done, total)`` after each image (the CLI passes a tqdm
+            update).
         info: extra fields for the output's ``info``.
         overwrite: start over even if an unfinished or finished run with other settings exists.
         output_format: ``coco-dataset`` (default), ``coco-results`` or ``sam-folder`` (``output``
@@ -555,8 +557,8 @@ def _process(
     total: int,
     progress: Callable[[int, int], Any] | None,
 ) -> list[float]:
-    """Collect the rows of the images left, appending each to the work file (unless ``work`` is None:
-    an engine has stored them already); seconds per image."""
+    """Collect the rows of the images left, appending each to the work file (unless ``work`` is
+    None: an engine has stored them already); seconds per image."""
     seconds: list[float] = []
     if progress is not None:
         progress(finished, total)

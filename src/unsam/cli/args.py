@@ -58,7 +58,8 @@ def add_config_arguments(
         help_text = f.metadata.get("help")
         if not help_text:
             raise TypeError(
-                f"{config_cls.__name__}.{f.name} has no help text; declare it with unsam.config.param"
+                f"{config_cls.__name__}.{f.name} has no help text; declare it with "
+                "unsam.config.param"
             )
         tp, optional = _strip_optional(hints[f.name])
         default = f.default

@@ -72,7 +72,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
-    """``--overlay-top-k`` / ``--overlay-min-score``: what overlays draw (the JSON keeps every mask)."""
+    """``--overlay-top-k`` / ``--overlay-min-score``: what overlays draw (the JSON keeps every
+    mask)."""
     from unsam.io.overlay import OVERLAY_TOP_K
 
     group.add_argument(
@@ -186,8 +187,9 @@ def print_run_summary(result: Any) -> None:
     secs = result.seconds_per_image
     timing = f", {statistics.median(secs):.2f} s/image (median)" if secs else ""
     print(
-        f"wrote {result.output}: {result.images_total - len(result.skipped)} images, {result.masks} masks"
-        f" ({result.images_done_now} processed now, {result.images_resumed} resumed){timing}"
+        f"wrote {result.output}: {result.images_total - len(result.skipped)} images, "
+        f"{result.masks} masks ({result.images_done_now} processed now, {result.images_resumed} "
+        f"resumed){timing}"
     )
     for s in result.skipped:
         print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
@@ -296,6 +298,7 @@ def run_folder(
         )
         extra = f", scoring >= {args.overlay_min_score}" if args.overlay_min_score > 0 else ""
         print(
-            f"wrote {n} overlay PNG(s) to {args.overlay_dir} (the {args.overlay_top_k} best masks{extra})"
+            f"wrote {n} overlay PNG(s) to {args.overlay_dir} (the {args.overlay_top_k} best "
+            f"masks{extra})"
         )
     return result.exit_code

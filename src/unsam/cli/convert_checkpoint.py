@@ -1,4 +1,5 @@
-"""``unsam convert-checkpoint UNSAM.pth -o HF_DIR``: official UnSAM whole-image .pth -> transformers folder."""
+"""``unsam convert-checkpoint UNSAM.pth -o HF_DIR``: official UnSAM whole-image .pth -> transformers
+folder."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kind",
         choices=("whole-image", "promptable"),
         default="whole-image",
-        help="whole-image (Mask2Former R50, default) or promptable (Semantic-SAM Swin-T) checkpoint",
+        help=(
+            "whole-image (Mask2Former R50, default) or promptable (Semantic-SAM Swin-T) checkpoint"
+        ),
     )
     parser.add_argument(
         "--size",

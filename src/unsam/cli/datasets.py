@@ -27,9 +27,9 @@ def _epilog() -> str:
     return "\n".join(
         [
             wrap(
-                'SRC and rule per dataset. Every mask becomes category 1 "object"; iscrowd is kept; '
-                "polygons stay polygons, other RLE becomes compressed RLE; empty masks are dropped; "
-                "images are sorted by id and annotation ids are image_id * 10^6 + k.",
+                'SRC and rule per dataset. Every mask becomes category 1 "object"; iscrowd is '
+                "kept; polygons stay polygons, other RLE becomes compressed RLE; empty masks are "
+                "dropped; images are sorted by id and annotation ids are image_id * 10^6 + k.",
                 "",
             ),
             rules,
@@ -40,8 +40,8 @@ def _epilog() -> str:
                 "",
             ),
             wrap(
-                "Layout read by `unsam eval-suite --data-root ROOT`: ROOT/<name>/gt.json, images in "
-                "ROOT/<name>/images/. For example:",
+                "Layout read by `unsam eval-suite --data-root ROOT`: ROOT/<name>/gt.json, images "
+                "in ROOT/<name>/images/. For example:",
                 "",
             ),
             (
@@ -57,8 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "convert",
         help="write a dataset's class-agnostic COCO ground truth",
-        description="Convert one of the paper's evaluation datasets, in its native format, into the "
-        "class-agnostic COCO JSON that unsam eval / unsam eval-suite evaluate on.",
+        description=(
+            "Convert one of the paper's evaluation datasets, in its native format, into the "
+            "class-agnostic COCO JSON that unsam eval / unsam eval-suite evaluate on."
+        ),
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     )  # bad model paths fail here, before the server starts
     demo = build_demo(backend, top_k=args.top_k)
     print(
-        f"unsam demo: clicks {backend.click_source}; segment everything: {backend.everything_source}"
+        f"unsam demo: clicks {backend.click_source}; segment everything: "
+        f"{backend.everything_source}"
     )
     print(f"unsam demo: open http://{args.host}:{args.port} (Ctrl+C to stop)")
     launch_demo(demo, host=args.host, port=args.port, block=True, quiet=True)

@@ -23,8 +23,8 @@ _EPILOG = (
     "Layout: ROOT/<name>/gt.json (written by `unsam datasets convert`) and ROOT/<name>/images/, "
     f'<name> in {", ".join(DATASET_ORDER)}. Datasets without gt.json are listed as "not present" '
     '(a column of "–"). With --pred-dir, predictions are PRED_DIR/<name>.json (COCO results list '
-    "or dataset JSON, matched by file name). With --model, the model segments each dataset's images "
-    "into ROOT/<name>/pred_<model-name>.json (resumable: rerun to continue)."
+    "or dataset JSON, matched by file name). With --model, the model segments each dataset's "
+    "images into ROOT/<name>/pred_<model-name>.json (resumable: rerun to continue)."
 )
 
 

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(
-            f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to resume",
+            f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to "
+            "resume",
             file=sys.stderr,
         )
         return 130

@@ -1,4 +1,5 @@
-"""``unsam merge-gt GT.json PSEUDO.json -o MERGED.json [--iou-thresh 0.02]``: UnSAM+ training targets.
+"""``unsam merge-gt GT.json PSEUDO.json -o MERGED.json [--iou-thresh 0.02]``: UnSAM+ training
+targets.
 
 All ground-truth masks (``source="gt"``) plus the pseudo-masks whose IoU with every ground-truth
 mask of their image is below the threshold (spec §6.6). Images are matched by file name, else id.
@@ -38,15 +39,18 @@ def run(args: argparse.Namespace) -> int:
     pseudo = load_mask_sets(args.pseudo)
     merged, stats = merge_ground_truth(gt, pseudo, config)
     info = {
-        "description": "unsam merge-gt: ground truth + pseudo-masks overlapping no GT mask (UnSAM+)",
+        "description": (
+            "unsam merge-gt: ground truth + pseudo-masks overlapping no GT mask (UnSAM+)"
+        ),
         "gt": str(args.gt),
         "pseudo": str(args.pseudo),
         "settings": config_to_dict(config),
     }
     write_coco_dataset(args.output, merged, info=info)
     print(
-        f"wrote {args.output}: {stats.images} images, {stats.base_masks} GT masks + {stats.added_masks} pseudo-masks "
-        f"({stats.dropped_masks} pseudo-masks overlapped GT, {config.overlap} >= {config.iou_thresh}; "
-        f"{stats.unmatched_images} pseudo image(s) without GT)"
+        f"wrote {args.output}: {stats.images} images, {stats.base_masks} GT masks + "
+        f"{stats.added_masks} pseudo-masks ({stats.dropped_masks} pseudo-masks overlapped GT, "
+        f"{config.overlap} >= {config.iou_thresh}; {stats.unmatched_images} pseudo image(s) "
+        "without GT)"
     )
     return 0

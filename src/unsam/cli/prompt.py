@@ -76,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--box-size",
         type=float,
         default=None,
-        help="click box side in model-input pixels (training/evaluation: 6; default: 0.005 of the image side)",
+        help=(
+            "click box side in model-input pixels (training/evaluation: 6; default: 0.005 of the "
+            "image side)"
+        ),
     )
     g.add_argument(
         "--joint",
@@ -104,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def promptable_config(value: str | None) -> PromptableConfig | None:
-    """``swin_t`` / ``tiny`` / a config.json path -> PromptableConfig; None stays None (default size)."""
+    """``swin_t`` / ``tiny`` / a config.json path -> PromptableConfig; None stays None (default
+    size)."""
     from unsam.models.promptable.config import CONFIG_NAMES, PromptableConfig
 
     if value is None:

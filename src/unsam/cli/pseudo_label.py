@@ -31,7 +31,8 @@ NESTED = (
 
 
 class _RefineAction(argparse.Action):
-    """``--refine none|crf|cascadepsp|cascadepsp:PATH`` -> refine_method (+ refine_cascadepsp_weights)."""
+    """``--refine none|crf|cascadepsp|cascadepsp:PATH`` -> refine_method (+
+    refine_cascadepsp_weights)."""
 
     def __call__(
         self,
@@ -95,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
         extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
     )
     producer = DicoProducer(config)
-    producer.setup()  # load weights in this process first: errors surface at once, before any worker
+    # load weights in this process first: errors surface at once, before any worker
+    producer.setup()
     return run_folder(producer, listing.images, listing.root, args, desc="pseudo-label")

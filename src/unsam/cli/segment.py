@@ -1,4 +1,5 @@
-"""``unsam segment IMAGES... --model RUN_DIR|HUB_ID|PTH -o PRED.json``: whole-image masks with a trained model.
+"""``unsam segment IMAGES... --model RUN_DIR|HUB_ID|PTH -o PRED.json``: whole-image masks with a
+trained model.
 
 Writes a class-agnostic COCO dataset JSON (images with file names + scored annotations) that
 ``unsam eval --gt GT.json --pred PRED.json`` matches by file name. Runs are resumable (rerun the
@@ -26,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help=f"a training run folder, a save_pretrained folder, an official UnSAM .pth, or a hub id ({HUB_ID}); "
-        "promptable:PATH runs the promptable model's point-grid automatic mask generator",
+        help=(
+            "a training run folder, a save_pretrained folder, an official UnSAM .pth, or a hub id "
+            f"({HUB_ID}); promptable:PATH runs the promptable model's point-grid automatic mask "
+            "generator"
+        ),
     )
     parser.add_argument(
         "-o", "--output", required=True, help="COCO dataset JSON to write (images + scored masks)"
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         producer = PromptableAMGProducer(args.model.removeprefix("promptable:"))
     else:
         producer = SegmenterProducer(args.model, config)
-    producer.setup()  # load (and convert / download) once, before the progress bar, so errors come first
+    # load (and convert / download) once, before the progress bar, so errors come first
+    producer.setup()
     return run_folder(
         producer,
         listing.images,

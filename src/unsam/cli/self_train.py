@@ -74,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         close()
     stats = result.stats
     print(
-        f"wrote {result.output}: {stats.images} images, {stats.base_masks} pseudo-masks + {stats.added_masks} "
-        f"model masks ({stats.dropped_masks} confident model masks overlapped existing ones; predictions in "
-        f"{result.predictions}; {result.unreadable} unreadable image(s))"
+        f"wrote {result.output}: {stats.images} images, {stats.base_masks} pseudo-masks + "
+        f"{stats.added_masks} model masks ({stats.dropped_masks} confident model masks overlapped "
+        f"existing ones; predictions in {result.predictions}; {result.unreadable} unreadable "
+        "image(s))"
     )
     return 0

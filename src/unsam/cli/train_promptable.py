@@ -1,4 +1,5 @@
-"""``unsam train-promptable --annotations PSEUDO.json --images DIR --output RUN_DIR [--config swin_t|tiny]``.
+"""``unsam train-promptable --annotations PSEUDO.json --images DIR --output RUN_DIR [--config
+swin_t|tiny]``.
 
 Trains the promptable model (Semantic-SAM interactive decoder, Swin-T) on a COCO dataset JSON of
 pseudo-masks or ground truth. Every PromptableTrainConfig field is a flag (``--max-steps``,
@@ -46,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--skip-bad-images",
         action="store_true",
-        help="skip missing or mis-sized images (listed in RUN_DIR/skipped_images.txt) instead of stopping",
+        help=(
+            "skip missing or mis-sized images (listed in RUN_DIR/skipped_images.txt) instead of "
+            "stopping"
+        ),
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("training settings"), PromptableTrainConfig)
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         config = PromptableTrainConfig(**overrides)
     if not annotations or not images:
         raise ValueError(
-            "--annotations PSEUDO.json and --images DIR are required (except with --resume of a run)"
+            "--annotations PSEUDO.json and --images DIR are required (except with --resume of a "
+            "run)"
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -112,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if is_main:
         loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
         print(
-            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: {result.model_dir}; "
-            f"loss curve: {run_dir / 'loss.png'}",
+            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: "
+            f"{result.model_dir}; loss curve: {run_dir / 'loss.png'}",
             file=sys.stdout,
         )
     return 0

@@ -61,8 +61,9 @@ def windowed_nms(
     ranking survive (spec §10 bug 17); ``full_nms=True`` compares with all later positions.
 
     IoU is exact (float64) and computed lazily per pair instead of as an (N, N) float32 matrix
-    over (N, h*w) copies, so large crops with many candidates stay cheap. Pairs whose area ratio already bounds the IoU to ``<= iou_thresh``
-    (``IoU <= min(area) / max(area)``) are skipped without touching the pixels.
+    over (N, h*w) copies, so large crops with many candidates stay cheap. Pairs whose area ratio
+    already bounds the IoU to ``<= iou_thresh`` (``IoU <= min(area) / max(area)``) are skipped
+    without touching the pixels.
 
     Args:
         masks: (N, h, w) bool array, or N (h, w) bool arrays on one grid, or N functions
@@ -139,7 +140,8 @@ def paste_mask(
     h, w = int(image_hw[0]), int(image_hw[1])
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise ValueError(
-            f"box {box_xyxy} (x0, y0, x1, y1; exclusive x1, y1) is not inside an image of (H, W) = {(h, w)}"
+            f"box {box_xyxy} (x0, y0, x1, y1; exclusive x1, y1) is not inside an image of (H, W) = "
+            f"{(h, w)}"
         )
     crop_mask = np.asarray(crop_mask, dtype=bool)
     if crop_mask.shape != (y1 - y0, x1 - x0):

@@ -88,7 +88,8 @@ def region_adjacency(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
 
 
 def _patch_index(hw: tuple[int, int], grid_hw: tuple[int, int]) -> npt.NDArray[np.int64]:
-    """(h, w) row-major index of the patch each pixel falls in, the grid stretched over the image."""
+    """(h, w) row-major index of the patch each pixel falls in, the grid stretched over the
+    image."""
     h, w = hw
     gh, gw = grid_hw
     rows = (np.arange(h, dtype=np.int64) * gh) // h

@@ -91,13 +91,15 @@ DATASET_NAMES = ("coco", "lvis", "ade20k", "entityseg", "sa1b", "partimagenet", 
 #: One line per dataset: what is read and which masks are kept (recorded in ``info``).
 CONVERSION_RULES: dict[str, str] = {
     "coco": "COCO instances JSON (instances_val2017.json): every annotation, iscrowd kept",
-    "lvis": "LVIS JSON (lvis_v1_val.json): every annotation; file_name = last two parts of coco_url",
+    "lvis": "LVIS JSON (lvis_v1_val.json): every annotation; file_name = last two parts of "
+    "coco_url",
     "ade20k": "ADEChallengeData2016 annotations_instance/validation PNGs: one mask per G-channel "
     "instance id > 0 (as Mask2Former's prepare_ade20k_ins_seg.py); id from ADE_val_<id>",
     "entityseg": "EntitySeg JSON (entityseg_val.json / entityseg_val_lr.json): every entity mask",
     "sa1b": "folder of SA-1B sa_<id>.json files: sorted by id, first --max-images "
     "(suite choice: 1000 from a tar not used for training)",
-    "partimagenet": "PartImageNet part JSON (annotations/val.json): every part mask, no object masks",
+    "partimagenet": "PartImageNet part JSON (annotations/val.json): every part mask, no object "
+    "masks",
     "paco": "PACO JSON (paco_lvis_v1_val.json): part masks (id != obj_ann_id) by default; "
     "objects or all on request",
 }
@@ -275,7 +277,8 @@ def _select(
 
 
 def _segmentation_out(seg: Any, rle: dict[str, Any]) -> Any:
-    """Polygons as the source gave them (degenerate rings removed), anything else as compressed RLE."""
+    """Polygons as the source gave them (degenerate rings removed), anything else as compressed
+    RLE."""
     if isinstance(seg, list):
         return [list(p) for p in seg if len(p) >= 6]
     return {"size": list(rle["size"]), "counts": rle["counts"]}
@@ -533,7 +536,8 @@ def convert_ade20k(
     max_images: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """ADE20K instance PNGs (``ADEChallengeData2016/annotations_instance/validation``) → ground truth.
+    """ADE20K instance PNGs (``ADEChallengeData2016/annotations_instance/validation``) → ground
+    truth.
 
     One mask per G-channel instance id > 0, in increasing id order. ``src`` may be the PNG folder
     or the ``ADEChallengeData2016`` folder. Other arguments and errors as :func:`convert_coco`.

@@ -1,4 +1,5 @@
-"""Interactive gradio demo (``unsam demo``): click -> 6 masks, segment everything, COCO JSON download.
+"""Interactive gradio demo (``unsam demo``): click -> 6 masks, segment everything, COCO JSON
+download.
 
 gradio is imported only by :func:`unsam.demo.app.build_demo`; the click and "segment everything"
 logic in :mod:`unsam.demo.app` runs without it.

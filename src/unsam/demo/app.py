@@ -7,7 +7,8 @@ Backends, chosen by which models are given:
 
 - click: the promptable model (:class:`unsam.PromptablePredictor`; the image is encoded once per
   image, a click only runs the decoder). Without one, a click is answered from the "segment
-  everything" masks: those containing the clicked pixel, from small to large (:func:`masks_at_point`).
+  everything" masks: those containing the clicked pixel, from small to large
+  (:func:`masks_at_point`).
 - segment everything: the whole-image model, else the promptable model's automatic mask generator,
   else divide-and-conquer on the weight-free ``classic`` features.
 
@@ -63,7 +64,8 @@ CLICKS_PER_IMAGE = 6
 
 
 def example_images(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The bundled example images under ``root`` (default: the source checkout), sorted; may be empty."""
+    """The bundled example images under ``root`` (default: the source checkout), sorted; may be
+    empty."""
     base = Path(root) if root is not None else REPO
     found: list[Path] = []
     for pattern in EXAMPLE_GLOBS:
@@ -186,7 +188,8 @@ def click_overlay(
     *,
     alpha: float = 0.35,
 ) -> npt.NDArray[np.uint8]:
-    """The masks of one click over the image (largest first, outlined) with the click as a red dot."""
+    """The masks of one click over the image (largest first, outlined) with the click as a red
+    dot."""
     from unsam.io.overlay import draw_overlay
 
     out = draw_overlay(image, list(records), alpha=alpha) if records else image.copy()

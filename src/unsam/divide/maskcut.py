@@ -88,7 +88,8 @@ class MaskCutConfig:
     )
     min_area_frac: float = param(
         0.01,
-        "a later mask covering at most this fraction of the patch grid is dropped (spec §2.2 step 5)",
+        "a later mask covering at most this fraction of the patch grid is dropped (spec §2.2 step "
+        "5)",
     )
     crf: bool = param(True, "refine each mask with DenseCRF, needs pydensecrf2 (spec §2.2 step 9)")
     crf_params: CRFConfig = field(
@@ -106,7 +107,8 @@ class MaskCutConfig:
     def __post_init__(self) -> None:
         if self.image_size < 1:
             raise ValueError(
-                f"MaskCutConfig.image_size={self.image_size} must be >= 1 pixel (the paper uses 480)"
+                f"MaskCutConfig.image_size={self.image_size} must be >= 1 pixel (the paper uses "
+                "480)"
             )
         if not -1.0 < self.tau < 1.0:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Interactive (point-prompt) evaluation of the promptable model (PROMPTABLE.md §5, UNSAM_SPEC §8.2).
+"""Interactive (point-prompt) evaluation of the promptable model (PROMPTABLE.md §5, UNSAM_SPEC
+§8.2).
 
 Protocol (the original's ``evaluate_interactive`` + ``interactive_evaluation``):
 
@@ -11,10 +12,10 @@ Protocol (the original's ``evaluate_interactive`` + ``interactive_evaluation``):
    distance transform (:func:`distance_transform`, kernel 3, h = 0.35), the first maximum in
    row-major order (:func:`click_point`).
 3. The model returns 6 masks and 6 predicted IoUs for the click. **Point(Max)** is the IoU of the
-   mask with the highest predicted IoU (first maximum on ties); **Point(Oracle)** the best IoU of the
-   6. mIoU is the mean over all GT masks of the dataset (per instance, not per image), also split by
-   GT area (COCO small < 32², medium < 96², large; area in pixels at the *original* resolution, as
-   COCO's ``area``).
+   mask with the highest predicted IoU (first maximum on ties); **Point(Oracle)** the best IoU
+   of the 6. mIoU is the mean over all GT masks of the dataset (per instance, not per image),
+   also split by GT area (COCO small < 32², medium < 96², large; area in pixels at the
+   *original* resolution, as COCO's ``area``).
 4. NoC@t (t in 0.5, 0.8, 0.85, 0.9): clicks needed until the Max mask reaches IoU >= t, or
    ``max_noc`` (20) when it never does, averaged over GT masks. With the original's single click
    (``max_clicks=1``) this is exactly its definition: 1 if IoU >= t else 20 (``ieval:108-116``).
@@ -96,7 +97,8 @@ class PointEvalConfig:
 
     short_side: int | None = param(
         800,
-        "evaluation resize: shortest side in pixels (detectron2 ResizeShortestEdge); None = original size",
+        "evaluation resize: shortest side in pixels (detectron2 ResizeShortestEdge); None = "
+        "original size",
     )
     max_size: int = param(1333, "evaluation resize: cap on the longest side, pixels")
     max_clicks: int = param(
@@ -180,7 +182,8 @@ def distance_transform(image: torch.Tensor, kernel_size: int = 3, h: float = 0.3
 def click_point(
     mask: npt.NDArray[np.bool_] | torch.Tensor, *, kernel_size: int = 3, h: float = 0.35
 ) -> tuple[int, int, float]:
-    """The click of the interactive evaluation: the pixel deepest inside ``mask`` (PROMPTABLE.md §5).
+    """The click of the interactive evaluation: the pixel deepest inside ``mask`` (PROMPTABLE.md
+    §5).
 
     The mask is padded with one pixel of background and inverted (background = sources), kornia's
     :func:`distance_transform` runs on it, the border is cropped and the **first** maximum in
@@ -287,8 +290,8 @@ def _check_prediction(
         or masks.shape[0] != ious.shape[0]
     ):
         raise ValueError(
-            f"predict must return masks (K, H, W) with (H, W) = {hw} and K >= 1, and predicted_iou (K,); "
-            f"got masks {masks.shape}, predicted_iou {ious.shape}"
+            f"predict must return masks (K, H, W) with (H, W) = {hw} and K >= 1, and predicted_iou "
+            f"(K,); got masks {masks.shape}, predicted_iou {ious.shape}"
         )
     return masks.astype(bool, copy=False), ious
 
@@ -357,7 +360,8 @@ def evaluate_segment(
 
 
 def resize_shortest_edge(hw: tuple[int, int], short_side: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ``ResizeShortestEdge.get_output_shape``: (H', W') with rounding ``int(x + 0.5)``."""
+    """detectron2 ``ResizeShortestEdge.get_output_shape``: (H', W') with rounding ``int(x +
+    0.5)``."""
     h, w = hw
     scale = short_side / min(h, w)
     new_h, new_w = (short_side, scale * w) if h < w else (scale * h, short_side)
@@ -394,8 +398,8 @@ def evaluate_image(
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != record.hw:
         raise ValueError(
-            f"image {record.id} ({record.file_name}): image shape {image.shape} does not match the GT size "
-            f"{record.hw} (H, W)"
+            f"image {record.id} ({record.file_name}): image shape {image.shape} does not match the "
+            f"GT size {record.hw} (H, W)"
         )
     hw = record.hw
     if config.short_side is not None:
@@ -522,7 +526,8 @@ def predictor_predict_fn(predictor: Any, *, box_size: float = 6.0) -> PredictFn:
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
         if len(points) != 1 or int(labels[0]) != 1:
             raise ValueError(
-                "the promptable model takes one positive click per object; evaluate with max_clicks=1"
+                "the promptable model takes one positive click per object; evaluate with "
+                "max_clicks=1"
             )
         if cache.get("image") is not image:
             predictor.set_image(image)
@@ -531,8 +536,8 @@ def predictor_predict_fn(predictor: Any, *, box_size: float = 6.0) -> PredictFn:
         masks = logits[0] > 0
         if tuple(masks.shape[-2:]) != image.shape[:2]:
             raise ValueError(
-                f"the predictor returned {tuple(masks.shape[-2:])} masks for a {image.shape[:2]} image; "
-                "build it with short_side=None"
+                f"the predictor returned {tuple(masks.shape[-2:])} masks for a {image.shape[:2]} "
+                "image; build it with short_side=None"
             )
         return masks.cpu().numpy(), iou[0].double().cpu().numpy()
 
@@ -623,7 +628,8 @@ def _iter_panoptic(path: Path, png_dir: Path, max_images: int | None) -> Iterato
         hw = ids.shape
         if info and (int(info["height"]), int(info["width"])) != hw:
             raise MaskFileError(
-                f"{png_path}: size {hw[0]}x{hw[1]} differs from the JSON's {info['height']}x{info['width']}"
+                f"{png_path}: size {hw[0]}x{hw[1]} differs from the JSON's "
+                f"{info['height']}x{info['width']}"
             )
         masks = []
         for seg in ann["segments_info"]:

@@ -291,8 +291,9 @@ def dataset_images(root: str | os.PathLike[str], name: str) -> dict[str, int]:
     missing = [n for n in names if not (images_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{images_dir / missing[0]}: missing ({len(missing)} of the {len(names)} images of {gt} are "
-            "not there); add them, or convert again with --images-dir to keep only the images you have"
+            f"{images_dir / missing[0]}: missing ({len(missing)} of the {len(names)} images of "
+            f"{gt} are not there); add them, or convert again with --images-dir to keep only the "
+            "images you have"
         )
     return {n: out[n] for n in names}
 

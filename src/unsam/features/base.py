@@ -106,7 +106,8 @@ class FeatureExtractor(abc.ABC):
 
     @abc.abstractmethod
     def _extract(self, batch: npt.NDArray[np.uint8]) -> torch.Tensor:
-        """Features of one validated chunk ``(b, S, S', 3)`` uint8 → ``(b, S/p, S'/p, C)`` float32 CPU."""
+        """Features of one validated chunk ``(b, S, S', 3)`` uint8 → ``(b, S/p, S'/p, C)`` float32
+        CPU."""
 
     def __repr__(self) -> str:
         return (

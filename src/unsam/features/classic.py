@@ -142,8 +142,8 @@ class ClassicFeatureExtractor(FeatureExtractor):
             np.zeros((self.patch_size, self.patch_size, 3), dtype=np.uint8), self.patch_size
         ).shape[-1]
         logger.info(  # asked for by name: a note, not a warning
-            "using the weight-free 'classic' colour/texture features: masks will be of lower quality "
-            "than with DINO (pass a DINO hub id, folder or .pth for the paper's features)"
+            "using the weight-free 'classic' colour/texture features: masks will be of lower "
+            "quality than with DINO (pass a DINO hub id, folder or .pth for the paper's features)"
         )
 
     def _extract(self, batch: npt.NDArray[np.uint8]) -> torch.Tensor:

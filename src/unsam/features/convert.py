@@ -123,7 +123,8 @@ def load_dino_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 
 
 def _drop_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop DINO's projection head / linear classifier (``head.*``): not part of the ViT backbone."""
+    """Drop DINO's projection head / linear classifier (``head.*``): not part of the ViT
+    backbone."""
     dropped = [k for k in state if k.startswith("head.")]
     if dropped:
         logger.debug("ignoring %d non-backbone keys (head.*)", len(dropped))
@@ -150,7 +151,8 @@ def dino_config_from_state_dict(
     missing = [k for k in required if k not in state]
     if missing:
         raise ValueError(
-            f"not an official DINO ViT state dict: missing {missing} (found e.g. {sorted(state)[:5]})"
+            f"not an official DINO ViT state dict: missing {missing} (found e.g. "
+            f"{sorted(state)[:5]})"
         )
     hidden = int(state["cls_token"].shape[-1])
     patch_w = state["patch_embed.proj.weight"]

@@ -42,8 +42,8 @@ def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
             (n,) = struct.unpack("<Q", head)
             if n > size - 8:
                 raise CheckpointFileError(
-                    f"{path}: truncated safetensors file (the header alone needs {n} bytes, the file has "
-                    f"{size}); copy or download it again"
+                    f"{path}: truncated safetensors file (the header alone needs {n} bytes, the "
+                    f"file has {size}); copy or download it again"
                 )
             header = json.loads(fh.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -54,13 +54,15 @@ def check_safetensors_file(path: str | os.PathLike[str]) -> Path:
     expected = 8 + n + max(ends, default=0)
     if size < expected:
         raise CheckpointFileError(
-            f"{path}: truncated safetensors file ({size} of {expected} bytes); copy or download it again"
+            f"{path}: truncated safetensors file ({size} of {expected} bytes); copy or download it "
+            "again"
         )
     return path
 
 
 def load_safetensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any]:
-    """``safetensors.torch.load_file`` after :func:`check_safetensors_file`; errors name the file."""
+    """``safetensors.torch.load_file`` after :func:`check_safetensors_file`; errors name the
+    file."""
     from safetensors.torch import load_file
 
     path = check_safetensors_file(path)
@@ -95,14 +97,15 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in cause or "Unsupported global" in cause:
             raise CheckpointFileError(
-                f"{path}: refused to load it: the {what} holds Python objects beyond tensors and plain "
-                f"containers ({cause[:200]})"
+                f"{path}: refused to load it: the {what} holds Python objects beyond tensors and "
+                f"plain containers ({cause[:200]})"
             ) from None
         raise CheckpointFileError(
-            f"{path}: cannot read the {what} ({cause[:200]}); the file is truncated or corrupt, copy it again"
+            f"{path}: cannot read the {what} ({cause[:200]}); the file is truncated or corrupt, "
+            "copy it again"
         ) from None
     except pickle.UnpicklingError as exc:
         raise CheckpointFileError(
-            f"{path}: refused to load it: the {what} holds Python objects beyond tensors and plain containers "
-            f"({str(exc).splitlines()[0][:200] if str(exc) else 'unpickling error'})"
+            f"{path}: refused to load it: the {what} holds Python objects beyond tensors and plain "
+            f"containers ({str(exc).splitlines()[0][:200] if str(exc) else 'unpickling error'})"
         ) from None

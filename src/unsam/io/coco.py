@@ -2,8 +2,9 @@
 and per-image JSON Lines work files. Every writer is atomic.
 
 Formats:
-    * COCO dataset: ``{"images": [...], "annotations": [...], "categories": [{"id": 1, "name": "object"}]}``
-      (class-agnostic; unsam's annotations also carry score, level, parent_id, theta, source, refined).
+    * COCO dataset: ``{"images": [...], "annotations": [...], "categories": [{"id": 1, "name":
+      "object"}]}`` (class-agnostic; unsam's annotations also carry score, level, parent_id, theta,
+      source, refined).
     * COCO results: ``[{"image_id", "category_id", "segmentation", "score"}, ...]``.
     * SAM / SA-1B per-image: ``{"image": {"image_id", "file_name", "width", "height"},
       "annotations": [{"id", "segmentation", "area", "bbox", "predicted_iou", "point_coords",
@@ -92,7 +93,8 @@ def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
 def coco_dataset_dict(
     images: Sequence[ImageRecord], *, info: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Build a class-agnostic COCO dataset dict; missing annotation ids are assigned deterministically.
+    """Build a class-agnostic COCO dataset dict; missing annotation ids are assigned
+    deterministically.
 
     Raises:
         ValueError: duplicate image ids or annotation ids.
@@ -243,7 +245,8 @@ def load_coco_dataset(path: str | os.PathLike[str]) -> list[ImageRecord]:
 # COCO results JSON
 # ---------------------------------------------------------------------------------------------
 def write_coco_results(path: str | os.PathLike[str], masks: Iterable[MaskRecord]) -> Path:
-    """Atomically write a COCO results list ``[{image_id, category_id: 1, segmentation, score}]``."""
+    """Atomically write a COCO results list ``[{image_id, category_id: 1, segmentation,
+    score}]``."""
     return atomic_write_json(path, [m.to_result() for m in masks])
 
 
@@ -380,7 +383,8 @@ def load_mask_sets(path: str | os.PathLike[str]) -> list[ImageRecord]:
     if isinstance(data, dict) and "image" in data:
         return [_parse_sam(data, str(path))]
     raise MaskFileError(
-        f'{path}: not a COCO dataset (needs "images"), COCO results list or SA-1B JSON (needs "image")'
+        f'{path}: not a COCO dataset (needs "images"), COCO results list or SA-1B JSON (needs '
+        '"image")'
     )
 
 
@@ -388,7 +392,8 @@ def load_mask_sets(path: str | os.PathLike[str]) -> list[ImageRecord]:
 # JSON Lines work files
 # ---------------------------------------------------------------------------------------------
 def image_record_to_json(image: ImageRecord, **extra: Any) -> dict[str, Any]:
-    """One JSONL line: ``{"image": {...}, "annotations": [...], **extra}`` (ids must be assigned)."""
+    """One JSONL line: ``{"image": {...}, "annotations": [...], **extra}`` (ids must be
+    assigned)."""
     return {"image": image.info(), "annotations": [m.to_coco() for m in image.masks], **extra}
 
 

@@ -61,8 +61,9 @@ logger = logging.getLogger(__name__)
 CASCADEPSP_WEIGHTS_ENV = "UNSAM_CASCADEPSP_WEIGHTS"
 
 CASCADEPSP_WEIGHTS_HINT = (
-    "download the official CascadePSP weights file 'model' (259 MB, MD5 7478d4a9c42ab52beb6d7e9683402fe0) "
-    "from https://github.com/hkchengrex/CascadePSP/releases/download/v1.0/model and pass its path as "
+    "download the official CascadePSP weights file 'model' (259 MB, MD5 "
+    "7478d4a9c42ab52beb6d7e9683402fe0) from "
+    "https://github.com/hkchengrex/CascadePSP/releases/download/v1.0/model and pass its path as "
     f"--refine cascadepsp:PATH (or set {CASCADEPSP_WEIGHTS_ENV}=PATH)"
 )
 
@@ -296,8 +297,9 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
         raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
-            "expected the official CascadePSP weights file 'model' (a state dict of tensors)"
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: "
+            f"{exc}); expected the official CascadePSP weights file 'model' (a state dict of "
+            "tensors)"
         ) from None
     if (
         not isinstance(obj, dict)
@@ -305,7 +307,8 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         or not all(isinstance(v, torch.Tensor) for v in obj.values())
     ):
         raise ValueError(
-            f"{path}: not a state dict of tensors; expected the official CascadePSP weights file 'model'"
+            f"{path}: not a state dict of tensors; expected the official CascadePSP weights file "
+            "'model'"
         )
     return {str(k): v for k, v in obj.items()}
 
@@ -319,7 +322,8 @@ def load_official_weights(model: RefinementModule, path: str | os.PathLike[str])
 
     Raises:
         MissingWeightsError: the file does not exist (the message says where to download it).
-        ValueError: unreadable file, or missing / unexpected keys / wrong shapes (named, with the file).
+        ValueError: unreadable file, or missing / unexpected keys / wrong shapes (named, with the
+            file).
     """
     path = Path(path)
     raw = _read_checkpoint(path)
@@ -358,10 +362,11 @@ def load_official_weights(model: RefinementModule, path: str | os.PathLike[str])
                     + (" ..." if len(items) > 6 else "")
                 )
         raise ValueError(
-            f"{path}: does not match the CascadePSP key table ({'; '.join(parts)}); expected the official "
-            "weights file 'model' of segmentation-refinement 0.6"
+            f"{path}: does not match the CascadePSP key table ({'; '.join(parts)}); expected the "
+            "official weights file 'model' of segmentation-refinement 0.6"
         )
-    # num_batches_tracked left out of the file keeps the module's value (0), as the original's loader
+    # num_batches_tracked left out of the file keeps the module's value (0), as the original's
+    # loader
     result = model.load_state_dict(loaded, strict=False)
     left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if left or result.unexpected_keys:  # cannot happen when the table is the module's own names
@@ -374,7 +379,8 @@ def load_official_weights(model: RefinementModule, path: str | os.PathLike[str])
 
 
 def image_to_tensor(image: npt.NDArray[np.uint8]) -> torch.Tensor:
-    """``ToTensor`` + ImageNet ``Normalize`` of an (h, w, 3) uint8 array -> (1, 3, h, w) float32 (§2.2)."""
+    """``ToTensor`` + ImageNet ``Normalize`` of an (h, w, 3) uint8 array -> (1, 3, h, w) float32
+    (§2.2)."""
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
     mean = torch.tensor(_IMAGE_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(_IMAGE_STD, dtype=torch.float32)[:, None, None]
@@ -382,7 +388,8 @@ def image_to_tensor(image: npt.NDArray[np.uint8]) -> torch.Tensor:
 
 
 def mask_to_tensor(mask: npt.NDArray[np.bool_]) -> torch.Tensor:
-    """(h, w) bool (or 0/255 uint8, thresholded at > 127) -> (1, 1, h, w) float32 of −1 / +1 (§2.2)."""
+    """(h, w) bool (or 0/255 uint8, thresholded at > 127) -> (1, 1, h, w) float32 of −1 / +1
+    (§2.2)."""
     m = np.asarray(mask)
     fg = m > 127 if m.dtype == np.uint8 else m.astype(bool)
     t = torch.from_numpy(np.ascontiguousarray(fg)).float()
@@ -428,7 +435,8 @@ def padded_hw(hw: tuple[int, int], side: int) -> tuple[int, int]:
 def refine_crop_global(
     model: RefinementModule, im: torch.Tensor, seg: torch.Tensor, side: int
 ) -> torch.Tensor:
-    """``Refiner.refine(fast=True, L=side)`` on normalised tensors (§2.3), batched over same-size crops.
+    """``Refiner.refine(fast=True, L=side)`` on normalised tensors (§2.3), batched over same-size
+    crops.
 
     Args:
         im: (B, 3, h, w) normalised image crops; seg: (B, 1, h, w) in {−1, +1}.
@@ -654,8 +662,9 @@ class CascadePSPRefiner:
         refiner = cls(model, device=device, **kwargs)  # type: ignore[arg-type]
         if refiner.device.type == "cpu":
             logger.warning(
-                "CascadePSP runs on the CPU: one 904x904 crop is about 3.5 TMAC, about 3 min on 2 cores, and "
-                "every mask with context >= 900 px costs that much; use --device cuda for real runs"
+                "CascadePSP runs on the CPU: one 904x904 crop is about 3.5 TMAC, about 3 min on 2 "
+                "cores, and every mask with context >= 900 px costs that much; use --device cuda "
+                "for real runs"
             )
         return refiner
 
@@ -718,9 +727,11 @@ class CascadePSPRefiner:
     def warn_cpu_time(
         self, image_hw: tuple[int, int], masks: Iterable[npt.NDArray[np.bool_]]
     ) -> float | None:
-        """Log (WARNING, once per refiner) the expected CPU time of refining ``masks``, from their crop sizes.
+        """Log (WARNING, once per refiner) the expected CPU time of refining ``masks``, from their
+        crop sizes.
 
-        Masks are read one at a time (bounded memory). Does nothing on a GPU or after the first call.
+        Masks are read one at a time (bounded memory). Does nothing on a GPU or after the first
+        call.
 
         Returns:
             The estimate in seconds, or None when nothing was logged.
@@ -735,8 +746,8 @@ class CascadePSPRefiner:
                 crops.append((box[3] - box[1], box[2] - box[0]))
         seconds = estimate_cpu_seconds(crops, self.min_side, self.max_side)
         logger.warning(
-            "CascadePSP on CPU: %d masks of this %dx%d image need about %.1f TMAC, expected %.0f s (%.1f min) "
-            "on 2 cores (one 904x904 crop = 3.5 TMAC = about 3 min)",
+            "CascadePSP on CPU: %d masks of this %dx%d image need about %.1f TMAC, expected %.0f s "
+            "(%.1f min) on 2 cores (one 904x904 crop = 3.5 TMAC = about 3 min)",
             len(crops),
             image_hw[1],
             image_hw[0],
@@ -749,7 +760,8 @@ class CascadePSPRefiner:
     def iter_refined(
         self, image: npt.NDArray[np.uint8], masks: Iterable[npt.NDArray[np.bool_]]
     ) -> Iterator[RefinedCrop]:
-        """Refine masks lazily, one bounded batch at a time, yielding crop-sized results in input order.
+        """Refine masks lazily, one bounded batch at a time, yielding crop-sized results in input
+        order.
 
         Args:
             image: (H, W, 3) uint8 RGB.

@@ -1,10 +1,11 @@
 """Mask refinement settings and the DenseCRF refinement of many masks (spec §4.2).
 
 The CRF on one mask (:func:`unsam.crf.crf_refine_mask`, :class:`unsam.crf.CRFConfig`) lives
-below both stages in :mod:`unsam.crf`; it is re-exported here. :func:`refine_masks` applies it to arbitrary masks the way UnSAM's post-processing applies
-CascadePSP (§4.1): square context crop of side ``2·max(w, h)`` around each mask's box, clipped to
-the image, downscaled so its longer side is ≤ 900 px, refined, pasted back into an empty canvas,
-then rejected when it covers > 90% of the image or its IoU with the raw mask is < 0.5.
+below both stages in :mod:`unsam.crf`; it is re-exported here. :func:`refine_masks` applies it to
+arbitrary masks the way UnSAM's post-processing applies CascadePSP (§4.1): square context crop of
+side ``2·max(w, h)`` around each mask's box, clipped to the image, downscaled so its longer side is
+≤ 900 px, refined, pasted back into an empty canvas, then rejected when it covers > 90% of the image
+or its IoU with the raw mask is < 0.5.
 
 ``pydensecrf`` (PyPI package ``pydensecrf2``) is an optional extra, imported only when CRF is used.
 """
@@ -59,7 +60,8 @@ class RefineConfig:
     )
     min_side: int = param(
         100,
-        "CascadePSP: crops whose longer side is below this are upsampled to it, pixels (spec §4.1 step 3)",
+        "CascadePSP: crops whose longer side is below this are upsampled to it, pixels (spec §4.1 "
+        "step 3)",
     )
     context_ratio: float = param(
         2.0, "side of the square context crop as a multiple of max(box w, box h) (spec §4.1 step 2)"
@@ -85,15 +87,18 @@ class RefineConfig:
             )
         if self.cascadepsp_channel_order not in ("rgb", "bgr"):
             raise ValueError(
-                f"RefineConfig.cascadepsp_channel_order={self.cascadepsp_channel_order!r}; expected 'rgb' or 'bgr'"
+                f"RefineConfig.cascadepsp_channel_order={self.cascadepsp_channel_order!r}; "
+                "expected 'rgb' or 'bgr'"
             )
         if self.min_side < 1 or (self.method == "cascadepsp" and self.min_side > self.max_side):
             raise ValueError(
-                f"RefineConfig.min_side={self.min_side} must be in [1, max_side={self.max_side}] (the original uses 100)"
+                f"RefineConfig.min_side={self.min_side} must be in [1, max_side={self.max_side}] "
+                "(the original uses 100)"
             )
         if not self.context_ratio > 0:
             raise ValueError(
-                f"RefineConfig.context_ratio={self.context_ratio} must be > 0 (the original uses 2.0)"
+                f"RefineConfig.context_ratio={self.context_ratio} must be > 0 (the original uses "
+                "2.0)"
             )
         if self.max_side < 1:
             raise ValueError(

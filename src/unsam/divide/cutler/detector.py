@@ -12,7 +12,8 @@ GPU in plain PyTorch:
 
 Example:
     >>> detector = CutlerDetector.from_checkpoint("cutler_cascade_final.pth")  # doctest: +SKIP
-    >>> masks = detector(unsam.load_image("photo.jpg"))  # [(bool (H, W), score), ...]  # doctest: +SKIP
+    >>> # masks: [(bool (H, W), score), ...]
+    >>> masks = detector(unsam.load_image("photo.jpg"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class CutlerConfig:
     def __post_init__(self) -> None:
         if self.min_size < 1 or self.max_size < self.min_size:
             raise ValueError(
-                f"CutlerConfig needs 1 <= min_size <= max_size, got {self.min_size}, {self.max_size}"
+                f"CutlerConfig needs 1 <= min_size <= max_size, got {self.min_size}, "
+                f"{self.max_size}"
             )
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
             raise ValueError("CutlerConfig.pixel_mean/pixel_std need 3 values (RGB), std > 0")
@@ -171,7 +173,8 @@ def preprocess_image(
 
 
 def resolve_cutler_weights(spec: str) -> Path:
-    """Checkpoint path of a divide spec ``"cutler:PATH"`` or ``"cutler"`` (env ``UNSAM_CUTLER_WEIGHTS``).
+    """Checkpoint path of a divide spec ``"cutler:PATH"`` or ``"cutler"`` (env
+    ``UNSAM_CUTLER_WEIGHTS``).
 
     Raises:
         MissingWeightsError: no existing file (one sentence: what to download, where, which option).

@@ -53,7 +53,8 @@ FPN_CHANNELS = 256
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm with fixed statistics: ``(x − running_mean) / sqrt(running_var + eps) · weight + bias``.
+    """BatchNorm with fixed statistics: ``(x − running_mean) / sqrt(running_var + eps) · weight +
+    bias``.
 
     All four tensors are buffers (same state-dict names as ``nn.BatchNorm2d``).
     """
@@ -73,7 +74,8 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class ConvNorm(nn.Conv2d):
-    """Bias-free conv followed by a :class:`FrozenBatchNorm2d` named ``norm`` (detectron2 layout)."""
+    """Bias-free conv followed by a :class:`FrozenBatchNorm2d` named ``norm`` (detectron2
+    layout)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
         super().__init__(cin, cout, kernel, stride=stride, padding=padding, bias=False)
@@ -202,7 +204,8 @@ class BoxPredictor(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Four 3×3 conv+ReLU, 2×2 stride-2 deconv+ReLU, 1×1 predictor: ``(R,256,14,14)`` → ``(R,1,28,28)``."""
+    """Four 3×3 conv+ReLU, 2×2 stride-2 deconv+ReLU, 1×1 predictor: ``(R,256,14,14)`` →
+    ``(R,1,28,28)``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -220,7 +223,8 @@ class MaskHead(nn.Module):
 def cell_anchors(
     size: float, aspect_ratios: tuple[float, ...] = ANCHOR_ASPECT_RATIOS
 ) -> torch.Tensor:
-    """``(A, 4)`` float32 anchors centred on 0: ``w = sqrt(size² / a)``, ``h = a·w`` (double → float32)."""
+    """``(A, 4)`` float32 anchors centred on 0: ``w = sqrt(size² / a)``, ``h = a·w`` (double →
+    float32)."""
     anchors = []
     for a in aspect_ratios:
         w = math.sqrt(size**2 / a)
@@ -271,8 +275,8 @@ class CascadeMaskRCNN(nn.Module):
         post_nms_topk: int,
         nms_thresh: float,
     ) -> torch.Tensor:
-        """RPN proposals (spec §2.5): ``(R ≤ post_nms_topk, 4)`` float32 XYXY, clipped to ``image_hw``,
-        by descending objectness."""
+        """RPN proposals (spec §2.5): ``(R ≤ post_nms_topk, 4)`` float32 XYXY, clipped to
+        ``image_hw``, by descending objectness."""
         boxes_all, logits_all, level_ids = [], [], []
         for level, (feat, stride, size) in enumerate(
             zip(feats, FPN_STRIDES, ANCHOR_SIZES, strict=True)
@@ -321,7 +325,8 @@ class CascadeMaskRCNN(nn.Module):
         return boxes, scores[:, 0]
 
     def predict_masks(self, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """Mask probabilities ``(N, 28, 28)`` float32 for ``(N, 4)`` boxes in network-input pixels."""
+        """Mask probabilities ``(N, 28, 28)`` float32 for ``(N, 4)`` boxes in network-input
+        pixels."""
         x = multilevel_roi_align(feats[: len(ROI_STRIDES)], boxes, MASK_POOL, ROI_STRIDES)
         if x.shape[0] == 0:
             return x.new_zeros(0, 2 * MASK_POOL, 2 * MASK_POOL)

@@ -265,8 +265,9 @@ def _sampling_matrix(
     grid_w: torch.Tensor,
     per_roi: torch.Tensor,
 ) -> torch.Tensor:
-    """Sparse CSR ``(B·P·P, N·H·W)`` bilinear weights (built by construction: valid CSR) of boxes ``rows``: row (box, bin) holds the
-    4 corner weights of each of its ``gh·gw`` samples, in the kernel's summation order."""
+    """Sparse CSR ``(B·P·P, N·H·W)`` bilinear weights (built by construction: valid CSR) of boxes
+    ``rows``: row (box, bin) holds the 4 corner weights of each of its ``gh·gw`` samples, in the
+    kernel's summation order."""
     num_pixels, height, width = shape
     device = start_x.device
     dtype = start_x.dtype
