@@ -39,7 +39,8 @@ def fake_segmentations(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _described(records) -> list[tuple[int, int]]:
-    return [(r.level, int(decode_rle(r.rle).sum())) for r in records]
+    """(scale rank, area) of each record; level = 1 + the scale's rank (0 means object-level)."""
+    return [(r.level - 1, int(decode_rle(r.rle).sum())) for r in records]
 
 
 def test_duplicates_across_scales_are_dropped(fake_segmentations: None) -> None:
@@ -100,11 +101,11 @@ def test_real_felzenszwalb_repeats_are_kept_once() -> None:
     image[20:60, 50:90] = (30, 30, 230)  # 1600 px
     config = BaselineConfig(felzenszwalb_sigma=0.0)
     out = baseline_masks(image, config)
-    assert [r.level for r in out] == [0, 0, 0]
+    assert [r.level for r in out] == [1, 1, 1]
     areas = [int(decode_rle(r.rle).sum()) for r in out]
     assert areas == [64 * 96 - 1225 - 1600, 1600, 1225]
     loose = baseline_masks(image, BaselineConfig(felzenszwalb_sigma=0.0, dedup_iou_thresh=1.0))
-    assert sorted(r.level for r in loose) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert sorted(r.level for r in loose) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
     producer = BaselineProducer(config)
     records = producer(image, image_id=7)
     assert [r.image_id for r in records] == [7, 7, 7]
@@ -114,19 +115,19 @@ def test_real_felzenszwalb_repeats_are_kept_once() -> None:
     )
 
 
-def test_real_felzenszwalb_coarsest_scale_is_level_0() -> None:
+def test_real_felzenszwalb_coarsest_scale_is_level_1() -> None:
     """With the default pre-smoothing the same image gives 3 regions at scale 3000 and ~30 at 50
-    (blur strips along the edges): level 0 must be the coarse one, ranked first."""
+    (blur strips along the edges): level 1 must be the coarse one, ranked first."""
     image = np.full((64, 96, 3), (40, 40, 40), np.uint8)
     image[5:40, 5:40] = (230, 30, 30)
     image[20:60, 50:90] = (30, 30, 230)
     out = baseline_masks(image, BaselineConfig())
     levels = [r.level for r in out]
-    assert levels == sorted(levels) and levels[:3] == [0, 0, 0] and max(levels) == 4
+    assert levels == sorted(levels) and levels[:3] == [1, 1, 1] and max(levels) == 5
     per_level = {
         lv: [int(decode_rle(r.rle).sum()) for r in out if r.level == lv] for lv in set(levels)
     }
-    assert per_level[0] == [64 * 96 - 1225 - 1600, 1600, 1225]
+    assert per_level[1] == [64 * 96 - 1225 - 1600, 1600, 1225]
     assert (
-        len(per_level[4]) > 20 and float(np.median(per_level[4])) < 100
+        len(per_level[5]) > 20 and float(np.median(per_level[5])) < 100
     )  # the finest: many strips

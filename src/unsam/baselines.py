@@ -91,7 +91,8 @@ def baseline_masks(
         config: see :class:`BaselineConfig`.
 
     Returns:
-        Records (source = the method, level = scale index from coarse 0) sorted by score, at most
+        Records (source = the method, level = 1 + scale index from the coarsest, so level 0 stays
+        "object-level" as everywhere else) sorted by score, at most
         ``config.max_masks``.
     """
     if image.ndim != 3 or image.shape[2] != 3:
@@ -165,7 +166,7 @@ def baseline_masks(
         masks = np.stack([resize_mask(m, (h, w)) for m in masks])
     rles = encode_masks(masks)
     return [
-        MaskRecord(rle=rle, score=score, level=level, source=config.method)
+        MaskRecord(rle=rle, score=score, level=level + 1, source=config.method)
         for rle, (score, level, _) in zip(rles, kept)
     ]
 

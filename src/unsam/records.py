@@ -277,8 +277,11 @@ class MaskRecord:
         stability_score: SAM's stability score, or None.
         point_coords: prompt points ``((x, y), ...)`` in pixels, or None.
         crop_box: crop the mask was generated in, XYWH pixels, or None.
-        level: granularity in the hierarchy: 0 = whole object (divide mask); 1..6 = conquer
-            level for theta = 0.6 ... 0.1 (level 1 holds the finest parts, level 6 the coarsest).
+        level: granularity: 0 = an object-level mask (a divide mask, the whole-image region, a
+            whole-image model's mask, ground truth); k >= 1 = the k-th conquer merge level, finest
+            first (theta = ``ConquerConfig.thetas[k - 1]``: 1..6 with the spec's six thresholds,
+            1..16 with the classic preset); promptable masks: the granularity token 1..6;
+            baselines: 1 + the scale's rank, coarsest scale first.
         parent_id: annotation id of the mask this one was split from, or None.
         theta: conquer merge threshold the mask was emitted at, or None.
         source: producer: "maskcut", "conquer", "model", "gt", "felzenszwalb", "slic", ...

@@ -13,9 +13,12 @@ Per ``patch_size``×``patch_size`` patch it measures
     - the patch centre (y, x) in [-1, 1] (position).
 Each dimension is centred and scaled per image (divided by its spread over the image's patches,
 with a floor so flat images are not amplified into noise), then each group is weighted. After this
-per-image whitening the features behave like DINO keys under cosine similarity: patches of one
-surface are strongly positive, unrelated patches are near 0 or negative, so MaskCut's ``tau`` and
-conquer's ``theta`` thresholds keep a comparable meaning.
+per-image whitening, patches of one surface are strongly positive under cosine similarity and
+unrelated patches near 0 or negative, so MaskCut's ``tau`` keeps its meaning. Conquer's thresholds
+do not: adjacent patches are far more alike than with DINO keys (median cosine about 0.9), so the
+spec's thetas 0.6 … 0.1 merge everything at once. That is why ``classic`` features select the
+classic preset (:data:`unsam.pipeline.CLASSIC_PRESET`: 16 thresholds from 0.97 down to -0.1, over
+superpixels).
 """
 
 from __future__ import annotations
