@@ -239,3 +239,18 @@ def test_producer_settings_record_the_resolved_preset() -> None:
     assert settings["producer"] == "divide-and-conquer"
     assert settings["conquer"]["units"] == "superpixels" and settings["whole_image_region"] is True
     assert DicoProducer(PipelineConfig()).settings()["conquer"]["units"] == "patches"
+
+
+def test_feature_options_reach_the_extractor_from_the_cli() -> None:
+    """Issue 8: FeatureConfig carries the extractor's options through the pipeline and the CLI."""
+    import argparse
+
+    from unsam.cli.pseudo_label import add_pipeline_arguments, pipeline_config_from_args
+    from unsam.pipeline import DivideAndConquer
+
+    parser = argparse.ArgumentParser()
+    add_pipeline_arguments(parser)
+    args = parser.parse_args(["--features", "classic", "--feature-batch-size", "3"])
+    config = pipeline_config_from_args(args)
+    assert config.feature.batch_size == 3
+    assert DivideAndConquer(config=config).extractor.batch_size == 3

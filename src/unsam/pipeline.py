@@ -41,6 +41,7 @@ from unsam.config import config_to_dict, param
 from unsam.conquer.filter import paste_mask
 from unsam.conquer.region import ConquerConfig, conquer
 from unsam.divide.maskcut import MaskCutConfig, maskcut
+from unsam.features.base import FeatureConfig
 from unsam.records import MaskRecord, annotation_id, decode_rle, encode_mask, encode_masks
 from unsam.refine.crf import RefineConfig, refine_masks
 
@@ -96,6 +97,9 @@ class PipelineConfig:
         "(what DINO was trained on) or bgr (what the released UnSAM code fed it through "
         "cv2.imread, "
         "spec §10 bug 9); CascadePSP has its own --refine-cascadepsp-channel-order",
+    )
+    feature: FeatureConfig = field(
+        default_factory=FeatureConfig, metadata={"help": "feature-extractor options"}
     )
     maskcut: MaskCutConfig = field(
         default_factory=MaskCutConfig, metadata={"help": "MaskCut settings"}
@@ -332,7 +336,10 @@ class DivideAndConquer:
             self.extractor = ready
         else:
             self.extractor = load_feature_extractor(
-                resolved.features, device=resolved.device, dtype=resolved.dtype
+                resolved.features,
+                device=resolved.device,
+                dtype=resolved.dtype,
+                **dataclasses.asdict(resolved.feature),
             )
         self.config = resolved
         self.divide_model = None

@@ -19,11 +19,13 @@ from unsam.cli.common import (
 )
 from unsam.conquer.region import ConquerConfig
 from unsam.divide.maskcut import MaskCutConfig
+from unsam.features.base import FeatureConfig
 from unsam.pipeline import DicoProducer, PipelineConfig
 from unsam.refine.crf import RefineConfig
 from unsam.runner import parse_shard
 
 NESTED = (
+    ("feature", "feature_", FeatureConfig),
     ("maskcut", "maskcut_", MaskCutConfig),
     ("conquer", "conquer_", ConquerConfig),
     ("refine", "refine_", RefineConfig),

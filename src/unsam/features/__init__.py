@@ -9,7 +9,7 @@ MissingWeightsError       weights absent offline (one-sentence message with the 
 
 from __future__ import annotations
 
-from unsam.features.base import FeatureExtractor, MissingWeightsError
+from unsam.features.base import FeatureConfig, FeatureExtractor, MissingWeightsError
 from unsam.features.classic import ClassicFeatureExtractor, classic_patch_features
 from unsam.features.convert import (
     convert_dino_state_dict,
@@ -20,6 +20,7 @@ from unsam.features.convert import (
 from unsam.features.dino import DINO_HUB_IDS, DinoFeatureExtractor, load_feature_extractor
 
 __all__ = [
+    "FeatureConfig",
     "FeatureExtractor",
     "MissingWeightsError",
     "DinoFeatureExtractor",

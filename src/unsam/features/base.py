@@ -9,12 +9,37 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["FeatureExtractor", "MissingWeightsError", "as_image_batch"]
+from unsam.config import param
+
+__all__ = ["FeatureConfig", "FeatureExtractor", "MissingWeightsError", "as_image_batch"]
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Options of the patch-feature extractor besides the model itself (which is
+    ``PipelineConfig.features``) and its device / dtype (pipeline-wide settings); passed to
+    :func:`unsam.features.load_feature_extractor`."""
+
+    batch_size: int = param(8, "crops per feature-extractor forward pass (no effect on the result)")
+    num_heads: int | None = param(
+        None, "attention heads of a converted official .pth (None: hidden size / 64, as DINO)"
+    )
+    layer_norm_eps: float | None = param(
+        None, "LayerNorm eps (None: DINO's 1e-6 where a config holds the HF default 1e-12)"
+    )
+    cache_dir: str | None = param(None, "Hugging Face cache folder for hub ids (None: the default)")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"FeatureConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ValueError(f"FeatureConfig.num_heads must be >= 1 or None, got {self.num_heads}")
 
 
 class MissingWeightsError(FileNotFoundError):
