@@ -22,6 +22,7 @@ __all__ = [
     "print_run_summary",
     "write_overlays",
     "run_folder",
+    "run_training",
 ]
 
 logger = logging.getLogger(__name__)
@@ -302,3 +303,50 @@ def run_folder(
             f"masks{extra})"
         )
     return result.exit_code
+
+
+def run_training(
+    train_fn: Callable[..., Any], desc: str, args: argparse.Namespace, *params: Any
+) -> int:
+    """The body of ``unsam train`` / ``train-promptable``: a per-step progress bar on rank 0,
+    ``train_fn(*params, resume=, skip_bad_images=, on_step=)``, then the one-line result."""
+    import os
+
+    from tqdm import tqdm
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    bar: dict[str, Any] = {}
+
+    def on_step(log: Any) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(
+                total=log.max_steps,
+                initial=log.step - 1,
+                desc=desc,
+                unit="step",
+                disable=True if args.no_progress else None,
+                dynamic_ncols=True,
+            )
+        b = bar["bar"]
+        b.set_postfix(
+            loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False
+        )
+        b.update(1)
+
+    try:
+        result = train_fn(
+            *params,
+            resume=args.resume,
+            skip_bad_images=args.skip_bad_images,
+            on_step=on_step if is_main else None,
+        )
+    finally:
+        if "bar" in bar:
+            bar["bar"].close()
+    if is_main:
+        loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+        print(
+            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: "
+            f"{result.model_dir}; loss curve: {Path(params[3]) / 'loss.png'}"
+        )
+    return 0

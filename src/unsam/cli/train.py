@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,52 +62,13 @@ def _user_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unsam.training.loop import StepLog, resolve_training_run, train
+    from unsam.training.loop import resolve_training_run, train
 
     run_dir = Path(args.output)
     config, annotations, images = resolve_training_run(
         run_dir, _user_values(args), args.annotations, args.images, resume=args.resume
     )
 
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    bar: dict[str, Any] = {}
+    from unsam.cli.common import run_training
 
-    def on_step(log: StepLog) -> None:
-        if "bar" not in bar:
-            from tqdm import tqdm
-
-            bar["bar"] = tqdm(
-                total=log.max_steps,
-                initial=log.step - 1,
-                desc="train",
-                unit="step",
-                disable=True if args.no_progress else None,
-                dynamic_ncols=True,
-            )
-        b = bar["bar"]
-        b.set_postfix(
-            loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False
-        )
-        b.update(1)
-
-    try:
-        result = train(
-            config,
-            annotations,
-            images,
-            run_dir,
-            resume=args.resume,
-            skip_bad_images=args.skip_bad_images,
-            on_step=on_step if is_main else None,
-        )
-    finally:
-        if "bar" in bar:
-            bar["bar"].close()
-    if is_main:
-        loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        print(
-            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: "
-            f"{result.model_dir}; loss curve: {run_dir / 'loss.png'}",
-            file=sys.stdout,
-        )
-    return 0
+    return run_training(train, "train", args, config, annotations, images, run_dir)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unsam.training.loop import StepLog
     from unsam.training.promptable.loop import load_promptable_train_config, train_promptable
 
     run_dir = Path(args.output)
@@ -80,45 +77,8 @@ def run(args: argparse.Namespace) -> int:
             "run)"
         )
 
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    bar: dict[str, Any] = {}
+    from unsam.cli.common import run_training
 
-    def on_step(log: StepLog) -> None:
-        if "bar" not in bar:
-            from tqdm import tqdm
-
-            bar["bar"] = tqdm(
-                total=log.max_steps,
-                initial=log.step - 1,
-                desc="train-promptable",
-                unit="step",
-                disable=True if args.no_progress else None,
-                dynamic_ncols=True,
-            )
-        b = bar["bar"]
-        b.set_postfix(
-            loss=f"{log.loss:.3f}", lr=f"{log.lr:.2e}", s_step=f"{log.seconds:.2f}", refresh=False
-        )
-        b.update(1)
-
-    try:
-        result = train_promptable(
-            config,
-            annotations,
-            images,
-            run_dir,
-            resume=args.resume,
-            skip_bad_images=args.skip_bad_images,
-            on_step=on_step if is_main else None,
-        )
-    finally:
-        if "bar" in bar:
-            bar["bar"].close()
-    if is_main:
-        loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        print(
-            f"trained {result.steps} steps (from step {result.start_step}){loss}; model: "
-            f"{result.model_dir}; loss curve: {run_dir / 'loss.png'}",
-            file=sys.stdout,
-        )
-    return 0
+    return run_training(
+        train_promptable, "train-promptable", args, config, annotations, images, run_dir
+    )

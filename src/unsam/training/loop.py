@@ -73,6 +73,7 @@ __all__ = [
     "write_loss_plot",
     "load_train_config",
     "resolve_training_run",
+    "distributed_session",
     "training_test_size",
     "LOSS_CSV_HEADER",
 ]
@@ -671,20 +672,36 @@ def train(
         ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
         NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
     """
-    run_dir = Path(run_dir)
+    with distributed_session(config.device) as info:
+        return _train(
+            config,
+            Path(annotations),
+            Path(images),
+            Path(run_dir),
+            resume,
+            skip_bad_images,
+            on_step,
+            info,
+        )
+
+
+@contextmanager
+def distributed_session(device: str) -> Iterator[DistInfo]:
+    """The process group of a training run: read from the ``torchrun`` environment, created here
+    when needed (nccl on CUDA, else gloo) and destroyed at the end; a single process gets a
+    one-process :class:`DistInfo` and no group."""
     info = _dist_info_from_env()
     created_group = False
     if info.distributed:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(
+                backend="nccl" if torch.device(device).type == "cuda" else "gloo"
+            )
             created_group = True
     try:
-        return _train(
-            config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info
-        )
+        yield info
     finally:
         if created_group:
             import torch.distributed as dist

@@ -57,7 +57,6 @@ from unsam.training.loop import (
     StepLog,
     TrainResult,
     _barrier,
-    _dist_info_from_env,
     _gather_objects,
     _load_model_weights,
     _prepare_run_dir,
@@ -68,6 +67,7 @@ from unsam.training.loop import (
     _set_rng_state,
     _truncate_loss_csv,
     _versions,
+    distributed_session,
     latest_checkpoint,
     lr_factor,
     write_loss_plot,
@@ -475,26 +475,17 @@ def train_promptable(
         ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
         NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
     """
-    run_dir = Path(run_dir)
-    info = _dist_info_from_env()
-    created_group = False
-    if info.distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(
-                backend="nccl" if torch.device(config.device).type == "cuda" else "gloo"
-            )
-            created_group = True
-    try:
+    with distributed_session(config.device) as info:
         return _train(
-            config, Path(annotations), Path(images), run_dir, resume, skip_bad_images, on_step, info
+            config,
+            Path(annotations),
+            Path(images),
+            Path(run_dir),
+            resume,
+            skip_bad_images,
+            on_step,
+            info,
         )
-    finally:
-        if created_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _train(
