@@ -124,11 +124,16 @@ def scaling_curves(quick: bool) -> dict[str, object]:
     return result
 
 
+_META = {"benchmark", "commit", "python", "torch", "numpy", "threads", "cpus", "machine", "device"}
+
+
 def _summary(data: object, depth: int = 0) -> str:
-    """A compact one-line view of a result's numbers."""
+    """A compact one-line view of a result's numbers (metadata left out)."""
     if isinstance(data, dict):
         parts = []
         for k, v in data.items():
+            if k in _META or "runs" in k:
+                continue
             if (
                 k in ("settings", "metadata", "meta", "results")
                 and depth == 0
@@ -139,7 +144,7 @@ def _summary(data: object, depth: int = 0) -> str:
             s = _summary(v, depth + 1)
             if s:
                 parts.append(f"{k}: {s}" if not isinstance(v, dict) else f"{k} {{{s}}}")
-        return ", ".join(parts)[:600]
+        return ", ".join(parts)[:900]
     if isinstance(data, list):
         return "; ".join(_summary(v, depth + 1) for v in data[:6])
     if isinstance(data, float):

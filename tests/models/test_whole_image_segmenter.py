@@ -221,7 +221,7 @@ def test_segment_config_validation() -> None:
         SegmentConfig(nms_iou_thresh=-0.1)
     with pytest.raises(ValueError, match="chunk_size and chunk_megabytes must be >= 1"):
         SegmentConfig(chunk_size=0)
-    assert SegmentConfig().max_masks == 1000 and SegmentConfig().min_size == 1024  # spec §6.5
+    assert SegmentConfig().max_masks == 1000 and SegmentConfig().min_size is None  # spec §6.5
 
 
 # --- loading ------------------------------------------------------------------------------------

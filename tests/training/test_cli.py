@@ -199,3 +199,16 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in read_loss_csv(run / "loss.csv")] == [1, 2, 3]
     assert (run / "model" / "model.safetensors").is_file()
+
+
+def test_a_trained_model_remembers_its_scale(trained_run: tuple[Path, Path, Path]) -> None:
+    """Issue 11.5: `unsam segment` needs no --min-size/--max-size to match the training scale."""
+    from unsam.io.coco import load_coco_dataset
+    from unsam.models.whole_image import WholeImageSegmenter
+
+    ann, _, run = trained_run
+    sizes = [(r.height, r.width) for r in load_coco_dataset(ann)]
+    shorter = sorted(min(s) for s in sizes)[len(sizes) // 2]
+    seg = WholeImageSegmenter.from_pretrained(run)
+    assert (seg.config.min_size, seg.config.max_size) == (shorter, max(max(s) for s in sizes))
+    assert WholeImageSegmenter(seg.model).config.min_size == 1024  # no folder: the paper's resize
