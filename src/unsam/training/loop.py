@@ -590,8 +590,17 @@ _EXACT_FIELDS = (
 )
 
 
-def _check_resume_config(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
-    for key in ("config", "num_queries"):
+def _check_resume_config(
+    saved: dict[str, Any],
+    config: Any,
+    where: Path,
+    fixed: tuple[str, ...] = ("config", "num_queries"),
+    exact_fields: tuple[str, ...] | None = None,
+) -> None:
+    """Refuse a resume that changes a ``fixed`` setting; warn (naming them) about other changes,
+    and say which of them (``exact_fields``) make the run differ from an uninterrupted one."""
+    exact_fields = _EXACT_FIELDS if exact_fields is None else exact_fields
+    for key in fixed:
         if saved.get(key) != getattr(config, key):
             raise ValueError(
                 f"{where}: the checkpoint was trained with {key}={saved.get(key)!r} "
@@ -601,7 +610,7 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, where: Path
     now = config_to_dict(config)
     changed = [k for k in now if k in saved and saved[k] != now[k]]
     if changed:
-        inexact = [k for k in changed if k in _EXACT_FIELDS]
+        inexact = [k for k in changed if k in exact_fields]
         logger.warning(
             "resuming with changed settings %s%s",
             ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed),
@@ -756,7 +765,7 @@ def _train(
         device,
     )
     step, last_loss = _run_steps(
-        net,
+        _mask2former_loss(net, device),
         model,
         optimizer,
         scheduler,
@@ -871,13 +880,15 @@ def _write_run_files(
     num_images: int,
     bad: list[tuple[str, str]],
     start_step: int,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """train_config.json, skipped_images.txt and the loss CSV (cut back to ``start_step``);
-    rank 0."""
+    """train_config.json (plus ``extra`` fields), skipped_images.txt and the loss CSV (cut back
+    to ``start_step``); rank 0. Shared by both trainers."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / "train_config.json",
         {
+            **(extra or {}),
             "train": config_to_dict(config),
             "config_hash": config_hash(config),
             "annotations": str(annotations.resolve()),
@@ -942,12 +953,12 @@ def _restore_rng(
 
 
 def _run_steps(
-    net: nn.Module,
+    compute_loss: Callable[[dict[str, Any]], torch.Tensor],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     batches: Iterator[dict[str, Any]],
-    config: TrainConfig,
+    config: Any,
     start_step: int,
     device: torch.device,
     info: DistInfo,
@@ -955,9 +966,12 @@ def _run_steps(
     csv_path: Path,
     on_step: Callable[[StepLog], None] | None,
     test_size: tuple[int, int] | None = None,
+    saver: Any = None,
 ) -> tuple[int, float | None]:
-    """Optimiser steps up to ``max_steps``, logging each and checkpointing every
-    ``checkpoint_every``; returns (last step, last loss)."""
+    """Optimiser steps up to ``max_steps`` (``compute_loss(batch)`` gives each step's loss),
+    logging each and checkpointing every ``checkpoint_every`` (``saver``: what
+    ``save_pretrained`` is called on, default the model); returns (last step, last loss).
+    Shared by both trainers."""
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     step = start_step
@@ -966,9 +980,9 @@ def _run_steps(
     while step < config.max_steps:
         batch = next(batches)
         lr = max(float(g["lr"]) for g in optimizer.param_groups)  # the non-backbone LR
-        loss_value = _one_step(
-            net, optimizer, scheduler, batch, params, config, device, info, autocast, step
-        )
+        with autocast:
+            loss = compute_loss(batch)
+        loss_value = _optimizer_step(loss, optimizer, scheduler, params, config, info, step, batch)
         step += 1
         last_loss = loss_value
         now = time.perf_counter()
@@ -992,7 +1006,7 @@ def _run_steps(
                 path = _save_checkpoint(
                     run_dir,
                     step,
-                    model,
+                    model if saver is None else saver,
                     optimizer,
                     scheduler,
                     config,
@@ -1006,27 +1020,17 @@ def _run_steps(
     return step, last_loss
 
 
-def _one_step(
-    net: nn.Module,
+def _optimizer_step(
+    loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
-    batch: dict[str, Any],
     params: list[nn.Parameter],
-    config: TrainConfig,
-    device: torch.device,
+    config: Any,
     info: DistInfo,
-    autocast: Any,
     step: int,
+    batch: dict[str, Any],
 ) -> float:
-    """Forward, loss check (all ranks agree), backward, clip, optimiser and schedule step."""
-    with autocast:
-        out = net(
-            pixel_values=batch["pixel_values"].to(device, non_blocking=True),
-            pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
-            mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
-            class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
-        )
-    loss = out.loss
+    """Loss check (all ranks agree), backward, clip, optimiser and schedule step; the loss value."""
     loss_value = loss.detach().float()
     if info.distributed:
         import torch.distributed as dist
@@ -1046,6 +1050,23 @@ def _one_step(
     optimizer.step()
     scheduler.step()
     return float(loss_value)
+
+
+def _mask2former_loss(
+    net: nn.Module, device: torch.device
+) -> Callable[[dict[str, Any]], torch.Tensor]:
+    """The whole-image model's loss on one batch of :func:`unsam.training.data.collate`."""
+
+    def compute(batch: dict[str, Any]) -> torch.Tensor:
+        out = net(
+            pixel_values=batch["pixel_values"].to(device, non_blocking=True),
+            pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
+            mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
+            class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
+        )
+        return out.loss
+
+    return compute
 
 
 def resolve_training_run(

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -45,32 +44,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from unsam.config import config_hash, config_to_dict
+from unsam.io.checkpoints import load_torch_file
 from unsam.io.coco import load_coco_dataset
-from unsam.io.files import append_line_durable, atomic_write_json, atomic_write_text
 from unsam.training.data import StepBatchSampler, TrainDataset, TrainSample, check_images
 from unsam.training.loop import (
     _NORM_TYPES,
-    LOSS_CSV_HEADER,
     DistInfo,
-    NonFiniteLossError,
     StepLog,
     TrainResult,
     _barrier,
-    _gather_objects,
     _load_model_weights,
     _prepare_run_dir,
     _resolve_device,
-    _rng_state,
-    _save_checkpoint,
+    _restore_rng,
+    _run_steps,
     _seed_all,
-    _set_rng_state,
-    _truncate_loss_csv,
-    _versions,
+    _write_run_files,
     distributed_session,
     latest_checkpoint,
     lr_factor,
     write_loss_plot,
+)
+from unsam.training.loop import (
+    _check_resume_config as _check_resume_shared,
 )
 from unsam.training.promptable.config import PromptableTrainConfig
 from unsam.training.promptable.losses import layer_losses, weighted_total
@@ -420,26 +416,8 @@ def load_promptable_train_config(
 
 
 def _check_resume_config(saved: dict[str, Any], config: PromptableTrainConfig, where: Path) -> None:
-    if saved.get("config") != config.config:
-        raise ValueError(
-            f"{where}: the checkpoint was trained with config={saved.get('config')!r} "
-            "but this run asks for "
-            f"{config.config!r}; resume with the same value or start a new --output"
-        )
-    now = config_to_dict(config)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
-    if changed:
-        inexact = [k for k in changed if k in _EXACT_FIELDS]
-        logger.warning(
-            "resuming with changed settings %s%s",
-            ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed),
-            (
-                " (the resumed run will not reproduce an uninterrupted one because of "
-                f"{', '.join(inexact)})"
-            )
-            if inexact
-            else "",
-        )
+    """The whole-image trainer's resume check with this trainer's fixed and exact fields."""
+    _check_resume_shared(saved, config, where, fixed=("config",), exact_fields=_EXACT_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +503,7 @@ def _train(
     state: dict[str, Any] | None = None
     start_step = 0
     if ckpt is not None:
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        state = load_torch_file(ckpt / "training_state.pt", "training state")
         _check_resume_config(state.get("config", {}), config, ckpt)
         _load_model_weights(model, ckpt / "model")
         start_step = int(state["step"])
@@ -548,29 +526,17 @@ def _train(
 
     csv_path = run_dir / "loss.csv"
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            run_dir / "train_config.json",
-            {
-                "model": "promptable",
-                "train": config_to_dict(config),
-                "config_hash": config_hash(config),
-                "annotations": str(annotations.resolve()),
-                "images": str(images.resolve()),
-                "world_size": info.world_size,
-                "num_images": dataset.num_images,
-                "versions": _versions(),
-            },
-            indent=2,
+        _write_run_files(
+            run_dir,
+            config,
+            annotations,
+            images,
+            info,
+            dataset.num_images,
+            bad,
+            start_step,  # type: ignore[arg-type]
+            extra={"model": "promptable"},
         )
-        if bad:
-            atomic_write_text(
-                run_dir / "skipped_images.txt", "".join(f"{p}\t{r}\n" for p, r in bad)
-            )
-        if csv_path.exists():
-            _truncate_loss_csv(csv_path, start_step)
-        else:
-            atomic_write_text(csv_path, ",".join(LOSS_CSV_HEADER) + "\n")
 
     step_module = PromptableTrainStep(model, config)
     net: nn.Module = step_module
@@ -594,23 +560,7 @@ def _train(
     )
     batches = iter(loader)
 
-    if state is not None and len(state["rng"]) == info.world_size:
-        _set_rng_state(state["rng"][info.rank])
-    else:
-        if state is not None:
-            logger.warning(
-                "checkpoint was written by %d process(es), this run has %d: RNG re-seeded, so the "
-                "resumed run is not bit-identical",
-                len(state["rng"]),
-                info.world_size,
-            )
-        _seed_all(config.seed * 1_000_003 + start_step * 7919 + info.rank)
-
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    params = [p for p in model.parameters() if p.requires_grad]
-    step = start_step
-    last_loss: float | None = None
-    t_step = time.perf_counter()
+    _restore_rng(state, config, start_step, info)  # type: ignore[arg-type]
     logger.info(
         "training promptable %s on %d image(s) from step %d to %d, batch %d over %d "
         "process(es), %s",
@@ -622,9 +572,8 @@ def _train(
         info.world_size,
         device,
     )
-    while step < config.max_steps:
-        batch = next(batches)
-        lr = max(float(g["lr"]) for g in optimizer.param_groups)
+
+    def compute_loss(batch: dict[str, Any]) -> torch.Tensor:
         points, targets, count = _prompts(batch["masks"], config.num_clicks, max_targets)
         num_masks = torch.tensor(float(count))
         if info.distributed:
@@ -633,59 +582,23 @@ def _train(
             num_masks = num_masks.to(device)
             dist.all_reduce(num_masks)
         num_masks_value = max(float(num_masks) / info.world_size, 1.0)
-        with autocast:
-            loss = net(batch["images"].to(device), batch["masks"], points, targets, num_masks_value)
-        loss_value = loss.detach().float()
-        if info.distributed:
-            import torch.distributed as dist
+        return net(batch["images"].to(device), batch["masks"], points, targets, num_masks_value)
 
-            dist.all_reduce(loss_value)
-            loss_value /= info.world_size
-        if not math.isfinite(float(loss_value)):
-            raise NonFiniteLossError(
-                f"loss became {float(loss_value)} at step {step + 1}; the weights were not "
-                f"updated. Lower --lr or check the masks of images {batch['image_ids']}, then "
-                "--resume from the last checkpoint"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        last_loss = float(loss_value)
-        now = time.perf_counter()
-        seconds, t_step = now - t_step, now
-        if info.is_main:
-            append_line_durable(csv_path, f"{step},{last_loss!r},{lr!r},{seconds:.4f}")
-            if on_step is not None:
-                on_step(
-                    StepLog(
-                        step=step,
-                        max_steps=config.max_steps,
-                        loss=last_loss,
-                        lr=lr,
-                        seconds=seconds,
-                    )
-                )
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
-            rng_states = _gather_objects(_rng_state(), info)
-            if info.is_main:
-                path = _save_checkpoint(
-                    run_dir,
-                    step,
-                    _Saver(model),
-                    optimizer,
-                    scheduler,  # type: ignore[arg-type]
-                    config,
-                    rng_states,
-                )  # type: ignore[arg-type]
-                write_loss_plot(csv_path, run_dir / "loss.png")
-                logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
-            _barrier(info)
-            t_step = time.perf_counter()
-
+    step, last_loss = _run_steps(
+        compute_loss,
+        model,
+        optimizer,
+        scheduler,
+        batches,
+        config,
+        start_step,
+        device,
+        info,
+        run_dir,
+        csv_path,
+        on_step,
+        saver=_Saver(model),
+    )
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _save_final(model, run_dir)
