@@ -62,6 +62,55 @@ MODEL_NAMES: tuple[str, ...] = ("r50", "tiny")
 _OUT_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
 
 
+#: ResNet backbone of each model size (transformers ``ResNetConfig`` arguments).
+_BACKBONES: dict[str, dict[str, Any]] = {
+    "r50": dict(
+        depths=[3, 4, 6, 3],
+        hidden_sizes=[256, 512, 1024, 2048],
+        embedding_size=64,
+        layer_type="bottleneck",
+        downsample_in_first_stage=False,
+        downsample_in_bottleneck=False,  # stride in the 3x3 conv (STRIDE_IN_1X1: False)
+    ),
+    "tiny": dict(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[32, 64, 128, 256],
+        embedding_size=16,  # < hidden_sizes[0], so stage 0 has a shortcut conv like ResNet-50
+        layer_type="bottleneck",
+        downsample_in_first_stage=False,
+        downsample_in_bottleneck=False,
+    ),
+}
+
+#: Pixel decoder / transformer decoder of each model size (``Mask2FormerConfig`` arguments).
+_DECODERS: dict[str, dict[str, Any]] = {
+    "r50": dict(
+        num_queries=2000,
+        feature_size=256,
+        mask_feature_size=256,
+        hidden_dim=256,
+        encoder_feedforward_dim=1024,
+        encoder_layers=6,
+        decoder_layers=10,  # 9 layers + the prediction from the learnable queries
+        num_attention_heads=8,
+        dim_feedforward=2048,
+        train_num_points=12544,
+    ),
+    "tiny": dict(
+        num_queries=50,
+        feature_size=64,
+        mask_feature_size=64,
+        hidden_dim=64,
+        encoder_feedforward_dim=128,
+        encoder_layers=1,
+        decoder_layers=3,
+        num_attention_heads=4,
+        dim_feedforward=128,
+        train_num_points=2048,
+    ),
+}
+
+
 def model_config(name: Literal["r50", "tiny"] = "r50", *, num_queries: int | None = None) -> Any:
     """The :class:`transformers.Mask2FormerConfig` of a named model size.
 
@@ -83,50 +132,8 @@ def model_config(name: Literal["r50", "tiny"] = "r50", *, num_queries: int | Non
         )
     if num_queries is not None and (isinstance(num_queries, bool) or int(num_queries) < 1):
         raise ValueError(f"num_queries must be a positive integer, got {num_queries!r}")
-    if name == "r50":
-        backbone = ResNetConfig(
-            depths=[3, 4, 6, 3],
-            hidden_sizes=[256, 512, 1024, 2048],
-            embedding_size=64,
-            layer_type="bottleneck",
-            downsample_in_first_stage=False,
-            downsample_in_bottleneck=False,  # stride in the 3x3 conv (STRIDE_IN_1X1: False)
-            out_features=list(_OUT_FEATURES),
-        )
-        kwargs: dict[str, Any] = dict(
-            num_queries=2000,
-            feature_size=256,
-            mask_feature_size=256,
-            hidden_dim=256,
-            encoder_feedforward_dim=1024,
-            encoder_layers=6,
-            decoder_layers=10,  # 9 layers + the prediction from the learnable queries
-            num_attention_heads=8,
-            dim_feedforward=2048,
-            train_num_points=12544,
-        )
-    else:
-        backbone = ResNetConfig(
-            depths=[1, 1, 1, 1],
-            hidden_sizes=[32, 64, 128, 256],
-            embedding_size=16,  # < hidden_sizes[0], so stage 0 has a shortcut conv like ResNet-50
-            layer_type="bottleneck",
-            downsample_in_first_stage=False,
-            downsample_in_bottleneck=False,
-            out_features=list(_OUT_FEATURES),
-        )
-        kwargs = dict(
-            num_queries=50,
-            feature_size=64,
-            mask_feature_size=64,
-            hidden_dim=64,
-            encoder_feedforward_dim=128,
-            encoder_layers=1,
-            decoder_layers=3,
-            num_attention_heads=4,
-            dim_feedforward=128,
-            train_num_points=2048,
-        )
+    backbone = ResNetConfig(**_BACKBONES[name], out_features=list(_OUT_FEATURES))
+    kwargs: dict[str, Any] = dict(_DECODERS[name])
     if num_queries is not None:
         kwargs["num_queries"] = int(num_queries)
     # transformers warns "Backbone resnet is not a supported model" for any non-Swin backbone;
