@@ -47,8 +47,9 @@ def _assert_same_records(fast, ref) -> None:
     iou = rle_iou_matrix([r.rle for r in fast], [r.rle for r in ref])
     assert np.diag(iou).min() >= 0.99
     np.testing.assert_allclose([r.score for r in fast], [r.score for r in ref], rtol=0, atol=1e-4)
-    np.testing.assert_allclose([r.stability_score for r in fast], [r.stability_score for r in ref],
-                               rtol=0, atol=1e-3)
+    np.testing.assert_allclose(
+        [r.stability_score for r in fast], [r.stability_score for r in ref], rtol=0, atol=1e-3
+    )
 
 
 @pytest.mark.parametrize(("hw", "seed"), [((150, 210), 0), ((210, 150), 1), ((97, 301), 2)])
@@ -62,7 +63,9 @@ def test_fast_path_with_thresholds_and_nms(tiny_model) -> None:
     image = _image(150, 210, 4)
     probe = WholeImageSegmenter(tiny_model, CFG)(image, reference=True)
     cut = float(np.median([r.score for r in probe]))
-    cfg = SegmentConfig(**{**CFG.__dict__, "score_thresh": cut, "nms_iou_thresh": 0.5, "max_masks": 60})
+    cfg = SegmentConfig(
+        **{**CFG.__dict__, "score_thresh": cut, "nms_iou_thresh": 0.5, "max_masks": 60}
+    )
     seg = WholeImageSegmenter(tiny_model, cfg)
     fast, ref = seg(image), seg(image, reference=True)
     assert len(ref) < len(probe)
@@ -70,7 +73,7 @@ def test_fast_path_with_thresholds_and_nms(tiny_model) -> None:
 
 
 def test_top_masks_are_the_top_rows_of_the_full_logits(tiny_model) -> None:
-    """predict_top_masks == top-k selection on predict_logits (both fast), and close to the reference."""
+    """predict_top_masks == top-k of predict_logits (both fast), and close to the reference."""
     seg = WholeImageSegmenter(tiny_model, CFG)
     image = _image(150, 210, 5)
     top = seg.predict_top_masks(image, max_masks=25)
@@ -85,8 +88,15 @@ def test_top_masks_are_the_top_rows_of_the_full_logits(tiny_model) -> None:
     torch.testing.assert_close(cls, ref_cls, rtol=0, atol=1e-4)
     torch.testing.assert_close(masks, ref_masks, rtol=0, atol=1e-3)
     a = postprocess_top_masks(top, image_hw=image.shape[:2], chunk_size=4)
-    b = postprocess_masks(ref_cls, ref_masks, padded_hw=padded, valid_hw=valid, image_hw=image.shape[:2],
-                          max_masks=25, chunk_size=9)
+    b = postprocess_masks(
+        ref_cls,
+        ref_masks,
+        padded_hw=padded,
+        valid_hw=valid,
+        image_hw=image.shape[:2],
+        max_masks=25,
+        chunk_size=9,
+    )
     np.testing.assert_array_equal(a.query_indices, b.query_indices)
     np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-4)
     iou = np.diag(rle_iou_matrix(a.rles, b.rles))
@@ -106,8 +116,10 @@ def _attention_masks(model, run) -> list[torch.Tensor]:
         else:  # fast: additive (Q, hw) float mask
             seen.append(torch.isinf(mask).clone())
 
-    handles = [layer.cross_attn.register_forward_pre_hook(hook, with_kwargs=True)
-               for layer in model.model.transformer_module.decoder.layers]
+    handles = [
+        layer.cross_attn.register_forward_pre_hook(hook, with_kwargs=True)
+        for layer in model.model.transformer_module.decoder.layers
+    ]
     try:
         run()
     finally:
@@ -138,19 +150,29 @@ def test_resize_then_project_equals_project_then_resize() -> None:
     emb = torch.randn(1, 50, 16, generator=g)
     pix = torch.randn(1, 16, 40, 56, generator=g)
     for size in ((5, 7), (10, 14), (20, 28)):
-        slow = F.interpolate(torch.einsum("bqc, bchw -> bqhw", emb, pix), size=size, mode="bilinear",
-                             align_corners=False)
-        fast = torch.bmm(emb, F.interpolate(pix, size=size, mode="bilinear", align_corners=False).flatten(2))
+        slow = F.interpolate(
+            torch.einsum("bqc, bchw -> bqhw", emb, pix),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+        )
+        fast = torch.bmm(
+            emb, F.interpolate(pix, size=size, mode="bilinear", align_corners=False).flatten(2)
+        )
         torch.testing.assert_close(fast, slow.flatten(2), rtol=0, atol=1e-4)
 
 
 def test_fully_blocked_queries_attend_everywhere(tiny_model) -> None:
     """A query whose mask is empty attends to every position, as in transformers (no NaN)."""
-    last = tiny_model.model.transformer_module.decoder.mask_predictor.mask_embedder.layers[-1].layers[0]
+    last = tiny_model.model.transformer_module.decoder.mask_predictor.mask_embedder.layers[
+        -1
+    ].layers[0]
     seg = WholeImageSegmenter(tiny_model, CFG)
     image = _image(150, 210, 7)
 
-    def constant_pixels(module, args, out):  # pixel embeddings all 1 -> mask logits = sum(embedding)
+    def constant_pixels(
+        module, args, out
+    ):  # pixel embeddings all 1 -> mask logits = sum(embedding)
         out.decoder_last_hidden_state = torch.ones_like(out.decoder_last_hidden_state)
         return out
 
@@ -158,7 +180,7 @@ def test_fully_blocked_queries_attend_everywhere(tiny_model) -> None:
     handle = tiny_model.model.pixel_level_module.register_forward_hook(constant_pixels)
     try:
         with torch.no_grad():
-            last.weight.zero_()  # every mask embedding = bias = -1: every logit < 0, every query blocked
+            last.weight.zero_()  # mask embedding = bias = -1: every logit < 0, all blocked
             last.bias.fill_(-1.0)
         fast = _attention_masks(tiny_model, lambda im=image: seg.predict_top_masks(im))
         ref = _attention_masks(tiny_model, lambda im=image: seg.predict_logits(im, reference=True))

@@ -1,4 +1,5 @@
-"""Whole-image segmentation with a trained Mask2Former: one forward pass -> hundreds of scored masks.
+"""Whole-image segmentation with a trained Mask2Former: one forward pass -> hundreds of scored
+masks.
 
 Inference rule (spec §6.5), with the original's memory bug fixed (spec §10 bug 22):
 
@@ -16,7 +17,13 @@ Inference rule (spec §6.5), with the original's memory bug fixed (spec §10 bug
 During the forward pass only the last decoder layer's mask logits are kept (transformers keeps
 every layer's, ``decoder_layers x num_queries x H/4 x W/4`` floats, which alone is ~8 GB for 2000
 queries at 1024x1536), and the per-head attention masks are built from booleans (see
-``_lean_mask_predictions``).
+``_lean_mask_predictions``; this is the reference path, ``reference=True``).
+
+The default (fast) path runs the decoder with ``_fast_decoder``: attention masks are computed at
+their own resolution from resized pixel embeddings, one additive mask is shared by the heads,
+attention is fused, and only the top-k queries' final masks are projected at 1/4 resolution
+(:meth:`WholeImageSegmenter.predict_top_masks`). Same masks and scores up to float rounding
+(tests/models/test_segment_fast_path.py).
 """
 
 from __future__ import annotations
@@ -37,16 +44,19 @@ import torch
 import torch.nn.functional as F
 
 from unsam.config import config_to_dict, param
+from unsam.masks import greedy_nms
 from unsam.models.whole_image.config import IMAGE_MEAN, IMAGE_STD, preprocess, resized_hw
 from unsam.records import MaskRecord, annotation_id, encode_masks, rle_iou_matrix
 
 __all__ = [
     "HUB_ID",
     "SegmentConfig",
-    "WholeImageSegmenter",
     "SegmenterProducer",
-    "resolve_model_folder",
+    "TopMasks",
+    "WholeImageSegmenter",
     "postprocess_masks",
+    "postprocess_top_masks",
+    "resolve_model_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,16 +66,33 @@ HUB_ID = "yujunwei04/unsam-whole-image-segmentation"
 
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".ckpt")
 
+#: The fast path feeds the backbone a channels_last input (same values up to float rounding).
+_CHANNELS_LAST = True
+
 
 @dataclass(frozen=True)
 class SegmentConfig:
     """Inference settings of the whole-image model (defaults: spec §6.5)."""
 
-    min_size: int = param(1024, "test resize: shorter image side in pixels (spec §6.5)")
-    max_size: int = param(2048, "test resize: cap on the longer image side in pixels (spec §6.5)")
-    max_masks: int = param(1000, "top-k queries kept by foreground probability, chosen before upsampling")
-    mask_threshold: float = param(0.0, "mask logit cutoff: a pixel is inside when its logit > this (0 = prob 0.5)")
-    score_thresh: float = param(0.0, "drop masks whose final score (fg prob x mean in-mask prob) is below this, [0, 1]")
+    min_size: int | None = param(
+        None,
+        "test resize: shorter image side in pixels; None: the size the model was trained at (its "
+        "preprocessor_config.json), else the paper's 1024 (spec §6.5)",
+    )
+    max_size: int | None = param(
+        None,
+        "test resize: cap on the longer image side in pixels; None: the model's, else the paper's "
+        "2048 (spec §6.5)",
+    )
+    max_masks: int = param(
+        1000, "top-k queries kept by foreground probability, chosen before upsampling"
+    )
+    mask_threshold: float = param(
+        0.0, "mask logit cutoff: a pixel is inside when its logit > this (0 = prob 0.5)"
+    )
+    score_thresh: float = param(
+        0.0, "drop masks whose final score (fg prob x mean in-mask prob) is below this, [0, 1]"
+    )
     stability_score_thresh: float = param(
         0.0,
         "drop masks whose stability score (SAM's: IoU of the masks at logit thresholds +-1) is "
@@ -81,32 +108,45 @@ class SegmentConfig:
         "chunk_megabytes * 2**20 // (12 * H * W))); peak memory of the post-processing is about "
         "max(chunk_megabytes MiB, 12 * H * W bytes) on top of the model's",
     )
-    device: str = param("cpu", "torch device for the model and the upsampling, e.g. cpu, cuda, cuda:1, mps")
+    device: str = param(
+        "cpu", "torch device for the model and the upsampling, e.g. cpu, cuda, cuda:1, mps"
+    )
 
     def __post_init__(self) -> None:
-        if self.min_size < 1 or self.max_size < self.min_size:
+        if (self.min_size is not None and self.min_size < 1) or (
+            self.min_size is not None
+            and self.max_size is not None
+            and self.max_size < self.min_size
+        ):
             raise ValueError(
-                f"SegmentConfig: need 1 <= min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}"
+                f"SegmentConfig: need 1 <= min_size <= max_size, got min_size={self.min_size}, "
+                f"max_size={self.max_size}"
             )
         if self.max_masks < 1:
             raise ValueError(f"SegmentConfig.max_masks must be >= 1, got {self.max_masks}")
         if not 0.0 <= self.score_thresh <= 1.0:
-            raise ValueError(f"SegmentConfig.score_thresh must be in [0, 1], got {self.score_thresh}")
+            raise ValueError(
+                f"SegmentConfig.score_thresh must be in [0, 1], got {self.score_thresh}"
+            )
         if self.nms_iou_thresh is not None and not 0.0 <= self.nms_iou_thresh <= 1.0:
-            raise ValueError(f"SegmentConfig.nms_iou_thresh must be in [0, 1] or None, got {self.nms_iou_thresh}")
+            raise ValueError(
+                f"SegmentConfig.nms_iou_thresh must be in [0, 1] or None, got {self.nms_iou_thresh}"
+            )
         if self.chunk_size < 1 or self.chunk_megabytes < 1:
             raise ValueError(
-                f"SegmentConfig.chunk_size and chunk_megabytes must be >= 1, got {self.chunk_size}, "
+                "SegmentConfig.chunk_size and chunk_megabytes must be >= 1, got "
+                f"{self.chunk_size}, "
                 f"{self.chunk_megabytes}"
             )
         if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"SegmentConfig.device must be a device name such as 'cpu', got {self.device!r}")
+            raise ValueError(
+                f"SegmentConfig.device must be a device name such as 'cpu', got {self.device!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
 # Post-processing (pure function over tensors)
 # --------------------------------------------------------------------------------------------
-
 
 
 @dataclass(frozen=True)
@@ -169,7 +209,11 @@ def postprocess_masks(
     Raises:
         ValueError: inconsistent shapes.
     """
-    if class_logits.ndim != 2 or mask_logits.ndim != 3 or class_logits.shape[0] != mask_logits.shape[0]:
+    if (
+        class_logits.ndim != 2
+        or mask_logits.ndim != 3
+        or class_logits.shape[0] != mask_logits.shape[0]
+    ):
         raise ValueError(
             f"expected class_logits (Q, C) and mask_logits (Q, h, w) with the same Q, got "
             f"{tuple(class_logits.shape)} and {tuple(mask_logits.shape)}"
@@ -182,6 +226,82 @@ def postprocess_masks(
     fg_prob = class_logits.float().softmax(-1)[:, 0]
     k = min(int(max_masks), int(fg_prob.shape[0]))
     top_prob, top_idx = fg_prob.topk(k, sorted=True)
+    return _score_top_masks(
+        top_prob,
+        top_idx,
+        lambda a, b: mask_logits[top_idx[a:b]],
+        padded_hw=padded_hw,
+        valid_hw=valid_hw,
+        image_hw=image_hw,
+        mask_threshold=mask_threshold,
+        chunk_size=chunk_size,
+    )
+
+
+@dataclass(frozen=True)
+class TopMasks:
+    """The forward pass of the fast path: the top-k queries and only their 1/4-resolution masks.
+
+    Attributes:
+        class_probs: (k,) foreground probabilities, descending.
+        query_indices: (k,) int64 query index of each.
+        mask_logits: (k, H'/4, W'/4) mask logits of those queries, in the same order.
+        padded_hw: (H', W') of the padded model input.
+        valid_hw: (h', w') of the resized image inside the padded input.
+    """
+
+    class_probs: torch.Tensor
+    query_indices: torch.Tensor
+    mask_logits: torch.Tensor
+    padded_hw: tuple[int, int]
+    valid_hw: tuple[int, int]
+
+
+def postprocess_top_masks(
+    top: TopMasks,
+    *,
+    image_hw: tuple[int, int],
+    mask_threshold: float = 0.0,
+    chunk_size: int = 16,
+    chunk_bytes: int | None = None,
+) -> ScoredMasks:
+    """:func:`postprocess_masks` for the output of :meth:`WholeImageSegmenter.predict_top_masks`."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_bytes is not None:
+        per_mask = 12 * int(image_hw[0]) * int(image_hw[1])
+        chunk_size = max(1, min(chunk_size, int(chunk_bytes) // max(per_mask, 1)))
+    masks = top.mask_logits
+    return _score_top_masks(
+        top.class_probs,
+        top.query_indices,
+        lambda a, b: masks[a:b],
+        padded_hw=top.padded_hw,
+        valid_hw=top.valid_hw,
+        image_hw=image_hw,
+        mask_threshold=mask_threshold,
+        chunk_size=chunk_size,
+    )
+
+
+def _count_true(masks: npt.NDArray[np.bool_]) -> torch.Tensor:
+    """(n,) int64 number of True pixels of each (H, W) mask (numpy's popcount; no int64 copy)."""
+    return torch.tensor([np.count_nonzero(m) for m in masks], dtype=torch.int64)
+
+
+def _score_top_masks(
+    top_prob: torch.Tensor,
+    top_idx: torch.Tensor,
+    rows: Any,
+    *,
+    padded_hw: tuple[int, int],
+    valid_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    mask_threshold: float,
+    chunk_size: int,
+) -> ScoredMasks:
+    """Upsample, binarise, score and encode the masks ``rows(start, stop)`` chunk by chunk."""
+    k = int(top_idx.shape[0])
     vh, vw = int(valid_hw[0]), int(valid_hw[1])
     out_hw = (int(image_hw[0]), int(image_hw[1]))
     scores: list[torch.Tensor] = []
@@ -189,32 +309,46 @@ def postprocess_masks(
     stability: list[torch.Tensor] = []
     rles: list[dict[str, Any]] = []
     for start in range(0, k, chunk_size):
-        idx = top_idx[start : start + chunk_size]
         logits = F.interpolate(
-            mask_logits[idx].float()[None], size=tuple(int(v) for v in padded_hw), mode="bilinear", align_corners=False
+            rows(start, start + chunk_size).float()[None],
+            size=tuple(int(v) for v in padded_hw),
+            mode="bilinear",
+            align_corners=False,
         )[:, :, :vh, :vw]
         if (vh, vw) != out_hw:
             logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
         logits = logits[0]
         binary = logits > mask_threshold
-        area = binary.flatten(1).sum(1, dtype=torch.int64)
+        binary_np = binary.cpu().numpy()
+        area = _count_true(binary_np)
         # SAM's stability score (offset 1.0 in logit units): the high mask lies inside the low one
-        high = (logits > mask_threshold + 1.0).flatten(1).sum(1, dtype=torch.int64)
-        low = (logits > mask_threshold - 1.0).flatten(1).sum(1, dtype=torch.int64)
-        stability.append(torch.where(low > 0, high.double() / low.clamp(min=1).double(), 1.0).float())
-        inside = logits.sigmoid_().mul_(binary).flatten(1).sum(1)  # in place: no second full-size tensor
-        del logits
-        scores.append(top_prob[start : start + chunk_size] * inside / (area.to(inside.dtype) + 1e-6))
+        high = _count_true((logits > mask_threshold + 1.0).cpu().numpy())
+        low = _count_true((logits > mask_threshold - 1.0).cpu().numpy())
+        stability.append(
+            torch.where(low > 0, high.double() / low.clamp(min=1).double(), 1.0).float()
+        )
+        # in place: no second full-size float tensor (masked_fill_ needs no float copy of the mask)
+        inside = logits.sigmoid_().masked_fill_(~binary, 0.0).flatten(1).sum(1).cpu()
+        del logits, binary
+        scores.append(
+            top_prob[start : start + chunk_size].cpu() * inside / (area.to(inside.dtype) + 1e-6)
+        )
         areas.append(area)
-        rles.extend(encode_masks(binary.cpu().numpy()))
-        del binary
+        rles.extend(encode_masks(binary_np))
+        del binary_np
     return ScoredMasks(
         query_indices=top_idx.cpu().numpy().astype(np.int64),
         class_probs=top_prob.cpu().numpy().astype(np.float32),
         scores=(torch.cat(scores) if scores else torch.zeros(0)).cpu().numpy().astype(np.float32),
-        areas=(torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long)).cpu().numpy().astype(np.int64),
+        areas=(torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long))
+        .cpu()
+        .numpy()
+        .astype(np.int64),
         rles=rles,
-        stability=(torch.cat(stability) if stability else torch.zeros(0)).cpu().numpy().astype(np.float32),
+        stability=(torch.cat(stability) if stability else torch.zeros(0))
+        .cpu()
+        .numpy()
+        .astype(np.float32),
     )
 
 
@@ -223,7 +357,8 @@ def memory_bound_bytes(
 ) -> int:
     """Upper bound of the memory one image needs beyond the loaded model (documented formula).
 
-    ``peak <= model_bytes + 3*H*W + 4*3*S*L*2 + 4*Q*(S/4)*(L/4) + max(chunk_megabytes MiB, 12*H*W) + 192 MiB``
+    ``peak <= model_bytes + 3*H*W + 4*3*S*L*2 + 4*Q*(S/4)*(L/4) + max(chunk_megabytes MiB, 12*H*W)
+    + 192 MiB``
 
     with S x L the padded model input (``max_size``-bounded), Q the queries, H x W the photo:
     the RGB photo held while post-processing, the normalised input (and one resize copy), the
@@ -234,25 +369,19 @@ def memory_bound_bytes(
     leave the chunk as RLE.
     """
     h, w = int(image_hw[0]), int(image_hw[1])
-    side = config.max_size + 32  # padded to the size divisibility
+    side = (config.max_size or 2048) + 32  # padded to the size divisibility
     input_bytes = 4 * 3 * side * side * 2
     logits_bytes = 4 * num_queries * (side // 4) ** 2
     chunk = max(config.chunk_megabytes << 20, 12 * h * w)
     return int(model_bytes + 3 * h * w + input_bytes + logits_bytes + chunk + (192 << 20))
 
 
-def _nms_rles(rles: list[dict[str, Any]], scores: npt.NDArray[np.float32], iou_thresh: float) -> list[int]:
-    """Greedy NMS on RLEs (pycocotools IoU); kept indices in descending score order."""
-    order = np.argsort(-scores, kind="stable")
-    iou = rle_iou_matrix([rles[i] for i in order], [rles[i] for i in order])
-    removed = np.zeros(len(order), dtype=bool)
-    keep: list[int] = []
-    for i in range(len(order)):
-        if removed[i]:
-            continue
-        keep.append(int(order[i]))
-        removed[i + 1 :] |= iou[i, i + 1 :] > iou_thresh
-    return keep
+def _nms_rles(
+    rles: list[dict[str, Any]], scores: npt.NDArray[np.float32], iou_thresh: float
+) -> list[int]:
+    """Greedy NMS on RLEs (pycocotools IoU, :func:`unsam.masks.greedy_nms`); kept indices in
+    descending score order."""
+    return greedy_nms(scores, rle_iou_matrix(rles, rles), iou_thresh)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,17 +414,21 @@ def resolve_model_folder(path: str | os.PathLike[str]) -> Path:
         candidates = [
             c / "model" if (c / "model" / "config.json").is_file() else c
             for c in ckpt_root.iterdir()
-            if c.is_dir() and ((c / "model" / "config.json").is_file() or (c / "config.json").is_file())
+            if c.is_dir()
+            and ((c / "model" / "config.json").is_file() or (c / "config.json").is_file())
         ]
         if candidates:
             # a checkpoint is complete once its training state is written beside the model
             complete = [c for c in candidates if (c.parent / "training_state.pt").is_file()]
-            best = max(complete or candidates,
-                       key=lambda c: (_step_of(c if c.name != "model" else c.parent), c.stat().st_mtime))
+            best = max(
+                complete or candidates,
+                key=lambda c: (_step_of(c if c.name != "model" else c.parent), c.stat().st_mtime),
+            )
             logger.info("%s: no final model yet, using the latest checkpoint %s", path, best)
             return best
     raise FileNotFoundError(
-        f"{path}: no model found (looked for config.json, model/config.json and checkpoints/*/model/config.json); "
+        f"{path}: no model found (looked for config.json, model/config.json and "
+        "checkpoints/*/model/config.json); "
         "pass a folder written by save_pretrained / unsam train, or an official UnSAM .pth"
     )
 
@@ -314,14 +447,19 @@ def _load_transformers_folder(folder: Path) -> Any:
         from unsam.hub import quiet_loading
 
         with quiet_loading():
-            model, info = Mask2FormerForUniversalSegmentation.from_pretrained(folder, output_loading_info=True)
+            model, info = Mask2FormerForUniversalSegmentation.from_pretrained(
+                folder, output_loading_info=True
+            )
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{folder}: cannot load a Mask2Former model ({str(exc).splitlines()[0]})") from None
+        raise ValueError(
+            f"{folder}: cannot load a Mask2Former model ({str(exc).splitlines()[0]})"
+        ) from None
     finally:
         tf_logger.setLevel(previous)
     if int(model.config.num_labels) != 1:
         raise ValueError(
-            f"{folder}: the model has {model.config.num_labels} classes; unsam's whole-image segmenter expects a "
+            f"{folder}: the model has {model.config.num_labels} classes; unsam's whole-image "
+            "segmenter expects a "
             "class-agnostic model (num_labels=1, as built by unsam.models.whole_image.build_model)"
         )
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("num_batches_tracked")]
@@ -329,8 +467,10 @@ def _load_transformers_folder(folder: Path) -> Any:
     mismatched = list(info.get("mismatched_keys", []))
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"{folder}: weights do not match its config.json: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} mismatched (e.g. {(missing + unexpected + [str(m) for m in mismatched])[:3]})"
+            f"{folder}: weights do not match its config.json: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, "
+            f"{len(mismatched)} mismatched (e.g. "
+            f"{(missing + unexpected + [str(m) for m in mismatched])[:3]})"
         )
     return model
 
@@ -340,18 +480,26 @@ def _download_from_hub(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(
-            repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", *(f"*{s}" for s in _CHECKPOINT_SUFFIXES)]
+            repo_id,
+            allow_patterns=[
+                "*.json",
+                "*.safetensors",
+                "*.bin",
+                *(f"*{s}" for s in _CHECKPOINT_SUFFIXES),
+            ],
         )
-    except Exception as exc:  # offline, unknown repo, auth: all end in the same advice
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, auth: all end in the same advice
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.split(". ")[0]
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         from unsam.features.base import MissingWeightsError
 
         raise MissingWeightsError(
-            f"{repo_id} is no local file or folder, and cannot be downloaded from the Hugging Face hub ({reason}); "
+            f"{repo_id} is no local file or folder, and cannot be downloaded from the Hugging "
+            f"Face hub ({reason}); "
             "if it is a hub id, download its checkpoint file "
-            f"from https://huggingface.co/{repo_id} and pass the local file's path as the model (an official .pth "
+            f"from https://huggingface.co/{repo_id} and pass the local file's path as the model "
+            "(an official .pth "
             "is converted on the fly, or once with: unsam convert-checkpoint FILE.pth -o DIR)"
         ) from None
     return Path(folder)
@@ -369,23 +517,30 @@ def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, An
     path = Path(text).expanduser()
     if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
         raise FileNotFoundError(  # "runs/typo" where runs/ exists: a local path, not a hub id
-            f"{text}: no such file or folder in {path.parent} (expected a model folder, a training run "
+            f"{text}: no such file or folder in {path.parent} (expected a model folder, a "
+            "training run "
             "folder or an official UnSAM .pth)"
         )
     if not path.exists():
-        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.endswith(_CHECKPOINT_SUFFIXES):
-            path = _download_from_hub(text)  # a typo'd local path also lands here; the error names both
+        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.endswith(
+            _CHECKPOINT_SUFFIXES
+        ):
+            path = _download_from_hub(
+                text
+            )  # a typo'd local path also lands here; the error names both
             if not (path / "config.json").is_file():
                 found = sorted(p for p in path.rglob("*") if p.suffix in _CHECKPOINT_SUFFIXES)
                 if len(found) != 1:
                     raise ValueError(
                         f"{text}: expected one checkpoint file in the hub repository, found "
-                        f"{[p.name for p in found] or 'none'}; download the one you want and pass its path"
+                        f"{[p.name for p in found] or 'none'}; download the one you want and pass "
+                        "its path"
                     )
                 path = found[0]
         else:
             raise FileNotFoundError(
-                f"{text}: no such file or folder (expected a model folder, a training run folder, an official "
+                f"{text}: no such file or folder (expected a model folder, a training run folder, "
+                "an official "
                 f"UnSAM .pth, or a hub id such as {HUB_ID})"
             )
     if path.is_file():
@@ -419,7 +574,11 @@ def _lean_mask_predictions(model: Any) -> Iterator[None]:
     total = len(decoder.layers) + 1
     calls = [0]
 
-    def forward(outputs: torch.Tensor, pixel_embeddings: torch.Tensor, attention_mask_target_size: Any = None) -> Any:
+    def forward(
+        outputs: torch.Tensor,
+        pixel_embeddings: torch.Tensor,
+        attention_mask_target_size: Any = None,
+    ) -> Any:
         calls[0] += 1
         last = calls[0] % total == 0
         mask_embeddings = predictor.mask_embedder(outputs.transpose(0, 1))
@@ -430,7 +589,9 @@ def _lean_mask_predictions(model: Any) -> Iterator[None]:
             outputs_mask, size=attention_mask_target_size, mode="bilinear", align_corners=False
         )
         attention_mask = attention_mask.sigmoid().flatten(2) < 0.5  # (B, Q, hw) bool
-        attention_mask = attention_mask.unsqueeze(1).expand(-1, predictor.num_heads, -1, -1).flatten(0, 1)
+        attention_mask = (
+            attention_mask.unsqueeze(1).expand(-1, predictor.num_heads, -1, -1).flatten(0, 1)
+        )
         return outputs_mask.new_empty((*outputs_mask.shape[:2], 0, 0)), attention_mask.detach()
 
     predictor.forward = forward
@@ -438,6 +599,159 @@ def _lean_mask_predictions(model: Any) -> Iterator[None]:
         yield
     finally:
         del predictor.forward  # back to the class's forward
+
+
+def _supports_fast_decoder(model: Any) -> bool:
+    """The fast decoder re-implements transformers' post-norm masked-attention layer only."""
+    decoder = model.model.transformer_module.decoder
+    return not getattr(decoder.config, "pre_norm", False) and all(
+        isinstance(layer.cross_attn, torch.nn.MultiheadAttention) for layer in decoder.layers
+    )
+
+
+@contextlib.contextmanager
+def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block, the masked-attention decoder runs a faster, equivalent forward (inference).
+
+    Yields a dict that, after the forward pass, holds ``mask_embeddings`` (B, Q, C) of the last
+    layer and ``pixel_embeddings`` (B, C, H/4, W/4): the last layer's mask logits are
+    ``einsum("bqc,bchw->bqhw")`` of the two, so a caller can compute them for the top-k queries.
+    With ``full_masks`` the decoder also returns them for every query (``masks_queries_logits``).
+
+    Differences from transformers' ``Mask2FormerMaskedAttentionDecoder.forward`` (same outputs up
+    to float rounding; a logit within rounding of 0 may flip an attention-mask entry, counted in
+    tests/models/test_segment_fast_path.py):
+
+    - attention-mask logits are computed at the attention resolution (1/32, 1/16, 1/8): the 1/4
+      pixel embeddings are resized bilinearly once per resolution and then projected on the mask
+      embeddings. Bilinear resizing is linear, so this equals projecting at 1/4 then resizing, at
+      1/16 to 1/64 of the cost; intermediate 1/4-resolution masks are never computed;
+    - the attention mask is one (Q, hw) additive float mask shared by all heads (not a
+      (B * heads, Q, hw) bool mask that the decoder sums, multiplies and MultiheadAttention turns
+      into floats again), and cross-attention runs with ``need_weights=False``, so torch's fused
+      scaled-dot-product attention is used instead of materialising per-head softmax weights;
+    - self-attention uses the same fused kernel (transformers' ``Mask2FormerAttention`` always
+      materialises its (B * heads, Q, Q) weights);
+    - the key ``features + position embedding`` of each level is built once, not once per layer.
+    """
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerMaskedAttentionDecoderOutput,
+    )
+
+    decoder = model.model.transformer_module.decoder
+    predictor = decoder.mask_predictor
+    stash: dict[str, torch.Tensor] = {}
+
+    def attention_mask(hidden: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Additive (Q, hw) mask (B = 1) or (B * heads, Q, hw): -inf where sigmoid(logit) < 0.5."""
+        emb = predictor.mask_embedder(hidden.transpose(0, 1))  # (B, Q, C)
+        blocked = torch.bmm(emb, features).sigmoid_() < 0.5  # (B, Q, hw)
+        blocked &= ~blocked.all(-1, keepdim=True)  # a query that sees nothing attends everywhere
+        mask = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
+        mask.masked_fill_(blocked, float("-inf"))
+        if mask.shape[0] == 1:
+            return mask[0]  # broadcast over the heads by MultiheadAttention
+        heads = predictor.num_heads
+        return mask[:, None].expand(-1, heads, -1, -1).flatten(0, 1)
+
+    def self_attention(attn: Any, hidden: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        """``Mask2FormerAttention`` (no mask) with fused attention: (Q, B, E) -> (Q, B, E)."""
+        h = hidden.transpose(0, 1)  # (B, Q, E)
+        qk = h if pos is None else h + pos.transpose(0, 1)
+        b, q, e = h.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, q, attn.num_heads, attn.head_dim).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            heads(attn.q_proj(qk)),
+            heads(attn.k_proj(qk)),
+            heads(attn.v_proj(h)),
+            scale=attn.scaling,
+        )
+        return attn.out_proj(out.transpose(1, 2).reshape(b, q, e)).transpose(0, 1)
+
+    def forward(
+        inputs_embeds: torch.Tensor | None = None,
+        multi_stage_positional_embeddings: list[torch.Tensor] | None = None,
+        pixel_embeddings: torch.Tensor | None = None,
+        encoder_hidden_states: list[torch.Tensor] | None = None,
+        query_position_embeddings: torch.Tensor | None = None,
+        feature_size_list: list[Any] | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Any:
+        assert inputs_embeds is not None and pixel_embeddings is not None
+        assert encoder_hidden_states is not None and multi_stage_positional_embeddings is not None
+        assert feature_size_list is not None
+        levels = decoder.num_feature_levels
+        # pixel embeddings at each attention resolution, flattened to (B, C, hw)
+        features = [
+            F.interpolate(
+                pixel_embeddings,
+                size=tuple(int(v) for v in feature_size_list[lv]),
+                mode="bilinear",
+                align_corners=False,
+            ).flatten(2)
+            for lv in range(levels)
+        ]
+        keys = [
+            encoder_hidden_states[lv] + multi_stage_positional_embeddings[lv]
+            for lv in range(levels)
+        ]
+        hidden = inputs_embeds
+        all_hidden: tuple[torch.Tensor, ...] = ()
+        normed = decoder.layernorm(hidden)
+        intermediate = (normed,)
+        mask = attention_mask(normed, features[0])
+        for idx, layer in enumerate(decoder.layers):
+            all_hidden += (hidden,)
+            level = idx % levels
+            # masked cross-attention, then self-attention, then FFN (post-norm, as forward_post)
+            residual = hidden
+            out, _ = layer.cross_attn(
+                query=hidden + query_position_embeddings,
+                key=keys[level],
+                value=encoder_hidden_states[level],
+                attn_mask=mask,
+                key_padding_mask=None,
+                need_weights=False,
+            )
+            hidden = layer.cross_attn_layer_norm(residual + out)
+            residual = hidden
+            out = self_attention(layer.self_attn, hidden, query_position_embeddings)
+            hidden = layer.self_attn_layer_norm(residual + out)
+            residual = hidden
+            out = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
+            hidden = layer.final_layer_norm(residual + out)
+            normed = decoder.layernorm(hidden)
+            intermediate += (normed,)
+            if idx + 1 < len(decoder.layers):
+                mask = attention_mask(normed, features[(idx + 1) % levels])
+        all_hidden += (hidden,)
+        mask_embeddings = predictor.mask_embedder(normed.transpose(0, 1))  # (B, Q, C)
+        stash["mask_embeddings"] = mask_embeddings
+        stash["pixel_embeddings"] = pixel_embeddings
+        empty = mask_embeddings.new_empty((*mask_embeddings.shape[:2], 0, 0))
+        last = (
+            torch.einsum("bqc, bchw -> bqhw", mask_embeddings, pixel_embeddings)
+            if full_masks
+            else empty
+        )
+        return Mask2FormerMaskedAttentionDecoderOutput(
+            last_hidden_state=hidden.transpose(1, 0),
+            hidden_states=all_hidden if output_hidden_states else None,
+            attentions=None,
+            intermediate_hidden_states=intermediate,
+            masks_queries_logits=(empty,) * (len(intermediate) - 1) + (last,),
+        )
+
+    decoder.forward = forward
+    try:
+        yield stash
+    finally:
+        del decoder.forward  # back to the class's forward
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +785,12 @@ class WholeImageSegmenter:
             mean, std: pixel statistics in 0-255 RGB units.
             size_divisibility: pad the input to a multiple of this.
         """
-        self.config = config or SegmentConfig()
+        config = config or SegmentConfig()
+        if config.min_size is None or config.max_size is None:  # the paper's test resize
+            config = dataclasses.replace(
+                config, min_size=config.min_size or 1024, max_size=config.max_size or 2048
+            )
+        self.config = config
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {mean} and {std}")
         self.mean = tuple(float(v) for v in mean)
@@ -492,7 +811,8 @@ class WholeImageSegmenter:
 
         Args:
             path_or_hub_id: one of
-                - a ``save_pretrained`` folder (config.json + safetensors [+ preprocessor_config.json]);
+                - a ``save_pretrained`` folder (config.json + safetensors [+
+                  preprocessor_config.json]);
                 - a training run folder: its final ``model/`` or else its newest
                   ``checkpoints/<step>/model`` (see :func:`resolve_model_folder`);
                 - an official UnSAM whole-image ``.pth`` (detectron2 names), converted on the fly;
@@ -508,13 +828,28 @@ class WholeImageSegmenter:
         if device is not None and device != config.device:
             config = dataclasses.replace(config, device=device)
         model, prep, source = _load_any(path_or_hub_id)
-        seg = cls(model, config, mean=prep["mean"], std=prep["std"], size_divisibility=prep["size_divisibility"])
+        if config.min_size is None or config.max_size is None:  # the scale the model remembers
+            config = dataclasses.replace(
+                config,
+                min_size=config.min_size or int(prep["min_size"]),
+                max_size=config.max_size or max(int(prep["max_size"]), config.min_size or 0),
+            )
+        seg = cls(
+            model,
+            config,
+            mean=prep["mean"],
+            std=prep["std"],
+            size_divisibility=prep["size_divisibility"],
+        )
         seg.source = source
-        logger.info("loaded whole-image model from %s (%d queries)", source, model.config.num_queries)
+        logger.info(
+            "loaded whole-image model from %s (%d queries)", source, model.config.num_queries
+        )
         return seg
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model (safetensors + config.json) and ``preprocessor_config.json`` to ``path``."""
+        """Write the model (safetensors + config.json) and ``preprocessor_config.json`` to
+        ``path``."""
         from unsam.models.whole_image.convert import write_preprocessor_config
 
         path = Path(path)
@@ -530,17 +865,9 @@ class WholeImageSegmenter:
         )
         return path
 
-    def predict_logits(
+    def _input(
         self, image: npt.NDArray[np.uint8]
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
-        """Raw model output for one image.
-
-        Args:
-            image: (H, W, 3) uint8 RGB.
-
-        Returns:
-            ``(class_logits (Q, 2), mask_logits (Q, H'/4, W'/4), padded_hw (H', W'), valid_hw (h', w'))``.
-        """
+    ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         cfg = self.config
         x = preprocess(
             image,
@@ -552,44 +879,120 @@ class WholeImageSegmenter:
             device=cfg.device,
         )
         valid_hw = resized_hw(image.shape[0], image.shape[1], cfg.min_size, cfg.max_size)
-        padded_hw = (int(x.shape[2]), int(x.shape[3]))
-        with torch.inference_mode(), _lean_mask_predictions(self.model):
-            out = self.model(pixel_values=x)
+        return x, (int(x.shape[2]), int(x.shape[3])), valid_hw
+
+    def predict_logits(
+        self, image: npt.NDArray[np.uint8], *, reference: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """Raw model output for one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            reference: run transformers' own decoder forward (with the bounded-memory mask
+                predictor) instead of the fast decoder; the two agree up to float rounding.
+
+        Returns:
+            ``(class_logits (Q, 2), mask_logits (Q, H'/4, W'/4), padded_hw (H', W'), valid_hw (h',
+            w'))``.
+        """
+        x, padded_hw, valid_hw = self._input(image)
+        with torch.inference_mode():
+            if reference or not _supports_fast_decoder(self.model):
+                with _lean_mask_predictions(self.model):
+                    out = self.model(pixel_values=x)
+            else:
+                with _fast_decoder(self.model, full_masks=True):
+                    out = self.model(pixel_values=x)
         masks = out.masks_queries_logits[0]
         if masks.numel() == 0:
             raise RuntimeError(
-                "the transformers Mask2Former decoder no longer calls its mask predictor once per layer as "
+                "the transformers Mask2Former decoder no longer calls its mask predictor once per "
+                "layer as "
                 "expected; unsam.models.whole_image.segmenter._lean_mask_predictions needs updating"
             )
         return out.class_queries_logits[0], masks, padded_hw, valid_hw
 
-    def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int = 0) -> list[MaskRecord]:
+    def predict_top_masks(
+        self, image: npt.NDArray[np.uint8], max_masks: int | None = None
+    ) -> TopMasks:
+        """The fast forward pass: 1/4-resolution mask logits of the top-k queries only.
+
+        The top ``max_masks`` (default ``config.max_masks``) queries by foreground probability are
+        chosen from the class logits; only their masks are projected (``k x C x H/4 x W/4``
+        instead of ``Q x ...``). Equal to ``predict_logits`` followed by the top-k selection of
+        :func:`postprocess_masks` up to float rounding.
+        """
+        k_max = int(self.config.max_masks if max_masks is None else max_masks)
+        if k_max < 1:
+            raise ValueError(f"max_masks must be >= 1, got {k_max}")
+        x, padded_hw, valid_hw = self._input(image)
+        if _CHANNELS_LAST:
+            x = x.contiguous(
+                memory_format=torch.channels_last
+            )  # oneDNN convolutions without reorders
+        with torch.inference_mode(), _fast_decoder(self.model, full_masks=False) as stash:
+            out = self.model(pixel_values=x)
+            fg_prob = out.class_queries_logits[0].float().softmax(-1)[:, 0]
+            k = min(k_max, int(fg_prob.shape[0]))
+            top_prob, top_idx = fg_prob.topk(k, sorted=True)
+            masks = torch.einsum(
+                "bqc, bchw -> bqhw", stash["mask_embeddings"][:, top_idx], stash["pixel_embeddings"]
+            )[0]
+        return TopMasks(
+            class_probs=top_prob,
+            query_indices=top_idx,
+            mask_logits=masks,
+            padded_hw=padded_hw,
+            valid_hw=valid_hw,
+        )
+
+    def __call__(
+        self, image: npt.NDArray[np.uint8], *, image_id: int = 0, reference: bool = False
+    ) -> list[MaskRecord]:
         """Segment one image.
 
         Args:
             image: (H, W, 3) uint8 RGB.
             image_id: written into every record; ids are ``annotation_id(image_id, rank)``.
+            reference: the reference path (transformers' decoder forward, every query's mask
+                logits at 1/4 resolution) instead of the fast one (:meth:`predict_top_masks`);
+                both give the same masks and scores up to float rounding.
 
         Returns:
             Mask records (``source="model"``, ``level=0``) sorted by descending score; empty masks
             and masks below ``score_thresh`` are left out; at most ``max_masks``.
         """
         cfg = self.config
-        class_logits, mask_logits, padded_hw, valid_hw = self.predict_logits(image)
-        result = postprocess_masks(
-            class_logits,
-            mask_logits,
-            padded_hw=padded_hw,
-            valid_hw=valid_hw,
-            image_hw=(image.shape[0], image.shape[1]),
-            max_masks=cfg.max_masks,
-            mask_threshold=cfg.mask_threshold,
-            chunk_size=cfg.chunk_size,
-            chunk_bytes=cfg.chunk_megabytes << 20,
-        )
-        del class_logits, mask_logits
+        image_hw = (image.shape[0], image.shape[1])
+        if reference or not _supports_fast_decoder(self.model):
+            class_logits, mask_logits, padded_hw, valid_hw = self.predict_logits(
+                image, reference=True
+            )
+            result = postprocess_masks(
+                class_logits,
+                mask_logits,
+                padded_hw=padded_hw,
+                valid_hw=valid_hw,
+                image_hw=image_hw,
+                max_masks=cfg.max_masks,
+                mask_threshold=cfg.mask_threshold,
+                chunk_size=cfg.chunk_size,
+                chunk_bytes=cfg.chunk_megabytes << 20,
+            )
+            del class_logits, mask_logits
+        else:
+            top = self.predict_top_masks(image)
+            result = postprocess_top_masks(
+                top,
+                image_hw=image_hw,
+                mask_threshold=cfg.mask_threshold,
+                chunk_size=cfg.chunk_size,
+                chunk_bytes=cfg.chunk_megabytes << 20,
+            )
+            del top
         keep = np.flatnonzero(
-            (result.areas > 0) & (result.scores >= cfg.score_thresh)
+            (result.areas > 0)
+            & (result.scores >= cfg.score_thresh)
             & (result.stability >= cfg.stability_score_thresh)
         )
         if cfg.nms_iou_thresh is not None and keep.size > 1:
