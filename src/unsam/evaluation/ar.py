@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import multiprocessing
@@ -25,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from unsam.io.coco import MaskFileError, load_sa1b_folder
+from unsam.io.coco import MaskFileError, int_field, load_json, load_sa1b_folder
 from unsam.records import ImageRecord, MaskRecord, normalize_rle
 
 __all__ = [
@@ -54,41 +53,6 @@ METRIC_KEYS = (
 )
 
 MaskSource = str | os.PathLike[str] | dict[str, Any] | list[Any]
-
-
-def _read_json(path: Path) -> Any:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:  # orjson (when installed) parses large results files ~3x faster, to the same values
-        import orjson
-
-        return orjson.loads(path.read_bytes())
-    except ImportError:
-        pass
-    except ValueError:  # invalid, NaN, huge ints: json gives the same errors or values as before
-        pass
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise MaskFileError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
-    except UnicodeDecodeError:
-        raise MaskFileError(f"{path}: not a UTF-8 JSON file") from None
-
-
-def _int(obj: dict[str, Any], key: str, where: str) -> int:
-    if key not in obj:
-        raise MaskFileError(f'{where}: missing field "{key}"')
-    v = obj[key]
-    if (
-        isinstance(v, bool)
-        or not isinstance(v, (int, float))
-        or (isinstance(v, float) and not v.is_integer())
-    ):
-        raise MaskFileError(f'{where}: field "{key}" must be an integer, found {v!r}')
-    return int(v)
 
 
 def _records_to_gt(images: Sequence[ImageRecord]) -> dict[str, Any]:
@@ -130,7 +94,7 @@ def prepare_ground_truth(gt: MaskSource | Sequence[ImageRecord]) -> dict[str, An
         where = str(path)
         if path.is_dir():
             return _records_to_gt(load_sa1b_folder(path))
-        data = _read_json(path)
+        data = load_json(path)
         if isinstance(data, dict) and "image" in data and "images" not in data:
             from unsam.io.coco import load_sam_json
 
@@ -151,10 +115,10 @@ def prepare_ground_truth(gt: MaskSource | Sequence[ImageRecord]) -> dict[str, An
         w = f"{where}: images[{i}]"
         if not isinstance(img, dict):
             raise MaskFileError(f"{w}: expected an object")
-        image_id = _int(img, "id", w)
+        image_id = int_field(img, "id", w)
         if image_id in sizes:
             raise MaskFileError(f"{w}: duplicate image id {image_id}")
-        sizes[image_id] = (_int(img, "height", w), _int(img, "width", w))
+        sizes[image_id] = (int_field(img, "height", w), int_field(img, "width", w))
         entry = {"id": image_id, "height": sizes[image_id][0], "width": sizes[image_id][1]}
         if "file_name" in img:
             entry["file_name"] = img["file_name"]
@@ -164,7 +128,7 @@ def prepare_ground_truth(gt: MaskSource | Sequence[ImageRecord]) -> dict[str, An
         w = f"{where}: annotations[{i}]"
         if not isinstance(ann, dict):
             raise MaskFileError(f"{w}: expected an object")
-        image_id = _int(ann, "image_id", w)
+        image_id = int_field(ann, "image_id", w)
         if image_id not in sizes:
             raise MaskFileError(f'{w}: image_id {image_id} is not in "images"')
         seg = ann.get("segmentation")
@@ -237,7 +201,7 @@ def prepare_predictions(
     if isinstance(pred, (str, os.PathLike)):
         where = str(pred)
         path = Path(pred)
-        data: Any = load_sa1b_folder(path) if path.is_dir() else _read_json(path)
+        data: Any = load_sa1b_folder(path) if path.is_dir() else load_json(path)
     else:
         data = pred
     gt_ids = {img["id"] for img in gt["images"]}
@@ -273,9 +237,9 @@ def prepare_predictions(
             w = f"{where}: images[{i}]"
             if not isinstance(img, dict):
                 raise MaskFileError(f"{w}: expected an object")
-            pid = _int(img, "id", w)
+            pid = int_field(img, "id", w)
             if "height" in img and "width" in img:
-                sizes[pid] = (_int(img, "height", w), _int(img, "width", w))
+                sizes[pid] = (int_field(img, "height", w), int_field(img, "width", w))
             name = img.get("file_name")
             if by_name and name is not None:
                 gid = by_name.get(name, by_base.get(Path(name).name))
@@ -320,7 +284,7 @@ def prepare_predictions(
                 )
                 raise MaskFileError(f'{w}: missing field "{missing}"{hint}') from None
         if type(pid) is not int:
-            pid = _int(ann, "image_id", w)
+            pid = int_field(ann, "image_id", w)
         gid = pid if id_map is None else id_map.get(pid)
         if gid is None or gid not in gt_sizes:
             dropped += 1

@@ -41,6 +41,8 @@ __all__ = [
     "image_record_from_json",
     "read_jsonl",
     "validate_dataset",
+    "load_json",
+    "int_field",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,10 +55,20 @@ class MaskFileError(ValueError):
     """A mask file is malformed; the message names the file, the position and the field."""
 
 
-def _load_json(path: str | os.PathLike[str]) -> Any:
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file (orjson when installed: ~3x faster on large files, same values);
+    errors name the file, the line and the column."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    try:
+        import orjson
+
+        return orjson.loads(path.read_bytes())
+    except ImportError:
+        pass
+    except ValueError:  # invalid, NaN, huge ints: json gives the same errors or values as before
+        pass
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -76,7 +88,8 @@ def _check_rles(masks: Sequence[MaskRecord], where: Any) -> None:
         raise MaskFileError(str(exc)) from None
 
 
-def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
+def int_field(obj: dict[str, Any], key: str, where: str) -> int:
+    """``obj[key]`` as an int (integral floats accepted), or MaskFileError naming ``where``."""
     if key not in obj:
         raise MaskFileError(f'{where}: missing field "{key}"')
     value = obj[key]
@@ -188,11 +201,11 @@ def _parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
         w = f"{where}: images[{i}]"
         if not isinstance(img, dict):
             raise MaskFileError(f"{w}: expected an object")
-        image_id = _int_field(img, "id", w)
+        image_id = int_field(img, "id", w)
         if image_id in infos:
             raise MaskFileError(f"{w}: duplicate image id {image_id}")
-        _int_field(img, "height", w)
-        _int_field(img, "width", w)
+        int_field(img, "height", w)
+        int_field(img, "width", w)
         infos[image_id] = img
     per_image: dict[int, list[MaskRecord]] = {k: [] for k in infos}
     parsed: list[MaskRecord] = []
@@ -200,7 +213,7 @@ def _parse_coco_dataset(data: dict[str, Any], where: str) -> list[ImageRecord]:
         w = f"{where}: annotations[{i}]"
         if not isinstance(ann, dict):
             raise MaskFileError(f"{w}: expected an object")
-        image_id = _int_field(ann, "image_id", w)
+        image_id = int_field(ann, "image_id", w)
         if image_id not in infos:
             raise MaskFileError(f'{w}: image_id {image_id} is not in "images"')
         img = infos[image_id]
@@ -233,7 +246,7 @@ def load_coco_dataset(path: str | os.PathLike[str]) -> list[ImageRecord]:
     Raises:
         MaskFileError: naming the file, the list index and the field.
     """
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict):
         raise MaskFileError(
             f"{path}: expected a COCO dataset object, found a {type(data).__name__}"
@@ -256,7 +269,7 @@ def _parse_results(data: list[Any], where: str) -> list[MaskRecord]:
         w = f"{where}: [{i}]"
         if not isinstance(ann, dict):
             raise MaskFileError(f"{w}: expected an object, found {type(ann).__name__}")
-        _int_field(ann, "image_id", w)
+        int_field(ann, "image_id", w)
         seg = ann.get("segmentation")
         if isinstance(seg, list):
             raise MaskFileError(
@@ -274,7 +287,7 @@ def _parse_results(data: list[Any], where: str) -> list[MaskRecord]:
 
 def load_coco_results(path: str | os.PathLike[str]) -> list[MaskRecord]:
     """Read a COCO results list (RLE segmentations with scores)."""
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, list):
         raise MaskFileError(f"{path}: expected a COCO results list, found a {type(data).__name__}")
     return _parse_results(data, str(path))
@@ -301,9 +314,9 @@ def _parse_sam(data: dict[str, Any], where: str) -> ImageRecord:
     if not isinstance(img, dict):
         raise MaskFileError(f'{where}: missing object field "image" (is this an SA-1B / SAM JSON?)')
     key = "image_id" if "image_id" in img else "id"
-    image_id = _int_field(img, key, f"{where}: image")
-    h = _int_field(img, "height", f"{where}: image")
-    w = _int_field(img, "width", f"{where}: image")
+    image_id = int_field(img, key, f"{where}: image")
+    h = int_field(img, "height", f"{where}: image")
+    w = int_field(img, "width", f"{where}: image")
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
         raise MaskFileError(f'{where}: field "annotations" must be a list')
@@ -324,7 +337,7 @@ def _parse_sam(data: dict[str, Any], where: str) -> ImageRecord:
 
 def load_sam_json(path: str | os.PathLike[str]) -> ImageRecord:
     """Read one SA-1B / SAM-AMG per-image JSON."""
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict):
         raise MaskFileError(f'{path}: expected an object with "image" and "annotations"')
     return _parse_sam(data, str(path))
@@ -363,7 +376,7 @@ def load_mask_sets(path: str | os.PathLike[str]) -> list[ImageRecord]:
             image_record_from_json(d, where=f"{path}: line {i + 1}")
             for i, d in enumerate(read_jsonl(path))
         ]
-    data = _load_json(path)
+    data = load_json(path)
     if isinstance(data, list):
         grouped: dict[int, list[MaskRecord]] = {}
         for m in _parse_results(data, str(path)):
@@ -402,9 +415,9 @@ def image_record_from_json(data: dict[str, Any], *, where: str = "record") -> Im
     if not isinstance(data, dict) or not isinstance(data.get("image"), dict):
         raise MaskFileError(f'{where}: missing object field "image"')
     img = data["image"]
-    image_id = _int_field(img, "id", f"{where}: image")
-    h = _int_field(img, "height", f"{where}: image")
-    w = _int_field(img, "width", f"{where}: image")
+    image_id = int_field(img, "id", f"{where}: image")
+    h = int_field(img, "height", f"{where}: image")
+    w = int_field(img, "width", f"{where}: image")
     masks = []
     for i, ann in enumerate(data.get("annotations", [])):
         try:
