@@ -255,29 +255,32 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
-def load_train_config(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The TrainConfig and the whole record stored in ``RUN_DIR/train_config.json``.
+def load_train_config(
+    run_dir: str | os.PathLike[str], config_cls: type = TrainConfig, command: str = "unsam train"
+) -> tuple[Any, dict[str, Any]]:
+    """The training config (``config_cls``) and the whole record stored in
+    ``RUN_DIR/train_config.json`` by ``command``.
 
     Raises:
         FileNotFoundError / ValueError: missing or malformed file, naming it.
     """
     path = Path(run_dir) / "train_config.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file; is {run_dir} an `unsam train` run directory?"
-        )
+        raise FileNotFoundError(f"{path}: no such file; is {run_dir} an `{command}` run directory?")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         values = dict(record["train"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid train_config.json ({exc})") from None
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{path}: unknown TrainConfig fields {unknown}; written by a newer unsam?")
+        raise ValueError(
+            f"{path}: unknown {config_cls.__name__} fields {unknown}; written by a newer unsam?"
+        )
     if isinstance(values.get("lr_steps"), list):
         values["lr_steps"] = tuple(values["lr_steps"])
-    return TrainConfig(**values), record
+    return config_cls(**values), record
 
 
 def read_loss_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:

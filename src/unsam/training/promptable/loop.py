@@ -29,8 +29,6 @@ Several processes: ``torchrun --nproc_per_node N -m unsam.cli.main train-prompta
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -62,6 +60,7 @@ from unsam.training.loop import (
     _write_run_files,
     distributed_session,
     latest_checkpoint,
+    load_train_config,
     lr_factor,
     write_loss_plot,
 )
@@ -391,28 +390,15 @@ def load_promptable_train_config(
         FileNotFoundError / ValueError: missing or malformed file, naming it.
     """
     path = Path(run_dir) / "train_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file; is {run_dir} an `unsam train-promptable` run directory?"
-        )
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        values = dict(record["train"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a valid train_config.json ({exc})") from None
-    if record.get("model") != "promptable":
+        model = json.loads(path.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        model = "promptable"  # load_train_config names what is wrong with the file
+    if model != "promptable":
         raise ValueError(
             f"{path}: written by `unsam train` (whole-image model), not `unsam train-promptable`"
         )
-    names = {f.name for f in dataclasses.fields(PromptableTrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown PromptableTrainConfig fields {unknown}; written by a newer unsam?"
-        )
-    if isinstance(values.get("lr_steps"), list):
-        values["lr_steps"] = tuple(values["lr_steps"])
-    return PromptableTrainConfig(**values), record
+    return load_train_config(run_dir, PromptableTrainConfig, "unsam train-promptable")
 
 
 def _check_resume_config(saved: dict[str, Any], config: PromptableTrainConfig, where: Path) -> None:
