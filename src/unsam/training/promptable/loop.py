@@ -29,6 +29,7 @@ Several processes: ``torchrun --nproc_per_node N -m unsam.cli.main train-prompta
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
