@@ -147,8 +147,8 @@ def test_strict_loading_names_the_file_and_keys(tmp_path: Path, official_file) -
         CascadePSPRefiner.from_checkpoint(path)
     msg = str(info.value)
     assert msg.startswith(f"{path}: does not match the CascadePSP key table")
-    assert "1 missing: module.up_2.conv.2.bias" in msg
-    assert "1 unexpected: module.head.weight" in msg
+    assert "1 missing (e.g. module.up_2.conv.2.bias)" in msg
+    assert "1 unexpected (e.g. module.head.weight)" in msg
     assert "module.final_21.weight (1, 33, 1, 1) (expected (1, 32, 1, 1))" in msg
 
 

@@ -13,7 +13,13 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointFileError", "check_safetensors_file", "load_safetensors", "load_torch_file"]
+__all__ = [
+    "CheckpointFileError",
+    "check_safetensors_file",
+    "key_mismatch",
+    "load_safetensors",
+    "load_torch_file",
+]
 
 
 class CheckpointFileError(ValueError):
@@ -109,3 +115,20 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
             f"{path}: refused to load it: the {what} holds Python objects beyond tensors and plain "
             f"containers ({str(exc).splitlines()[0][:200] if str(exc) else 'unpickling error'})"
         ) from None
+
+
+def key_mismatch(
+    missing: list[str], unexpected: list[str], wrong_shape: list[str], examples: int = 3
+) -> str | None:
+    """``"2 missing (e.g. a, b); 1 unexpected (e.g. c)"`` for a strict key-table load, or None
+    when nothing is wrong. Every strict loader words its error with it."""
+    parts = []
+    for name, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", wrong_shape),
+    ):
+        if items:
+            more = ", ..." if len(items) > examples else ""
+            parts.append(f"{len(items)} {name} (e.g. {', '.join(items[:examples])}{more})")
+    return "; ".join(parts) or None

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unsam.io.checkpoints import key_mismatch
+
 __all__ = [
     "CASCADEPSP_WEIGHTS_ENV",
     "CASCADEPSP_WEIGHTS_HINT",
@@ -349,20 +351,10 @@ def load_official_weights(model: RefinementModule, path: str | os.PathLike[str])
         for fk, (k, _) in table.items()
         if k not in loaded and k not in present and not k.endswith("num_batches_tracked")
     ]
-    if missing or unexpected or bad_shape:
-        parts = []
-        for name, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", bad_shape),
-        ):
-            if items:
-                parts.append(
-                    f"{len(items)} {name}: {', '.join(items[:6])}"
-                    + (" ..." if len(items) > 6 else "")
-                )
+    problems = key_mismatch(missing, unexpected, bad_shape, examples=6)
+    if problems:
         raise ValueError(
-            f"{path}: does not match the CascadePSP key table ({'; '.join(parts)}); expected the "
+            f"{path}: does not match the CascadePSP key table ({problems}); expected the "
             "official weights file 'model' of segmentation-refinement 0.6"
         )
     # num_batches_tracked left out of the file keeps the module's value (0), as the original's

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unsam.io.checkpoints import key_mismatch
 from unsam.models.whole_image.config import backbone_module
 from unsam.models.whole_image.convert import official_target_names
 
@@ -296,17 +297,10 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
         for k in target
         if k not in mapped and k not in wrong and not k.endswith("num_batches_tracked")
     ]
-    if missing or unexpected or bad_shape:
-        parts = []
-        for name, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", bad_shape),
-        ):
-            if items:
-                parts.append(f"{len(items)} {name} (e.g. {', '.join(items[:3])})")
+    problems = key_mismatch(missing, unexpected, bad_shape)
+    if problems:
         raise ValueError(
-            f"{path}: does not fit the model's ResNet backbone: {'; '.join(parts)}; "
+            f"{path}: does not fit the model's ResNet backbone: {problems}; "
             "expected a ResNet-50 (dino_RN50_pretrain_d2_format.pkl, or torchvision names "
             "conv1.weight, bn1.*, layer1.0.conv1.weight, ...)"
         )
