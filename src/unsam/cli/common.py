@@ -23,6 +23,8 @@ __all__ = [
     "write_overlays",
     "run_folder",
     "run_training",
+    "add_training_arguments",
+    "config_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -350,3 +352,50 @@ def run_training(
             f"{result.model_dir}; loss curve: {Path(params[3]) / 'loss.png'}"
         )
     return 0
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Flags of ``unsam train`` / ``train-promptable``: data, run folder, resume, and one flag per
+    field of the training config ``config_cls``."""
+    from unsam.cli.args import add_config_arguments
+
+    g = parser.add_argument_group("data and run")
+    g.add_argument(
+        "--annotations", metavar="PSEUDO.json", help="COCO dataset JSON with the training masks"
+    )
+    g.add_argument(
+        "--images", metavar="DIR", help="folder the JSON's file_name values are relative to"
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder (checkpoints, loss curve, model)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its newest checkpoint",
+    )
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help=(
+            "skip missing or mis-sized images (listed in RUN_DIR/skipped_images.txt) instead of "
+            "stopping"
+        ),
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser.add_argument_group("training settings"), config_cls)
+
+
+def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The fields of ``config_cls`` the user set on the command line."""
+    import dataclasses
+
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(config_cls)
+        if hasattr(args, f.name)
+    }

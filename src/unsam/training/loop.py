@@ -1079,20 +1079,26 @@ def resolve_training_run(
     images: str | None,
     *,
     resume: bool,
-) -> tuple[TrainConfig, str, str]:
-    """The settings and data of a run: on ``resume`` of an existing run, its stored settings with
-    ``overrides`` applied and its stored data paths unless given; else ``TrainConfig(**overrides)``.
+    load: Callable[[Path], tuple[Any, dict[str, Any]]] = load_train_config,
+    new: Callable[[dict[str, Any]], Any] | None = None,
+) -> tuple[Any, str, str]:
+    """The settings and data of a run: on ``resume`` of an existing run, its stored settings
+    (``load(run_dir)``) with ``overrides`` applied and its stored data paths unless given; else
+    ``new(overrides)`` (default: :meth:`TrainConfig.for_model`, the model config's own defaults
+    under the user's flags). Shared by both trainers' CLIs.
 
     Raises:
         ValueError: no annotations / images for a new run.
     """
     run_dir = Path(run_dir)
     if resume and (run_dir / "train_config.json").is_file():
-        saved, record = load_train_config(run_dir)
+        saved, record = load(run_dir)
         config = dataclasses.replace(saved, **overrides)
         annotations = annotations or record.get("annotations")
         images = images or record.get("images")
-    else:  # a new run: the model config's own defaults (CONFIG_DEFAULTS) under the user's flags
+    elif new is not None:
+        config = new(dict(overrides))
+    else:
         values = dict(overrides)
         config = TrainConfig.for_model(str(values.pop("config", "r50")), **values)
     if not annotations or not images:
