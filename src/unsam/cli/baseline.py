@@ -8,12 +8,9 @@ from unsam.baselines import BaselineConfig, BaselineProducer
 from unsam.cli.args import add_config_arguments, config_from_args
 from unsam.cli.common import (
     add_run_arguments,
-    check_run_outputs,
-    list_inputs,
+    prepare_folder_run,
     run_folder,
-    run_outputs,
 )
-from unsam.runner import parse_shard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(BaselineConfig, args, method=args.method)
-    parse_shard(args.shard)  # bad flags fail before any work
-    listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(
-        args.images,
-        listing,
-        run_outputs(args),
-        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
-    )
+    listing = prepare_folder_run(args)  # bad flags and outputs fail before any work
     return run_folder(
         BaselineProducer(config), listing.images, listing.root, args, desc=args.method
     )

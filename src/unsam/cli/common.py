@@ -25,6 +25,7 @@ __all__ = [
     "run_training",
     "add_training_arguments",
     "config_values",
+    "prepare_folder_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -399,3 +400,20 @@ def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
         for f in dataclasses.fields(config_cls)
         if hasattr(args, f.name)
     }
+
+
+def prepare_folder_run(args: argparse.Namespace) -> ImageListing:
+    """What every folder command checks before loading a model: the shard flag, the image
+    listing, and outputs that would overwrite an input (``-o``, ``--overlay-dir``,
+    ``--binary-masks`` against the images and ``--image-ids-from``)."""
+    from unsam.runner import parse_shard
+
+    parse_shard(args.shard)
+    listing = list_inputs(args.images, recursive=args.recursive)
+    check_run_outputs(
+        args.images,
+        listing,
+        run_outputs(args),
+        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
+    )
+    return listing

@@ -12,17 +12,14 @@ from typing import Any
 from unsam.cli.args import add_config_arguments, config_from_args
 from unsam.cli.common import (
     add_run_arguments,
-    check_run_outputs,
-    list_inputs,
+    prepare_folder_run,
     run_folder,
-    run_outputs,
 )
 from unsam.conquer.region import ConquerConfig
 from unsam.divide.maskcut import MaskCutConfig
 from unsam.features.base import FeatureConfig
 from unsam.pipeline import DicoProducer, PipelineConfig
 from unsam.refine.crf import RefineConfig
-from unsam.runner import parse_shard
 
 NESTED = (
     ("feature", "feature_", FeatureConfig),
@@ -89,14 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
-    parse_shard(args.shard)  # bad flags fail before weights are loaded
-    listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(
-        args.images,
-        listing,
-        run_outputs(args),
-        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
-    )
+    listing = prepare_folder_run(args)  # bad flags and outputs fail before any work
     producer = DicoProducer(config)
     # load weights in this process first: errors surface at once, before any worker
     producer.setup()

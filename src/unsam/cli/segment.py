@@ -13,13 +13,10 @@ import argparse
 from unsam.cli.args import add_config_arguments, config_from_args
 from unsam.cli.common import (
     add_run_arguments,
-    check_run_outputs,
-    list_inputs,
+    prepare_folder_run,
     run_folder,
-    run_outputs,
 )
 from unsam.models.whole_image.segmenter import HUB_ID, SegmentConfig, SegmenterProducer
-from unsam.runner import parse_shard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()
     config = config_from_args(SegmentConfig, args)
-    parse_shard(args.shard)  # bad flags fail before the model is loaded
-    listing = list_inputs(args.images, recursive=args.recursive)
-    check_run_outputs(
-        args.images,
-        listing,
-        run_outputs(args),
-        extra_inputs=[args.image_ids_from] if args.image_ids_from else [],
-    )
+    listing = prepare_folder_run(args)  # bad flags and outputs fail before any work
     if args.model.startswith(
         "promptable:"
     ):  # the promptable model's point-grid AMG (PROMPTABLE.md §4)
