@@ -291,7 +291,8 @@ def test_train_flag_and_new_run_only(
     """``--backbone-init`` reaches TrainConfig; training applies it to a new run and not on
     --resume."""
     from tests.training.synthetic import make_shapes_dataset
-    from unsam.cli.train import _user_values, add_arguments
+    from unsam.cli.common import config_values
+    from unsam.cli.train import add_arguments
     from unsam.training import backbone_init
     from unsam.training.config import TrainConfig
     from unsam.training.loop import train
@@ -299,7 +300,10 @@ def test_train_flag_and_new_run_only(
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["-o", "run", "--backbone-init", "dino_RN50_pretrain_d2_format.pkl"])
-    assert TrainConfig(**_user_values(args)).backbone_init == "dino_RN50_pretrain_d2_format.pkl"
+    assert (
+        TrainConfig(**config_values(args, TrainConfig)).backbone_init
+        == "dino_RN50_pretrain_d2_format.pkl"
+    )
 
     path = _write_pkl(tmp_path / "tiny.pkl", _tiny_d2(tiny))
     calls: list[tuple[nn.Module, Path]] = []
