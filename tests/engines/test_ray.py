@@ -64,6 +64,27 @@ def local_ray():
     ray.shutdown()
 
 
+class SlowProducer(BaselineProducer):
+    """The felzenszwalb baseline, writing ``start ID`` to ``log``, sleeping ``seconds``, then
+    writing ``end ID`` when it returns its masks."""
+
+    def __init__(self, log: Path, seconds: float) -> None:
+        super().__init__(BaselineConfig(method="felzenszwalb"))
+        self.log = str(log)
+        self.seconds = seconds
+
+    def __call__(self, image, *, image_id):  # type: ignore[no-untyped-def]
+        import time
+
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(f"start {image_id}\n")
+        time.sleep(self.seconds)
+        masks = super().__call__(image, image_id=image_id)
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(f"end {image_id}\n")
+        return masks
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/data/images plus one file that is not an image (ids from listing order: 1..4)."""
@@ -181,6 +202,81 @@ def test_resume_after_the_driver_stops(local_ray, folder, reference, tmp_path):
     ids = {"astronaut.jpg": 1, "chelsea.png": 3, "coffee.jpg": 4}  # broken.jpg (2) never decodes
     assert _logged(log) == sorted(i for name, i in ids.items() if name not in stored)
     assert out.read_bytes() == reference
+
+
+def test_a_stopped_driver_leaves_no_work_running(local_ray, folder, reference, tmp_path):
+    """The driver stops while an actor is inside an image (the Ray this module started lives on):
+    the engine kills that work before it returns, so nothing is written after the call ends and
+    the interrupted image is done by the rerun."""
+    import time
+
+    out = tmp_path / "ray.json"
+    log = tmp_path / "calls.log"
+
+    def stop_after_first_row(done: int, total: int) -> None:
+        if done >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_images(
+            SlowProducer(log, seconds=4.0),
+            _images(folder),
+            folder,
+            out,
+            engine=RayEngine(num_workers=2),
+            progress=stop_after_first_row,
+        )
+    at_return = log.read_text().split("\n")
+    started = {line.split()[1] for line in at_return if line.startswith("start")}
+    ended = {line.split()[1] for line in at_return if line.startswith("end")}
+    assert started - ended, "no image was in flight when the driver stopped: nothing is tested"
+    shards_at_return = {p.name: p.read_bytes() for p in shard_dir_for(out).glob("*.jsonl")}
+    time.sleep(6.0)  # longer than one image: work left running would end by now
+    assert log.read_text().split("\n") == at_return
+    assert {p.name: p.read_bytes() for p in shard_dir_for(out).glob("*.jsonl")} == shards_at_return
+    rerun = SlowProducer(log, seconds=0.0)
+    result = run_images(rerun, _images(folder), folder, out, engine=RayEngine(num_workers=2))
+    assert result.images_done_now >= len(started - ended)
+    assert out.read_bytes() == reference
+
+
+class _Ticker:
+    """A Ray actor that registers itself like a worker, then appends a line to a file every ms."""
+
+    def __init__(self, registry) -> None:  # type: ignore[no-untyped-def]
+        from unsam.engines.ray_engine import _register
+
+        _register(registry)
+
+    def tick(self, path: str) -> None:
+        import time
+
+        while True:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write("tick\n")
+            time.sleep(0.001)
+
+
+def test_stop_actors_returns_once_the_actors_are_dead(local_ray, tmp_path):
+    """unsam.engines.ray_engine._stop_actors: when it returns, no registered actor runs any more
+    (ray.kill alone only asks Ray to kill; the process may go on for a moment)."""
+    import time
+
+    from unsam.engines.ray_engine import _ActorRegistry, _stop_actors
+
+    registry = ray.remote(num_cpus=0)(_ActorRegistry).remote()
+    path = tmp_path / "ticks.txt"
+    tickers = [ray.remote(num_cpus=0)(_Ticker).remote(registry) for _ in range(3)]
+    ray.get([t.__ray_ready__.remote() for t in tickers])
+    for t in tickers:
+        t.tick.remote(str(path))
+    while not path.exists() or path.stat().st_size < 3 * 5 * 100:  # each ticker is running
+        time.sleep(0.05)
+    _stop_actors(ray, registry)
+    size = path.stat().st_size
+    time.sleep(0.5)
+    assert path.stat().st_size == size
+    ray.kill(registry)
 
 
 def test_failures_are_retried_then_skipped(local_ray, folder, reference, tmp_path):

@@ -16,6 +16,12 @@ then the image is recorded as skipped with the reason. An actor that dies (a cra
 memory) is restarted by Ray and its image retried (``max_task_retries``); an image whose actor died
 ``attempts`` times is recorded as skipped too, so one bad image never stops a run.
 
+Stopping: when the driver stops before the end (Ctrl-C, an exception, or the caller closing the
+row iterator), the engine kills the run's actors and waits (up to 30 s) until they are gone before
+it returns, so no image is still being worked on, and no row is appended to a shard work file,
+after the call ends, even in a Ray cluster that outlives the call (a notebook, a long-lived
+cluster). Every actor registers itself with a small per-run registry actor for this.
+
 Ray is imported only when a :class:`RayEngine` is made (the ``[ray]`` extra:
 ``pip install "unsam[ray]"``). On a multi-node cluster, unsam must be installed on every node
 (same version), and every node must read the images at the paths the driver lists. The output's
@@ -136,6 +142,9 @@ class RayEngine:
             context.max_errored_blocks,
             context.print_on_execution_start,
         )
+        registry = ray.remote(num_cpus=0)(_ActorRegistry).remote()
+        finished = False
+        rows_iter: Iterator[dict[str, Any]] | None = None
         try:
             Path(shard_dir).mkdir(parents=True, exist_ok=True)
             workers = self._workers(ray, len(todo))
@@ -158,6 +167,7 @@ class RayEngine:
                         "header": header,
                         "attempts": self.attempts,
                         "threads": max(1, int(self.num_cpus_per_worker)),
+                        "registry": registry,
                     },
                     batch_size=1,
                     batch_format="numpy",
@@ -169,10 +179,17 @@ class RayEngine:
                     max_restarts=-1,
                     max_task_retries=self.attempts - 1,
                 )
+            rows_iter = iter(rows.iter_rows())
             yield from _collect(
-                rows.iter_rows(), todo, self.attempts, _DriverShard(Path(shard_dir), header)
+                rows_iter, todo, self.attempts, _DriverShard(Path(shard_dir), header)
             )
+            finished = True
         finally:
+            if not finished:
+                if rows_iter is not None and hasattr(rows_iter, "close"):
+                    rows_iter.close()  # Ray Data stops scheduling (it does not stop running work)
+                _stop_actors(ray, registry)
+            ray.kill(registry)
             (
                 context.enable_progress_bars,
                 context.max_errored_blocks,
@@ -267,6 +284,82 @@ class _DriverShard:
         append_line_durable(self.path, json.dumps(row, separators=(",", ":")))
 
 
+class _ActorRegistry:
+    """The actors of one run (a Ray actor, ``num_cpus=0``): each :class:`_RayWorker` adds itself
+    (its handle, host name and process id) when it starts, so the driver can kill them all when it
+    stops before the end."""
+
+    def __init__(self) -> None:
+        self._actors: dict[str, tuple[Any, str, int]] = {}
+
+    def add(self, actor_id: str, handle: Any, host: str, pid: int) -> None:
+        self._actors[actor_id] = (handle, host, pid)
+
+    def actors(self) -> list[tuple[Any, str, int]]:
+        return list(self._actors.values())
+
+
+def _register(registry: Any) -> None:
+    """Add the calling Ray actor to ``registry`` (waits, so it is listed before any work)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    ray.get(
+        registry.add.remote(
+            context.get_actor_id(), context.current_actor, socket.gethostname(), os.getpid()
+        )
+    )
+
+
+def _stop_actors(ray: Any, registry: Any, timeout: float = 30.0) -> None:
+    """Kill the actors ``registry`` holds and wait (≤ ``timeout`` s) until each is gone.
+
+    Ray reports an actor dead a moment before its process ends, so the processes on this host are
+    also waited for until they have exited; on other nodes Ray's report is all there is.
+    """
+    try:
+        actors = ray.get(registry.actors.remote(), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - stopping is best effort; the caller's error goes on
+        logger.warning("could not list this run's Ray actors to stop them: %s", exc)
+        return
+    deadline = time.monotonic() + timeout
+    for handle, _, _ in actors:
+        ray.kill(handle, no_restart=True)
+    gone = [handle.__ray_ready__.remote() for handle, _, _ in actors]  # fail once dead
+    _, alive = ray.wait(gone, num_returns=len(gone), timeout=timeout)
+    here = socket.gethostname()
+    pids = {pid for _, host, pid in actors if host == here and pid != os.getpid()}
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if _process_exists(pid)}
+        if pids:
+            time.sleep(0.01)
+    if alive or pids:
+        logger.warning(
+            "%d Ray actor(s) still alive %.0f s after being killed",
+            max(len(alive), len(pids)),
+            timeout,
+        )
+    else:
+        logger.info("stopped %d Ray actor(s)", len(actors))
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # it ended just now, or there is no /proc (macOS): os.kill decides
+        return not os.path.isdir("/proc/self")
+    except OSError:
+        return True
+
+
 def _shard_tag() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -275,9 +368,17 @@ class _RayWorker:
     """One Ray actor: the producer's models, loaded once, and this actor's shard work file."""
 
     def __init__(
-        self, producer: Any, shard_dir: str, header: dict[str, Any], attempts: int, threads: int
+        self,
+        producer: Any,
+        shard_dir: str,
+        header: dict[str, Any],
+        attempts: int,
+        threads: int,
+        registry: Any,
     ) -> None:
         from unsam import runner
+
+        _register(registry)
 
         runner._worker_init(producer, threads)
         if runner._WORKER_ERROR is not None:  # Ray Data replaces the actor, then gives up
