@@ -14,6 +14,7 @@ from unsam.records import (
     decode_rles,
     encode_mask,
     encode_masks,
+    encode_transposed_masks,
     normalize_rle,
     rle_iou_matrix,
 )
@@ -38,6 +39,17 @@ def test_encode_decode_round_trip_matches_pycocotools() -> None:
     ref = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     assert [r["counts"] for r in rles] == [r["counts"].decode() for r in ref]
     np.testing.assert_array_equal(decode_rle(encode_mask(masks[3])), masks[3])
+
+
+def test_transposed_masks_encode_to_the_same_rles() -> None:
+    """(N, W, H) masks stored transposed give the bytes encode_masks gives the (N, H, W) masks."""
+    masks = _random_masks(5, 23, 31, seed=4)
+    rles = encode_transposed_masks(np.ascontiguousarray(masks.transpose(0, 2, 1)))
+    assert rles == encode_masks(masks)
+    assert all(r["size"] == [23, 31] for r in rles)
+    assert encode_transposed_masks(np.zeros((0, 3, 2), dtype=bool)) == []
+    as_uint8 = masks.transpose(0, 2, 1).astype(np.uint8) * 7  # nonzero is foreground
+    assert encode_transposed_masks(as_uint8) == rles
 
 
 def test_area_and_bbox_are_derived_from_the_rle() -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "annotation_id",
     "encode_masks",
     "encode_mask",
+    "encode_transposed_masks",
     "decode_rle",
     "decode_rles",
     "normalize_rle",
@@ -73,6 +74,30 @@ def encode_masks(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
         rle = mask_utils.encode(np.asfortranarray(m)[:, :, None])[0]
         rle["counts"] = rle["counts"].decode("utf-8")
         rles.append(rle)
+    return rles
+
+
+def encode_transposed_masks(masks_t: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
+    """:func:`encode_masks` for masks stored transposed, in COCO RLE's own (column-major) order.
+
+    Args:
+        masks_t: (N, W, H) bool array, C-contiguous: ``masks_t[i].T`` is the i-th (H, W) mask.
+            Its (H, W, N) transpose is Fortran-ordered, what pycocotools encodes, so the whole
+            stack is encoded in one call with no copy.
+
+    Returns:
+        N dicts ``{"size": [H, W], "counts": str}``.
+    """
+    masks_t = np.ascontiguousarray(masks_t)
+    if masks_t.ndim != 3:
+        raise ValueError(f"masks_t must be (N, W, H), got shape {masks_t.shape}")
+    if masks_t.shape[0] == 0:
+        return []
+    if masks_t.dtype != np.bool_:
+        masks_t = masks_t != 0
+    rles = mask_utils.encode(masks_t.view(np.uint8).transpose(2, 1, 0))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")
     return rles
 
 

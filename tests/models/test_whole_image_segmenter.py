@@ -103,13 +103,14 @@ def test_postprocess_rejects_bad_shapes() -> None:
 def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
     """Large image, many queries: no tensor larger than chunk_size x H x W is ever created."""
     sizes: list[int] = []
+    resize = segmenter._resize_transposed
 
-    def interpolate(*args, **kwargs):
-        out = F.interpolate(*args, **kwargs)
+    def recording(low, *args, **kwargs):
+        out = resize(low, *args, **kwargs)
         sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(segmenter, "F", types.SimpleNamespace(interpolate=interpolate))
+    monkeypatch.setattr(segmenter, "_resize_transposed", recording)
     g = torch.Generator().manual_seed(0)
     q, chunk = 300, 4
     image_hw = (1500, 2000)  # resized to (1024, 1365), padded to (1024, 1376)
@@ -123,9 +124,37 @@ def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
         chunk_size=chunk,
     )
     assert len(out.rles) == 40 and out.rles[0]["size"] == [1500, 2000]
-    assert len(sizes) == 2 * 10  # two resizes per chunk, 40 / 4 chunks
+    assert len(sizes) == 10  # 40 / 4 chunks
     assert max(sizes) <= chunk * 1500 * 2000
     assert max(sizes) * 50 < q * 1500 * 2000  # the original would hold all 300 queries at full size
+
+
+@pytest.mark.parametrize(
+    ("low_hw", "padded_hw", "valid_hw", "image_hw"),
+    [
+        ((24, 32), (96, 128), (90, 121), (137, 181)),  # upscale after the crop
+        ((256, 344), (1024, 1376), (1024, 1365), (768, 1024)),  # the benchmark's downscale
+        ((16, 16), (64, 64), (64, 64), (64, 64)),  # no crop, no second resize
+        ((8, 30), (32, 120), (31, 101), (7, 300)),  # mixed: down in y, up in x
+        ((5, 5), (20, 20), (17, 3), (1, 1)),  # one pixel
+    ],
+)
+def test_banded_resize_equals_two_interpolations(low_hw, padded_hw, valid_hw, image_hw) -> None:
+    """The banded-matrix resize equals F.interpolate to the padded size, crop, F.interpolate to
+    the image (the original's order), transposed, up to float rounding."""
+    g = torch.Generator().manual_seed(sum(low_hw))
+    low = torch.randn(3, *low_hw, generator=g) * 5
+    ref = F.interpolate(low[None], size=padded_hw, mode="bilinear", align_corners=False)
+    ref = ref[:, :, : valid_hw[0], : valid_hw[1]]
+    if tuple(valid_hw) != tuple(image_hw):
+        ref = F.interpolate(ref, size=image_hw, mode="bilinear", align_corners=False)
+    blocks = [
+        segmenter._resize_blocks(n, p, v, o, device=low.device, block=16)
+        for n, p, v, o in zip(low_hw, padded_hw, valid_hw, image_hw)
+    ]
+    out = segmenter._resize_transposed(low, *blocks, image_hw)
+    assert out.shape == (3, image_hw[1], image_hw[0])
+    torch.testing.assert_close(out.transpose(1, 2), ref[0], rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("hw", [(64, 96), (96, 64)])
@@ -309,13 +338,13 @@ def test_stability_score_is_sams_rule_on_the_upsampled_logits() -> None:
 
 def test_chunks_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = segmenter.encode_masks
+    real = segmenter.encode_transposed_masks
 
     def spy(masks):  # type: ignore[no-untyped-def]
         seen.append(len(masks))
         return real(masks)
 
-    monkeypatch.setattr(segmenter, "encode_masks", spy)
+    monkeypatch.setattr(segmenter, "encode_transposed_masks", spy)
     class_logits = torch.zeros(10, 2)
     postprocess_masks(
         class_logits,
@@ -324,6 +353,7 @@ def test_chunks_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
         valid_hw=(32, 32),
         image_hw=(100, 100),
         chunk_size=16,
-        chunk_bytes=12 * 100 * 100 * 3,
+        chunk_bytes=3 * (12 * 100 * 100 + 4 * 100 * 8) + 1,
     )
-    assert seen == [3, 3, 3, 1]  # 3 masks of 12 bytes x 100 x 100 fit in the budget
+    # a mask costs 12 bytes x 100 x 100 at full size + the (100, 8) row-resized floats: 3 fit
+    assert seen == [3, 3, 3, 1]

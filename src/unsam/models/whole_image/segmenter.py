@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from unsam.config import config_to_dict, param
 from unsam.masks import greedy_nms
 from unsam.models.whole_image.config import IMAGE_MEAN, IMAGE_STD, preprocess, resized_hw
-from unsam.records import MaskRecord, annotation_id, encode_masks, rle_iou_matrix
+from unsam.records import MaskRecord, annotation_id, encode_transposed_masks, rle_iou_matrix
 
 __all__ = [
     "HUB_ID",
@@ -105,8 +105,9 @@ class SegmentConfig:
     chunk_megabytes: int = param(
         1024,
         "memory cap of one upsampling chunk: masks per chunk = max(1, min(chunk_size, "
-        "chunk_megabytes * 2**20 // (12 * H * W))); peak memory of the post-processing is about "
-        "max(chunk_megabytes MiB, 12 * H * W bytes) on top of the model's",
+        "chunk_megabytes * 2**20 // (12 * H * W + 4 * H * w))), w the mask logits' width (1/4 "
+        "of the model input's); peak memory of the post-processing is about "
+        "max(chunk_megabytes MiB, 12 * H * W + 4 * H * w bytes) on top of the model's",
     )
     device: str = param(
         "cpu", "torch device for the model and the upsampling, e.g. cpu, cuda, cuda:1, mps"
@@ -221,8 +222,7 @@ def postprocess_masks(
     if chunk_size < 1 or max_masks < 1:
         raise ValueError(f"chunk_size and max_masks must be >= 1, got {chunk_size} and {max_masks}")
     if chunk_bytes is not None:
-        per_mask = 12 * int(image_hw[0]) * int(image_hw[1])
-        chunk_size = max(1, min(chunk_size, int(chunk_bytes) // max(per_mask, 1)))
+        chunk_size = _chunk_for(chunk_size, chunk_bytes, image_hw, mask_logits.shape[-1])
     fg_prob = class_logits.float().softmax(-1)[:, 0]
     k = min(int(max_masks), int(fg_prob.shape[0]))
     top_prob, top_idx = fg_prob.topk(k, sorted=True)
@@ -269,8 +269,7 @@ def postprocess_top_masks(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if chunk_bytes is not None:
-        per_mask = 12 * int(image_hw[0]) * int(image_hw[1])
-        chunk_size = max(1, min(chunk_size, int(chunk_bytes) // max(per_mask, 1)))
+        chunk_size = _chunk_for(chunk_size, chunk_bytes, image_hw, top.mask_logits.shape[-1])
     masks = top.mask_logits
     return _score_top_masks(
         top.class_probs,
@@ -284,9 +283,73 @@ def postprocess_top_masks(
     )
 
 
+def _chunk_for(chunk_size: int, chunk_bytes: int, image_hw: tuple[int, int], low_width: int) -> int:
+    """Queries per chunk so that one chunk fits in ``chunk_bytes`` (at least one): a mask costs
+    ``12*H*W + 4*H*w`` bytes (float logits, bool masks; the row-resized (H, w) floats)."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    per_mask = 12 * h * w + 4 * h * int(low_width)
+    return max(1, min(chunk_size, int(chunk_bytes) // max(per_mask, 1)))
+
+
 def _count_true(masks: npt.NDArray[np.bool_]) -> torch.Tensor:
-    """(n,) int64 number of True pixels of each (H, W) mask (numpy's popcount; no int64 copy)."""
+    """(n,) int64 number of True pixels of each mask (numpy's popcount; no int64 copy)."""
     return torch.tensor([np.count_nonzero(m) for m in masks], dtype=torch.int64)
+
+
+def _resize_blocks(
+    n_in: int, n_pad: int, n_valid: int, n_out: int, *, device: torch.device, block: int = 64
+) -> list[tuple[int, int, int, int, torch.Tensor]]:
+    """The original's two bilinear resizes along one axis as one banded matrix, in row blocks.
+
+    The original upsamples the 1/4-resolution logits to the padded input (``n_in -> n_pad``),
+    keeps the first ``n_valid`` (the image inside the padding) and resizes them to the image
+    (``n_valid -> n_out``), both ``align_corners=False``. Bilinear resizing is separable and
+    linear, so along one axis the whole chain is one (n_out, n_in) matrix ``M`` (made by resizing
+    the identity the same way) with at most 4 nonzeros a row, in a diagonal band. It is cut into
+    blocks of ``block`` output rows, each with the input range it reads.
+
+    Returns:
+        ``[(out_start, out_stop, in_start, in_stop, weights)]``, weights float32
+        (out_stop - out_start, in_stop - in_start) on ``device``.
+    """
+    eye = torch.eye(n_in, dtype=torch.float32)[:, None, :]
+    m = F.interpolate(eye, size=n_pad, mode="linear", align_corners=False)[..., :n_valid]
+    if n_valid != n_out:
+        m = F.interpolate(m, size=n_out, mode="linear", align_corners=False)
+    m = m[:, 0, :].T.contiguous()  # (n_out, n_in)
+    blocks = []
+    for start in range(0, n_out, block):
+        stop = min(start + block, n_out)
+        cols = (m[start:stop] != 0).any(0).nonzero()[:, 0]
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
+        blocks.append((start, stop, lo, hi, m[start:stop, lo:hi].contiguous().to(device)))
+    return blocks
+
+
+def _resize_transposed(
+    low: torch.Tensor,
+    rows: list[tuple[int, int, int, int, torch.Tensor]],
+    cols: list[tuple[int, int, int, int, torch.Tensor]],
+    image_hw: tuple[int, int],
+) -> torch.Tensor:
+    """The original's upsample-crop-resize of (n, h, w) logits, returned transposed: (n, W, H).
+
+    ``out[i, x, y]`` is the full-resolution logit of mask ``i`` at pixel (y, x): each mask's
+    pixels in column-major order, the order COCO RLE runs in. Computed as ``R @ X @ C.T`` with
+    the banded matrices of :func:`_resize_blocks`, block by block (a few small matrix products
+    instead of a (n, H', W') padded-size intermediate); equal to ``F.interpolate`` twice up to
+    float rounding (~1e-6).
+    """
+    n = low.shape[0]
+    h_out, w_out = int(image_hw[0]), int(image_hw[1])
+    by_rows = low.new_empty((n, h_out, low.shape[2]))
+    for start, stop, lo, hi, weights in rows:
+        torch.matmul(weights, low[:, lo:hi, :], out=by_rows[:, start:stop, :])
+    by_rows_t = by_rows.transpose(1, 2)  # (n, w, H)
+    out = low.new_empty((n, w_out, h_out))
+    for start, stop, lo, hi, weights in cols:
+        torch.matmul(weights, by_rows_t[:, lo:hi, :], out=out[:, start:stop, :])
+    return out
 
 
 def _score_top_masks(
@@ -302,30 +365,29 @@ def _score_top_masks(
 ) -> ScoredMasks:
     """Upsample, binarise, score and encode the masks ``rows(start, stop)`` chunk by chunk."""
     k = int(top_idx.shape[0])
-    vh, vw = int(valid_hw[0]), int(valid_hw[1])
     out_hw = (int(image_hw[0]), int(image_hw[1]))
     scores: list[torch.Tensor] = []
     areas: list[torch.Tensor] = []
     stability: list[torch.Tensor] = []
     rles: list[dict[str, Any]] = []
+    resize: tuple[list[Any], list[Any]] | None = None
     for start in range(0, k, chunk_size):
-        logits = F.interpolate(
-            rows(start, start + chunk_size).float()[None],
-            size=tuple(int(v) for v in padded_hw),
-            mode="bilinear",
-            align_corners=False,
-        )[:, :, :vh, :vw]
-        if (vh, vw) != out_hw:
-            logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-        logits = logits[0]
+        low = rows(start, start + chunk_size).float()
+        if resize is None:
+            resize = tuple(  # type: ignore[assignment]
+                _resize_blocks(n, int(p), int(v), o, device=low.device)
+                for n, p, v, o in zip(low.shape[1:], padded_hw, valid_hw, out_hw)
+            )
+        logits = _resize_transposed(low, *resize, out_hw)  # (n, W, H)
+        del low
         binary = logits > mask_threshold
         binary_np = binary.cpu().numpy()
         area = _count_true(binary_np)
         # SAM's stability score (offset 1.0 in logit units): the high mask lies inside the low one
         high = _count_true((logits > mask_threshold + 1.0).cpu().numpy())
-        low = _count_true((logits > mask_threshold - 1.0).cpu().numpy())
+        low_count = _count_true((logits > mask_threshold - 1.0).cpu().numpy())
         stability.append(
-            torch.where(low > 0, high.double() / low.clamp(min=1).double(), 1.0).float()
+            torch.where(low_count > 0, high.double() / low_count.clamp(min=1).double(), 1.0).float()
         )
         # in place: no second full-size float tensor (masked_fill_ needs no float copy of the mask)
         inside = logits.sigmoid_().masked_fill_(~binary, 0.0).flatten(1).sum(1).cpu()
@@ -334,7 +396,7 @@ def _score_top_masks(
             top_prob[start : start + chunk_size].cpu() * inside / (area.to(inside.dtype) + 1e-6)
         )
         areas.append(area)
-        rles.extend(encode_masks(binary_np))
+        rles.extend(encode_transposed_masks(binary_np))
         del binary_np
     return ScoredMasks(
         query_indices=top_idx.cpu().numpy().astype(np.int64),
@@ -357,13 +419,14 @@ def memory_bound_bytes(
 ) -> int:
     """Upper bound of the memory one image needs beyond the loaded model (documented formula).
 
-    ``peak <= model_bytes + 3*H*W + 4*3*S*L*2 + 4*Q*(S/4)*(L/4) + max(chunk_megabytes MiB, 12*H*W)
-    + 192 MiB``
+    ``peak <= model_bytes + 3*H*W + 4*3*S*L*2 + 4*Q*(S/4)*(L/4)
+    + max(chunk_megabytes MiB, 12*H*W + 4*H*L/4) + 192 MiB``
 
     with S x L the padded model input (``max_size``-bounded), Q the queries, H x W the photo:
     the RGB photo held while post-processing, the normalised input (and one resize copy), the
     1/4-resolution mask logits of every query, one full-resolution upsampling chunk (12 bytes a
-    pixel: float logits, sigmoid, bool), and allocator slack. ``model_bytes`` is the activation
+    pixel: float logits, bool masks; plus the (H, L/4) row-resized floats of a mask), and
+    allocator slack. ``model_bytes`` is the activation
     memory of one forward pass at ``max_size``, which depends on the model (the caller measures or
     bounds it; tests/memory uses the tiny model). The number of kept masks does not appear: masks
     leave the chunk as RLE.
@@ -372,7 +435,7 @@ def memory_bound_bytes(
     side = (config.max_size or 2048) + 32  # padded to the size divisibility
     input_bytes = 4 * 3 * side * side * 2
     logits_bytes = 4 * num_queries * (side // 4) ** 2
-    chunk = max(config.chunk_megabytes << 20, 12 * h * w)
+    chunk = max(config.chunk_megabytes << 20, 12 * h * w + 4 * h * (side // 4))
     return int(model_bytes + 3 * h * w + input_bytes + logits_bytes + chunk + (192 << 20))
 
 
