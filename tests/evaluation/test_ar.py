@@ -140,6 +140,37 @@ def test_images_without_predictions_still_count(tmp_path: Path) -> None:
     assert m["AR@1000"] == pytest.approx(0.5) and m["images"] == 2
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_paused_then_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """evaluate() runs with the cyclic GC off (a third of its time on large inputs) and leaves it
+    as it found it, also when it raises."""
+    import gc
+
+    from unsam.evaluation import ar
+
+    gt, masks = _toy_gt(tmp_path)
+    pred = [{"image_id": 1, "category_id": 1, "segmentation": encode_mask(masks[0]), "score": 0.9}]
+    seen: list[bool] = []
+    real = ar._evaluate
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ar, "_evaluate", spy)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert evaluate(gt, pred)["AR@1000"] == pytest.approx(0.5)
+        assert seen == [False] and gc.isenabled() is enabled
+        with pytest.raises(MaskFileError):
+            evaluate(gt, [{"image_id": 1}])
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
 def test_pseudo_label_dataset_matched_by_file_name(tmp_path: Path) -> None:
     gt, masks = _toy_gt(tmp_path)
     # a pseudo-label dataset with other image ids and no scores: matched by file name, score 1.0

@@ -12,6 +12,7 @@ ground-truth dict and the same results list, so their numbers agree to float pre
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import math
@@ -396,15 +397,35 @@ def evaluate(
     if not max_dets or sorted(max_dets) != max_dets or max_dets[0] < 1:
         raise ValueError(f"max_dets must be ascending positive integers, got {max_dets}")
     t0 = time.perf_counter()
-    gt_dict = prepare_ground_truth(gt)
-    results, counts = prepare_predictions(pred, gt_dict, iou_type=iou_type)
+    with _cyclic_gc_paused():
+        gt_dict = prepare_ground_truth(gt)
+        results, counts = prepare_predictions(pred, gt_dict, iou_type=iou_type)
+        try:
+            return _evaluate(gt_dict, results, counts, max_dets, iou_type, backend, t0, workers)
+        except (RuntimeError, ValueError):
+            # faster-coco-eval validates RLE strings but names no file: find the culprit
+            _raise_malformed_rle(gt, gt_dict["annotations"], lambda k: f"{gt}: annotations[{k}]")
+            _raise_malformed_rle(pred, results, counts["where"])
+            raise
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Any:
+    """Python's cyclic garbage collector paused for the block (as it was, after).
+
+    Evaluation builds about ten small objects per mask (parsed JSON, results, indexes), none of
+    them in a reference cycle: reference counting frees them all. Left on, the collector's full
+    passes walk every one of them and every object the caller holds: a third of the time on
+    130k masks when the caller holds as many (benchmarks/eval_speed.py). Cycles made meanwhile
+    are collected once it is back on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        return _evaluate(gt_dict, results, counts, max_dets, iou_type, backend, t0, workers)
-    except (RuntimeError, ValueError):
-        # faster-coco-eval validates RLE strings but names no file: find the culprit
-        _raise_malformed_rle(gt, gt_dict["annotations"], lambda k: f"{gt}: annotations[{k}]")
-        _raise_malformed_rle(pred, results, counts["where"])
-        raise
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _raise_malformed_rle(source: Any, entries: list[dict[str, Any]], where: Any) -> None:
