@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np
 import torch
-from common import write_result
+from common import peak_rss_bytes, write_result
 from torch import nn
 
 from unsam.refine.cascadepsp import (
@@ -55,7 +54,7 @@ VARIANTS = {
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_bytes() / 2**20
 
 
 def _random_model(seed: int = 0) -> RefinementModule:

@@ -16,6 +16,29 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory, in bytes, since it started.
+
+    Linux's ``VmHWM`` (/proc/self/status) belongs to the address space, which ``exec`` replaces:
+    it starts afresh in a child process. ``getrusage().ru_maxrss`` does not: a child started by
+    ``subprocess`` (fork + exec) inherits there the RSS its parent had at the fork, so a small
+    child of a large parent would report the parent's size. Falls back to ``ru_maxrss`` where
+    there is no /proc (macOS reports bytes, Linux KiB).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def time_it(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, Any]:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs; and its
     last result."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np
 import torch
-from common import write_result
+from common import peak_rss_bytes, write_result
 from PIL import Image
 
 from unsam.divide.cutler import (
@@ -90,7 +89,7 @@ def main() -> None:
         num = len(dets)
         for key, value in detector.last_timings.items():
             steps.setdefault(key, []).append(value)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mb = peak_rss_bytes() / 2**20
     result = {
         "image_hw": [args.height, args.width],
         "network_input_hw": [-(-v // 32) * 32 for v in resize_shape(image.shape[:2], 800, 1333)],

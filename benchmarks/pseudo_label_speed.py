@@ -7,7 +7,7 @@ Usage:
 DINO weights cannot be downloaded here, so ViT-S/8 and ViT-B/8 are random-initialised with DINO's
 shapes (saved to a temporary HF folder and loaded through the real loading code); their timings are
 those of the real models (the masks are meaningless). Each architecture runs in its own process
-so its peak resident memory (ru_maxrss) is its own. Targets on 2 cores: ViT-S/8 <= 10 s,
+so its peak resident memory (VmHWM) is its own. Targets on 2 cores: ViT-S/8 <= 10 s,
 ViT-B/8 <= 30 s per image, <= 4 GiB resident per worker.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, write_result  # noqa: E402
+from common import REPO, peak_rss_bytes, write_result  # noqa: E402
 
 ARCHS = {
     "vits8": (384, 6, 8),
@@ -123,7 +122,7 @@ def child(arch: str, repeats: int, refine: str) -> dict:
                 )
             )
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_bytes() / 2**30
     out["image_hw"] = list(image.shape[:2])
     out["threads"] = torch.get_num_threads()
     return out

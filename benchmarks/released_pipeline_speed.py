@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, write_result
+from common import REPO, peak_rss_bytes, write_result
 
 VARIANTS = {"fp32": {"dtype": "float32"}, "bf16": {"dtype": "bfloat16"}}
 
@@ -181,7 +180,7 @@ def child(variant: str, size: int, max_regions: int, save_masks: str | None) -> 
         "refine": t["refine"],
         "divide_masks": sum(r.level == 0 for r in records),
         "masks": len(records),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": peak_rss_bytes() / 2**30,
     }
     if save_masks:  # for --agreement: the records of this variant
         np.save(

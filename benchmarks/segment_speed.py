@@ -41,7 +41,6 @@ Usage: .venv/bin/python benchmarks/segment_speed.py [--repeats 3] [--reference-r
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -53,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from common import write_result
+from common import peak_rss_bytes, write_result
 
 from unsam.models.whole_image import build_model, freeze_batchnorm
 from unsam.models.whole_image.segmenter import (
@@ -65,8 +64,8 @@ from unsam.models.whole_image.segmenter import (
 
 
 def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process so far, MiB."""
+    return peak_rss_bytes() / 2**20
 
 
 def _current_rss_mib() -> float:
@@ -185,24 +184,26 @@ def memory_check(h: int = 3000, w: int = 4000, max_masks: int = 100) -> dict:
     import subprocess
 
     code = (
-        "import resource, sys, time, numpy as np, torch\n"
+        "import sys, time, numpy as np, torch\n"
         f"sys.path.insert(0, {str(REPO / 'src')!r})\n"
+        f"sys.path.insert(0, {str(REPO / 'benchmarks')!r})\n"
+        "from common import peak_rss_bytes\n"
         "from unsam.models.whole_image import build_model\n"
         "from unsam.models.whole_image.segmenter import SegmentConfig, WholeImageSegmenter\n"
         "torch.manual_seed(0)\n"
         f"seg = WholeImageSegmenter(build_model('r50'), SegmentConfig(max_masks={max_masks}))\n"
         f"img = np.random.default_rng(0).integers(0, 256, size=({h}, {w}, 3), dtype=np.uint8)\n"
         "t0 = time.perf_counter(); n = len(seg(img)); dt = time.perf_counter() - t0\n"
-        "print(n, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(n, dt, peak_rss_bytes())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    n, secs, kib = out.stdout.split()[-3:]
+    n, secs, peak = out.stdout.split()[-3:]
     return {
         "image_hw": [h, w],
         "max_masks": max_masks,
         "masks": int(n),
         "seconds": float(secs),
-        "peak_rss_gib": int(kib) / 2**20,
+        "peak_rss_gib": int(peak) / 2**30,
     }
 
 

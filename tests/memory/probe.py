@@ -3,9 +3,11 @@ tests).
 
 Usage: python -m tests.memory.probe IMAGE_H IMAGE_W OUT_DIR -- unsam-args...
 The image is synthetic (smooth colour regions + noise); ``{image}`` in the args is replaced by its
-path. ``base`` is the peak RSS after the imports (torch, transformers, unsam) and the image are in
-memory, ``peak`` the peak RSS at the end; the test compares ``peak - base`` with the documented
-formula.
+path. ``base`` is the RSS once the imports (torch, transformers, unsam) and the image are in
+memory, ``peak`` the peak RSS of the command after that; the test compares ``peak - base`` with the
+documented formula. Both come from /proc/self/status (``VmRSS``, ``VmHWM``), and the peak is reset
+to the base (``/proc/self/clear_refs``) just before the command, so neither the RSS the parent had
+when it started this process nor the making of the synthetic photo counts.
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.common import peak_rss_bytes
+
 
 def _rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """Current resident memory (VmRSS), bytes."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _reset_peak() -> None:
+    """Set the peak (VmHWM) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
 
 
 def main() -> None:
@@ -47,11 +59,12 @@ def main() -> None:
     from unsam.io.images import load_image
 
     load_image(path)  # the image itself: part of the base, as every command holds it
+    _reset_peak()
     base = _rss_bytes()
     code = unsam_main(
         [a.replace("{image}", str(path)).replace("{dir}", str(path.parent)) for a in args]
     )
-    print(json.dumps({"code": code, "base": base, "peak": _rss_bytes(), "h": h, "w": w}))
+    print(json.dumps({"code": code, "base": base, "peak": peak_rss_bytes(), "h": h, "w": w}))
 
 
 if __name__ == "__main__":
