@@ -9,11 +9,13 @@ threshold.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 __all__ = [
@@ -21,6 +23,9 @@ __all__ = [
     "MASK_RESIZE_RULES",
     "resize_mask",
     "resize_image",
+    "LogitResizePlan",
+    "logit_resize_plan",
+    "resize_logits_transposed",
     "mask_iou",
     "greedy_nms",
     "box_iou_matrix",
@@ -105,6 +110,96 @@ def resize_image(
     return np.array(
         Image.fromarray(image).resize((w, h), resample)
     )  # writable (C code may need it)
+
+
+#: One axis of a :class:`LogitResizePlan`: ``[(out_start, out_stop, in_start, in_stop, weights)]``.
+AxisBlocks = list[tuple[int, int, int, int, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LogitResizePlan:
+    """Mask-logit resizing upsample -> crop -> resize, as one banded matrix per axis.
+
+    Made by :func:`logit_resize_plan`, applied by :func:`resize_logits_transposed`.
+
+    Attributes:
+        rows: the (H, h) matrix of the row axis, in blocks of output rows.
+        cols: the (W, w) matrix of the column axis, in blocks of output columns.
+        out_hw: (H, W).
+    """
+
+    rows: AxisBlocks
+    cols: AxisBlocks
+    out_hw: tuple[int, int]
+
+
+def _axis_blocks(
+    n_in: int, n_pad: int, n_valid: int, n_out: int, device: torch.device | str, block: int
+) -> AxisBlocks:
+    """One axis of :func:`logit_resize_plan`: the chain applied to the identity, in row blocks,
+    each with the input range it reads (at most 4 nonzeros a row, in a diagonal band)."""
+    eye = torch.eye(n_in, dtype=torch.float32)[:, None, :]
+    m = F.interpolate(eye, size=n_pad, mode="linear", align_corners=False)[..., :n_valid]
+    if n_valid != n_out:
+        m = F.interpolate(m, size=n_out, mode="linear", align_corners=False)
+    m = m[:, 0, :].T.contiguous()  # (n_out, n_in)
+    blocks = []
+    for start in range(0, n_out, block):
+        stop = min(start + block, n_out)
+        cols = (m[start:stop] != 0).any(0).nonzero()[:, 0]
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
+        blocks.append((start, stop, lo, hi, m[start:stop, lo:hi].contiguous().to(device)))
+    return blocks
+
+
+def logit_resize_plan(
+    low_hw: Sequence[int],
+    padded_hw: Sequence[int],
+    valid_hw: Sequence[int],
+    out_hw: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    block: int = 64,
+) -> LogitResizePlan:
+    """Plan the mask-logit resize of Mask2Former-style models as banded matrices.
+
+    The models predict mask logits at ``low_hw`` (1/4 of the padded input); the originals
+    upsample them bilinearly to the padded input ``padded_hw``, keep the top-left ``valid_hw``
+    (the image inside the padding) and resize that bilinearly to the image ``out_hw`` (skipped
+    when equal), all ``align_corners=False``. Bilinear resizing is separable and linear, so along
+    each axis the chain is one matrix (made by sending the identity through the same
+    ``F.interpolate`` calls) with at most 4 nonzeros a row. Each is cut into blocks of ``block``
+    output rows with the input range each block reads, so that applying it costs a few small
+    matrix products per mask instead of a padded-size intermediate.
+    """
+    rows = _axis_blocks(
+        int(low_hw[0]), int(padded_hw[0]), int(valid_hw[0]), int(out_hw[0]), device, block
+    )
+    cols = _axis_blocks(
+        int(low_hw[1]), int(padded_hw[1]), int(valid_hw[1]), int(out_hw[1]), device, block
+    )
+    return LogitResizePlan(rows, cols, (int(out_hw[0]), int(out_hw[1])))
+
+
+def resize_logits_transposed(low: torch.Tensor, plan: LogitResizePlan) -> torch.Tensor:
+    """Resize (n, h, w) float logits by ``plan``; returned transposed, (n, W, H).
+
+    ``out[i, x, y]`` is the logit of mask ``i`` at pixel (y, x): each mask's pixels in
+    column-major order, the order COCO RLE runs in (so :func:`unsam.records.encode_transposed_masks`
+    encodes them with no copy). Equal to the two ``F.interpolate`` calls and the crop up to float
+    rounding (~1e-6; tests/models/test_whole_image_segmenter.py). Memory: the output plus the
+    (n, H, w) row-resized logits.
+    """
+    n = low.shape[0]
+    h_out, w_out = plan.out_hw
+    by_rows = low.new_empty((n, h_out, low.shape[2]))
+    for start, stop, lo, hi, weights in plan.rows:
+        torch.matmul(weights, low[:, lo:hi, :], out=by_rows[:, start:stop, :])
+    by_rows_t = by_rows.transpose(1, 2)  # (n, w, H)
+    out = low.new_empty((n, w_out, h_out))
+    for start, stop, lo, hi, weights in plan.cols:
+        torch.matmul(weights, by_rows_t[:, lo:hi, :], out=out[:, start:stop, :])
+    return out
 
 
 def mask_iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:

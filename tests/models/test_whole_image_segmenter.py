@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.reference.mask2former_inference import instance_inference_naive
+from unsam.masks import logit_resize_plan, resize_logits_transposed
 from unsam.models.whole_image import build_model, segmenter
 from unsam.models.whole_image.segmenter import (
     HUB_ID,
@@ -103,14 +104,14 @@ def test_postprocess_rejects_bad_shapes() -> None:
 def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
     """Large image, many queries: no tensor larger than chunk_size x H x W is ever created."""
     sizes: list[int] = []
-    resize = segmenter._resize_transposed
+    resize = segmenter.resize_logits_transposed
 
     def recording(low, *args, **kwargs):
         out = resize(low, *args, **kwargs)
         sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(segmenter, "_resize_transposed", recording)
+    monkeypatch.setattr(segmenter, "resize_logits_transposed", recording)
     g = torch.Generator().manual_seed(0)
     q, chunk = 300, 4
     image_hw = (1500, 2000)  # resized to (1024, 1365), padded to (1024, 1376)
@@ -148,11 +149,8 @@ def test_banded_resize_equals_two_interpolations(low_hw, padded_hw, valid_hw, im
     ref = ref[:, :, : valid_hw[0], : valid_hw[1]]
     if tuple(valid_hw) != tuple(image_hw):
         ref = F.interpolate(ref, size=image_hw, mode="bilinear", align_corners=False)
-    blocks = [
-        segmenter._resize_blocks(n, p, v, o, device=low.device, block=16)
-        for n, p, v, o in zip(low_hw, padded_hw, valid_hw, image_hw)
-    ]
-    out = segmenter._resize_transposed(low, *blocks, image_hw)
+    plan = logit_resize_plan(low_hw, padded_hw, valid_hw, image_hw, block=16)
+    out = resize_logits_transposed(low, plan)
     assert out.shape == (3, image_hw[1], image_hw[0])
     torch.testing.assert_close(out.transpose(1, 2), ref[0], rtol=0, atol=2e-5)
 

@@ -13,6 +13,7 @@ from unsam.models.promptable.modeling import (
     DecoderLayer,
     click_boxes,
     jitter_click_boxes,
+    mask_product,
     sine_position_encoding,
 )
 from unsam.models.promptable.msda import MSDeformAttn
@@ -220,3 +221,32 @@ def test_jitter_click_boxes_bounds() -> None:
     assert torch.equal(
         jitter_click_boxes(boxes, torch.Generator().manual_seed(0), scale=0.0), boxes
     )
+
+
+@pytest.mark.parametrize("lead", [(6,), (2, 6), (1,)])
+def test_mask_product_on_channels_last_features_equals_the_einsum(lead: tuple[int, ...]) -> None:
+    """The per-click mask product reads channels_last features as an (H*W, C) view: the same
+    logits as the original's einsum (float summation order aside), and the einsum path for
+    ordinary (channels-first) features is the einsum itself."""
+    g = torch.Generator().manual_seed(len(lead))
+    features = torch.randn(1, 32, 12, 20, generator=g)
+    embed = torch.randn(*lead, 32, generator=g)
+    expected = torch.einsum("...c,chw->...hw", embed, features[0])
+    channels_last = features.contiguous(memory_format=torch.channels_last)
+    assert channels_last.stride(1) == 1
+    out = mask_product(embed, channels_last)
+    assert out.shape == (*lead, 12, 20)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mask_product(embed, features), expected, rtol=0, atol=0)
+
+
+def test_encoded_image_features_are_channels_last_outside_autograd() -> None:
+    """encode_image stores mask_features channels_last for clicks, not when training."""
+    torch.manual_seed(0)
+    model = build_model(PromptableConfig.tiny()).eval()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        state = model.encode_image(pixels)
+    assert state.mask_features.stride(1) == 1
+    state = model.encode_image(pixels)
+    assert state.mask_features.is_contiguous()

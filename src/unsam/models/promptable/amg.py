@@ -25,7 +25,7 @@ from unsam.models.promptable.maskops import (
     remove_small_regions,
     stability_scores,
 )
-from unsam.models.promptable.modeling import DEMO_BOX_FRACTION, click_boxes
+from unsam.models.promptable.modeling import DEMO_BOX_FRACTION, click_boxes, mask_product
 from unsam.models.promptable.predictor import PromptablePredictor
 from unsam.records import MaskRecord, decode_rle, encode_mask
 
@@ -145,7 +145,7 @@ class PromptableMaskGenerator:
             keep = torch.nonzero(flat_iou > cfg.pred_iou_thresh).flatten()
             for chunk in keep.split(64):
                 with torch.inference_mode():  # masks only of the queries that pass the IoU filter
-                    low = torch.einsum("qc,chw->qhw", flat_embed[chunk], state.mask_features[0])
+                    low = mask_product(flat_embed[chunk], state.mask_features)
                     up = pred.model.upsample_masks(low, state)
                 stab = stability_scores(up, 0.0, cfg.stability_score_offset)
                 ok = stab >= cfg.stability_score_thresh

@@ -455,10 +455,31 @@ class InteractiveDecoder(nn.Module):
         if mask_features is None:
             masks = embed.new_zeros((*embed.shape[:2], 0, 0))
         else:
-            masks = torch.einsum("ntc,chw->nthw", embed, mask_features[0])
+            masks = mask_product(embed, mask_features)
         iou = self.iou_prediction_head(z).squeeze(-1)
         boxes = (self._bbox_embed(z) + inverse_sigmoid(ref)).sigmoid()
         return masks, iou, boxes, embed
+
+
+def mask_product(embed: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+    """Mask logits of mask embeddings: ``einsum("...c,chw->...hw", embed, mask_features[0])``.
+
+    Args:
+        embed: ``(..., C)`` mask embeddings.
+        mask_features: ``(1, C, H, W)`` per-pixel embeddings.
+
+    Returns:
+        ``(..., H, W)`` logits. When ``mask_features`` is channels_last (as
+        :meth:`PromptableModel.encode_image` stores it outside autograd), one ``(H*W, C) @ (C, Q)``
+        product on a view of it, reading each pixel's C values contiguously: about 2x faster than
+        the einsum for the 6 queries of a click (tests: equal up to float summation order).
+    """
+    c = int(embed.shape[-1])
+    h, w = int(mask_features.shape[-2]), int(mask_features.shape[-1])
+    if c > 1 and mask_features.stride(1) == 1:
+        pixels = mask_features[0].permute(1, 2, 0).reshape(h * w, c)  # a view
+        return (pixels @ embed.reshape(-1, c).T).T.reshape(*embed.shape[:-1], h, w)
+    return torch.einsum("...c,chw->...hw", embed, mask_features[0])
 
 
 @dataclass
@@ -506,7 +527,7 @@ class ClickDecoderOutput:
         iou: ``(N, T)`` float, last layer's raw predicted IoU (no sigmoid).
         boxes: ``(N, T, 4)`` float, last layer's (cx, cy, w, h) normalised to the padded input.
         mask_embeddings: ``(N, T, C)`` float, last layer's per-query mask embedding; mask logits
-            = ``einsum("ntc,chw->nthw", mask_embeddings, state.mask_features[0])``.
+            = ``mask_product(mask_embeddings, state.mask_features)``.
         aux: ``(mask_logits, iou, boxes)`` of layers 0 .. L-2 (deep supervision), shapes as above;
             empty unless requested.
     """
@@ -618,6 +639,8 @@ class PromptableModel(nn.Module):
             for layer in self.sem_seg_head.predictor.decoder.layers
         )
         hw = (hp, wp) if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
+        if not torch.is_grad_enabled():  # clicks read it pixel by pixel (mask_product)
+            mask_features = mask_features.contiguous(memory_format=torch.channels_last)
         return ImageState(mask_features, values, hw, (hp, wp))
 
     # ---------------------------------------------------------------------------- per click

@@ -24,14 +24,19 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from unsam.masks import resize_image
+from unsam.masks import (
+    LogitResizePlan,
+    logit_resize_plan,
+    mask_iou,
+    resize_image,
+    resize_logits_transposed,
+)
 from unsam.models.promptable.config import PromptableConfig
 from unsam.models.promptable.maskops import remove_small_regions, resized_hw
 from unsam.models.promptable.modeling import ImageState, PromptableModel
-from unsam.records import MaskRecord, encode_mask
+from unsam.records import MaskRecord, encode_mask, encode_transposed_masks
 
 __all__ = ["PromptablePredictor", "load_promptable_model", "torch_threads"]
 
@@ -125,6 +130,7 @@ class PromptablePredictor:
         self._state: ImageState | None = None
         self._image_hw: tuple[int, int] | None = None
         self._image_id = 0
+        self._resize_plan: tuple[tuple[object, ...], LogitResizePlan] | None = None
 
     @classmethod
     def from_pretrained(
@@ -209,6 +215,18 @@ class PromptablePredictor:
         Returns:
             logits ``(N, 6, H', W')`` float32 (binarise with > 0), iou ``(N, 6)`` float32.
         """
+        with torch.inference_mode(), torch_threads(self.click_threads):
+            logits, iou = self._decode(points, independent=independent, box_size=box_size)
+            return self.model.upsample_masks(logits, self._require_state()), iou
+
+    def _decode(
+        self,
+        points: Sequence[tuple[float, float]] | npt.NDArray[np.floating],
+        *,
+        independent: bool,
+        box_size: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode_clicks`` for clicks in original pixels: (N, 6, Hp/4, Wp/4) logits, (N, 6)."""
         state = self._require_state()
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(pts).all():
@@ -217,11 +235,9 @@ class PromptablePredictor:
         h, w = state.image_hw
         scaled = pts * np.array([w / w0, h / h0])
         box_wh = None if box_size is None else (float(box_size), float(box_size))
-        with torch.inference_mode(), torch_threads(self.click_threads):
-            logits, iou = self.model.decode_clicks(
-                state, torch.from_numpy(scaled).float(), box_wh=box_wh, independent=independent
-            )
-            return self.model.upsample_masks(logits, state), iou
+        return self.model.decode_clicks(
+            state, torch.from_numpy(scaled).float(), box_wh=box_wh, independent=independent
+        )
 
     def predict(
         self,
@@ -258,37 +274,44 @@ class PromptablePredictor:
         """
         state = self._require_state()
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        logits, ious = self.predict_logits(pts, independent=independent, box_size=box_size)
         h0, w0 = self._image_hw  # type: ignore[misc]
         out: list[list[MaskRecord]] = []
-        for n in range(pts.shape[0]):
-            click_logits = logits[n]
-            if state.image_hw != (h0, w0):
-                click_logits = F.interpolate(
-                    click_logits[None], size=(h0, w0), mode="bilinear", align_corners=False
-                )[0]
-            masks = (click_logits > 0).numpy()
-            iou = ious[n].numpy()
-            kept = _select_tokens(masks, iou, iou_thresh, dedup_iou_thresh)
-            point = ((float(pts[n, 0]), float(pts[n, 1])),)
-            records = []
-            for k in kept:
-                mask = masks[k]
-                if min_region_area > 0:
-                    mask, _ = remove_small_regions(mask, min_region_area, "holes")
-                    mask, _ = remove_small_regions(mask, min_region_area, "islands")
-                records.append(
-                    MaskRecord(
-                        rle=encode_mask(mask),
-                        image_id=self._image_id,
-                        score=float(np.clip(iou[k], 0.0, 1.0)),
-                        predicted_iou=float(iou[k]),
-                        point_coords=point,
-                        level=int(k) + 1,
-                        source="promptable",
-                    )
+        with torch.inference_mode(), torch_threads(self.click_threads):
+            low, ious = self._decode(pts, independent=independent, box_size=box_size)
+            # upsample to the padded input, crop, resize to the original image in one banded
+            # product per axis, written transposed (column-major, RLE's order)
+            key = (tuple(low.shape[-2:]), state.padded_hw, state.image_hw, (h0, w0), low.device)
+            if self._resize_plan is None or self._resize_plan[0] != key:
+                plan = logit_resize_plan(*key[:4], device=low.device)
+                self._resize_plan = (key, plan)
+            plan = self._resize_plan[1]
+            for n in range(pts.shape[0]):
+                masks_t = (resize_logits_transposed(low[n].float(), plan) > 0).cpu().numpy()
+                iou = ious[n].cpu().numpy()
+                kept = _select_tokens(masks_t, iou, iou_thresh, dedup_iou_thresh)
+                if min_region_area > 0:  # on (H, W) masks: ties between regions in raster order
+                    rles = []
+                    for k in kept:
+                        mask, _ = remove_small_regions(masks_t[k].T, min_region_area, "holes")
+                        mask, _ = remove_small_regions(mask, min_region_area, "islands")
+                        rles.append(encode_mask(mask))
+                else:
+                    rles = encode_transposed_masks(masks_t[kept])
+                point = ((float(pts[n, 0]), float(pts[n, 1])),)
+                out.append(
+                    [
+                        MaskRecord(
+                            rle=rle,
+                            image_id=self._image_id,
+                            score=float(np.clip(iou[k], 0.0, 1.0)),
+                            predicted_iou=float(iou[k]),
+                            point_coords=point,
+                            level=int(k) + 1,
+                            source="promptable",
+                        )
+                        for k, rle in zip(kept, rles)
+                    ]
                 )
-            out.append(records)
         return out
 
 
@@ -309,13 +332,8 @@ def _select_tokens(
         if iou_thresh is not None and iou[k] < iou_thresh and not (last and not kept):
             continue
         if dedup_iou_thresh is not None and any(
-            _mask_iou(masks[k], masks[j]) > dedup_iou_thresh for j in kept
+            mask_iou(masks[k], masks[j]) > dedup_iou_thresh for j in kept
         ):
             continue
         kept.append(k)
     return sorted(kept)
-
-
-def _mask_iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0

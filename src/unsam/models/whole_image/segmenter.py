@@ -44,7 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from unsam.config import config_to_dict, param
-from unsam.masks import greedy_nms
+from unsam.masks import (
+    LogitResizePlan,
+    greedy_nms,
+    logit_resize_plan,
+    resize_logits_transposed,
+)
 from unsam.models.whole_image.config import IMAGE_MEAN, IMAGE_STD, preprocess, resized_hw
 from unsam.records import MaskRecord, annotation_id, encode_transposed_masks, rle_iou_matrix
 
@@ -296,62 +301,6 @@ def _count_true(masks: npt.NDArray[np.bool_]) -> torch.Tensor:
     return torch.tensor([np.count_nonzero(m) for m in masks], dtype=torch.int64)
 
 
-def _resize_blocks(
-    n_in: int, n_pad: int, n_valid: int, n_out: int, *, device: torch.device, block: int = 64
-) -> list[tuple[int, int, int, int, torch.Tensor]]:
-    """The original's two bilinear resizes along one axis as one banded matrix, in row blocks.
-
-    The original upsamples the 1/4-resolution logits to the padded input (``n_in -> n_pad``),
-    keeps the first ``n_valid`` (the image inside the padding) and resizes them to the image
-    (``n_valid -> n_out``), both ``align_corners=False``. Bilinear resizing is separable and
-    linear, so along one axis the whole chain is one (n_out, n_in) matrix ``M`` (made by resizing
-    the identity the same way) with at most 4 nonzeros a row, in a diagonal band. It is cut into
-    blocks of ``block`` output rows, each with the input range it reads.
-
-    Returns:
-        ``[(out_start, out_stop, in_start, in_stop, weights)]``, weights float32
-        (out_stop - out_start, in_stop - in_start) on ``device``.
-    """
-    eye = torch.eye(n_in, dtype=torch.float32)[:, None, :]
-    m = F.interpolate(eye, size=n_pad, mode="linear", align_corners=False)[..., :n_valid]
-    if n_valid != n_out:
-        m = F.interpolate(m, size=n_out, mode="linear", align_corners=False)
-    m = m[:, 0, :].T.contiguous()  # (n_out, n_in)
-    blocks = []
-    for start in range(0, n_out, block):
-        stop = min(start + block, n_out)
-        cols = (m[start:stop] != 0).any(0).nonzero()[:, 0]
-        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
-        blocks.append((start, stop, lo, hi, m[start:stop, lo:hi].contiguous().to(device)))
-    return blocks
-
-
-def _resize_transposed(
-    low: torch.Tensor,
-    rows: list[tuple[int, int, int, int, torch.Tensor]],
-    cols: list[tuple[int, int, int, int, torch.Tensor]],
-    image_hw: tuple[int, int],
-) -> torch.Tensor:
-    """The original's upsample-crop-resize of (n, h, w) logits, returned transposed: (n, W, H).
-
-    ``out[i, x, y]`` is the full-resolution logit of mask ``i`` at pixel (y, x): each mask's
-    pixels in column-major order, the order COCO RLE runs in. Computed as ``R @ X @ C.T`` with
-    the banded matrices of :func:`_resize_blocks`, block by block (a few small matrix products
-    instead of a (n, H', W') padded-size intermediate); equal to ``F.interpolate`` twice up to
-    float rounding (~1e-6).
-    """
-    n = low.shape[0]
-    h_out, w_out = int(image_hw[0]), int(image_hw[1])
-    by_rows = low.new_empty((n, h_out, low.shape[2]))
-    for start, stop, lo, hi, weights in rows:
-        torch.matmul(weights, low[:, lo:hi, :], out=by_rows[:, start:stop, :])
-    by_rows_t = by_rows.transpose(1, 2)  # (n, w, H)
-    out = low.new_empty((n, w_out, h_out))
-    for start, stop, lo, hi, weights in cols:
-        torch.matmul(weights, by_rows_t[:, lo:hi, :], out=out[:, start:stop, :])
-    return out
-
-
 def _score_top_masks(
     top_prob: torch.Tensor,
     top_idx: torch.Tensor,
@@ -370,15 +319,12 @@ def _score_top_masks(
     areas: list[torch.Tensor] = []
     stability: list[torch.Tensor] = []
     rles: list[dict[str, Any]] = []
-    resize: tuple[list[Any], list[Any]] | None = None
+    plan: LogitResizePlan | None = None
     for start in range(0, k, chunk_size):
         low = rows(start, start + chunk_size).float()
-        if resize is None:
-            resize = tuple(  # type: ignore[assignment]
-                _resize_blocks(n, int(p), int(v), o, device=low.device)
-                for n, p, v, o in zip(low.shape[1:], padded_hw, valid_hw, out_hw)
-            )
-        logits = _resize_transposed(low, *resize, out_hw)  # (n, W, H)
+        if plan is None:
+            plan = logit_resize_plan(low.shape[1:], padded_hw, valid_hw, out_hw, device=low.device)
+        logits = resize_logits_transposed(low, plan)  # (n, W, H)
         del low
         binary = logits > mask_threshold
         binary_np = binary.cpu().numpy()
