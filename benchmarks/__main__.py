@@ -124,7 +124,19 @@ def scaling_curves(quick: bool) -> dict[str, object]:
     return result
 
 
-_META = {"benchmark", "commit", "python", "torch", "numpy", "threads", "cpus", "machine", "device"}
+_META = {
+    "benchmark",
+    "commit",
+    "python",
+    "torch",
+    "numpy",
+    "threads",
+    "cpus",
+    "machine",
+    "device",
+    "measured_at",
+    "load_average_1min",
+}
 
 
 def _summary(data: object, depth: int = 0) -> str:
@@ -163,16 +175,21 @@ def write_report(runs: list[dict[str, object]], scaling: dict[str, object] | Non
         f"depend on the machine and its load). Machine: {os.cpu_count()} CPU cores, no GPU; "
         f"load average at the end: {os.getloadavg()[0]:.1f}.",
         "",
-        "| benchmark | result (from `benchmarks/results/<name>.json`) |",
-        "|---|---|",
+        "| benchmark | measured (commit, time, load average) | result "
+        "(from `benchmarks/results/<name>.json`) |",
+        "|---|---|---|",
     ]
     for name in SUITE:
         path = RESULTS / f"{name}.json"
         if not path.exists():
             status = next((r["status"] for r in runs if r["name"] == name), "not run")
-            lines.append(f"| {name} | {status} |")
+            lines.append(f"| {name} | | {status} |")
             continue
-        lines.append(f"| {name} | {_summary(json.loads(path.read_text()))} |")
+        data = json.loads(path.read_text())
+        when = ", ".join(
+            str(data[k]) for k in ("commit", "measured_at", "load_average_1min") if k in data
+        )
+        lines.append(f"| {name} | {when} | {_summary(data)} |")
     scaling_path = RESULTS / "scaling.json"
     if scaling is None and scaling_path.exists():
         scaling = json.loads(scaling_path.read_text())

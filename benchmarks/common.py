@@ -75,6 +75,8 @@ def metadata() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 
