@@ -170,10 +170,8 @@ def test_resume_from_a_shard_work_file(local_ray, folder, reference, tmp_path):
     assert out.read_bytes() == reference
 
 
-def test_resume_after_the_driver_stops(local_ray, folder, reference, tmp_path):
-    """The driver dies after its first row: the rows the actors stored are not done again."""
-    out = tmp_path / "ray.json"
-    log = tmp_path / "calls.log"
+def _run_stopped_after_first_row(producer: BaselineProducer, folder: Path, out: Path) -> None:
+    """A 2-actor Ray run whose driver is interrupted (KeyboardInterrupt) after its first row."""
 
     def stop_after_first_row(done: int, total: int) -> None:
         if done >= 1:
@@ -181,13 +179,20 @@ def test_resume_after_the_driver_stops(local_ray, folder, reference, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_images(
-            LoggingProducer(log),
+            producer,
             _images(folder),
             folder,
             out,
             engine=RayEngine(num_workers=2),
             progress=stop_after_first_row,
         )
+
+
+def test_resume_after_the_driver_stops(local_ray, folder, reference, tmp_path):
+    """The driver dies after its first row: the rows the actors stored are not done again."""
+    out = tmp_path / "ray.json"
+    log = tmp_path / "calls.log"
+    _run_stopped_after_first_row(LoggingProducer(log), folder, out)
     stored = {
         json.loads(line).get("skipped") or json.loads(line)["image"]["file_name"]
         for shard in shard_dir_for(out).glob("*.jsonl")
@@ -212,20 +217,7 @@ def test_a_stopped_driver_leaves_no_work_running(local_ray, folder, reference, t
 
     out = tmp_path / "ray.json"
     log = tmp_path / "calls.log"
-
-    def stop_after_first_row(done: int, total: int) -> None:
-        if done >= 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_images(
-            SlowProducer(log, seconds=4.0),
-            _images(folder),
-            folder,
-            out,
-            engine=RayEngine(num_workers=2),
-            progress=stop_after_first_row,
-        )
+    _run_stopped_after_first_row(SlowProducer(log, seconds=4.0), folder, out)
     at_return = log.read_text().split("\n")
     started = {line.split()[1] for line in at_return if line.startswith("start")}
     ended = {line.split()[1] for line in at_return if line.startswith("end")}
