@@ -8,6 +8,7 @@ threshold.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,15 +171,21 @@ def logit_resize_plan(
     each axis the chain is one matrix (made by sending the identity through the same
     ``F.interpolate`` calls) with at most 4 nonzeros a row. Each is cut into blocks of ``block``
     output rows with the input range each block reads, so that applying it costs a few small
-    matrix products per mask instead of a padded-size intermediate.
+    matrix products per mask instead of a padded-size intermediate. Plans are cached (the last 16
+    sizes): consecutive images and clicks of one photo reuse them; their tensors are read only.
     """
-    rows = _axis_blocks(
-        int(low_hw[0]), int(padded_hw[0]), int(valid_hw[0]), int(out_hw[0]), device, block
+    sizes = tuple(
+        (int(a), int(b), int(c), int(d)) for a, b, c, d in zip(low_hw, padded_hw, valid_hw, out_hw)
     )
-    cols = _axis_blocks(
-        int(low_hw[1]), int(padded_hw[1]), int(valid_hw[1]), int(out_hw[1]), device, block
-    )
-    return LogitResizePlan(rows, cols, (int(out_hw[0]), int(out_hw[1])))
+    return _cached_plan(sizes, torch.device(device), int(block))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_plan(
+    sizes: tuple[tuple[int, int, int, int], ...], device: torch.device, block: int
+) -> LogitResizePlan:
+    rows, cols = (_axis_blocks(*axis, device, block) for axis in sizes)
+    return LogitResizePlan(rows, cols, (sizes[0][3], sizes[1][3]))
 
 
 def resize_logits_transposed(low: torch.Tensor, plan: LogitResizePlan) -> torch.Tensor:

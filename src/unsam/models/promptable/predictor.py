@@ -27,7 +27,6 @@ import torch
 from PIL import Image
 
 from unsam.masks import (
-    LogitResizePlan,
     logit_resize_plan,
     mask_iou,
     resize_image,
@@ -130,7 +129,6 @@ class PromptablePredictor:
         self._state: ImageState | None = None
         self._image_hw: tuple[int, int] | None = None
         self._image_id = 0
-        self._resize_plan: tuple[tuple[object, ...], LogitResizePlan] | None = None
 
     @classmethod
     def from_pretrained(
@@ -280,11 +278,9 @@ class PromptablePredictor:
             low, ious = self._decode(pts, independent=independent, box_size=box_size)
             # upsample to the padded input, crop, resize to the original image in one banded
             # product per axis, written transposed (column-major, RLE's order)
-            key = (tuple(low.shape[-2:]), state.padded_hw, state.image_hw, (h0, w0), low.device)
-            if self._resize_plan is None or self._resize_plan[0] != key:
-                plan = logit_resize_plan(*key[:4], device=low.device)
-                self._resize_plan = (key, plan)
-            plan = self._resize_plan[1]
+            plan = logit_resize_plan(
+                low.shape[-2:], state.padded_hw, state.image_hw, (h0, w0), device=low.device
+            )
             for n in range(pts.shape[0]):
                 masks_t = (resize_logits_transposed(low[n].float(), plan) > 0).cpu().numpy()
                 iou = ious[n].cpu().numpy()
