@@ -12,8 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
+#: where results are written (benchmarks/results, or $UNSAM_BENCH_RESULTS: gpu.sh keeps a GPU run's
+#: results apart from the CPU ones)
+RESULTS = Path(os.environ.get("UNSAM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+#: ../shared/data, or $UNSAM_SHARED_DATA (as the tests read it)
+SHARED_DATA = Path(os.environ.get("UNSAM_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def peak_rss_bytes() -> int:
@@ -67,6 +71,14 @@ def metadata() -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         commit = ""
+    commit = commit or os.environ.get("UNSAM_COMMIT", "")
+    gpu = {}
+    if torch.cuda.is_available():
+        gpu = {
+            "gpu": torch.cuda.get_device_name(0),
+            "cuda": torch.version.cuda,
+            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        }
     return {
         "commit": commit,
         "python": platform.python_version(),
@@ -77,6 +89,7 @@ def metadata() -> dict[str, Any]:
         "machine": platform.machine(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_1min": round(os.getloadavg()[0], 2),
+        **gpu,
     }
 
 
