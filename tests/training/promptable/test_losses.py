@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from unsam.training.promptable.geometry import point_sample, uncertain_point_coords
 from unsam.training.promptable.losses import (
     LossConfig,
     box_l1_loss,
@@ -14,9 +15,7 @@ from unsam.training.promptable.losses import (
     giou_loss,
     iou_score_loss,
     layer_losses,
-    point_sample,
     sigmoid_bce_loss,
-    uncertain_point_coords,
     weighted_total,
 )
 from unsam.training.promptable.matching import Match

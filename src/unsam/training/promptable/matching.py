@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from unsam.config import param
-from unsam.training.promptable.losses import (
+from unsam.training.promptable.geometry import (
     box_cxcywh_to_xyxy,
     generalized_box_iou,
     point_sample_masks,
