@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from unsam.models.whole_image.config import model_config
-from unsam.training.backbone_init import (
+from unsam.training.whole_image.backbone_init import (
     UnsafePickleError,
     load_backbone_init,
     load_restricted_pickle,
@@ -293,9 +293,9 @@ def test_train_flag_and_new_run_only(
     from tests.training.synthetic import make_shapes_dataset
     from unsam.cli.common import config_values
     from unsam.cli.train import add_arguments
-    from unsam.training import backbone_init
-    from unsam.training.config import TrainConfig
-    from unsam.training.loop import train
+    from unsam.training.engine import train
+    from unsam.training.whole_image import backbone_init
+    from unsam.training.whole_image.config import TrainConfig
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

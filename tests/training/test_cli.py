@@ -16,7 +16,7 @@ import torch
 from tests.training.synthetic import make_shapes_dataset
 from unsam.cli.main import main
 from unsam.io.coco import load_coco_dataset
-from unsam.training.loop import list_checkpoints, read_loss_csv
+from unsam.training.engine import list_checkpoints, read_loss_csv
 
 TINY_FLAGS = [
     "--config",

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.training.config import LR_STEP_FRACTIONS, TrainConfig
+from unsam.training.whole_image.config import LR_STEP_FRACTIONS, TrainConfig
 
 
 def test_defaults_are_the_papers() -> None:
@@ -66,7 +66,7 @@ def test_every_field_is_a_flag_with_help() -> None:
 
 def test_each_model_config_carries_its_own_training_defaults() -> None:
     """Issue 11.5: tiny no longer trains at r50's batch 16 / 1024 crop; what the user sets wins."""
-    from unsam.training.config import TrainConfig
+    from unsam.training.whole_image.config import TrainConfig
 
     r50, tiny = TrainConfig.for_model("r50"), TrainConfig.for_model("tiny")
     assert (r50.batch_size, r50.resolved_crop_size, r50.lr, r50.max_steps) == (
@@ -88,8 +88,8 @@ def test_each_model_config_carries_its_own_training_defaults() -> None:
 
 
 def test_the_model_remembers_the_scale_it_was_trained_at() -> None:
-    from unsam.training.config import TrainConfig
-    from unsam.training.loop import training_test_size
+    from unsam.training.engine import training_test_size
+    from unsam.training.whole_image.config import TrainConfig
 
     sizes = [(480, 640), (300, 500), (640, 427), (1000, 1500)]
     # without jitter: the images' own size (median shorter side, largest longer side)

@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.training.synthetic import make_shapes_dataset
-from unsam.training.config import TrainConfig
-from unsam.training.loop import (
+from unsam.training.engine import (
     StepLog,
     build_param_groups,
     latest_checkpoint,
@@ -22,6 +21,7 @@ from unsam.training.loop import (
     read_loss_csv,
     train,
 )
+from unsam.training.whole_image.config import TrainConfig
 
 TINY = TrainConfig(
     config="tiny", max_steps=6, batch_size=2, crop_size=64, checkpoint_every=3, keep_checkpoints=0
@@ -189,7 +189,7 @@ def test_loader_workers_do_not_change_the_run(shapes: tuple[Path, Path], tmp_pat
 def test_non_finite_loss_stops_before_the_update(
     shapes: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from unsam.training import loop
+    from unsam.training import engine as loop
 
     real = loop.collate
 

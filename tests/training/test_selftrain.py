@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unsam.records import ImageRecord, MaskRecord, annotation_id
-from unsam.training.selftrain import (
+from unsam.training.whole_image.selftrain import (
     MergeGTConfig,
     SelfTrainConfig,
     add_model_masks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.training.selftrain import MergeGTConfig
+from unsam.training.whole_image.selftrain import MergeGTConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from unsam.config import config_to_dict
     from unsam.io.coco import load_mask_sets, write_coco_dataset
-    from unsam.training.selftrain import merge_ground_truth
+    from unsam.training.whole_image.selftrain import merge_ground_truth
 
     config = config_from_args(MergeGTConfig, args)
     gt = load_mask_sets(args.gt)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from unsam.cli.args import add_config_arguments, config_from_args
-from unsam.training.selftrain import SelfTrainConfig
+from unsam.training.whole_image.selftrain import SelfTrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from unsam.cli.common import tqdm_progress
     from unsam.io.files import check_output_file, check_outputs
     from unsam.models.whole_image.segmenter import SegmentConfig
-    from unsam.training.selftrain import self_train_round
+    from unsam.training.whole_image.selftrain import self_train_round
 
     check_output_file(args.output, "-o")
     check_outputs([("-o", args.output)], input_files=[args.annotations], input_dirs=[args.images])

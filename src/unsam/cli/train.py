@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from unsam.training.config import TrainConfig
+from unsam.training.whole_image.config import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unsam.cli.common import config_values, run_training
-    from unsam.training.loop import resolve_training_run, train
+    from unsam.training.engine import resolve_training_run, train
 
     config, annotations, images = resolve_training_run(
         args.output,

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unsam.cli.common import config_values, run_training
-    from unsam.training.loop import resolve_training_run
-    from unsam.training.promptable.loop import load_promptable_train_config, train_promptable
+    from unsam.training.engine import resolve_training_run
+    from unsam.training.promptable.trainer import load_promptable_train_config, train_promptable
 
     config, annotations, images = resolve_training_run(
         args.output,

@@ -1,11 +1,11 @@
 """Training of the whole-image model (spec §6.3-6.6): data, loop, self-training, UnSAM+ merge.
 
 Public API (imported lazily, so ``unsam merge-gt`` does not pay for torch start-up):
-    TrainConfig                                     (unsam.training.config)
+    TrainConfig                                     (unsam.training.whole_image.config)
     TrainDataset, augment, collate, StepBatchSampler (unsam.training.data)
-    train, TrainResult, StepLog, latest_checkpoint   (unsam.training.loop)
+    train, TrainResult, StepLog, latest_checkpoint   (unsam.training.engine)
     SelfTrainConfig, MergeGTConfig, select_new_masks, add_model_masks, merge_ground_truth
-                                                    (unsam.training.selftrain)
+                                                    (unsam.training.whole_image.selftrain)
 """
 
 from __future__ import annotations
@@ -13,24 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "TrainConfig": "unsam.training.config",
+    "TrainConfig": "unsam.training.whole_image.config",
     "TrainDataset": "unsam.training.data",
     "TrainSample": "unsam.training.data",
     "augment": "unsam.training.data",
     "collate": "unsam.training.data",
     "StepBatchSampler": "unsam.training.data",
-    "train": "unsam.training.loop",
-    "TrainResult": "unsam.training.loop",
-    "StepLog": "unsam.training.loop",
-    "latest_checkpoint": "unsam.training.loop",
-    "load_train_config": "unsam.training.loop",
-    "read_loss_csv": "unsam.training.loop",
-    "SelfTrainConfig": "unsam.training.selftrain",
-    "MergeGTConfig": "unsam.training.selftrain",
-    "MergeStats": "unsam.training.selftrain",
-    "select_new_masks": "unsam.training.selftrain",
-    "add_model_masks": "unsam.training.selftrain",
-    "merge_ground_truth": "unsam.training.selftrain",
+    "train": "unsam.training.engine",
+    "TrainResult": "unsam.training.engine",
+    "StepLog": "unsam.training.engine",
+    "latest_checkpoint": "unsam.training.engine",
+    "load_train_config": "unsam.training.engine",
+    "read_loss_csv": "unsam.training.engine",
+    "SelfTrainConfig": "unsam.training.whole_image.selftrain",
+    "MergeGTConfig": "unsam.training.whole_image.selftrain",
+    "MergeStats": "unsam.training.whole_image.selftrain",
+    "select_new_masks": "unsam.training.whole_image.selftrain",
+    "add_model_masks": "unsam.training.whole_image.selftrain",
+    "merge_ground_truth": "unsam.training.whole_image.selftrain",
 }
 
 __all__ = list(_LAZY)

@@ -25,9 +25,9 @@ from unsam.evaluation.points import (
     predictor_predict_fn,
 )
 from unsam.io.images import load_image
-from unsam.training.loop import read_loss_csv
+from unsam.training.engine import read_loss_csv
 from unsam.training.promptable.config import PromptableTrainConfig
-from unsam.training.promptable.loop import train_promptable
+from unsam.training.promptable.trainer import train_promptable
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "coco"
 SIDE = 128

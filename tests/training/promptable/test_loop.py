@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.training.coco_subset import write_coco_subset
-from unsam.training.loop import read_loss_csv
+from unsam.training.engine import read_loss_csv
 from unsam.training.promptable.config import PromptableTrainConfig
-from unsam.training.promptable.loop import (
+from unsam.training.promptable.trainer import (
     PromptableTrainStep,
     _prompts,
     build_param_groups,
@@ -96,7 +96,7 @@ def test_resume_is_exact(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
 
 def _weights_after_init() -> dict[str, torch.Tensor]:
     from unsam.models.promptable.modeling import build_model
-    from unsam.training.loop import _seed_all
+    from unsam.training.engine import _seed_all
 
     _seed_all(0)
     return build_model("tiny").state_dict()

@@ -231,7 +231,7 @@ def official_target_names(key: str) -> list[str] | None:
 
     E.g. ``backbone.res2.0.conv1.norm.weight`` ->
     ``["model.pixel_level_module.encoder.encoder.stages.0.layers.0.layer.0.normalization.weight"]``
-    (used by :mod:`unsam.training.backbone_init` for detectron2 ResNet checkpoints).
+    (used by :mod:`unsam.training.whole_image.backbone_init` for detectron2 ResNet checkpoints).
     """
     match = _target_names(key)
     return None if match is None else match[0]

@@ -11,7 +11,7 @@ Run directory (``unsam train-promptable --output RUN_DIR``)::
     RUN_DIR/checkpoints/step_0005000/training_state.pt   optimizer, scheduler, step, RNG states
 
 The run-directory helpers, RNG capture, checkpoint writing, loss CSV / plot and the LR schedule
-are the whole-image trainer's (:mod:`unsam.training.loop`); so is the data stream
+are the whole-image trainer's (:mod:`unsam.training.engine`); so is the data stream
 (:class:`unsam.training.data.TrainDataset`: every sample is a pure function of
 ``(seed, position)``).
 Clicks, box noise and point sampling use the global torch RNG, which checkpoints store, so a run
@@ -46,7 +46,7 @@ from torch import nn
 from unsam.io.checkpoints import load_torch_file
 from unsam.io.coco import load_coco_dataset
 from unsam.training.data import StepBatchSampler, TrainDataset, TrainSample, check_images
-from unsam.training.loop import (
+from unsam.training.engine import (
     _NORM_TYPES,
     DistInfo,
     StepLog,
@@ -65,7 +65,7 @@ from unsam.training.loop import (
     lr_factor,
     write_loss_plot,
 )
-from unsam.training.loop import (
+from unsam.training.engine import (
     _check_resume_config as _check_resume_shared,
 )
 from unsam.training.promptable.config import PromptableTrainConfig
@@ -356,7 +356,7 @@ def _prompts(
 # Run directory
 # ---------------------------------------------------------------------------------------------
 class _Saver:
-    """Adapter: :func:`unsam.training.loop._save_checkpoint` calls
+    """Adapter: :func:`unsam.training.engine._save_checkpoint` calls
     ``save_pretrained(folder, safe_serialization=)``."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -434,7 +434,7 @@ def train_promptable(
         on_step: called on rank 0 after every step.
 
     Returns:
-        A :class:`unsam.training.loop.TrainResult`; ``model_dir`` is ``run_dir`` itself.
+        A :class:`unsam.training.engine.TrainResult`; ``model_dir`` is ``run_dir`` itself.
 
     Raises:
         ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.

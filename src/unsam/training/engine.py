@@ -53,8 +53,8 @@ from torch import nn
 from unsam.config import config_hash, config_to_dict
 from unsam.io.coco import load_coco_dataset
 from unsam.io.files import append_line_durable, atomic_write, atomic_write_json, atomic_write_text
-from unsam.training.config import TrainConfig
 from unsam.training.data import StepBatchSampler, TrainDataset, check_images, collate
+from unsam.training.whole_image.config import TrainConfig
 
 __all__ = [
     "NonFiniteLossError",
@@ -836,7 +836,7 @@ def _build_training_state(
     _seed_all(config.seed)
     model = build_model(config.config, num_queries=config.num_queries)
     if config.backbone_init is not None and ckpt is None:  # a new run; resumed weights win
-        from unsam.training.backbone_init import load_backbone_init
+        from unsam.training.whole_image.backbone_init import load_backbone_init
 
         load_backbone_init(model, config.backbone_init)
     freeze_batchnorm(model)
