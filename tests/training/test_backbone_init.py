@@ -293,9 +293,9 @@ def test_train_flag_and_new_run_only(
     from tests.training.synthetic import make_shapes_dataset
     from unsam.cli.common import config_values
     from unsam.cli.train import add_arguments
-    from unsam.training.engine import train
     from unsam.training.whole_image import backbone_init
     from unsam.training.whole_image.config import TrainConfig
+    from unsam.training.whole_image.trainer import train
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -88,8 +88,8 @@ def test_each_model_config_carries_its_own_training_defaults() -> None:
 
 
 def test_the_model_remembers_the_scale_it_was_trained_at() -> None:
-    from unsam.training.engine import training_test_size
     from unsam.training.whole_image.config import TrainConfig
+    from unsam.training.whole_image.trainer import training_test_size
 
     sizes = [(480, 640), (300, 500), (640, 427), (1000, 1500)]
     # without jitter: the images' own size (median shorter side, largest longer side)

@@ -19,8 +19,9 @@ from tests.training.coco_subset import write_coco_subset
 from unsam.evaluation import evaluate
 from unsam.io.coco import load_coco_dataset
 from unsam.io.images import load_image
-from unsam.training.engine import read_loss_csv, train
+from unsam.training.engine import read_loss_csv
 from unsam.training.whole_image.config import TrainConfig
+from unsam.training.whole_image.trainer import train
 
 SIDE = 160
 

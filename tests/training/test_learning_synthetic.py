@@ -24,8 +24,9 @@ from unsam.evaluation import evaluate
 from unsam.io.coco import load_coco_dataset, write_coco_dataset
 from unsam.io.images import load_image
 from unsam.records import ImageRecord, MaskRecord, decode_rles, rle_iou_matrix
-from unsam.training.engine import read_loss_csv, train
+from unsam.training.engine import read_loss_csv
 from unsam.training.whole_image.config import TrainConfig
+from unsam.training.whole_image.trainer import train
 
 SIDE = 96
 

@@ -13,15 +13,13 @@ from safetensors.torch import load_file
 from tests.training.synthetic import make_shapes_dataset
 from unsam.training.engine import (
     StepLog,
-    build_param_groups,
     latest_checkpoint,
     list_checkpoints,
-    load_train_config,
     lr_factor,
     read_loss_csv,
-    train,
 )
 from unsam.training.whole_image.config import TrainConfig
+from unsam.training.whole_image.trainer import build_param_groups, load_train_config, train
 
 TINY = TrainConfig(
     config="tiny", max_steps=6, batch_size=2, crop_size=64, checkpoint_every=3, keep_checkpoints=0
@@ -189,7 +187,8 @@ def test_loader_workers_do_not_change_the_run(shapes: tuple[Path, Path], tmp_pat
 def test_non_finite_loss_stops_before_the_update(
     shapes: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from unsam.training import engine as loop
+    from unsam.training.engine import NonFiniteLossError
+    from unsam.training.whole_image import trainer as loop
 
     real = loop.collate
 
@@ -200,7 +199,7 @@ def test_non_finite_loss_stops_before_the_update(
 
     monkeypatch.setattr(loop, "collate", nan_collate)
     with pytest.raises(
-        loop.NonFiniteLossError, match=r"loss became nan at step 1; the weights were not updated"
+        NonFiniteLossError, match=r"loss became nan at step 1; the weights were not updated"
     ):
         train(dataclasses.replace(TINY, max_steps=2), *shapes, tmp_path / "run")
     assert (

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unsam.cli.common import config_values, run_training
-    from unsam.training.engine import resolve_training_run, train
+    from unsam.training.engine import resolve_training_run
+    from unsam.training.whole_image.trainer import load_train_config, new_train_config, train
 
     config, annotations, images = resolve_training_run(
         args.output,
@@ -33,5 +34,7 @@ def run(args: argparse.Namespace) -> int:
         args.annotations,
         args.images,
         resume=args.resume,
+        load=load_train_config,
+        new=new_train_config,
     )
     return run_training(train, "train", args, config, annotations, images, args.output)

@@ -1,17 +1,20 @@
-"""Training loop of the whole-image model: optimizer, schedule, checkpoints, exact resume, DDP
-(spec §6.4).
+"""The training engine both trainers run on (spec §6.4, PROMPTABLE.md §1.7): parameter groups,
+LR schedule, checkpoints, exact resume, RNG state, distributed helpers, run files, and
+:class:`Trainer`, the one training run (set up the run folder -> build model and optimiser ->
+resume -> steps with checkpoints and the loss log -> final save).
 
-Run directory layout (``unsam train --output RUN_DIR``)::
+A model's trainer (:mod:`unsam.training.whole_image.trainer`,
+:mod:`unsam.training.promptable.trainer`) subclasses :class:`Trainer` with what is its own: the
+model, its parameter groups, batch collation, loss and final save.
 
-    RUN_DIR/train_config.json                      TrainConfig + data paths + versions
+Run directory (``--output RUN_DIR``; each trainer's module docstring gives its model folder)::
+
+    RUN_DIR/train_config.json                      the training config + data paths + versions
     RUN_DIR/loss.csv                               step, loss, lr, seconds_per_step (one row a step)
     RUN_DIR/loss.png                               the loss curve (rewritten at every checkpoint)
     RUN_DIR/checkpoints/step_0000500/model/        save_pretrained folder
                                                    (config.json + model.safetensors)
     RUN_DIR/checkpoints/step_0000500/training_state.pt   optimizer, scheduler, step, RNG states
-    RUN_DIR/model/                                 final save_pretrained folder
-
-``WholeImageSegmenter.from_pretrained(RUN_DIR)`` reads ``RUN_DIR/model`` (or the newest checkpoint).
 
 Exact resume: a checkpoint holds the weights, the AdamW state, the scheduler state, the step and
 the python / numpy / torch (CPU and CUDA) RNG states of every process. The data stream is a pure
@@ -20,15 +23,14 @@ reproduces the straight run's weights and loss rows bit for bit (same machine, s
 count, same number of processes). ``training_state.pt`` loads with
 ``torch.load(weights_only=True)``.
 
-Multi-process data parallel: launch with
-``torchrun --nproc_per_node N -m unsam.cli.main train ...``.
-Each process takes ``batch_size / N`` images per step; gradients are averaged by
-DistributedDataParallel (gloo on CPU, nccl on CUDA); the loss normaliser (number of target
-masks) is summed over processes as in the original; only rank 0 writes files.
+Multi-process data parallel: under ``torchrun`` each process takes ``batch_size / N`` images per
+step; gradients are averaged by DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0
+writes files.
 """
 
 from __future__ import annotations
 
+import abc
 import csv
 import dataclasses
 import io
@@ -39,7 +41,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -53,15 +55,14 @@ from torch import nn
 from unsam.config import config_hash, config_to_dict
 from unsam.io.coco import load_coco_dataset
 from unsam.io.files import append_line_durable, atomic_write, atomic_write_json, atomic_write_text
-from unsam.training.data import StepBatchSampler, TrainDataset, check_images, collate
-from unsam.training.whole_image.config import TrainConfig
+from unsam.training.data import StepBatchSampler, TrainDataset, TrainSample, check_images
 
 __all__ = [
     "NonFiniteLossError",
     "StepLog",
     "TrainResult",
     "DistInfo",
-    "train",
+    "Trainer",
     "lr_factor",
     "build_param_groups",
     "build_optimizer",
@@ -71,10 +72,9 @@ __all__ = [
     "checkpoint_dir",
     "read_loss_csv",
     "write_loss_plot",
-    "load_train_config",
+    "read_train_config",
     "resolve_training_run",
     "distributed_session",
-    "training_test_size",
     "LOSS_CSV_HEADER",
 ]
 
@@ -162,7 +162,7 @@ _NORM_TYPES = (
 )
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
+def lr_factor(step: int, config: Any) -> float:
     """LR multiplier at ``step`` (0-based): detectron2's WarmupMultiStepLR (linear warmup).
 
     factor = warmup(step) * gamma ** (number of milestones <= step), with
@@ -176,12 +176,18 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return factor * config.lr_gamma**drops
 
 
-def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW parameter groups as the original's ``build_optimizer`` (spec §6.4).
+def build_param_groups(
+    model: nn.Module,
+    config: Any,
+    backbone_prefixes: tuple[str, ...],
+    no_decay_names: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups as the originals' ``build_optimizer`` (spec §6.4, PROMPTABLE.md §1.7).
 
-    Backbone parameters (``model.pixel_level_module.encoder``) get ``lr * backbone_lr_mult``;
-    parameters of normalisation layers get ``weight_decay_norm`` and of ``nn.Embedding`` layers
-    ``weight_decay_embed``; everything else ``weight_decay``. Frozen parameters are left out.
+    Parameters whose name starts with one of ``backbone_prefixes`` get ``lr * backbone_lr_mult``;
+    parameters of normalisation layers get ``weight_decay_norm``; of ``nn.Embedding`` layers, and
+    those whose name contains one of ``no_decay_names``, ``weight_decay_embed``; everything else
+    ``weight_decay``. Frozen parameters are left out.
 
     Returns:
         One group per trainable parameter (detectron2 style), each with ``lr``,
@@ -196,14 +202,12 @@ def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, 
             seen.add(id(p))
             full = f"{module_name}.{param_name}" if module_name else param_name
             lr = config.lr
-            if full.startswith(
-                ("model.pixel_level_module.encoder.", "pixel_level_module.encoder.")
-            ):
+            if full.startswith(backbone_prefixes):
                 lr = config.lr * config.backbone_lr_mult
             wd = config.weight_decay
             if isinstance(module, _NORM_TYPES):
                 wd = config.weight_decay_norm
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, nn.Embedding) or any(n in full for n in no_decay_names):
                 wd = config.weight_decay_embed
             groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": full})
     if not groups:
@@ -211,13 +215,14 @@ def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, 
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`build_param_groups` (betas 0.9/0.999, eps 1e-8, as detectron2's)."""
-    return torch.optim.AdamW(build_param_groups(model, config), lr=config.lr)
+def build_optimizer(param_groups: list[dict[str, Any]], config: Any) -> torch.optim.AdamW:
+    """AdamW over ``param_groups`` (:func:`build_param_groups`; betas 0.9/0.999, eps 1e-8, as
+    detectron2's)."""
+    return torch.optim.AdamW(param_groups, lr=config.lr)
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, config: Any
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR applying :func:`lr_factor` to every group's base LR."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config=config))
@@ -255,8 +260,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
-def load_train_config(
-    run_dir: str | os.PathLike[str], config_cls: type = TrainConfig, command: str = "unsam train"
+def read_train_config(
+    run_dir: str | os.PathLike[str], config_cls: type, command: str
 ) -> tuple[Any, dict[str, Any]]:
     """The training config (``config_cls``) and the whole record stored in
     ``RUN_DIR/train_config.json`` by ``command``.
@@ -406,7 +411,7 @@ def _dist_info_from_env() -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
-def _resolve_device(config: TrainConfig, info: DistInfo) -> torch.device:
+def _resolve_device(config: Any, info: DistInfo) -> torch.device:
     device = torch.device(config.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -417,24 +422,6 @@ def _resolve_device(config: TrainConfig, info: DistInfo) -> torch.device:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     return device
-
-
-def _sync_num_masks(criterion: nn.Module) -> None:
-    """Make the Mask2Former loss normalise by the mean number of target masks over all processes.
-
-    transformers only does that through ``accelerate``; here the instance's ``get_num_masks`` is
-    replaced by one that all-reduces the count (the original Mask2Former criterion does the same).
-    """
-    import torch.distributed as dist
-
-    def get_num_masks(class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        count = torch.as_tensor(
-            float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device
-        )
-        dist.all_reduce(count)
-        return torch.clamp(count / dist.get_world_size(), min=1)
-
-    criterion.get_num_masks = get_num_masks  # type: ignore[method-assign]
 
 
 def _gather_objects(obj: Any, info: DistInfo) -> list[Any]:
@@ -471,41 +458,14 @@ def _quiet_transformers() -> Iterator[None]:
             tf_logging.enable_progress_bar()
 
 
-def _save_pretrained_atomic(
-    model: nn.Module, target: Path, test_size: tuple[int, int] | None = None
-) -> None:
+def _save_pretrained_atomic(model: Any, target: Path) -> None:
+    """``model.save_pretrained`` into a temporary folder, then moved to ``target``."""
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     with _quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
-    if test_size is not None:
-        _write_test_resolution(tmp, test_size)
+        model.save_pretrained(tmp, safe_serialization=True)
     _replace_dir(tmp, target)
-
-
-def training_test_size(config: TrainConfig, image_hws: list[tuple[int, int]]) -> tuple[int, int]:
-    """The test resize (shortest edge, longest edge) that shows a model images at the scale it
-    was trained at, remembered in the model folder's ``preprocessor_config.json``:
-
-    * with scale jitter, images were resized to fit ``crop_size * s``, s ~ U(min_scale, max_scale):
-      both edges ``crop_size * (min_scale + max_scale) / 2``;
-    * without, training saw the images at their own size: the median shorter side and the
-      largest longer side of the training images.
-    """
-    if config.scale_jitter:
-        side = max(32, round(config.resolved_crop_size * (config.min_scale + config.max_scale) / 2))
-        return side, side
-    shorter = sorted(min(h, w) for h, w in image_hws)
-    return int(shorter[len(shorter) // 2]), int(max(max(h, w) for h, w in image_hws))
-
-
-def _write_test_resolution(model_dir: Path, test_size: tuple[int, int]) -> None:
-    """``preprocessor_config.json`` with the test resize of :func:`training_test_size`, which
-    ``unsam segment`` uses unless given ``--min-size`` / ``--max-size``."""
-    from unsam.models.whole_image.convert import write_preprocessor_config
-
-    write_preprocessor_config(model_dir, min_size=test_size[0], max_size=max(test_size))
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -525,13 +485,14 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 def _save_checkpoint(
     run_dir: Path,
     step: int,
-    model: nn.Module,
+    model: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    config: TrainConfig,
+    config: Any,
     rng_states: list[dict[str, Any]],
-    test_size: tuple[int, int] | None = None,
 ) -> Path:
+    """A resumable checkpoint: ``model.save_pretrained`` (a module or a trainer's saver) and the
+    training state; older checkpoints beyond ``config.keep_checkpoints`` are removed."""
     target = checkpoint_dir(run_dir, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -539,9 +500,7 @@ def _save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     with _quiet_transformers():
-        model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
-    if test_size is not None:
-        _write_test_resolution(tmp / "model", test_size)
+        model.save_pretrained(tmp / "model", safe_serialization=True)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -582,27 +541,15 @@ def _load_model_weights(model: nn.Module, folder: Path) -> None:
         )
 
 
-_EXACT_FIELDS = (
-    "batch_size",
-    "seed",
-    "crop_size",
-    "max_masks_per_image",
-    "hflip",
-    "scale_jitter",
-    "bf16",
-)
-
-
 def _check_resume_config(
     saved: dict[str, Any],
     config: Any,
     where: Path,
-    fixed: tuple[str, ...] = ("config", "num_queries"),
-    exact_fields: tuple[str, ...] | None = None,
+    fixed: tuple[str, ...],
+    exact_fields: tuple[str, ...],
 ) -> None:
     """Refuse a resume that changes a ``fixed`` setting; warn (naming them) about other changes,
     and say which of them (``exact_fields``) make the run differ from an uninterrupted one."""
-    exact_fields = _EXACT_FIELDS if exact_fields is None else exact_fields
     for key in fixed:
         if saved.get(key) != getattr(config, key):
             raise ValueError(
@@ -651,52 +598,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def train(
-    config: TrainConfig,
-    annotations: str | os.PathLike[str],
-    images: str | os.PathLike[str],
-    run_dir: str | os.PathLike[str],
-    *,
-    resume: bool = False,
-    skip_bad_images: bool = False,
-    on_step: Callable[[StepLog], None] | None = None,
-) -> TrainResult:
-    """Train the whole-image Mask2Former on a COCO dataset JSON of (pseudo-)masks.
-
-    Works in one process or under ``torchrun`` (read from the ``WORLD_SIZE``/``RANK`` environment;
-    the process group is created here when needed and destroyed at the end).
-
-    Args:
-        config: the training settings.
-        annotations: COCO dataset JSON (unsam pseudo-labels or ground truth; polygons are fine).
-        images: folder the JSON's ``file_name`` values are relative to.
-        run_dir: output folder (layout: module docstring).
-        resume: continue from the newest checkpoint in ``run_dir`` (a fresh start when it has none).
-            Without it an existing non-empty ``run_dir`` is an error.
-        skip_bad_images: drop images that are missing or whose size differs from the JSON (listed
-            in ``run_dir/skipped_images.txt``) instead of stopping.
-        on_step: called on rank 0 after every step (the CLI drives its progress bar with it).
-
-    Returns:
-        A :class:`TrainResult`.
-
-    Raises:
-        ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
-        NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
-    """
-    with distributed_session(config.device) as info:
-        return _train(
-            config,
-            Path(annotations),
-            Path(images),
-            Path(run_dir),
-            resume,
-            skip_bad_images,
-            on_step,
-            info,
-        )
-
-
 @contextmanager
 def distributed_session(device: str) -> Iterator[DistInfo]:
     """The process group of a training run: read from the ``torchrun`` environment, created here
@@ -721,100 +622,23 @@ def distributed_session(device: str) -> Iterator[DistInfo]:
             dist.destroy_process_group()
 
 
-def _train(
-    config: TrainConfig,
+def _build_dataset(
+    config: Any,
     annotations: Path,
     images: Path,
-    run_dir: Path,
-    resume: bool,
     skip_bad_images: bool,
-    on_step: Callable[[StepLog], None] | None,
-    info: DistInfo,
-) -> TrainResult:
-    """The steps of a run: data, model and optimiser (restored on resume), run files, loader,
-    RNG, then the optimiser steps with checkpoints."""
-    t_start = time.perf_counter()
-    device = _resolve_device(config, info)
-    _prepare_run_dir(run_dir, resume)  # read-only check, on every rank so that all stop together
-    _barrier(info)
-    dataset, bad = _build_dataset(config, annotations, images, skip_bad_images)
-    test_size = training_test_size(config, [(r.height, r.width) for r in dataset.images])
-    model, optimizer, scheduler, state, start_step = _build_training_state(
-        config, run_dir, resume, device
-    )
-    csv_path = run_dir / "loss.csv"
-    if info.is_main:
-        _write_run_files(
-            run_dir, config, annotations, images, info, dataset.num_images, bad, start_step
-        )
-    net: nn.Module = model
-    if info.distributed:
-        _sync_num_masks(model.criterion)
-        net = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            forward_sync_buffers=False,  # BatchNorm is frozen: buffers never change
-        )
-    batches = iter(_build_loader(dataset, config, start_step, info, device))
-    _restore_rng(state, config, start_step, info)  # last, right before the first step
-    logger.info(
-        "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), device %s",
-        config.config,
-        dataset.num_images,
-        start_step,
-        config.max_steps,
-        config.batch_size,
-        info.world_size,
-        device,
-    )
-    step, last_loss = _run_steps(
-        _mask2former_loss(net, device),
-        model,
-        optimizer,
-        scheduler,
-        batches,
-        config,
-        start_step,
-        device,
-        info,
-        run_dir,
-        csv_path,
-        on_step,
-        test_size,
-    )
-    model_dir = run_dir / "model"
-    if info.is_main:
-        _save_pretrained_atomic(model, model_dir, test_size)
-        write_loss_plot(csv_path, run_dir / "loss.png")
-        logger.info(
-            "trained to step %d in %.1f s; model in %s",
-            step,
-            time.perf_counter() - t_start,
-            model_dir,
-        )
-    _barrier(info)
-    return TrainResult(
-        run_dir=run_dir,
-        model_dir=model_dir,
-        steps=step,
-        start_step=start_step,
-        final_loss=last_loss,
-    )
-
-
-def _build_dataset(
-    config: TrainConfig, annotations: Path, images: Path, skip_bad_images: bool
+    crop_size: int,
+    scale_range: tuple[float, float] | None,
 ) -> tuple[TrainDataset, list[tuple[str, str]]]:
     """The training dataset and the images left out (path, reason)."""
     records = load_coco_dataset(annotations)
     usable, bad = check_images(records, images, skip_bad=skip_bad_images)
     if not usable:
         raise ValueError(f"{annotations}: no image with at least one mask; nothing to train on")
-    scale_range = (config.min_scale, config.max_scale) if config.scale_jitter else None
     dataset = TrainDataset(
         usable,
         images,
-        crop_size=config.resolved_crop_size,
+        crop_size=crop_size,
         seed=config.seed,
         max_masks=config.max_masks_per_image,
         hflip=config.hflip,
@@ -823,60 +647,9 @@ def _build_dataset(
     return dataset, bad
 
 
-def _build_training_state(
-    config: TrainConfig, run_dir: Path, resume: bool, device: torch.device
-) -> tuple[
-    nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, dict[str, Any] | None, int
-]:
-    """Model (backbone-initialised for a new run, restored from the newest checkpoint on resume),
-    optimiser, schedule, the checkpoint's training state and its step."""
-    from unsam.models.whole_image import build_model, freeze_batchnorm
-
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    _seed_all(config.seed)
-    model = build_model(config.config, num_queries=config.num_queries)
-    if config.backbone_init is not None and ckpt is None:  # a new run; resumed weights win
-        from unsam.training.whole_image.backbone_init import load_backbone_init
-
-        load_backbone_init(model, config.backbone_init)
-    freeze_batchnorm(model)
-    state: dict[str, Any] | None = None
-    start_step = 0
-    if ckpt is not None:
-        from unsam.io.checkpoints import load_torch_file
-
-        state = load_torch_file(ckpt / "training_state.pt", "training state")
-        _check_resume_config(state.get("config", {}), config, ckpt)
-        _load_model_weights(model, ckpt / "model")
-        start_step = int(state["step"])
-        logger.info("resuming from %s (step %d)", ckpt, start_step)
-    elif resume:
-        logger.info("%s has no checkpoint yet; starting from step 0", run_dir)
-    model.to(device)
-    model.train()
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # the stored LR came from the old schedule: recompute it with this config's (a resume may
-        # change max_steps, which moves the decay steps)
-        for group, base, fn in zip(
-            optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
-        ):
-            group["lr"] = base * fn(scheduler.last_epoch)
-    if start_step >= config.max_steps:
-        logger.info(
-            "run already has %d >= max_steps=%d steps; nothing to train",
-            start_step,
-            config.max_steps,
-        )
-    return model, optimizer, scheduler, state, start_step
-
-
 def _write_run_files(
     run_dir: Path,
-    config: TrainConfig,
+    config: Any,
     annotations: Path,
     images: Path,
     info: DistInfo,
@@ -886,7 +659,7 @@ def _write_run_files(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """train_config.json (plus ``extra`` fields), skipped_images.txt and the loss CSV (cut back
-    to ``start_step``); rank 0. Shared by both trainers."""
+    to ``start_step``); rank 0."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / "train_config.json",
@@ -913,14 +686,13 @@ def _write_run_files(
 
 def _build_loader(
     dataset: TrainDataset,
-    config: TrainConfig,
+    config: Any,
     start_step: int,
     info: DistInfo,
-    device: torch.device,
+    collate_fn: Callable[[Sequence[TrainSample]], dict[str, Any]],
+    pin_memory: bool,
 ) -> torch.utils.data.DataLoader:
     """Batches for steps ``start_step..max_steps`` of this rank (deterministic, resumable)."""
-    from unsam.models.whole_image import IMAGE_MEAN, IMAGE_STD
-
     sampler = StepBatchSampler(
         start_step=start_step,
         max_steps=config.max_steps,
@@ -931,15 +703,15 @@ def _build_loader(
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(collate, mean=IMAGE_MEAN, std=IMAGE_STD),
+        collate_fn=collate_fn,
         num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
     )
 
 
 def _restore_rng(
-    state: dict[str, Any] | None, config: TrainConfig, start_step: int, info: DistInfo
+    state: dict[str, Any] | None, config: Any, start_step: int, info: DistInfo
 ) -> None:
     """The checkpoint's RNG states (bit-identical resume), else a seed derived from the step."""
     if state is not None and len(state["rng"]) == info.world_size:
@@ -968,13 +740,11 @@ def _run_steps(
     run_dir: Path,
     csv_path: Path,
     on_step: Callable[[StepLog], None] | None,
-    test_size: tuple[int, int] | None = None,
     saver: Any = None,
 ) -> tuple[int, float | None]:
     """Optimiser steps up to ``max_steps`` (``compute_loss(batch)`` gives each step's loss),
     logging each and checkpointing every ``checkpoint_every`` (``saver``: what
-    ``save_pretrained`` is called on, default the model); returns (last step, last loss).
-    Shared by both trainers."""
+    ``save_pretrained`` is called on, default the model); returns (last step, last loss)."""
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     step = start_step
@@ -1014,7 +784,6 @@ def _run_steps(
                     scheduler,
                     config,
                     rng_states,
-                    test_size=test_size,
                 )
                 write_loss_plot(csv_path, run_dir / "loss.png")
                 logger.info("step %d: loss %.4f, checkpoint %s", step, last_loss, path)
@@ -1055,23 +824,6 @@ def _optimizer_step(
     return float(loss_value)
 
 
-def _mask2former_loss(
-    net: nn.Module, device: torch.device
-) -> Callable[[dict[str, Any]], torch.Tensor]:
-    """The whole-image model's loss on one batch of :func:`unsam.training.data.collate`."""
-
-    def compute(batch: dict[str, Any]) -> torch.Tensor:
-        out = net(
-            pixel_values=batch["pixel_values"].to(device, non_blocking=True),
-            pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
-            mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
-            class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
-        )
-        return out.loss
-
-    return compute
-
-
 def resolve_training_run(
     run_dir: str | os.PathLike[str],
     overrides: dict[str, Any],
@@ -1079,13 +831,12 @@ def resolve_training_run(
     images: str | None,
     *,
     resume: bool,
-    load: Callable[[Path], tuple[Any, dict[str, Any]]] = load_train_config,
-    new: Callable[[dict[str, Any]], Any] | None = None,
+    load: Callable[[Path], tuple[Any, dict[str, Any]]],
+    new: Callable[[dict[str, Any]], Any],
 ) -> tuple[Any, str, str]:
     """The settings and data of a run: on ``resume`` of an existing run, its stored settings
     (``load(run_dir)``) with ``overrides`` applied and its stored data paths unless given; else
-    ``new(overrides)`` (default: :meth:`TrainConfig.for_model`, the model config's own defaults
-    under the user's flags). Shared by both trainers' CLIs.
+    ``new(overrides)``. Shared by both trainers' CLIs.
 
     Raises:
         ValueError: no annotations / images for a new run.
@@ -1096,14 +847,253 @@ def resolve_training_run(
         config = dataclasses.replace(saved, **overrides)
         annotations = annotations or record.get("annotations")
         images = images or record.get("images")
-    elif new is not None:
-        config = new(dict(overrides))
     else:
-        values = dict(overrides)
-        config = TrainConfig.for_model(str(values.pop("config", "r50")), **values)
+        config = new(dict(overrides))
     if not annotations or not images:
         raise ValueError(
             "--annotations PSEUDO.json and --images DIR are required "
             "(except with --resume of a run)"
         )
     return config, annotations, images
+
+
+# ---------------------------------------------------------------------------------------------
+# The training skeleton
+# ---------------------------------------------------------------------------------------------
+class Trainer(abc.ABC):
+    """One training run, shared by both models; a subclass gives what is its model's own.
+
+    :meth:`fit` checks the run folder, loads the data, builds the model and the optimiser
+    (restored from the newest checkpoint on resume), writes the run files, restores the RNG, runs
+    the optimiser steps with the loss log and checkpoints (:func:`_run_steps`) and saves the final
+    model. A subclass gives the crop, the model, its parameter groups, the batch collation, the
+    loss and the final save.
+
+    Args:
+        config: the trainer's frozen settings dataclass; the engine reads ``seed``, ``device``,
+            ``max_steps``, ``batch_size``, ``lr`` (and the other schedule and optimiser fields),
+            ``max_masks_per_image``, ``hflip``, ``bf16``, ``grad_clip``, ``checkpoint_every``,
+            ``keep_checkpoints`` and ``num_workers``.
+    """
+
+    #: Settings a resume may not change (the run stops, naming the setting).
+    fixed_fields: tuple[str, ...] = ("config",)
+    #: Settings whose change makes a resumed run differ from an uninterrupted one (warned about).
+    exact_fields: tuple[str, ...] = ()
+    #: Extra fields of ``train_config.json``.
+    run_record: dict[str, Any] | None = None
+    #: Batches in pinned host memory when training on CUDA.
+    pin_memory: bool = False
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """What the start log line says is trained (e.g. the model config)."""
+
+    @abc.abstractmethod
+    def crop(self) -> tuple[int, tuple[float, float] | None]:
+        """Side of the square training crop in pixels, and the scale-jitter range (None: none)."""
+
+    def prepare(self, dataset: TrainDataset) -> None:
+        """Called with the training dataset before the model is built (default: nothing)."""
+
+    @abc.abstractmethod
+    def build_model(self, new_run: bool) -> nn.Module:
+        """A fresh model (after the run's seed is set); ``new_run``: no checkpoint will be loaded
+        into it, so a backbone initialisation applies."""
+
+    @abc.abstractmethod
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """AdamW parameter groups (:func:`build_param_groups`)."""
+
+    @abc.abstractmethod
+    def collate_fn(self) -> Callable[[Sequence[TrainSample]], dict[str, Any]]:
+        """The data loader's ``collate_fn``."""
+
+    @abc.abstractmethod
+    def loss_function(
+        self, model: nn.Module, info: DistInfo, device: torch.device
+    ) -> Callable[[dict[str, Any]], torch.Tensor]:
+        """``compute_loss(batch)`` of a step (wrapping the model in DistributedDataParallel when
+        ``info.distributed``)."""
+
+    def checkpoint_saver(self, model: nn.Module) -> Any:
+        """What a checkpoint calls ``save_pretrained(folder, safe_serialization=True)`` on."""
+        return model
+
+    @abc.abstractmethod
+    def model_dir(self, run_dir: Path) -> Path:
+        """Folder of the final model."""
+
+    @abc.abstractmethod
+    def save_final(self, model: nn.Module, model_dir: Path) -> None:
+        """Write the final model into ``model_dir`` (rank 0)."""
+
+    def fit(
+        self,
+        annotations: str | os.PathLike[str],
+        images: str | os.PathLike[str],
+        run_dir: str | os.PathLike[str],
+        *,
+        resume: bool = False,
+        skip_bad_images: bool = False,
+        on_step: Callable[[StepLog], None] | None = None,
+    ) -> TrainResult:
+        """Train on a COCO dataset JSON of (pseudo-)masks, in one process or under ``torchrun``
+        (the process group is created here when needed and destroyed at the end).
+
+        Args and Raises: as :func:`unsam.training.whole_image.trainer.train`.
+        """
+        with distributed_session(self.config.device) as info:
+            return self._fit(
+                Path(annotations),
+                Path(images),
+                Path(run_dir),
+                resume,
+                skip_bad_images,
+                on_step,
+                info,
+            )
+
+    def _fit(
+        self,
+        annotations: Path,
+        images: Path,
+        run_dir: Path,
+        resume: bool,
+        skip_bad_images: bool,
+        on_step: Callable[[StepLog], None] | None,
+        info: DistInfo,
+    ) -> TrainResult:
+        """The steps of a run: data, model and optimiser (restored on resume), run files, loader,
+        RNG, then the optimiser steps with checkpoints, then the final save."""
+        config = self.config
+        t_start = time.perf_counter()
+        device = _resolve_device(config, info)
+        _prepare_run_dir(run_dir, resume)  # read-only, on every rank so that all stop together
+        _barrier(info)
+        crop_size, scale_range = self.crop()
+        dataset, bad = _build_dataset(
+            config, annotations, images, skip_bad_images, crop_size, scale_range
+        )
+        self.prepare(dataset)
+        model, optimizer, scheduler, state, start_step = self._build_training_state(
+            run_dir, resume, device
+        )
+        csv_path = run_dir / "loss.csv"
+        if info.is_main:
+            _write_run_files(
+                run_dir,
+                config,
+                annotations,
+                images,
+                info,
+                dataset.num_images,
+                bad,
+                start_step,
+                extra=self.run_record,
+            )
+        compute_loss = self.loss_function(model, info, device)
+        loader = _build_loader(
+            dataset,
+            config,
+            start_step,
+            info,
+            self.collate_fn(),
+            pin_memory=self.pin_memory and device.type == "cuda",
+        )
+        batches = iter(loader)
+        _restore_rng(state, config, start_step, info)  # last, right before the first step
+        logger.info(
+            "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), "
+            "device %s",
+            self.name,
+            dataset.num_images,
+            start_step,
+            config.max_steps,
+            config.batch_size,
+            info.world_size,
+            device,
+        )
+        step, last_loss = _run_steps(
+            compute_loss,
+            model,
+            optimizer,
+            scheduler,
+            batches,
+            config,
+            start_step,
+            device,
+            info,
+            run_dir,
+            csv_path,
+            on_step,
+            saver=self.checkpoint_saver(model),
+        )
+        model_dir = self.model_dir(run_dir)
+        if info.is_main:
+            self.save_final(model, model_dir)
+            write_loss_plot(csv_path, run_dir / "loss.png")
+            logger.info(
+                "trained to step %d in %.1f s; model in %s",
+                step,
+                time.perf_counter() - t_start,
+                model_dir,
+            )
+        _barrier(info)
+        return TrainResult(
+            run_dir=run_dir,
+            model_dir=model_dir,
+            steps=step,
+            start_step=start_step,
+            final_loss=last_loss,
+        )
+
+    def _build_training_state(
+        self, run_dir: Path, resume: bool, device: torch.device
+    ) -> tuple[
+        nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, dict[str, Any] | None, int
+    ]:
+        """Model (backbone-initialised for a new run, restored from the newest checkpoint on
+        resume), optimiser, schedule, the checkpoint's training state and its step."""
+        config = self.config
+        ckpt = latest_checkpoint(run_dir) if resume else None
+        _seed_all(config.seed)
+        model = self.build_model(new_run=ckpt is None)
+        state: dict[str, Any] | None = None
+        start_step = 0
+        if ckpt is not None:
+            from unsam.io.checkpoints import load_torch_file
+
+            state = load_torch_file(ckpt / "training_state.pt", "training state")
+            _check_resume_config(
+                state.get("config", {}), config, ckpt, self.fixed_fields, self.exact_fields
+            )
+            _load_model_weights(model, ckpt / "model")
+            start_step = int(state["step"])
+            logger.info("resuming from %s (step %d)", ckpt, start_step)
+        elif resume:
+            logger.info("%s has no checkpoint yet; starting from step 0", run_dir)
+        model.to(device)
+        model.train()
+        optimizer = build_optimizer(self.param_groups(model), config)
+        scheduler = build_scheduler(optimizer, config)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            # the stored LR came from the old schedule: recompute it with this config's (a resume
+            # may change max_steps, which moves the decay steps)
+            for group, base, fn in zip(
+                optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+            ):
+                group["lr"] = base * fn(scheduler.last_epoch)
+        if start_step >= config.max_steps:
+            logger.info(
+                "run already has %d >= max_steps=%d steps; nothing to train",
+                start_step,
+                config.max_steps,
+            )
+        return model, optimizer, scheduler, state, start_step

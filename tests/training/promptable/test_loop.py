@@ -9,12 +9,12 @@ import torch
 
 from tests.training.coco_subset import write_coco_subset
 from unsam.training.engine import read_loss_csv
+from unsam.training.promptable.backbone_init import load_backbone_init
 from unsam.training.promptable.config import PromptableTrainConfig
 from unsam.training.promptable.trainer import (
     PromptableTrainStep,
     _prompts,
     build_param_groups,
-    load_backbone_init,
     load_promptable_train_config,
     train_promptable,
 )

@@ -44,7 +44,6 @@ def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out[..., 0]
 
 
-
 def point_sample_masks(
     masks: torch.Tensor, index: torch.Tensor, coords: torch.Tensor
 ) -> torch.Tensor:
@@ -90,7 +89,6 @@ def point_sample_masks(
     return out
 
 
-
 def uncertain_point_coords(
     logits: torch.Tensor,
     num_points: int,
@@ -124,12 +122,10 @@ def uncertain_point_coords(
     return picked
 
 
-
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """(…, 4) (cx, cy, w, h) -> (…, 4) (x0, y0, x1, y1)."""
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-
 
 
 def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

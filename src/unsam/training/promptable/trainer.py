@@ -10,9 +10,9 @@ Run directory (``unsam train-promptable --output RUN_DIR``)::
     RUN_DIR/checkpoints/step_0005000/model/          save_pretrained folder of that step
     RUN_DIR/checkpoints/step_0005000/training_state.pt   optimizer, scheduler, step, RNG states
 
-The run-directory helpers, RNG capture, checkpoint writing, loss CSV / plot and the LR schedule
-are the whole-image trainer's (:mod:`unsam.training.engine`); so is the data stream
-(:class:`unsam.training.data.TrainDataset`: every sample is a pure function of
+The run itself (run files, RNG capture, checkpoints, loss CSV / plot, LR schedule, resume) is
+:class:`unsam.training.engine.Trainer`'s; the data stream is
+:class:`unsam.training.data.TrainDataset` (every sample is a pure function of
 ``(seed, position)``).
 Clicks, box noise and point sampling use the global torch RNG, which checkpoints store, so a run
 resumed from step k reproduces the uninterrupted run's weights bit for bit (same machine, thread
@@ -30,12 +30,9 @@ Several processes: ``torchrun --nproc_per_node N -m unsam.cli.main train-prompta
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,31 +40,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from unsam.io.checkpoints import load_torch_file
-from unsam.io.coco import load_coco_dataset
-from unsam.training.data import StepBatchSampler, TrainDataset, TrainSample, check_images
+from unsam.training.data import TrainSample
 from unsam.training.engine import (
-    _NORM_TYPES,
     DistInfo,
     StepLog,
+    Trainer,
     TrainResult,
-    _barrier,
-    _load_model_weights,
-    _prepare_run_dir,
-    _resolve_device,
-    _restore_rng,
-    _run_steps,
-    _seed_all,
-    _write_run_files,
-    distributed_session,
-    latest_checkpoint,
-    load_train_config,
-    lr_factor,
-    write_loss_plot,
+    read_train_config,
 )
-from unsam.training.engine import (
-    _check_resume_config as _check_resume_shared,
-)
+from unsam.training.engine import build_param_groups as _build_param_groups
 from unsam.training.promptable.config import PromptableTrainConfig
 from unsam.training.promptable.losses import layer_losses, weighted_total
 from unsam.training.promptable.matching import match_clicks
@@ -80,14 +61,12 @@ from unsam.training.promptable.targets import (
 
 __all__ = [
     "PromptableTrainStep",
+    "PromptableTrainer",
     "build_param_groups",
     "collate_promptable",
-    "load_backbone_init",
     "load_promptable_train_config",
     "train_promptable",
 ]
-
-logger = logging.getLogger(__name__)
 
 _EXACT_FIELDS = (
     "batch_size",
@@ -102,6 +81,7 @@ _EXACT_FIELDS = (
     "bf16",
 )
 _NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+_BACKBONE_PREFIXES = ("backbone.",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,106 +97,7 @@ def build_param_groups(model: nn.Module, config: PromptableTrainConfig) -> list[
     Returns:
         One group per trainable parameter, each with ``lr``, ``weight_decay`` and ``name``.
     """
-    groups: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for param_name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            lr = config.lr * (config.backbone_lr_mult if full.startswith("backbone.") else 1.0)
-            wd = config.weight_decay
-            if isinstance(module, _NORM_TYPES):
-                wd = config.weight_decay_norm
-            elif isinstance(module, nn.Embedding) or any(n in full for n in _NO_DECAY_NAMES):
-                wd = config.weight_decay_embed
-            groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": full})
-    if not groups:
-        raise ValueError("the model has no trainable parameters")
-    return groups
-
-
-# ---------------------------------------------------------------------------------------------
-# Backbone initialisation from an official Swin / MoBY checkpoint
-# ---------------------------------------------------------------------------------------------
-def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
-    """Load an official Swin-T (or MoBY) checkpoint into ``model.backbone`` (spec §1.2, §6.4).
-
-    The checkpoint's ``model`` / ``state_dict`` entry (or the dict itself) is read with
-    ``weights_only=True``. MoBY files keep the online encoder under ``encoder.`` (stripped, as the
-    original does; ``encoder_k.`` and the projector / predictor are ignored). Keys are mapped onto
-    transformers' ``SwinBackbone`` with the promptable checkpoint converter's Swin rules
-    (:data:`unsam.models.promptable.convert.RULES`); the classification head, the final ``norm`` and
-    ``attn_mask`` buffers have no counterpart and are skipped. The per-stage output norms are not in
-    such files and keep their initialisation.
-
-    Returns:
-        Number of backbone tensors loaded.
-
-    Raises:
-        FileNotFoundError / ValueError: missing file, no Swin tensor found, or a shape mismatch
-            (e.g. a Swin-T file for the tiny model).
-    """
-    from unsam.models.promptable.convert import _match
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"{p}: backbone checkpoint not found (pass a Swin-T / MoBY .pth to --backbone-init)"
-        )
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many types
-        raise ValueError(f"{p}: cannot be read with torch.load(weights_only=True) ({exc})") from exc
-    sd = ckpt
-    if isinstance(ckpt, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(ckpt.get(key), dict):
-                sd = ckpt[key]
-                break
-    if not isinstance(sd, dict):
-        raise TypeError(f"{p}: expected a dict of tensors")
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if any(k.startswith("encoder.") for k in sd):
-        sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
-    target = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    skipped = []
-    for key, tensor in sd.items():
-        hit = _match("backbone." + key)
-        if hit is None or hit[1] not in ("copy", "split_qkv") or not hit[0].startswith("backbone."):
-            skipped.append(key)
-            continue
-        template, action, groups = hit
-        if action == "split_qkv":
-            c = tensor.shape[0] // 3
-            for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[template.format(proj=proj, **groups)] = tensor[i * c : (i + 1) * c]
-        else:
-            out[template.format(**groups)] = tensor
-    if not out:
-        raise ValueError(
-            f"{p}: no Swin backbone tensor found (keys like layers.0.blocks.0.attn.qkv.weight)"
-        )
-    for name, tensor in out.items():
-        if name not in target or target[name].shape != tensor.shape:
-            shape = tuple(target[name].shape) if name in target else "absent"
-            raise ValueError(
-                f"{p}: {name} has shape {tuple(tensor.shape)} but the model's is {shape}; "
-                "is this a Swin-T checkpoint and the model config swin_t?"
-            )
-    model.load_state_dict(out, strict=False)
-    total = sum(1 for k in target if k.startswith("backbone."))
-    logger.info(
-        "backbone init from %s: %d of %d backbone tensors loaded; %d checkpoint keys skipped (%s)",
-        p,
-        len(out),
-        total,
-        len(skipped),
-        ", ".join(sorted(skipped)[:4]),
-    )
-    return len(out)
+    return _build_param_groups(model, config, _BACKBONE_PREFIXES, _NO_DECAY_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +237,7 @@ def _prompts(
 # Run directory
 # ---------------------------------------------------------------------------------------------
 class _Saver:
-    """Adapter: :func:`unsam.training.engine._save_checkpoint` calls
+    """Adapter: the engine's checkpoints call
     ``save_pretrained(folder, safe_serialization=)``."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -399,17 +280,81 @@ def load_promptable_train_config(
         raise ValueError(
             f"{path}: written by `unsam train` (whole-image model), not `unsam train-promptable`"
         )
-    return load_train_config(run_dir, PromptableTrainConfig, "unsam train-promptable")
-
-
-def _check_resume_config(saved: dict[str, Any], config: PromptableTrainConfig, where: Path) -> None:
-    """The whole-image trainer's resume check with this trainer's fixed and exact fields."""
-    _check_resume_shared(saved, config, where, fixed=("config",), exact_fields=_EXACT_FIELDS)
+    return read_train_config(run_dir, PromptableTrainConfig, "unsam train-promptable")  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The trainer
 # ---------------------------------------------------------------------------------------------
+class PromptableTrainer(Trainer):
+    """What the promptable model adds to :class:`unsam.training.engine.Trainer`: the model
+    (Swin-initialised for a new run), its parameter groups, the clicks and the loss of a step
+    (:class:`PromptableTrainStep`) and the final model in ``RUN_DIR`` itself."""
+
+    fixed_fields = ("config",)
+    exact_fields = _EXACT_FIELDS
+    run_record = {"model": "promptable"}
+
+    @property
+    def name(self) -> str:
+        return f"promptable {self.config.config}"
+
+    def crop(self) -> tuple[int, tuple[float, float] | None]:
+        config = self.config
+        return config.resolved_image_size, (config.min_scale, config.max_scale)
+
+    def build_model(self, new_run: bool) -> nn.Module:
+        from unsam.models.promptable.modeling import build_model
+
+        model = build_model(self.config.config)
+        if new_run and self.config.backbone_init is not None:
+            from unsam.training.promptable.backbone_init import load_backbone_init
+
+            load_backbone_init(model, self.config.backbone_init)
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return build_param_groups(model, self.config)
+
+    def collate_fn(self) -> Callable[[Sequence[TrainSample]], dict[str, Any]]:
+        return collate_promptable
+
+    def loss_function(
+        self, model: nn.Module, info: DistInfo, device: torch.device
+    ) -> Callable[[dict[str, Any]], torch.Tensor]:
+        config = self.config
+        max_targets = int(model.config.num_mask_tokens)
+        step_module = PromptableTrainStep(model, config)
+        net: nn.Module = step_module
+        if info.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+        def compute_loss(batch: dict[str, Any]) -> torch.Tensor:
+            points, targets, count = _prompts(batch["masks"], config.num_clicks, max_targets)
+            num_masks = torch.tensor(float(count))
+            if info.distributed:
+                import torch.distributed as dist
+
+                num_masks = num_masks.to(device)
+                dist.all_reduce(num_masks)
+            num_masks_value = max(float(num_masks) / info.world_size, 1.0)
+            return net(batch["images"].to(device), batch["masks"], points, targets, num_masks_value)
+
+        return compute_loss
+
+    def checkpoint_saver(self, model: nn.Module) -> Any:
+        return _Saver(model)
+
+    def model_dir(self, run_dir: Path) -> Path:
+        return run_dir
+
+    def save_final(self, model: nn.Module, model_dir: Path) -> None:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        _save_final(model, model_dir)
+
+
 def train_promptable(
     config: PromptableTrainConfig,
     annotations: str | os.PathLike[str],
@@ -440,163 +385,11 @@ def train_promptable(
         ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
         NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
     """
-    with distributed_session(config.device) as info:
-        return _train(
-            config,
-            Path(annotations),
-            Path(images),
-            Path(run_dir),
-            resume,
-            skip_bad_images,
-            on_step,
-            info,
-        )
-
-
-def _train(
-    config: PromptableTrainConfig,
-    annotations: Path,
-    images: Path,
-    run_dir: Path,
-    resume: bool,
-    skip_bad_images: bool,
-    on_step: Callable[[StepLog], None] | None,
-    info: DistInfo,
-) -> TrainResult:
-    from unsam.models.promptable.modeling import build_model
-
-    t_start = time.perf_counter()
-    device = _resolve_device(config, info)  # type: ignore[arg-type]
-    _prepare_run_dir(run_dir, resume)
-    _barrier(info)
-
-    records = load_coco_dataset(annotations)
-    usable, bad = check_images(records, images, skip_bad=skip_bad_images)
-    if not usable:
-        raise ValueError(f"{annotations}: no image with at least one mask; nothing to train on")
-    dataset = TrainDataset(
-        usable,
+    return PromptableTrainer(config).fit(
+        annotations,
         images,
-        crop_size=config.resolved_image_size,
-        seed=config.seed,
-        max_masks=config.max_masks_per_image,
-        hflip=config.hflip,
-        scale_range=(config.min_scale, config.max_scale),
-    )
-
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    _seed_all(config.seed)
-    model = build_model(config.config)
-    state: dict[str, Any] | None = None
-    start_step = 0
-    if ckpt is not None:
-        state = load_torch_file(ckpt / "training_state.pt", "training state")
-        _check_resume_config(state.get("config", {}), config, ckpt)
-        _load_model_weights(model, ckpt / "model")
-        start_step = int(state["step"])
-        logger.info("resuming from %s (step %d)", ckpt, start_step)
-    elif config.backbone_init is not None:
-        load_backbone_init(model, config.backbone_init)
-    model.to(device)
-    model.train()
-    max_targets = int(model.config.num_mask_tokens)
-    optimizer = torch.optim.AdamW(build_param_groups(model, config), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config=config))  # type: ignore[arg-type]
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # the stored LRs were computed with the stored max_steps; a resume that changes max_steps
-        # (e.g. 2 steps, then --max-steps 4) must continue on the new schedule
-        factor = lr_factor(start_step, config)  # type: ignore[arg-type]
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * factor
-
-    csv_path = run_dir / "loss.csv"
-    if info.is_main:
-        _write_run_files(
-            run_dir,
-            config,
-            annotations,
-            images,
-            info,
-            dataset.num_images,
-            bad,
-            start_step,  # type: ignore[arg-type]
-            extra={"model": "promptable"},
-        )
-
-    step_module = PromptableTrainStep(model, config)
-    net: nn.Module = step_module
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    sampler = StepBatchSampler(
-        start_step=start_step,
-        max_steps=config.max_steps,
-        batch_size=config.batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_promptable,
-        num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    batches = iter(loader)
-
-    _restore_rng(state, config, start_step, info)  # type: ignore[arg-type]
-    logger.info(
-        "training promptable %s on %d image(s) from step %d to %d, batch %d over %d "
-        "process(es), %s",
-        config.config,
-        dataset.num_images,
-        start_step,
-        config.max_steps,
-        config.batch_size,
-        info.world_size,
-        device,
-    )
-
-    def compute_loss(batch: dict[str, Any]) -> torch.Tensor:
-        points, targets, count = _prompts(batch["masks"], config.num_clicks, max_targets)
-        num_masks = torch.tensor(float(count))
-        if info.distributed:
-            import torch.distributed as dist
-
-            num_masks = num_masks.to(device)
-            dist.all_reduce(num_masks)
-        num_masks_value = max(float(num_masks) / info.world_size, 1.0)
-        return net(batch["images"].to(device), batch["masks"], points, targets, num_masks_value)
-
-    step, last_loss = _run_steps(
-        compute_loss,
-        model,
-        optimizer,
-        scheduler,
-        batches,
-        config,
-        start_step,
-        device,
-        info,
         run_dir,
-        csv_path,
-        on_step,
-        saver=_Saver(model),
-    )
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _save_final(model, run_dir)
-        write_loss_plot(csv_path, run_dir / "loss.png")
-        logger.info(
-            "trained to step %d in %.1f s; model in %s",
-            step,
-            time.perf_counter() - t_start,
-            run_dir,
-        )
-    _barrier(info)
-    return TrainResult(
-        run_dir=run_dir, model_dir=run_dir, steps=step, start_step=start_step, final_loss=last_loss
+        resume=resume,
+        skip_bad_images=skip_bad_images,
+        on_step=on_step,
     )
