@@ -365,25 +365,12 @@ def train_promptable(
     skip_bad_images: bool = False,
     on_step: Callable[[StepLog], None] | None = None,
 ) -> TrainResult:
-    """Train the promptable model on a COCO dataset JSON of (pseudo-)masks.
+    """Train the promptable model on a COCO dataset JSON of (pseudo-)masks
+    (:class:`PromptableTrainer`; the model is saved in ``run_dir`` itself, so ``model_dir`` is
+    ``run_dir``).
 
-    Works in one process or under ``torchrun`` (``WORLD_SIZE`` / ``RANK`` from the environment).
-
-    Args:
-        config: training settings.
-        annotations: COCO dataset JSON (pseudo-labels or ground truth).
-        images: folder the JSON's ``file_name`` values are relative to.
-        run_dir: output folder (layout: module docstring).
-        resume: continue from the newest checkpoint of ``run_dir`` (a fresh start when it has none).
-        skip_bad_images: skip missing / mis-sized images instead of stopping.
-        on_step: called on rank 0 after every step.
-
-    Returns:
-        A :class:`unsam.training.engine.TrainResult`; ``model_dir`` is ``run_dir`` itself.
-
-    Raises:
-        ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
-        NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
+    Args, Returns and Raises: :meth:`unsam.training.engine.Trainer.fit`; ``config`` is the
+    training settings.
     """
     return PromptableTrainer(config).fit(
         annotations,

@@ -245,28 +245,11 @@ def train(
     skip_bad_images: bool = False,
     on_step: Callable[[StepLog], None] | None = None,
 ) -> TrainResult:
-    """Train the whole-image Mask2Former on a COCO dataset JSON of (pseudo-)masks.
+    """Train the whole-image Mask2Former on a COCO dataset JSON of (pseudo-)masks
+    (:class:`WholeImageTrainer`; the model is saved in ``run_dir / "model"``).
 
-    Works in one process or under ``torchrun`` (read from the ``WORLD_SIZE``/``RANK`` environment;
-    the process group is created here when needed and destroyed at the end).
-
-    Args:
-        config: the training settings.
-        annotations: COCO dataset JSON (unsam pseudo-labels or ground truth; polygons are fine).
-        images: folder the JSON's ``file_name`` values are relative to.
-        run_dir: output folder (layout: module docstring).
-        resume: continue from the newest checkpoint in ``run_dir`` (a fresh start when it has none).
-            Without it an existing non-empty ``run_dir`` is an error.
-        skip_bad_images: drop images that are missing or whose size differs from the JSON (listed
-            in ``run_dir/skipped_images.txt``) instead of stopping.
-        on_step: called on rank 0 after every step (the CLI drives its progress bar with it).
-
-    Returns:
-        A :class:`TrainResult`.
-
-    Raises:
-        ValueError: existing run folder without ``resume``, bad data, incompatible checkpoint.
-        NonFiniteLossError: the loss became NaN or infinite (the step is not applied).
+    Args, Returns and Raises: :meth:`unsam.training.engine.Trainer.fit`; ``config`` is the
+    training settings.
     """
     return WholeImageTrainer(config).fit(
         annotations,
