@@ -1,6 +1,6 @@
 """Peak memory of pseudo-label (classic) and segment (tiny model) on a large synthetic photo,
 against the documented formulas (unsam.pipeline.memory_bound_bytes,
-unsam.models.whole_image.segmenter.memory_bound_bytes). Each command runs in a fresh process
+unsam.models.whole_image.postprocessing.memory_bound_bytes). Each command runs in a fresh process
 (tests/memory/probe.py); prints one JSON line per command.
 
 Usage: python benchmarks/memory_large_photo.py [--height 6000 --width 8000] [--max-masks 100]
@@ -42,8 +42,9 @@ def main() -> None:
     p.add_argument("--max-masks", type=int, default=100)
     a = p.parse_args()
     from unsam.models.whole_image import build_model
-    from unsam.models.whole_image.segmenter import SegmentConfig, WholeImageSegmenter
-    from unsam.models.whole_image.segmenter import memory_bound_bytes as segment_bound
+    from unsam.models.whole_image.postprocessing import memory_bound_bytes as segment_bound
+    from unsam.models.whole_image.segment_config import SegmentConfig
+    from unsam.models.whole_image.segmenter import WholeImageSegmenter
     from unsam.pipeline import PipelineConfig, memory_bound_bytes, resolve_preset
 
     hw = (a.height, a.width)

@@ -55,12 +55,9 @@ import torch
 from common import peak_rss_bytes, write_result
 
 from unsam.models.whole_image import build_model, freeze_batchnorm
-from unsam.models.whole_image.segmenter import (
-    SegmentConfig,
-    WholeImageSegmenter,
-    postprocess_masks,
-    postprocess_top_masks,
-)
+from unsam.models.whole_image.postprocessing import postprocess_masks, postprocess_top_masks
+from unsam.models.whole_image.segment_config import SegmentConfig
+from unsam.models.whole_image.segmenter import WholeImageSegmenter
 
 
 def _rss_mib() -> float:
@@ -189,7 +186,8 @@ def memory_check(h: int = 3000, w: int = 4000, max_masks: int = 100) -> dict:
         f"sys.path.insert(0, {str(REPO / 'benchmarks')!r})\n"
         "from common import peak_rss_bytes\n"
         "from unsam.models.whole_image import build_model\n"
-        "from unsam.models.whole_image.segmenter import SegmentConfig, WholeImageSegmenter\n"
+        "from unsam.models.whole_image.segment_config import SegmentConfig\n"
+        "from unsam.models.whole_image.segmenter import WholeImageSegmenter\n"
         "torch.manual_seed(0)\n"
         f"seg = WholeImageSegmenter(build_model('r50'), SegmentConfig(max_masks={max_masks}))\n"
         f"img = np.random.default_rng(0).integers(0, 256, size=({h}, {w}, 3), dtype=np.uint8)\n"

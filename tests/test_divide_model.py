@@ -11,7 +11,7 @@ import torch
 
 from unsam.io.images import load_image
 from unsam.models.whole_image import WholeImageSegmenter, build_model
-from unsam.models.whole_image.segmenter import SegmentConfig
+from unsam.models.whole_image.segment_config import SegmentConfig
 from unsam.pipeline import DivideAndConquer
 from unsam.records import MaskRecord
 

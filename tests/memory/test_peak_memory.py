@@ -59,11 +59,9 @@ def test_pseudo_label_classic_on_a_large_photo(tmp_path: Path) -> None:
 
 def test_segment_on_a_large_photo(tmp_path: Path) -> None:
     from unsam.models.whole_image import build_model
-    from unsam.models.whole_image.segmenter import (
-        SegmentConfig,
-        WholeImageSegmenter,
-        memory_bound_bytes,
-    )
+    from unsam.models.whole_image.postprocessing import memory_bound_bytes
+    from unsam.models.whole_image.segment_config import SegmentConfig
+    from unsam.models.whole_image.segmenter import WholeImageSegmenter
 
     model_dir = tmp_path / "tiny"
     WholeImageSegmenter(build_model("tiny", num_queries=40)).save_pretrained(model_dir)

@@ -1,4 +1,4 @@
-"""The fast whole-image path (segmenter._fast_decoder + top-k masks) against the reference path.
+"""The fast whole-image path (decoder._fast_decoder + top-k masks) against the reference path.
 
 The reference path is transformers' own decoder forward with the bounded-memory mask predictor
 (``WholeImageSegmenter(..., reference=True)``), which tests/models/test_whole_image_segmenter.py
@@ -16,13 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unsam.models.whole_image import build_model, model_config, segmenter
-from unsam.models.whole_image.segmenter import (
-    SegmentConfig,
-    WholeImageSegmenter,
-    postprocess_masks,
-    postprocess_top_masks,
-)
+from unsam.models.whole_image import build_model, decoder, model_config
+from unsam.models.whole_image.postprocessing import postprocess_masks, postprocess_top_masks
+from unsam.models.whole_image.segment_config import SegmentConfig
+from unsam.models.whole_image.segmenter import WholeImageSegmenter
 from unsam.records import rle_iou_matrix
 
 CFG = SegmentConfig(min_size=128, max_size=256, max_masks=40, chunk_size=7)
@@ -204,7 +201,7 @@ def test_pre_norm_models_fall_back_to_the_reference_path() -> None:
     config.pre_norm = True
     torch.manual_seed(1)
     model = Mask2FormerForUniversalSegmentation(config).eval()
-    assert not segmenter._supports_fast_decoder(model)
+    assert not decoder._supports_fast_decoder(model)
     seg = WholeImageSegmenter(model, CFG)
     image = _image(120, 160, 8)
     fast, ref = seg(image), seg(image, reference=True)

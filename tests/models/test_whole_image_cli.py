@@ -15,7 +15,8 @@ from unsam.cli.main import main
 from unsam.evaluation import evaluate
 from unsam.io.coco import load_coco_dataset, write_coco_dataset
 from unsam.models.whole_image import build_model
-from unsam.models.whole_image.segmenter import SegmentConfig, WholeImageSegmenter
+from unsam.models.whole_image.segment_config import SegmentConfig
+from unsam.models.whole_image.segmenter import WholeImageSegmenter
 from unsam.records import ImageRecord, MaskRecord
 
 SIZE_FLAGS = ["--min-size", "64", "--max-size", "128", "--max-masks", "12", "--no-progress"]

@@ -20,7 +20,8 @@ from unsam.models.whole_image.convert import (
     convert_to_model,
     read_preprocessor_config,
 )
-from unsam.models.whole_image.segmenter import SegmentConfig, WholeImageSegmenter
+from unsam.models.whole_image.segment_config import SegmentConfig
+from unsam.models.whole_image.segmenter import WholeImageSegmenter
 
 NUM_QUERIES = 6  # same structure as the released 2000-query model, cheaper
 
@@ -180,12 +181,12 @@ def test_convert_checkpoint_end_to_end(tmp_path, official, monkeypatch) -> None:
     assert [r.score for r in a] == pytest.approx([r.score for r in b])
 
     # a hub repository holding the official .pth is converted the same way
-    import unsam.models.whole_image.segmenter as segmenter
+    import unsam.models.whole_image.loading as loading
 
     hub_dir = tmp_path / "hub_snapshot"
     hub_dir.mkdir()
     (hub_dir / "unsam_sa1b.pth").write_bytes(pth.read_bytes())
-    monkeypatch.setattr(segmenter, "_download_from_hub", lambda repo_id: hub_dir)
+    monkeypatch.setattr(loading, "_download_from_hub", lambda repo_id: hub_dir)
     from_hub = WholeImageSegmenter.from_pretrained(
         "yujunwei04/unsam-whole-image-segmentation", config=config
     )

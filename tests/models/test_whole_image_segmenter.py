@@ -1,4 +1,5 @@
-"""Tests of unsam.models.whole_image.segmenter: inference rule, bounded memory, loading, records."""
+"""Tests of unsam.models.whole_image.segmenter and its post-processing, loading and producer:
+inference rule, bounded memory, loading, records."""
 
 from __future__ import annotations
 
@@ -12,15 +13,12 @@ import torch.nn.functional as F
 
 from tests.reference.mask2former_inference import instance_inference_naive
 from unsam.masks import logit_resize_plan, resize_logits_transposed
-from unsam.models.whole_image import build_model, segmenter
-from unsam.models.whole_image.segmenter import (
-    HUB_ID,
-    SegmentConfig,
-    SegmenterProducer,
-    WholeImageSegmenter,
-    postprocess_masks,
-    resolve_model_folder,
-)
+from unsam.models.whole_image import build_model, decoder, postprocessing
+from unsam.models.whole_image.loading import HUB_ID, resolve_model_folder
+from unsam.models.whole_image.postprocessing import postprocess_masks
+from unsam.models.whole_image.producer import SegmenterProducer
+from unsam.models.whole_image.segment_config import SegmentConfig
+from unsam.models.whole_image.segmenter import WholeImageSegmenter
 from unsam.records import annotation_id, decode_rles, rle_iou_matrix
 
 SMALL = SegmentConfig(min_size=64, max_size=128, max_masks=20, chunk_size=3)
@@ -104,14 +102,14 @@ def test_postprocess_rejects_bad_shapes() -> None:
 def test_postprocess_memory_is_bounded_by_chunks(monkeypatch) -> None:
     """Large image, many queries: no tensor larger than chunk_size x H x W is ever created."""
     sizes: list[int] = []
-    resize = segmenter.resize_logits_transposed
+    resize = postprocessing.resize_logits_transposed
 
     def recording(low, *args, **kwargs):
         out = resize(low, *args, **kwargs)
         sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(segmenter, "resize_logits_transposed", recording)
+    monkeypatch.setattr(postprocessing, "resize_logits_transposed", recording)
     g = torch.Generator().manual_seed(0)
     q, chunk = 300, 4
     image_hw = (1500, 2000)  # resized to (1024, 1365), padded to (1024, 1376)
@@ -163,7 +161,7 @@ def test_lean_mask_predictions_keep_the_result(tiny_model, hw) -> None:
     tiny_model.eval()
     with torch.no_grad():
         plain = tiny_model(pixel_values=x)
-        with segmenter._lean_mask_predictions(tiny_model):
+        with decoder._lean_mask_predictions(tiny_model):
             lean = tiny_model(pixel_values=x, output_auxiliary_logits=True)
     assert torch.equal(lean.masks_queries_logits, plain.masks_queries_logits)
     assert torch.equal(lean.class_queries_logits, plain.class_queries_logits)
@@ -227,7 +225,7 @@ def test_segmenter_large_image_bounded(tiny_model, monkeypatch) -> None:
         sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(segmenter, "F", types.SimpleNamespace(interpolate=interpolate))
+    monkeypatch.setattr(decoder, "F", types.SimpleNamespace(interpolate=interpolate))
     big = np.random.default_rng(1).integers(0, 256, size=(1500, 2000, 3), dtype=np.uint8)
     seg = WholeImageSegmenter(
         tiny_model, SegmentConfig(min_size=128, max_size=256, max_masks=24, chunk_size=2)
@@ -336,13 +334,13 @@ def test_stability_score_is_sams_rule_on_the_upsampled_logits() -> None:
 
 def test_chunks_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = segmenter.encode_transposed_masks
+    real = postprocessing.encode_transposed_masks
 
     def spy(masks):  # type: ignore[no-untyped-def]
         seen.append(len(masks))
         return real(masks)
 
-    monkeypatch.setattr(segmenter, "encode_transposed_masks", spy)
+    monkeypatch.setattr(postprocessing, "encode_transposed_masks", spy)
     class_logits = torch.zeros(10, 2)
     postprocess_masks(
         class_logits,

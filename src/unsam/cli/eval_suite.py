@@ -30,7 +30,7 @@ _EPILOG = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from unsam.cli.args import add_config_arguments
-    from unsam.models.whole_image.segmenter import SegmentConfig
+    from unsam.models.whole_image.segment_config import SegmentConfig
 
     parser.epilog = _EPILOG
     source = parser.add_mutually_exclusive_group(required=True)
@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _predict(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Path]:
     from unsam.cli.args import config_from_args
     from unsam.cli.common import print_run_summary, tqdm_progress
-    from unsam.models.whole_image.segmenter import SegmentConfig, SegmenterProducer
+    from unsam.models.whole_image.producer import SegmenterProducer
+    from unsam.models.whole_image.segment_config import SegmentConfig
 
     tag = model_tag(args.model)
     present = [n for n in names if dataset_paths(args.data_root, n)[0].is_file()]

@@ -16,7 +16,9 @@ from unsam.cli.common import (
     prepare_folder_run,
     run_folder,
 )
-from unsam.models.whole_image.segmenter import HUB_ID, SegmentConfig, SegmenterProducer
+from unsam.models.whole_image.loading import HUB_ID
+from unsam.models.whole_image.producer import SegmenterProducer
+from unsam.models.whole_image.segment_config import SegmentConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("self-training settings"), SelfTrainConfig)
-    from unsam.models.whole_image.segmenter import SegmentConfig
+    from unsam.models.whole_image.segment_config import SegmentConfig
 
     add_config_arguments(
         parser.add_argument_group("segmenter settings"), SegmentConfig, prefix="segment-"
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from unsam.cli.common import tqdm_progress
     from unsam.io.files import check_output_file, check_outputs
-    from unsam.models.whole_image.segmenter import SegmentConfig
+    from unsam.models.whole_image.segment_config import SegmentConfig
     from unsam.training.whole_image.selftrain import self_train_round
 
     check_output_file(args.output, "-o")

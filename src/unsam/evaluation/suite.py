@@ -226,7 +226,7 @@ def predict_dataset(
     progress: Callable[[int, int], Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Run a mask producer (e.g. :class:`unsam.models.whole_image.segmenter.SegmenterProducer`)
+    """Run a mask producer (e.g. :class:`unsam.models.whole_image.producer.SegmenterProducer`)
     over the images of ``ROOT/<name>/gt.json`` and write its predictions to ``output``.
 
     The images are those listed in ``gt.json`` (sorted by file name) and keep its image ids, so

@@ -3,7 +3,12 @@
 Public API:
     build_model, model_config, freeze_batchnorm, load_backbone_checkpoint, preprocess, resized_hw,
     IMAGE_MEAN, IMAGE_STD                       (unsam.models.whole_image.config)
-    WholeImageSegmenter, SegmentConfig           (unsam.models.whole_image.segmenter)
+    WholeImageSegmenter                          (unsam.models.whole_image.segmenter)
+    SegmentConfig                                (unsam.models.whole_image.segment_config)
+    SegmenterProducer                            (unsam.models.whole_image.producer)
+    HUB_ID, resolve_model_folder                 (unsam.models.whole_image.loading)
+    postprocess_masks, postprocess_top_masks, TopMasks, memory_bound_bytes
+                                                 (unsam.models.whole_image.postprocessing)
     convert_official_state_dict, convert_checkpoint   (unsam.models.whole_image.convert)
 
 The segmenter and converter are imported lazily so that importing the model builder stays cheap.
@@ -27,7 +32,14 @@ from unsam.models.whole_image.config import (
 
 _LAZY = {
     "WholeImageSegmenter": "unsam.models.whole_image.segmenter",
-    "SegmentConfig": "unsam.models.whole_image.segmenter",
+    "SegmentConfig": "unsam.models.whole_image.segment_config",
+    "SegmenterProducer": "unsam.models.whole_image.producer",
+    "HUB_ID": "unsam.models.whole_image.loading",
+    "resolve_model_folder": "unsam.models.whole_image.loading",
+    "TopMasks": "unsam.models.whole_image.postprocessing",
+    "memory_bound_bytes": "unsam.models.whole_image.postprocessing",
+    "postprocess_masks": "unsam.models.whole_image.postprocessing",
+    "postprocess_top_masks": "unsam.models.whole_image.postprocessing",
     "convert_official_state_dict": "unsam.models.whole_image.convert",
     "convert_checkpoint": "unsam.models.whole_image.convert",
 }

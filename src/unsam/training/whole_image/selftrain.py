@@ -368,7 +368,7 @@ def self_train_round(
         images: folder the file names are relative to.
         output: the new COCO dataset JSON.
         config: the round's thresholds.
-        segment: :class:`unsam.models.whole_image.segmenter.SegmentConfig` of the predictions
+        segment: :class:`unsam.models.whole_image.segment_config.SegmentConfig` of the predictions
             (its score threshold is raised to ``config.score_thresh``: lower ones are never used).
         workers: prediction processes.
         progress: ``progress(done, total)`` per image.
@@ -378,7 +378,8 @@ def self_train_round(
     """
     from unsam.config import config_to_dict
     from unsam.io.coco import load_coco_dataset, write_coco_dataset
-    from unsam.models.whole_image.segmenter import SegmentConfig, SegmenterProducer
+    from unsam.models.whole_image.producer import SegmenterProducer
+    from unsam.models.whole_image.segment_config import SegmentConfig
     from unsam.runner import id_rule, run_images
 
     config = config or SelfTrainConfig()
