@@ -26,7 +26,6 @@ from unsam.refine import CascadePSPRefiner, RefineConfig, RefinementModule
 from unsam.refine.cascadepsp import (
     CASCADEPSP_WEIGHTS_ENV,
     RefinedCrop,
-    _PSPModule,
     clamp_side,
     estimate_cpu_seconds,
     load_official_weights,
@@ -36,6 +35,7 @@ from unsam.refine.cascadepsp import (
     safe_forward,
     unsam_crop_box,
 )
+from unsam.refine.cascadepsp.modeling import _PSPModule
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS_TSV = REPO / "tests" / "data" / "cascadepsp_keys.tsv"
