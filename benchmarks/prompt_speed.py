@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from common import write_result
 
 from unsam.models.promptable import PromptableConfig, build_model
-from unsam.models.promptable.modeling import DEMO_BOX_FRACTION, click_boxes
+from unsam.models.promptable.layers import DEMO_BOX_FRACTION, click_boxes
 from unsam.models.promptable.predictor import PromptablePredictor, torch_threads
 
 

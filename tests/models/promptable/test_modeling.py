@@ -9,13 +9,8 @@ import torch
 
 from tests.reference import promptable_ref as ref
 from unsam.models.promptable import PromptableConfig, build_model
-from unsam.models.promptable.modeling import (
-    DecoderLayer,
-    click_boxes,
-    jitter_click_boxes,
-    mask_product,
-    sine_position_encoding,
-)
+from unsam.models.promptable.decoder import DecoderLayer, mask_product
+from unsam.models.promptable.layers import click_boxes, jitter_click_boxes, sine_position_encoding
 from unsam.models.promptable.msda import MSDeformAttn
 
 TINY = PromptableConfig.tiny()

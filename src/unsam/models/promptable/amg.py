@@ -18,6 +18,8 @@ import numpy.typing as npt
 import torch
 
 from unsam.masks import resize_mask
+from unsam.models.promptable.decoder import mask_product
+from unsam.models.promptable.layers import DEMO_BOX_FRACTION, click_boxes
 from unsam.models.promptable.maskops import (
     box_nms,
     boxes_xyxy_inclusive,
@@ -25,7 +27,6 @@ from unsam.models.promptable.maskops import (
     remove_small_regions,
     stability_scores,
 )
-from unsam.models.promptable.modeling import DEMO_BOX_FRACTION, click_boxes, mask_product
 from unsam.models.promptable.predictor import PromptablePredictor
 from unsam.records import MaskRecord, decode_rle, encode_mask
 

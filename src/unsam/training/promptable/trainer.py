@@ -208,7 +208,7 @@ def _layers(out: Any, deep: bool) -> list[tuple[torch.Tensor, torch.Tensor, torc
 
 
 def _click_boxes(points: torch.Tensor, state: Any, config: PromptableTrainConfig) -> torch.Tensor:
-    from unsam.models.promptable.modeling import click_boxes
+    from unsam.models.promptable.layers import click_boxes
 
     side = float(config.click_box_px)
     return click_boxes(points.float(), state.padded_hw, (side, side))

@@ -1,0 +1,171 @@
+"""The interactive decoder of the promptable model: IMaskDINODecoder with the DINO transformer
+decoder (spec PROMPTABLE.md §1.4, §2.4-§2.6), and the mask product of queries and mask features.
+Module names are the official ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unsam.models.promptable.config import PromptableConfig
+from unsam.models.promptable.layers import (
+    MLP,
+    inverse_sigmoid,
+)
+from unsam.models.promptable.msda import MSDeformAttn
+
+__all__ = [
+    "DecoderLayer",
+    "InteractiveDecoder",
+    "mask_product",
+]
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention -> deformable cross-attention -> FFN, each post-norm (spec §2.5 steps 3-5)."""
+
+    def __init__(
+        self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int
+    ) -> None:
+        super().__init__()
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        query_pos: torch.Tensor,
+        boxes: torch.Tensor,
+        values: Sequence[torch.Tensor],
+        independent: bool,
+    ) -> torch.Tensor:
+        """One layer for N clicks × T tokens.
+
+        Args:
+            x, query_pos: ``(N, T, C)`` content and positional queries.
+            boxes: ``(N, T, 4)`` reference boxes (cx, cy, w, h), normalised to the padded input.
+            values: this layer's cached value maps (:meth:`MSDeformAttn.project_value`, batch 1).
+            independent: True = each click's T tokens attend only to each other (the training and
+                evaluation block-diagonal mask); False = all N·T queries attend to each other
+                (demo).
+
+        Returns:
+            ``(N, T, C)``.
+        """
+        n, t, c = x.shape
+        q = x + query_pos
+        if not independent:
+            q, v = q.reshape(1, n * t, c), x.reshape(1, n * t, c)
+        else:
+            v = x
+        sa = self.self_attn(q, q, v, need_weights=False)[0].reshape(n, t, c)
+        x = self.norm2(x + sa)
+        ca = self.cross_attn(
+            (x + query_pos).reshape(1, n * t, c), boxes.reshape(1, n * t, 4), values
+        )
+        x = self.norm1(x + ca.reshape(n, t, c))
+        return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
+
+
+class _Decoder(nn.Module):
+    """``decoder.layers`` and ``decoder.ref_point_head`` under the official names."""
+
+    def __init__(self, config: PromptableConfig, n_levels: int) -> None:
+        super().__init__()
+        c = config.hidden_dim
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                c, config.decoder_ffn_dim, n_levels, config.decoder_heads, config.decoder_points
+            )
+            for _ in range(config.decoder_layers)
+        )
+        self.ref_point_head = MLP(2 * c, c, c, 2)
+
+
+class InteractiveDecoder(nn.Module):
+    """Click queries, 9 decoder layers and the mask / IoU / box heads
+    (``sem_seg_head.predictor``)."""
+
+    def __init__(self, config: PromptableConfig, n_levels: int = 4) -> None:
+        super().__init__()
+        c = config.hidden_dim
+        self.config = config
+        self.decoder = _Decoder(config, n_levels)
+        self.decoder_norm = nn.LayerNorm(c)
+        self.mask_embed = MLP(c, c, c, 3)
+        self._bbox_embed = MLP(c, c, 4, 3)
+        nn.init.zeros_(self._bbox_embed.layers[-1].weight)
+        nn.init.zeros_(self._bbox_embed.layers[-1].bias)
+        self.iou_prediction_head = MLP(c, c, 1, 3)
+        self.mask_tokens = nn.Embedding(config.num_mask_tokens, c)
+        self.pb_embedding = nn.Embedding(2, c)
+        self.label_enc = nn.Embedding(2, c)
+
+    def initial_queries(
+        self, boxes: torch.Tensor, pb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Click -> T content queries and T (identical) reference boxes (spec §2.4).
+
+        Args:
+            boxes: ``(N, 4)`` click boxes (cx, cy, w, h), normalised to the padded input.
+            pb: ``(N,)`` int64 in {0, 1}: row of ``pb_embedding`` (inference 0, training 1).
+
+        Returns:
+            content ``(N, T, C)`` = label_enc[0] + pb_embedding[pb] + mask_tokens[k], and reference
+            boxes ``(N, T, 4)`` = sigmoid(inverse_sigmoid(box)).
+        """
+        n = boxes.shape[0]
+        t = self.mask_tokens.num_embeddings
+        content = (
+            self.label_enc.weight[0][None, None]
+            + self.pb_embedding(pb)[:, None]
+            + self.mask_tokens.weight[None]
+        )
+        ref = inverse_sigmoid(boxes)[:, None].expand(n, t, 4).sigmoid()
+        return content, ref
+
+    def heads(
+        self, hs: torch.Tensor, ref: torch.Tensor, mask_features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Heads of one layer (§2.6): mask logits ``(N, T, h, w)`` (empty ``(N, T, 0, 0)`` when
+        ``mask_features`` is None), IoU ``(N, T)``, boxes ``(N, T, 4)``, mask embeddings
+        ``(N, T, C)``."""
+        z = self.decoder_norm(hs)  # second application, as the original (spec §8.5)
+        embed = self.mask_embed(z)
+        if mask_features is None:
+            masks = embed.new_zeros((*embed.shape[:2], 0, 0))
+        else:
+            masks = mask_product(embed, mask_features)
+        iou = self.iou_prediction_head(z).squeeze(-1)
+        boxes = (self._bbox_embed(z) + inverse_sigmoid(ref)).sigmoid()
+        return masks, iou, boxes, embed
+
+
+def mask_product(embed: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+    """Mask logits of mask embeddings: ``einsum("...c,chw->...hw", embed, mask_features[0])``.
+
+    Args:
+        embed: ``(..., C)`` mask embeddings.
+        mask_features: ``(1, C, H, W)`` per-pixel embeddings.
+
+    Returns:
+        ``(..., H, W)`` logits. When ``mask_features`` is channels_last (as
+        :meth:`PromptableModel.encode_image` stores it outside autograd), one ``(H*W, C) @ (C, Q)``
+        product on a view of it, reading each pixel's C values contiguously: about 2x faster than
+        the einsum for the 6 queries of a click (tests: equal up to float summation order).
+    """
+    c = int(embed.shape[-1])
+    h, w = int(mask_features.shape[-2]), int(mask_features.shape[-1])
+    if c > 1 and mask_features.stride(1) == 1:
+        pixels = mask_features[0].permute(1, 2, 0).reshape(h * w, c)  # a view
+        return (pixels @ embed.reshape(-1, c).T).T.reshape(*embed.shape[:-1], h, w)
+    return torch.einsum("...c,chw->...hw", embed, mask_features[0])
