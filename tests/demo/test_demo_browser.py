@@ -91,7 +91,8 @@ def _save_small_png(png: bytes, path: Path) -> None:
 @pytest.fixture()
 def server():
     pytest.importorskip("gradio", reason='needs gradio: pip install "unsam[demo]"')
-    from unsam.demo.app import DemoBackend, build_demo, launch_demo
+    from unsam.demo.app import build_demo, launch_demo
+    from unsam.demo.backend import DemoBackend
 
     backend = DemoBackend(max_side=MAX_SIDE)  # no model: divide-and-conquer on classic features
     demo = build_demo(backend, examples=[IMAGE])
@@ -109,7 +110,7 @@ def sync_api():
 
 
 def test_click_everything_download_in_chromium(chromium, sync_api, server, tmp_path) -> None:
-    from unsam.demo.app import fit_image
+    from unsam.demo.backend import fit_image
     from unsam.io.images import load_image
 
     original = load_image(IMAGE)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from unsam.demo.app import (
+from unsam.demo.backend import (
     DemoBackend,
     click_overlay,
     everything_overlay,

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: expected at least 1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from unsam.demo.app import DemoBackend, build_demo, launch_demo
+    from unsam.demo.app import build_demo, launch_demo
+    from unsam.demo.backend import DemoBackend
 
     amg = None
     if args.model is not None and args.whole_image is None:
