@@ -96,7 +96,7 @@ def test_resume_is_exact(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
 
 def _weights_after_init() -> dict[str, torch.Tensor]:
     from unsam.models.promptable.modeling import build_model
-    from unsam.training.engine import _seed_all
+    from unsam.training.engine.rng import _seed_all
 
     _seed_all(0)
     return build_model("tiny").state_dict()

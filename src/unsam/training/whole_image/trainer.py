@@ -37,10 +37,10 @@ from unsam.training.engine import (
     StepLog,
     Trainer,
     TrainResult,
-    _save_pretrained_atomic,
     read_train_config,
 )
 from unsam.training.engine import build_param_groups as _build_param_groups
+from unsam.training.engine.checkpoints import _save_pretrained_atomic
 from unsam.training.whole_image.config import TrainConfig
 
 __all__ = [
