@@ -23,6 +23,9 @@ DINO and CascadePSP, its tiny-crop mask rule); the bugs of spec §10 stay fixed.
 Example:
     >>> dico = unsam.DivideAndConquer(features="facebook/dino-vitb8")   # doctest: +SKIP
     >>> records = dico(unsam.load_image("photo.jpg"))                    # doctest: +SKIP
+
+Length: the one place that chains the stages, with its config and presets; :class:`DivideAndConquer`
+alone is about 290 lines of stage wiring, and the presets it applies are documented here beside it.
 """
 
 from __future__ import annotations

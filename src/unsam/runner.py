@@ -16,6 +16,9 @@ annotation's image present, RLE sizes equal to their image's); the work file is 
 An ``engine`` (see :class:`Engine`, e.g. :class:`unsam.engines.ray_engine.RayEngine`) can process
 the images left elsewhere; it appends each finished row to its own shard work files in
 ``OUT.work.d/`` (each headed like the work file), which a rerun reads back like the work file.
+
+Length: resume, sharding, image ids and assembly all read and write the one work-file format, so
+they change together and stay in one module; each function is short.
 """
 
 from __future__ import annotations

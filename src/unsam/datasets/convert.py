@@ -49,6 +49,10 @@ Per dataset (spec §8.1 gives the file names; the conversions are not published,
   SA-1B has no validation split; the rule is: the JSONs of the given folder (use an SA-1B tar
   that was not used for training), sorted by the numeric id, the first ``max_images`` of them
   (the suite's documented choice is 1000). Image id = ``<id>``; ``file_name`` = ``sa_<id>.jpg``.
+
+Length: the seven converters share the common rules and helpers at the top (entry listing, file
+lookup, selection, COCO building); each converter is under 50 lines, and one file keeps the rules
+next to every use.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ largest maxDets (pycocotools' own ``stats[0]`` is -1 with custom maxDets).
 
 Backends: faster-coco-eval (default, C++) and pycocotools (reference); both are fed the same
 ground-truth dict and the same results list, so their numbers agree to float precision.
+
+Length: ground-truth and prediction preparation, the two backends and the parallel evaluation
+implement one protocol with shared error messages; splitting them would separate the checks from the
+code that relies on them.
 """
 
 from __future__ import annotations

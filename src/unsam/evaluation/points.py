@@ -29,6 +29,9 @@ Protocol (the original's ``evaluate_interactive`` + ``interactive_evaluation``):
 
 The model is reached through a plain callable (:data:`PredictFn`), so every metric is testable
 without it.
+
+Length: the protocol's steps (ground truth, click, IoUs, summary, readers of the two ground-truth
+formats) are one procedure, kept in one file so that it reads in order against the original.
 """
 
 from __future__ import annotations
