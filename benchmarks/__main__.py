@@ -3,21 +3,24 @@
 Runs every benchmark script (each measures its own reference in the same run and writes
 ``benchmarks/results/<name>.json``), measures two scaling curves itself — seconds per image
 against image size (divide-and-conquer, ``classic`` features) and throughput with 1 and 2 worker
-processes (the Felzenszwalb baseline) — and writes ``docs/benchmarks.md`` with a table of every
-result and ``docs/benchmarks.png`` with the two curves. ``--report-only`` rebuilds the page from
-the results already on disk. Results depend on the machine and its load; the page records both.
+processes (the Felzenszwalb baseline) — and writes ``docs/benchmarks.md`` (one table per
+benchmark, the reference figure beside the project's, built by :mod:`benchmarks.report`) with
+``docs/benchmark_ratios.png`` (every speed ratio) and ``docs/benchmarks.png`` (the two curves).
+``--report-only`` rebuilds the page from the results already on disk. Results depend on the
+machine and its load; the page records both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.report import write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -122,119 +125,6 @@ def scaling_curves(quick: bool) -> dict[str, object]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-_META = {
-    "benchmark",
-    "commit",
-    "python",
-    "torch",
-    "numpy",
-    "threads",
-    "cpus",
-    "machine",
-    "device",
-    "measured_at",
-    "load_average_1min",
-}
-
-
-def _summary(data: object, depth: int = 0) -> str:
-    """A compact one-line view of a result's numbers (metadata left out)."""
-    if isinstance(data, dict):
-        parts = []
-        for k, v in data.items():
-            if k in _META or "runs" in k:
-                continue
-            if (
-                k in ("settings", "metadata", "meta", "results")
-                and depth == 0
-                and isinstance(v, (dict, list))
-            ):
-                if k != "results":
-                    continue
-            s = _summary(v, depth + 1)
-            if s:
-                parts.append(f"{k}: {s}" if not isinstance(v, dict) else f"{k} {{{s}}}")
-        return ", ".join(parts)[:900]
-    if isinstance(data, list):
-        return "; ".join(_summary(v, depth + 1) for v in data[:6])
-    if isinstance(data, float):
-        return f"{data:.4g}"
-    if isinstance(data, (int, str)) and len(str(data)) < 40:
-        return str(data)
-    return ""
-
-
-def write_report(runs: list[dict[str, object]], scaling: dict[str, object] | None) -> Path:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Written by `python -m benchmarks` (each script measures its reference in the same run; "
-        "numbers",
-        f"depend on the machine and its load). Machine: {os.cpu_count()} CPU cores, no GPU; "
-        f"load average at the end: {os.getloadavg()[0]:.1f}.",
-        "",
-        "| benchmark | measured (commit, time, load average) | result "
-        "(from `benchmarks/results/<name>.json`) |",
-        "|---|---|---|",
-    ]
-    for name in SUITE:
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            status = next((r["status"] for r in runs if r["name"] == name), "not run")
-            lines.append(f"| {name} | | {status} |")
-            continue
-        data = json.loads(path.read_text())
-        when = ", ".join(
-            str(data[k]) for k in ("commit", "measured_at", "load_average_1min") if k in data
-        )
-        lines.append(f"| {name} | {when} | {_summary(data)} |")
-    scaling_path = RESULTS / "scaling.json"
-    if scaling is None and scaling_path.exists():
-        scaling = json.loads(scaling_path.read_text())
-    if scaling is not None:
-        lines += [
-            "",
-            "## Scaling",
-            "",
-            "![scaling](benchmarks.png)",
-            "",
-            "| image (px) | seconds (divide-and-conquer, classic) |",
-            "|---|---|",
-        ]
-        lines += [f"| {s['width']}×{s['height']} | {s['seconds']} |" for s in scaling["image_size"]]
-        lines += ["", "| worker processes | seconds | images/s |", "|---|---|---|"]
-        lines += [
-            f"| {w['workers']} | {w['seconds']} | {w['images_per_s']} |" for w in scaling["workers"]
-        ]
-        lines += ["", f"Throughput with 2 workers vs 1: {scaling['speedup_2_workers']}×."]
-        _plot(scaling, REPO / "docs" / "benchmarks.png")
-    out = REPO / "docs" / "benchmarks.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
-
-
-def _plot(scaling: dict[str, object], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    sizes = scaling["image_size"]
-    a.plot([s["width"] for s in sizes], [s["seconds"] for s in sizes], "o-")
-    a.set_xlabel("image width, px")
-    a.set_ylabel("seconds per image")
-    a.set_title("divide-and-conquer (classic)")
-    workers = scaling["workers"]
-    b.bar([str(w["workers"]) for w in workers], [w["images_per_s"] for w in workers])
-    b.set_xlabel("worker processes")
-    b.set_ylabel("images / s")
-    b.set_title("felzenszwalb baseline throughput")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:

@@ -1,0 +1,619 @@
+"""``docs/benchmarks.md`` and its plots from ``benchmarks/results/<name>.json``.
+
+One table per benchmark: what was measured, the unit, the project's figure, the reference figure
+measured in the same run (and what the reference is), and the speed ratio (reference time over
+the project's time, so > 1 means the project is faster). Each table's heading line says at which
+commit, when and under which load average the run was made; an overview table at the top repeats
+that per benchmark. ``docs/benchmark_ratios.png`` shows every speed ratio as a bar, and
+``docs/benchmarks.png`` the scaling curves (s/image against image size, throughput with 1 and 2
+worker processes).
+
+A benchmark's table is built by its function in :data:`TABLES` from its JSON; a figure missing from
+the JSON is shown as "—".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+DOCS = REPO / "docs"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure, with its reference when the run measured one.
+
+    ``ratio`` is set for speed comparisons (reference time / project time, or project throughput /
+    reference throughput); it is computed from the two figures when not given.
+    """
+
+    what: str
+    unit: str
+    value: float | None
+    reference: float | None = None
+    reference_is: str = ""
+    ratio: float | None = None
+    compare: bool = True  # a speed comparison: draw it in the ratio plot
+
+    def speed_ratio(self) -> float | None:
+        if self.ratio is not None:
+            return self.ratio
+        if not self.compare or self.value in (None, 0) or self.reference is None:
+            return None
+        if self.unit in ("images/s",):
+            return self.value / self.reference  # type: ignore[operator]
+        if self.unit in ("s", "ms", "s/image", "s/mask", "s/step", "ms/click", "ms/region"):
+            return self.reference / self.value  # type: ignore[operator]
+        return None
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    description: str
+    rows: list[Row]
+    note: str = ""
+
+
+def _get(data: Any, *path: str | int) -> Any:
+    for key in path:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and -len(data) <= key < len(data):
+            data = data[key]
+        else:
+            return None
+    return data
+
+
+def _hw(value: Any) -> str:
+    return f"{value[1]}×{value[0]} px" if isinstance(value, list) and len(value) == 2 else "?"
+
+
+# ---------------------------------------------------------------------------------------------
+# One function per benchmark: its JSON -> its table
+# ---------------------------------------------------------------------------------------------
+def _conquer(d: dict[str, Any]) -> Table:
+    rows = []
+    for name, what in (("planted", "planted hierarchy"), ("random", "random features")):
+        r = _get(d, "results", name) or {}
+        same = r.get("identical")
+        rows.append(
+            Row(
+                f"merge of one 32×32×768 region, {what}"
+                + ("" if same is None else f" (outputs identical: {same})"),
+                "ms",
+                _ms(r.get("fast_median_s")),
+                _ms(r.get("naive_median_s")),
+                "naive O(E²) merge",
+            )
+        )
+    drv = _get(d, "results", "driver") or {}
+    rows.append(
+        Row(
+            f"conquer() on {drv.get('regions', '?')} regions of a 480×640 image "
+            "(precomputed features)",
+            "ms/region",
+            drv.get("per_region_ms"),
+            compare=False,
+        )
+    )
+    return Table(
+        "conquer_speed", "Conquer merge: heap + union-find against the naive reference.", rows
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000.0 * seconds
+
+
+def _eval(d: dict[str, Any]) -> Table:
+    ar = d.get("ar1000_unsam")
+    ar_ref = d.get("ar1000_pycocotools")
+    return Table(
+        "eval_speed",
+        f"Class-agnostic COCO evaluation of {d.get('predictions', '?')} masks on "
+        f"{d.get('images', '?')} images: `unsam eval` (faster-coco-eval) against pycocotools.",
+        [
+            Row("evaluation time", "s", d.get("unsam_s"), d.get("pycocotools_s"), "pycocotools"),
+            Row(
+                "AR@1000",
+                "%",
+                None if ar is None else 100 * ar,
+                None if ar_ref is None else 100 * ar_ref,
+                "pycocotools",
+                compare=False,
+            ),
+        ],
+    )
+
+
+def _pseudo_label(d: dict[str, Any]) -> Table:
+    targets = {"vits8": 10.0, "vitb8": 30.0}
+    rows = []
+    for arch, r in (d.get("results") or {}).items():
+        rows.append(
+            Row(
+                f"{arch}: divide-and-conquer, {_hw(r.get('image_hw'))} image",
+                "s/image",
+                r.get("total"),
+                targets.get(arch),
+                "target" if arch in targets else "",
+                compare=False,
+            )
+        )
+        rows.append(Row(f"{arch}: of which feature forwards", "s/image", r.get("features")))
+        rows.append(
+            Row(f"{arch}: peak resident memory", "GiB", r.get("peak_rss_gib"), 4.0, "target")
+        )
+    return Table(
+        "pseudo_label_speed",
+        f"Divide-and-conquer pseudo-labelling per 1024-px image (refine: {d.get('refine', '?')}).",
+        rows,
+    )
+
+
+def _cutler(d: dict[str, Any]) -> Table:
+    steps = d.get("seconds_per_step") or {}
+    rows = [
+        Row(
+            f"CutLER detector, {d.get('detections', '?')} detections, input "
+            f"{_hw(d.get('network_input_hw'))}",
+            "s/image",
+            d.get("seconds_per_image"),
+        )
+    ]
+    rows += [Row(f"of which {k.replace('_', ' ')}", "s/image", v) for k, v in steps.items()]
+    rows.append(Row("peak resident memory", "MB", d.get("peak_rss_mb")))
+    return Table(
+        "cutler_speed",
+        "CutLER Cascade Mask R-CNN divide on CPU (random weights, conditioned to the worst case).",
+        rows,
+    )
+
+
+def _cascadepsp(d: dict[str, Any]) -> Table:
+    rows = []
+    for key in ("L256", "L900"):
+        block = d.get(key) or {}
+        side = block.get("L", key[1:])
+        base = _get(block, "fp32", "seconds_per_mask")
+        rows.append(
+            Row(f"L = {side}, fp32 (the original's numerics)", "s/mask", base, compare=False)
+        )
+        for variant, label in (
+            ("fp32_channels_last", "fp32, channels-last"),
+            ("bf16_channels_last", "bf16, channels-last"),
+        ):
+            v = block.get(variant)
+            if not v:
+                continue
+            diff = v.get("max_abs_prob_diff_vs_fp32")
+            rows.append(
+                Row(
+                    f"L = {side}, {label}"
+                    + ("" if diff is None else f" (largest probability change {diff:.2g})"),
+                    "s/mask",
+                    v.get("seconds_per_mask"),
+                    base,
+                    "fp32",
+                )
+            )
+        rows.append(
+            Row(f"L = {side}, peak resident memory after", "MiB", block.get("peak_rss_mib_after"))
+        )
+    return Table("cascadepsp_speed", "CascadePSP refinement of one mask (random weights).", rows)
+
+
+def _segment(d: dict[str, Any]) -> Table:
+    inf = d.get("r50_inference") or {}
+    sam = d.get("sam_amg") or {}
+    rows = [
+        Row(
+            f"r50 whole-image model, {_hw(inf.get('image_hw'))} image, top "
+            f"{inf.get('max_masks', '?')} of {inf.get('num_queries', '?')} queries",
+            "s/image",
+            inf.get("total_s_per_image"),
+            sam.get("total_s_per_image"),
+            "SAM ViT-B automatic masks (32×32 points)",
+            ratio=d.get("ratio_sam_amg_over_unsam_r50"),
+        ),
+        Row(
+            "r50, fast path",
+            "s/image",
+            inf.get("total_s_per_image"),
+            inf.get("reference_total_s_per_image"),
+            "r50, reference path (transformers' decoder)",
+        ),
+        Row("r50, of which forward pass", "s/image", inf.get("forward_s"), compare=False),
+        Row("r50, of which post-processing", "s/image", inf.get("postprocess_s"), compare=False),
+        Row("r50, peak resident memory", "MiB", inf.get("peak_rss_mib")),
+        Row("SAM ViT-B, image encoder", "s/image", sam.get("encoder_s"), compare=False),
+        Row(
+            "SAM ViT-B, mask decoder over the grid", "s/image", sam.get("decoder_s"), compare=False
+        ),
+    ]
+    for key, label in (("train_tiny", "tiny"), ("train_r50", "r50")):
+        t = d.get(key)
+        if t:
+            rows.append(
+                Row(
+                    f"training step, {label} at {_hw(t.get('input_hw'))}, batch {t.get('batch')}",
+                    "s/step",
+                    t.get("s_per_step"),
+                )
+            )
+    mem = d.get("memory_4000x3000")
+    if mem:
+        rows.append(
+            Row("r50 on a 4000×3000 photo, peak resident memory", "GiB", mem.get("peak_rss_gib"))
+        )
+    note = ""
+    if sam and sam.get("total_s_per_image") is None:
+        note = (
+            "SAM's post-processing time and total were not stored for this run, so the first "
+            "row has no reference; rerun `python -m benchmarks --only segment_speed`."
+        )
+    return Table(
+        "segment_speed",
+        "Whole-image model inference against SAM's automatic mask generator, and training steps "
+        "(random weights).",
+        rows,
+        note,
+    )
+
+
+def _prompt(d: dict[str, Any]) -> Table:
+    decode = d.get("unsam_click_decode_ms")
+    records = d.get("unsam_click_predict_records_ms")
+    full = d.get("original_full_forward_per_click_s")
+    return Table(
+        "prompt_speed",
+        f"Promptable model (Swin-T) at {d.get('image_side', '?')} px: encode once, then cheap "
+        "clicks; against the original's per-click recompute and SAM ViT-B.",
+        [
+            Row(
+                "set_image (encode the image once)",
+                "s",
+                d.get("unsam_set_image_s"),
+                d.get("sam_vitb_image_embeddings_s"),
+                "SAM ViT-B image embeddings",
+            ),
+            Row(
+                "one click, 6 mask records (the encoded image is reused)",
+                "ms/click",
+                records,
+                d.get("sam_vitb_click_ms"),
+                "SAM ViT-B click (image embeddings reused)",
+            ),
+            Row(
+                "one click, 6 mask records",
+                "ms/click",
+                records,
+                None if full is None else 1000 * full,
+                "the original: full forward per click",
+            ),
+            Row("one click, decoder and heads only", "ms/click", decode, compare=False),
+        ],
+    )
+
+
+def _released(d: dict[str, Any]) -> Table:
+    fp32 = _get(d, "results", "fp32") or {}
+    bf16 = _get(d, "results", "bf16") or {}
+    agree = bf16.get("agreement") or {}
+    rows = [
+        Row(
+            f"released pipeline in bf16, {_hw(fp32.get('image_hw'))} image",
+            "s/image",
+            bf16.get("total"),
+            fp32.get("total"),
+            "fp32",
+        ),
+        Row(
+            "of which DINO ViT-B/8 features (conquer), bf16",
+            "s/image",
+            bf16.get("conquer_features"),
+            fp32.get("conquer_features"),
+            "fp32",
+        ),
+        Row("of which CutLER divide, fp32", "s/image", fp32.get("divide"), compare=False),
+        Row(
+            "peak resident memory, bf16 / fp32",
+            "GiB",
+            bf16.get("peak_rss_gib"),
+            fp32.get("peak_rss_gib"),
+            "fp32",
+            compare=False,
+        ),
+    ]
+    if agree:
+        rows.append(
+            Row(
+                "bf16 masks: mean best IoU against fp32",
+                "IoU",
+                agree.get("mean_best_iou"),
+                compare=False,
+            )
+        )
+    return Table(
+        "released_pipeline_speed",
+        f"The released pseudo-label pipeline per 1024-px image, {d.get('max_regions', '?')} CutLER "
+        "regions, ViT-B/8, CascadePSP off (random weights).",
+        rows,
+    )
+
+
+def _ray(d: dict[str, Any]) -> Table:
+    ips = d.get("images_per_s") or {}
+    return Table(
+        "ray_scaling",
+        f"`--engine ray` throughput on {d.get('images', '?')} images ({d.get('producer', '?')} "
+        "producer).",
+        [
+            Row(
+                "Ray, 2 actors",
+                "images/s",
+                ips.get("ray_2"),
+                ips.get("ray_1"),
+                "Ray, 1 actor",
+            ),
+            Row(
+                "Ray, 2 actors",
+                "images/s",
+                ips.get("ray_2"),
+                ips.get("local"),
+                "local runner, 1 process",
+            ),
+            Row("Ray start-up", "s", d.get("ray_init_s"), compare=False),
+        ],
+    )
+
+
+#: benchmark name (``benchmarks/results/<name>.json``) -> its table.
+TABLES: dict[str, Callable[[dict[str, Any]], Table]] = {
+    "conquer_speed": _conquer,
+    "eval_speed": _eval,
+    "pseudo_label_speed": _pseudo_label,
+    "cutler_speed": _cutler,
+    "cascadepsp_speed": _cascadepsp,
+    "segment_speed": _segment,
+    "prompt_speed": _prompt,
+    "released_pipeline_speed": _released,
+    "ray_scaling": _ray,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01:
+        return f"{value:.3g}"
+    return f"{value:.2g}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"**{value:.3g}×**" if value >= 1 else f"{value:.3g}×"
+
+
+def _when(data: dict[str, Any]) -> dict[str, str]:
+    meta = data.get("meta") or {}
+    commit = data.get("commit") or meta.get("git_commit") or ""
+    load = data.get("load_average_1min")
+    return {
+        "commit": f"`{commit}`" if commit else "—",
+        "time": str(data.get("measured_at") or "—"),
+        "load": "—" if load is None else f"{load:.2f}",
+    }
+
+
+def _measured(when: dict[str, str]) -> str:
+    if when["time"] == "—":
+        return f"Measured at commit {when['commit']} (time and load were not recorded)."
+    return f"Measured at commit {when['commit']}, {when['time']}, load average {when['load']}."
+
+
+def _markdown_table(table: Table, when: dict[str, str]) -> list[str]:
+    lines = [
+        f"## {table.title}",
+        "",
+        table.description,
+        _measured(when),
+        "",
+        "| what | unit | unsam | reference | reference is | speed vs reference |",
+        "|---|---|--:|--:|---|--:|",
+    ]
+    for row in table.rows:
+        lines.append(
+            f"| {row.what} | {row.unit} | {_num(row.value)} | {_num(row.reference)} "
+            f"| {row.reference_is or '—'} | {_ratio(row.speed_ratio())} |"
+        )
+    if table.note:
+        lines += ["", table.note]
+    return lines + [""]
+
+
+def load_results(names: Iterable[str] = TABLES) -> dict[str, dict[str, Any]]:
+    """The stored results of ``names`` that exist."""
+    out = {}
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def write_report(
+    runs: list[dict[str, object]], scaling: dict[str, object] | None, docs: Path = DOCS
+) -> Path:
+    """Write ``docs/benchmarks.md`` (and its plots) from the stored results; ``runs`` gives the
+    status of benchmarks that were run now but left no result."""
+    results = load_results()
+    tables = {name: TABLES[name](data) for name, data in results.items()}
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `python -m benchmarks` from `benchmarks/results/<name>.json` (rebuild the page "
+        "from stored results with `--report-only`). Each benchmark measures its reference in the "
+        "same run, on the same machine; numbers depend on the machine and on its load, which every "
+        f"table records. Machine: {os.cpu_count()} CPU cores, no GPU.",
+        "",
+        "**Speed vs reference** is the reference's time over unsam's (or unsam's throughput over "
+        "the reference's): above 1 unsam is faster. Bold: unsam is faster.",
+        "",
+        "![speed ratios](benchmark_ratios.png)",
+        "",
+        "| benchmark | headline | speed vs reference | commit | measured at | load average |",
+        "|---|---|--:|---|---|--:|",
+    ]
+    for name in TABLES:
+        if name not in tables:
+            status = next((str(r["status"]) for r in runs if r["name"] == name), "not run")
+            lines.append(f"| {name} | {status} | — | — | — | — |")
+            continue
+        when = _when(results[name])
+        head = tables[name].rows[0]
+        lines.append(
+            f"| [{name}](#{name}) | {head.what}: {_num(head.value)} {head.unit} "
+            f"| {_ratio(head.speed_ratio())} | {when['commit']} | {when['time']} | {when['load']} |"
+        )
+    lines.append("")
+    for name, table in tables.items():
+        lines += _markdown_table(table, _when(results[name]))
+    scaling_path = RESULTS / "scaling.json"
+    if scaling is None and scaling_path.exists():
+        scaling = json.loads(scaling_path.read_text(encoding="utf-8"))
+    if scaling is not None:
+        lines += _scaling_lines(scaling)
+        plot_scaling(scaling, docs / "benchmarks.png")
+    plot_ratios(tables, docs / "benchmark_ratios.png")
+    out = docs / "benchmarks.md"
+    out.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+    return out
+
+
+def _scaling_lines(scaling: dict[str, Any]) -> list[str]:
+    lines = [
+        "## scaling",
+        "",
+        "Seconds per image against image size (divide-and-conquer, `classic` features) and "
+        "throughput of the felzenszwalb baseline with 1 and 2 worker processes, measured by "
+        "`python -m benchmarks` itself.",
+        "",
+        "![scaling](benchmarks.png)",
+        "",
+        "| image | unit | seconds |",
+        "|---|---|--:|",
+    ]
+    lines += [
+        f"| {s['width']}×{s['height']} px | s/image | {_num(s['seconds'])} |"
+        for s in scaling["image_size"]
+    ]
+    lines += ["", "| worker processes | seconds | images/s |", "|--:|--:|--:|"]
+    lines += [
+        f"| {w['workers']} | {_num(w['seconds'])} | {_num(w['images_per_s'])} |"
+        for w in scaling["workers"]
+    ]
+    lines += ["", f"Throughput with 2 workers vs 1: **{scaling['speedup_2_workers']}×**.", ""]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ratios(tables: dict[str, Table], path: Path) -> Path | None:
+    """A horizontal bar per speed comparison, from 1 (parity) to its ratio, on a log scale."""
+    bars = [
+        (f"{name}: {_short(row.what)} vs {row.reference_is}", ratio)
+        for name, table in tables.items()
+        for row in table.rows
+        if (ratio := row.speed_ratio()) is not None and row.compare
+    ]
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(bars) + 1.4))
+    ys = list(range(len(bars)))[::-1]  # first bar on top
+    values = [value for _, value in bars]
+    ax.barh(
+        ys,
+        [v - 1.0 for v in values],
+        left=1.0,
+        color=["#2a7ab9" if v >= 1 else "#c4553a" for v in values],
+    )
+    ax.set_yticks(ys, [label for label, _ in bars], fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", lw=0.8)
+    for y, v in zip(ys, values, strict=True):
+        ax.text(
+            v * (1.06 if v >= 1 else 0.94),
+            y,
+            f"{v:.3g}×",
+            va="center",
+            ha="left" if v >= 1 else "right",
+            fontsize=8,
+        )
+    ax.set_xlim(min(0.3, min(values) / 2), max(3.0, max(values) * 3))
+    ax.set_xlabel("reference time / unsam time (log scale; above 1: unsam is faster)")
+    ax.set_title("unsam against the reference measured in the same run", fontsize=10)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _short(label: str, width: int = 48) -> str:
+    label = label.split(" (")[0]
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def plot_scaling(scaling: dict[str, Any], path: Path) -> Path:
+    """s/image against image width, and images/s with 1 and 2 worker processes."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    sizes = scaling["image_size"]
+    a.plot([s["width"] for s in sizes], [s["seconds"] for s in sizes], "o-")
+    a.set_xlabel("image width, px")
+    a.set_ylabel("seconds per image")
+    a.set_title("divide-and-conquer (classic)")
+    workers = scaling["workers"]
+    b.bar([str(w["workers"]) for w in workers], [w["images_per_s"] for w in workers])
+    b.set_xlabel("worker processes")
+    b.set_ylabel("images / s")
+    b.set_title("felzenszwalb baseline throughput")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
