@@ -309,13 +309,34 @@ def run_folder(
 
 
 def run_training(
-    train_fn: Callable[..., Any], desc: str, args: argparse.Namespace, *params: Any
+    train_fn: Callable[..., Any],
+    desc: str,
+    args: argparse.Namespace,
+    config_cls: type,
+    *,
+    load: Callable[[Any], tuple[Any, dict[str, Any]]],
+    new: Callable[[dict[str, Any]], Any],
 ) -> int:
-    """The body of ``unsam train`` / ``train-promptable``: a per-step progress bar on rank 0,
-    ``train_fn(*params, resume=, skip_bad_images=, on_step=)``, then the one-line result."""
+    """The body of ``unsam train`` / ``train-promptable``: the run's settings and data
+    (:func:`unsam.training.engine.resolve_training_run` with the trainer's ``load`` and ``new``),
+    a per-step progress bar on rank 0, ``train_fn(config, annotations, images, output, resume=,
+    skip_bad_images=, on_step=)``, then the one-line result."""
     import os
 
     from tqdm import tqdm
+
+    from unsam.training.engine import resolve_training_run
+
+    config, annotations, images = resolve_training_run(
+        args.output,
+        config_values(args, config_cls),
+        args.annotations,
+        args.images,
+        resume=args.resume,
+        load=load,
+        new=new,
+    )
+    params = (config, annotations, images, args.output)
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar: dict[str, Any] = {}

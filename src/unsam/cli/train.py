@@ -24,17 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unsam.cli.common import config_values, run_training
-    from unsam.training.engine import resolve_training_run
+    from unsam.cli.common import run_training
     from unsam.training.whole_image.trainer import load_train_config, new_train_config, train
 
-    config, annotations, images = resolve_training_run(
-        args.output,
-        config_values(args, TrainConfig),
-        args.annotations,
-        args.images,
-        resume=args.resume,
-        load=load_train_config,
-        new=new_train_config,
+    return run_training(
+        train, "train", args, TrainConfig, load=load_train_config, new=new_train_config
     )
-    return run_training(train, "train", args, config, annotations, images, args.output)

@@ -25,19 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unsam.cli.common import config_values, run_training
-    from unsam.training.engine import resolve_training_run
+    from unsam.cli.common import run_training
     from unsam.training.promptable.trainer import load_promptable_train_config, train_promptable
 
-    config, annotations, images = resolve_training_run(
-        args.output,
-        config_values(args, PromptableTrainConfig),
-        args.annotations,
-        args.images,
-        resume=args.resume,
+    return run_training(
+        train_promptable,
+        "train-promptable",
+        args,
+        PromptableTrainConfig,
         load=load_promptable_train_config,
         new=lambda values: PromptableTrainConfig(**values),
-    )
-    return run_training(
-        train_promptable, "train-promptable", args, config, annotations, images, args.output
     )
