@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_report
+from benchmarks.report import RESULTS, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results"
 
 #: name -> (script, full args, quick args)
 SUITE: dict[str, tuple[str, list[str], list[str]]] = {

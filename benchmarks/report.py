@@ -23,7 +23,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results"
+#: benchmarks/results, or $UNSAM_BENCH_RESULTS (as benchmarks/common.py)
+RESULTS = Path(os.environ.get("UNSAM_BENCH_RESULTS") or HERE / "results")
 DOCS = REPO / "docs"
 
 
@@ -421,6 +422,7 @@ def _when(data: dict[str, Any]) -> dict[str, str]:
     commit = data.get("commit") or meta.get("git_commit") or ""
     load = data.get("load_average_1min")
     return {
+        "device": str(data.get("gpu") or "CPU"),
         "commit": f"`{commit}`" if commit else "—",
         "time": str(data.get("measured_at") or "—"),
         "load": "—" if load is None else f"{load:.2f}",
@@ -429,8 +431,14 @@ def _when(data: dict[str, Any]) -> dict[str, str]:
 
 def _measured(when: dict[str, str]) -> str:
     if when["time"] == "—":
-        return f"Measured at commit {when['commit']} (time and load were not recorded)."
-    return f"Measured at commit {when['commit']}, {when['time']}, load average {when['load']}."
+        return (
+            f"Measured on {when['device']} at commit {when['commit']} (time and load were not "
+            "recorded)."
+        )
+    return (
+        f"Measured on {when['device']} at commit {when['commit']}, {when['time']}, load average "
+        f"{when['load']}."
+    )
 
 
 def _markdown_table(table: Table, when: dict[str, str]) -> list[str]:
@@ -476,7 +484,7 @@ def write_report(
         "Written by `python -m benchmarks` from `benchmarks/results/<name>.json` (rebuild the page "
         "from stored results with `--report-only`). Each benchmark measures its reference in the "
         "same run, on the same machine; numbers depend on the machine and on its load, which every "
-        f"table records. Machine: {os.cpu_count()} CPU cores, no GPU.",
+        f"table records, with the GPU where one was used. Machine: {os.cpu_count()} CPU cores.",
         "",
         "**Speed vs reference** is the reference's time over unsam's (or unsam's throughput over "
         "the reference's): above 1 unsam is faster. Bold: unsam is faster.",
