@@ -140,3 +140,59 @@ def test_image_ids_from_names_or_reference(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="I/N"):
         parse_shard("3/3")
     assert parse_shard("1/4") == (1, 4)
+
+
+class SplitProducer(ThresholdProducer):
+    """ThresholdProducer with the device/host split of a GPU producer: ``start`` does the
+    thresholding, the finisher builds the records. The finisher of an image waits (up to 10 s)
+    until the next image has been started, so the run only finishes quickly when the runner
+    really overlaps a finisher with the next ``start``."""
+
+    overlaps = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.started: list[threading.Event] = []
+        self.log: list[str] = []
+        self.waited: list[bool] = []
+
+    def start(self, image: np.ndarray, *, image_id: int):
+        import threading
+
+        k = len(self.started)
+        self.started.append(threading.Event())
+        self.log.append(f"start {k}")
+        if k > 0:
+            self.started[k - 1].set()  # image k-1's finisher may now run
+        gray = image.mean(axis=2)
+        bright = gray > gray.mean()
+
+        def finish() -> tuple[list[MaskRecord], dict[str, int]]:
+            last = k == self.expected - 1
+            self.waited.append(last or self.started[k].wait(timeout=10))
+            self.log.append(f"finish {k}")
+            masks = MaskRecord.from_masks(
+                np.stack([bright, ~bright]), scores=[0.9, 0.4], source="test"
+            )
+            return masks, {"dropped_for_test": k + 1}
+
+        return finish
+
+
+def test_overlapped_host_work_gives_the_same_file(folder: Path, tmp_path: Path) -> None:
+    """A producer with start()/finisher and overlaps=True: each image's host work runs while the
+    next image starts (never more than one image behind), and the output equals the plain run's."""
+    plain = tmp_path / "plain.json"
+    _run(folder, plain, ThresholdProducer())
+    producer = SplitProducer()
+    producer.expected = 3  # astronaut, chelsea, coffee (broken.jpg is skipped before start)
+    out = tmp_path / "overlapped.json"
+    result = _run(folder, out, producer)
+    assert producer.waited == [True, True, True]  # every finisher saw the next start
+    assert producer.log == ["start 0", "start 1", "finish 0", "start 2", "finish 1", "finish 2"]
+    assert result.stats == {"dropped_for_test": 1 + 2 + 3}
+    a, b = json.loads(plain.read_text()), json.loads(out.read_text())
+    assert a["annotations"] == b["annotations"] and a["images"] == b["images"]
+    assert a["info"]["skipped"] == b["info"]["skipped"]

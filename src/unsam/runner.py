@@ -75,6 +75,13 @@ class MaskProducer(Protocol):
 
     ``setup`` runs once per worker process; ``__call__`` turns one RGB image into mask records
     (ids are assigned by the runner).
+
+    A producer whose work splits into device work and host work (a network on a GPU, then RLE
+    encoding on the CPU) may also have ``start(image, *, image_id)``: it launches the device work
+    and returns a *finisher*, a callable that completes the image on the host and returns
+    ``(records, stats)`` (``stats``: what it dropped, as ``last_stats``). With ``overlaps`` true
+    the runner calls a finisher on a background thread while the next image's ``start`` runs, at
+    most one image behind (see :func:`_overlapped`).
     """
 
     def settings(self) -> dict[str, Any]: ...
@@ -82,6 +89,9 @@ class MaskProducer(Protocol):
     def setup(self) -> None: ...
 
     def __call__(self, image: np.ndarray, *, image_id: int) -> list[MaskRecord]: ...
+
+
+Finisher = Callable[[], "tuple[list[MaskRecord], dict[str, int]]"]
 
 
 class Engine(Protocol):
@@ -247,28 +257,77 @@ class WorkerSetupError(RuntimeError):
 
 
 def _process_one(task: tuple[str, str, int]) -> dict[str, Any]:
+    return _start_one(task)()
+
+
+def _start_one(task: tuple[str, str, int]) -> Callable[[], dict[str, Any]]:
+    """Read one image and start it; the returned callable completes it into its work-file row.
+
+    With a producer that has ``start`` the device work is launched here and the host work (the
+    producer's finisher, then the row) happens in the callable; otherwise all work happens in the
+    callable."""
     if _WORKER_ERROR is not None:
-        return {"fatal": _WORKER_ERROR}
+        error = _WORKER_ERROR
+        return lambda: {"fatal": error}
     path, file_name, image_id = task
     t0 = time.perf_counter()
     try:
         image = load_image(path)
     except ImageReadError as exc:
-        return {"skipped": file_name, "reason": exc.reason}
+        reason = exc.reason
+        return lambda: {"skipped": file_name, "reason": reason}
     h, w = image.shape[:2]
-    try:
-        masks = _WORKER_PRODUCER(image, image_id=image_id)
-    except MemoryError:
-        return {"skipped": file_name, "reason": f"out of memory on a {w}x{h} image"}
-    # producers that link masks (parent_id) assign ids themselves; the rest get them here
-    record = ImageRecord(id=image_id, file_name=file_name, height=h, width=w).with_masks(
-        masks, assign_ids=any(m.id is None or m.image_id != image_id for m in masks)
-    )
-    extra: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 4)}
-    stats = getattr(_WORKER_PRODUCER, "last_stats", None)
-    if stats:  # what the producer dropped and why (summed in the run summary)
-        extra["stats"] = {k: int(v) for k, v in stats.items() if v}
-    return image_record_to_json(record, **extra)
+    oom = {"skipped": file_name, "reason": f"out of memory on a {w}x{h} image"}
+    producer = _WORKER_PRODUCER
+    start = getattr(producer, "start", None)
+    if start is None:
+
+        def finish() -> tuple[list[MaskRecord], dict[str, int]]:
+            masks = producer(image, image_id=image_id)
+            return masks, dict(getattr(producer, "last_stats", None) or {})
+
+    else:
+        try:
+            finish = start(image, image_id=image_id)
+        except MemoryError:
+            return lambda: oom
+
+    def complete() -> dict[str, Any]:
+        try:
+            masks, stats = finish()
+        except MemoryError:
+            return oom
+        # producers that link masks (parent_id) assign ids themselves; the rest get them here
+        record = ImageRecord(id=image_id, file_name=file_name, height=h, width=w).with_masks(
+            masks, assign_ids=any(m.id is None or m.image_id != image_id for m in masks)
+        )
+        extra: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 4)}
+        if stats:  # what the producer dropped and why (summed in the run summary)
+            extra["stats"] = {k: int(v) for k, v in stats.items() if v}
+        return image_record_to_json(record, **extra)
+
+    complete.started = True  # type: ignore[attr-defined]
+    return complete
+
+
+def _overlapped(tasks: list[tuple[str, str, int]]) -> Iterator[dict[str, Any]]:
+    """Rows of ``tasks`` in order, each image's host work (RLE encoding, the row) on a background
+    thread while the next image is read and its device work launched. At most one image waits to
+    be finished, so memory holds at most two images' results."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="unsam-finish") as pool:
+        pending: Future[dict[str, Any]] | None = None
+        for task in tasks:
+            complete = _start_one(task)
+            if not getattr(complete, "started", False):  # unreadable: its row is ready now
+                yield complete()
+                continue
+            if pending is not None:
+                yield pending.result()
+            pending = pool.submit(complete)
+        if pending is not None:
+            yield pending.result()
 
 
 def _results(
@@ -276,6 +335,9 @@ def _results(
 ) -> Iterator[dict[str, Any]]:
     if workers <= 1 or len(tasks) <= 1:
         _worker_init(producer, None)
+        if getattr(producer, "overlaps", False) and _WORKER_ERROR is None:
+            yield from _overlapped(tasks)
+            return
         for t in tasks:
             yield _process_one(t)
         return
