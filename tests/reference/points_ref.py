@@ -48,10 +48,12 @@ def distance_transform_naive(
 
 def click_naive(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
     """(x, y, distance map) of the original's click: pad 1 px, invert, transform, crop, first
-    argmax."""
+    maximum in row-major order, values within 1e-5 * max(1, max) of it counting as tied (unsam's
+    documented machine-independent tie rule; the original takes the exact argmax)."""
     padded = np.pad(mask.astype(bool), 1)
     dist = distance_transform_naive(1.0 - padded.astype(np.float64))[1:-1, 1:-1]
-    flat = int(np.argmax(dist))
+    top = float(dist.max())
+    flat = int(np.flatnonzero(dist.reshape(-1) >= top - 1e-5 * max(1.0, abs(top)))[0])
     y, x = divmod(flat, mask.shape[1])
     return x, y, dist
 

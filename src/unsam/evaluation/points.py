@@ -10,7 +10,11 @@ Protocol (the original's ``evaluate_interactive`` + ``interactive_evaluation``):
    original resolution).
 2. Click: one positive click per GT mask at the pixel deepest inside it by kornia's approximate
    distance transform (:func:`distance_transform`, kernel 3, h = 0.35), the first maximum in
-   row-major order (:func:`click_point`).
+   row-major order (:func:`click_point`). *Deliberate difference:* values within
+   :data:`CLICK_TIE_RTOL` ``* max(1, max)`` of the maximum count as tied. The transform's values
+   tie only up to float rounding, which depends on the CPU's kernels, so the original's exact
+   argmax (which has the same ambiguity) can click a different pixel on another machine; with the
+   tolerance the click is the same everywhere.
 3. The model returns 6 masks and 6 predicted IoUs for the click. **Point(Max)** is the IoU of the
    mask with the highest predicted IoU (first maximum on ties); **Point(Oracle)** the best IoU
    of the 6. mIoU is the mean over all GT masks of the dataset (per instance, not per image),
@@ -21,7 +25,8 @@ Protocol (the original's ``evaluate_interactive`` + ``interactive_evaluation``):
    (``max_clicks=1``) this is exactly its definition: 1 if IoU >= t else 20 (``ieval:108-116``).
    With ``max_clicks > 1`` the usual iterative protocol (RITM) runs: each next click goes to the
    deepest point (same distance transform) of the false-negative or false-positive region of the
-   current Max mask, whichever is deeper (positive resp. negative label; positive on ties). The
+   current Max mask, whichever is deeper (positive resp. negative label; positive on ties, with
+   the same tolerance). The
    loop stops early when the IoU reaches the largest threshold or the mask is perfect (NoC does
    not depend on later clicks). The UnSAM promptable model (Semantic-SAM) takes one click per
    object, so the CLI uses ``max_clicks=1``; the iterative mode is for predictors that accept
@@ -56,11 +61,13 @@ from unsam.io.coco import MaskFileError, load_coco_dataset
 from unsam.records import ImageRecord, MaskRecord, decode_rle, encode_mask
 
 __all__ = [
+    "CLICK_TIE_RTOL",
     "SIZE_RANGES",
     "PointEvalConfig",
     "PredictFn",
     "SegmentResult",
     "click_point",
+    "first_maximum",
     "distance_transform",
     "evaluate_image",
     "evaluate_points",
@@ -182,6 +189,34 @@ def distance_transform(image: torch.Tensor, kernel_size: int = 3, h: float = 0.3
     return out
 
 
+#: Relative tolerance of a tie between distance-transform values: ``a`` ties with the maximum ``m``
+#: when ``a >= m - CLICK_TIE_RTOL * max(1, |m|)``. Float32 rounding differs between machines by a
+#: few ulps (~1e-7 relative); real depth differences are far above 1e-5.
+CLICK_TIE_RTOL = 1e-5
+
+
+def _tie_tol(value: float) -> float:
+    return CLICK_TIE_RTOL * max(1.0, abs(value))
+
+
+def first_maximum(values: torch.Tensor | npt.NDArray[np.floating]) -> int:
+    """Flat index of the first value, in row-major order, that ties with the maximum: within
+    ``CLICK_TIE_RTOL * max(1, |max|)`` of it. Machine-independent where an exact argmax is not
+    (values that tie up to float rounding).
+
+    Args:
+        values: any shape, float; must not be empty.
+
+    Returns:
+        An index into ``values.reshape(-1)``.
+    """
+    flat = torch.as_tensor(values).reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("first_maximum of an empty array")
+    top = float(flat.max())
+    return int(torch.nonzero(flat >= top - _tie_tol(top))[0, 0])
+
+
 def click_point(
     mask: npt.NDArray[np.bool_] | torch.Tensor, *, kernel_size: int = 3, h: float = 0.35
 ) -> tuple[int, int, float]:
@@ -190,8 +225,11 @@ def click_point(
 
     The mask is padded with one pixel of background and inverted (background = sources), kornia's
     :func:`distance_transform` runs on it, the border is cropped and the **first** maximum in
-    row-major order wins. The work is done on the mask's bounding box plus that one-pixel margin:
-    outside it everything is background, so the values inside are the full image's.
+    row-major order wins, values within :data:`CLICK_TIE_RTOL` of the maximum counting as tied
+    (:func:`first_maximum`; the original takes the exact argmax, whose choice among values equal
+    up to rounding depends on the machine). The work is done on the mask's bounding box plus that
+    one-pixel margin: outside it everything is background, so the values inside are the full
+    image's.
 
     Args:
         mask: (H, W) bool.
@@ -214,7 +252,7 @@ def click_point(
     crop[1:-1, 1:-1] = m[y0:y1, x0:x1]
     sources = torch.from_numpy(1.0 - crop)[None, None]
     dist = distance_transform(sources, kernel_size=kernel_size, h=h)[0, 0, 1:-1, 1:-1]
-    flat = int(torch.argmax(dist.reshape(-1)))  # first maximum (documented torch behaviour)
+    flat = first_maximum(dist)  # first maximum, ties up to rounding included
     w = x1 - x0
     row, col = divmod(flat, w)
     return x0 + col, y0 + row, float(dist[row, col])
@@ -351,7 +389,8 @@ def evaluate_segment(
         fp_x, fp_y, fp_depth = click_point(chosen & ~gt, kernel_size=config.kernel_size, h=config.h)
         if fn_depth <= 0 and fp_depth <= 0:
             break  # nothing left to correct
-        clicks.append((fn_x, fn_y, 1) if fn_depth >= fp_depth else (fp_x, fp_y, 0))
+        positive = fn_depth >= fp_depth - _tie_tol(max(fn_depth, fp_depth))  # ties: positive
+        clicks.append((fn_x, fn_y, 1) if positive else (fp_x, fp_y, 0))
     return SegmentResult(
         image_id=int(image_id),
         segment_id=segment_id,
