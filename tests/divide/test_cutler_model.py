@@ -228,7 +228,7 @@ def test_wrong_shape_is_an_error(
 def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "hook": Path("/tmp")}, path)
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+    with pytest.raises(Exception, match="refused to load it: .* asks for .*pathlib"):
         CutlerDetector.from_checkpoint(path)
 
 

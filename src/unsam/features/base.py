@@ -16,6 +16,7 @@ import numpy.typing as npt
 import torch
 
 from unsam.config import param
+from unsam.io.checkpoints import MissingWeightsError
 
 __all__ = ["FeatureConfig", "FeatureExtractor", "MissingWeightsError", "as_image_batch"]
 
@@ -40,14 +41,6 @@ class FeatureConfig:
             raise ValueError(f"FeatureConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.num_heads is not None and self.num_heads < 1:
             raise ValueError(f"FeatureConfig.num_heads must be >= 1 or None, got {self.num_heads}")
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Model weights are neither on disk nor in the Hugging Face cache (and cannot be downloaded).
-
-    ``str(err)`` is one sentence naming the file to download, where to put it and the option that
-    points at it.
-    """
 
 
 def as_image_batch(

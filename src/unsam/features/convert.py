@@ -108,16 +108,16 @@ def load_dino_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     ``.safetensors`` files as well as ``.pth``. Loading uses ``weights_only=True``.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file holds no tensor dict.
+        MissingWeightsError: the file does not exist (says what to download).
+        ValueError: the file holds no tensor dict, or cannot be read (one line, naming it).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: checkpoint not found")
     from unsam.io.checkpoints import load_safetensors, load_torch_file
 
+    p = Path(path)
     obj: object = (
-        load_safetensors(p) if p.suffix == ".safetensors" else load_torch_file(p, "DINO checkpoint")
+        load_safetensors(p, kind="dino")
+        if p.suffix == ".safetensors"
+        else load_torch_file(p, "DINO checkpoint", kind="dino")
     )
     return _unwrap(obj, str(p))
 

@@ -195,16 +195,12 @@ def _missing_hub_message(model_id: str) -> str:
 
 
 def _missing_file_message(path: Path) -> str:
+    from unsam.io.checkpoints import missing_weights_message
+
     stem = path.name.split(".")[0]
     if stem in DINO_HUB_IDS.values():
-        where = f"download it from {_OFFICIAL_URL.format(stem)} to {path}"
-    else:
-        where = (
-            "download an official DINO checkpoint (e.g. "
-            f"{_OFFICIAL_URL.format('dino_vitbase8_pretrain')}) or save a transformers ViT folder "
-            "there"
-        )
-    return f"feature weights {str(path)!r} do not exist: {where} and point --features PATH at it."
+        return missing_weights_message("dino", path, file=path.name, url=_OFFICIAL_URL.format(stem))
+    return missing_weights_message("dino", path)
 
 
 def _from_pretrained(

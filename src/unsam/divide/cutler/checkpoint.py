@@ -88,36 +88,38 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         key → float/int tensor, ``module.`` stripped, numpy arrays converted.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file holds no state dict.
+        MissingWeightsError: ``path`` does not exist (says what to download).
+        CheckpointFileError: truncated, corrupt, a pickle asking for code (never run), or no state
+            dict of tensors; one line naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from unsam.io.checkpoints import CheckpointFileError, load_safetensors, load_torch_file
 
-        obj: Any = load_file(str(path))
+    path = Path(path)
+    what = "CutLER checkpoint"
+    if path.suffix == ".safetensors":
+        obj: Any = load_safetensors(path, kind="cutler")
     else:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, what, kind="cutler", safe_globals=_numpy_safe_globals())
     if isinstance(obj, Mapping) and "model" in obj:
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(
-            f"{path}: expected a state dict or {{'model': state_dict}}, got {type(obj).__name__}"
+        raise CheckpointFileError(
+            f"{path}: expected a state dict or {{'model': state_dict}}, got {type(obj).__name__}; "
+            "is it cutler_cascade_final.pth?"
         )
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise TypeError(f"{path}: state-dict key {key!r} is not a string")
+            raise CheckpointFileError(f"{path}: state-dict key {key!r} is not a string")
         name = key.removeprefix("module.")
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         elif isinstance(value, (np.generic, int, float)):
             value = torch.as_tensor(value)
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{path}: {key!r} holds a {type(value).__name__}, not a tensor")
+            raise CheckpointFileError(
+                f"{path}: {key!r} holds a {type(value).__name__}, not a tensor"
+            )
         state[name] = value
     return state
 

@@ -34,7 +34,7 @@ from unsam.config import param
 from unsam.divide.cutler.checkpoint import load_cutler_state_dict, read_checkpoint
 from unsam.divide.cutler.model import CascadeMaskRCNN
 from unsam.divide.cutler.ops import batched_nms, clip_boxes, nonempty_boxes, paste_masks_in_image
-from unsam.features.base import MissingWeightsError
+from unsam.io.checkpoints import missing_weights
 
 __all__ = [
     "CUTLER_WEIGHTS_ENV",
@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 CUTLER_WEIGHTS_ENV = "UNSAM_CUTLER_WEIGHTS"
 CUTLER_WEIGHTS_URL = "http://dl.fbaipublicfiles.com/cutler/checkpoints/cutler_cascade_final.pth"
-_RELEASE_PAGE = "https://github.com/facebookresearch/CutLER#model-zoo"
 
 
 @dataclass(frozen=True)
@@ -187,12 +186,9 @@ def resolve_cutler_weights(spec: str) -> Path:
         raise ValueError(f"not a CutLER divide spec: {spec!r} (use 'cutler' or 'cutler:PATH')")
     if path_text and Path(path_text).expanduser().is_file():
         return Path(path_text).expanduser()
-    where = f"{path_text!r} does not exist" if path_text else f"{CUTLER_WEIGHTS_ENV} is not set"
-    raise MissingWeightsError(
-        f"CutLER weights not found ({where}): download cutler_cascade_final.pth from the CutLER "
-        f"release page ({_RELEASE_PAGE}, {CUTLER_WEIGHTS_URL}) and pass --divide cutler:PATH "
-        f"or set {CUTLER_WEIGHTS_ENV}=PATH."
-    )
+    if path_text:
+        raise missing_weights("cutler", Path(path_text).expanduser())
+    raise missing_weights("cutler", None, f"no path given and {CUTLER_WEIGHTS_ENV} is not set")
 
 
 class CutlerDetector:

@@ -120,25 +120,20 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     Takes ``ckpt["model"]`` when present (detectron2 checkpointer files), else the dict itself.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a checkpoint dict of tensors.
+        MissingWeightsError: no such file (says what to download).
+        ValueError: unreadable, or not a checkpoint dict of tensors (one line, naming the file).
     """
+    from unsam.io.checkpoints import load_torch_file
+
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such checkpoint file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of arbitrary types
-        raise ValueError(
-            f"{p}: cannot be read as a PyTorch checkpoint with weights_only=True ({exc})"
-        ) from exc
+    ckpt = load_torch_file(p, "UnSAM promptable checkpoint", kind="promptable")
     sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd:
         raise ValueError(f"{p}: expected a dict of tensors (or a dict with a 'model' entry)")
     out = {}
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{p}: entry {k!r} is a {type(v).__name__}, not a tensor")
+            raise ValueError(f"{p}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k.removeprefix("model.")] = v
     return out
 

@@ -59,7 +59,7 @@ def load_promptable_model(
     Raises:
         MissingWeightsError: nothing at ``path``.
     """
-    from unsam.features.base import MissingWeightsError
+    from unsam.io.checkpoints import missing_weights
 
     p = Path(path)
     if p.is_file():
@@ -68,12 +68,7 @@ def load_promptable_model(
         return model_from_official(p, config).to(device)
     if p.is_dir():
         return PromptableModel.from_pretrained(p, device=device)
-    raise MissingWeightsError(
-        f"no promptable model at {p}: download an official UnSAM promptable checkpoint "
-        "(.pth, linked from github.com/frank-xwang/UnSAM) and pass its path, or a folder "
-        "converted from it with "
-        "`unsam convert-checkpoint FILE.pth --kind promptable -o FOLDER`"
-    )
+    raise missing_weights("promptable", p)
 
 
 @contextlib.contextmanager

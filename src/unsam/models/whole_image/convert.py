@@ -296,7 +296,7 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     Optimizer, scheduler and trainer entries of the file are ignored.
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingWeightsError: no such file (says what to download).
         ValueError: the file cannot be read safely, or holds no ``model`` tensor dict.
     """
     path = Path(path)
@@ -305,16 +305,9 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
             f"{path}: is a folder; give the official UnSAM whole-image .pth file itself "
             "(a folder written by save_pretrained needs no conversion)"
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) "
-            f"({type(exc).__name__}); expected the "
-            "official UnSAM whole-image .pth (a dict with a 'model' state dict)"
-        ) from None
+    from unsam.io.checkpoints import load_torch_file
+
+    obj = load_torch_file(path, "UnSAM whole-image checkpoint", kind="whole-image")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if (

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unsam.io.checkpoints import key_mismatch
+from unsam.io.checkpoints import key_mismatch, load_safetensors, load_torch_file, missing_weights
 from unsam.models.whole_image.config import backbone_module
 from unsam.models.whole_image.convert import official_target_names
 
@@ -133,13 +133,13 @@ def load_restricted_pickle(path: str | os.PathLike[str]) -> Any:
     """Read a pickle with :class:`RestrictedUnpickler`.
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingWeightsError: no such file (says what to download).
         UnsafePickleError: the pickle references a refused global (nothing of it was run).
         ValueError: not a readable pickle.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {path} do not exist")
+        raise missing_weights("backbone-init", path)
     with path.open("rb") as f:
         try:
             return RestrictedUnpickler(f, path).load()
@@ -216,26 +216,14 @@ def read_backbone_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {path} do not exist")
+        raise missing_weights("backbone-init", path)
     suffix = path.suffix.lower()
     if suffix in (".pkl", ".pickle"):
         obj = load_restricted_pickle(path)
     elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+        obj = load_safetensors(path, kind="backbone-init")
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-            raise ValueError(
-                f"{path}: cannot be read with torch.load(weights_only=True) "
-                f"({type(exc).__name__}); "
-                "expected a ResNet-50 state dict (.pth), a detectron2 .pkl or a .safetensors file"
-            ) from None
+        obj = load_torch_file(path, "ResNet-50 checkpoint", kind="backbone-init")
     if isinstance(obj, dict):
         for wrapper in ("model", "state_dict", "teacher"):
             if isinstance(obj.get(wrapper), dict):
