@@ -15,8 +15,11 @@ features plus its own mean colour, see :mod:`unsam.conquer.superpixels`) over 16
 ranking coarser superpixel scales first; at most the 1000 best-ranked masks are kept (AR@1000
 keeps no more); MaskCut skips its CRF. On the 144 COCO val2017 images of the shared data this
 gives AR@1000 0.201 against 0.153 for the multi-scale Felzenszwalb baseline (spec preset: 0.035).
-A preset only replaces settings still at their spec default; settings given explicitly keep their
-value (``preset="spec"`` turns the preset off, ``"classic"`` forces it). ``preset="released"``
+A preset only sets defaults: settings given explicitly keep their value, even one equal to the
+spec default (the CLI records the flags given in ``PipelineConfig.explicit``; in Python, keyword
+overrides of :class:`DivideAndConquer` count as given, and a setting of a nested config counts
+when it differs from the spec default or is named in ``explicit``). ``preset="spec"`` turns the
+preset off, ``"classic"`` forces it. ``preset="released"``
 applies :data:`RELEASED_PRESET`, the released UnSAM code's settings (CutLER divide, BGR input to
 DINO and CascadePSP, its tiny-crop mask rule); the bugs of spec §10 stay fixed.
 
@@ -51,6 +54,7 @@ from unsam.refine.crf import RefineConfig, refine_masks
 __all__ = [
     "CLASSIC_PRESET",
     "RELEASED_PRESET",
+    "config_with_overrides",
     "DicoProducer",
     "DivideAndConquer",
     "PipelineConfig",
@@ -135,6 +139,12 @@ class PipelineConfig:
         False,
         "keep a conquer mask whose divide mask refinement rejected (parent_id then null), as the "
         "released code, which refines and drops every mask on its own; default: drop it",
+    )
+    explicit: tuple[str, ...] = param(
+        (),
+        "settings the user gave explicitly, as field names ('channel_order', nested ones dotted: "
+        "'refine.cascadepsp_channel_order'); a preset never changes them, even when they equal "
+        "the spec default (the CLI fills it from the flags given)",
     )
 
     def __post_init__(self) -> None:
@@ -234,16 +244,18 @@ def _is_classic(config: PipelineConfig, extractor_name: str | None) -> bool:
     return config.features == "classic" or extractor_name == "classic"
 
 
-def _apply_defaults(obj: Any, values: dict[str, Any]) -> Any:
+def _apply_defaults(
+    obj: Any, values: dict[str, Any], explicit: frozenset[str] = frozenset(), prefix: str = ""
+) -> Any:
     """``obj`` (a config dataclass) with ``values`` applied to the fields still at their class
-    default."""
+    default and not named (``prefix`` + name) in ``explicit``."""
     defaults = type(obj)()
     changes: dict[str, Any] = {}
     for name, value in values.items():
         current = getattr(obj, name)
         if isinstance(value, dict):
-            changes[name] = _apply_defaults(current, value)
-        elif current == getattr(defaults, name):
+            changes[name] = _apply_defaults(current, value, explicit, f"{prefix}{name}.")
+        elif prefix + name not in explicit and current == getattr(defaults, name):
             changes[name] = value
     return dataclasses.replace(obj, **changes) if changes else obj
 
@@ -261,11 +273,12 @@ def resolve_preset(config: PipelineConfig, extractor_name: str | None = None) ->
     Returns:
         ``config`` itself when no preset applies, else a copy.
     """
+    explicit = frozenset(config.explicit)
     if config.preset == "released":
-        return _apply_defaults(config, RELEASED_PRESET)
+        return _apply_defaults(config, RELEASED_PRESET, explicit)
     if not _is_classic(config, extractor_name):
         return config
-    return _apply_defaults(config, CLASSIC_PRESET)
+    return _apply_defaults(config, CLASSIC_PRESET, explicit)
 
 
 def conquer_score(
@@ -284,6 +297,25 @@ def conquer_score(
     """
     frac = (scale * num_levels + level) / max(1, num_scales * num_levels)
     return float(parent_score * (0.45 + 0.5 * frac))
+
+
+def config_with_overrides(config: PipelineConfig, **overrides: Any) -> PipelineConfig:
+    """``config`` with keyword overrides applied, each recorded in ``explicit`` so that a preset
+    keeps it (a nested config's fields count when they differ from the spec default).
+
+    ``refine`` may be a string: ``"none" | "crf" | "cascadepsp" | "cascadepsp:PATH"``.
+    """
+    given = [k for k in overrides if k != "explicit" and not dataclasses.is_dataclass(overrides[k])]
+    if isinstance(overrides.get("refine"), str):
+        method, _, weights = overrides["refine"].partition(":")
+        extra = {"cascadepsp_weights": weights} if weights else {}
+        overrides["refine"] = dataclasses.replace(config.refine, method=method, **extra)
+        given.remove("refine")
+        given += ["refine.method", *(["refine.cascadepsp_weights"] if weights else [])]
+    if not overrides:
+        return config
+    named = [*config.explicit, *overrides.get("explicit", ()), *given]
+    return dataclasses.replace(config, **{**overrides, "explicit": tuple(dict.fromkeys(named))})
 
 
 class DivideAndConquer:
@@ -308,13 +340,7 @@ class DivideAndConquer:
         config = config or PipelineConfig()
         if isinstance(features, str):
             overrides["features"] = features
-        if isinstance(
-            overrides.get("refine"), str
-        ):  # "none" | "crf" | "cascadepsp" | "cascadepsp:PATH"
-            method, _, weights = overrides["refine"].partition(":")
-            extra = {"cascadepsp_weights": weights} if weights else {}
-            overrides["refine"] = dataclasses.replace(config.refine, method=method, **extra)
-        config = dataclasses.replace(config, **overrides) if overrides else config
+        config = config_with_overrides(config, **overrides)
         # the preset first: it sets the refiner's and the divide's settings (it depends on the
         # features only through their name, known before loading them)
         ready = features if isinstance(features, FeatureExtractor) else None
@@ -623,6 +649,7 @@ class DicoProducer:
         # the settings the images are processed with: the preset resolved (features given by name)
         resolved = resolve_preset(self.config)
         out = {"producer": "divide-and-conquer", **config_to_dict(resolved)}
+        out.pop("explicit", None)  # its effect is in the resolved values
         warnings = runtime_warnings(resolved)
         if warnings:
             out["warnings"] = warnings  # recorded in the output's info and printed in the summary

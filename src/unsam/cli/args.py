@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
-__all__ = ["add_config_arguments", "config_from_args"]
+__all__ = ["add_config_arguments", "config_from_args", "given_fields"]
 
 
 def _flag(prefix: str, name: str) -> str:
@@ -122,3 +122,18 @@ def config_from_args(
             values[f.name] = getattr(args, dest)
     values.update(overrides)
     return config_cls(**values)
+
+
+def given_fields(config_cls: type, args: argparse.Namespace, *, prefix: str = "") -> list[str]:
+    """The fields of ``config_cls`` set on the command line (flags default to SUPPRESS, so a field
+    is given iff its dest is in ``args``), nested ones dotted: ``["channel_order",
+    "refine.cascadepsp_channel_order"]``."""
+    out: list[str] = []
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested = given_fields(hints[f.name], args, prefix=f"{prefix}{f.name}_")
+            out += [f"{f.name}.{name}" for name in nested]
+        elif hasattr(args, _dest(prefix, f.name)):
+            out.append(f.name)
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unsam.cli.args import add_config_arguments, config_from_args
+from unsam.cli.args import add_config_arguments, config_from_args, given_fields
 from unsam.cli.common import (
     add_run_arguments,
     prepare_folder_run,
@@ -56,7 +56,7 @@ class _RefineAction(argparse.Action):
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of PipelineConfig and its stage configs (--maskcut-*, --conquer-*, --refine-*)."""
     g = parser.add_argument_group("pipeline")
-    add_config_arguments(g, PipelineConfig)
+    add_config_arguments(g, PipelineConfig, skip=("explicit",))
     g.add_argument(
         "--refine",
         dest="refine_method",
@@ -72,7 +72,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    return config_from_args(PipelineConfig, args)  # stage configs from their prefixed flags
+    """The pipeline settings of the flags given; those flags are recorded as ``explicit``, so a
+    preset (``--preset released``, the classic features') never overrides them."""
+    given = tuple(name for name in given_fields(PipelineConfig, args) if name != "explicit")
+    return config_from_args(PipelineConfig, args, explicit=given)  # stage configs: prefixed flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
