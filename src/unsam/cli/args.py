@@ -42,7 +42,8 @@ def add_config_arguments(
     ``--refine-crf-*`` (:func:`config_from_args` builds it back from them).
 
     Flags default to None (argparse.SUPPRESS), so only what the user sets overrides the config's
-    own defaults. Types: bool → ``--flag/--no-flag``; Literal → choices; tuple[float, ...] →
+    own defaults; each flag's action keeps that default as ``action.config_default`` (what the
+    help shows). Types: bool → ``--flag/--no-flag``; Literal → choices; tuple[float, ...] →
     comma-separated list; ``X | None`` → X (write "none" to pass None).
     """
     hints = typing.get_type_hints(config_cls)
@@ -70,14 +71,16 @@ def add_config_arguments(
             "help": help_full,
         }
         if tp is bool:
-            parser.add_argument(
+            action = parser.add_argument(
                 _flag(prefix, f.name), action=argparse.BooleanOptionalAction, **kwargs
             )
+            action.config_default = default  # type: ignore[attr-defined]
             continue
         if get_origin(tp) is Literal:
-            parser.add_argument(
+            action = parser.add_argument(
                 _flag(prefix, f.name), choices=[str(c) for c in get_args(tp)], **kwargs
             )
+            action.config_default = default  # type: ignore[attr-defined]
             continue
         if get_origin(tp) is tuple:
             elem = get_args(tp)[0]
@@ -85,9 +88,10 @@ def add_config_arguments(
             def parse_tuple(text: str, elem: Any = elem) -> tuple[Any, ...]:
                 return tuple(elem(v) for v in text.split(",") if v.strip())
 
-            parser.add_argument(
+            action = parser.add_argument(
                 _flag(prefix, f.name), type=parse_tuple, metavar="V1,V2,...", **kwargs
             )
+            action.config_default = default  # type: ignore[attr-defined]
             continue
         base = tp if tp in (int, float, str) else str
 
@@ -96,9 +100,10 @@ def add_config_arguments(
                 return None
             return base(text)
 
-        parser.add_argument(
+        action = parser.add_argument(
             _flag(prefix, f.name), type=parse, metavar=base.__name__.upper(), **kwargs
         )
+        action.config_default = default  # type: ignore[attr-defined]
 
 
 def config_from_args(

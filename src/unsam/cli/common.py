@@ -77,7 +77,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
     """``--overlay-top-k`` / ``--overlay-min-score``: what overlays draw (the JSON keeps every
-    mask)."""
+    mask). The help shows the parser's default, so a command's ``set_defaults`` shows too."""
     from unsam.io.overlay import OVERLAY_TOP_K
 
     group.add_argument(
@@ -85,7 +85,7 @@ def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
         type=int,
         default=OVERLAY_TOP_K,
         metavar="K",
-        help=f"overlays draw the K best-scoring masks (default: {OVERLAY_TOP_K}; 0: none); "
+        help="overlays draw the K best-scoring masks (default: %(default)s; 0: none); "
         "the JSON keeps every mask",
     )
     group.add_argument(
@@ -93,7 +93,7 @@ def add_overlay_arguments(group: Any, min_score: float = 0.0) -> None:
         type=float,
         default=min_score,
         metavar="S",
-        help=f"overlays draw only masks scoring at least S (default: {min_score})",
+        help="overlays draw only masks scoring at least S (default: %(default)s)",
     )
 
 
