@@ -6,6 +6,10 @@ mIoU and NoC@{0.5, 0.8, 0.85, 0.9}. ``--gt`` is a COCO instances JSON or a COCO 
 (detected from its ``segments_info``; the PNGs come from ``--panoptic-dir``, default: the JSON
 path without ``.json``). ``--model`` is a ``train-promptable`` run folder, a ``save_pretrained``
 folder or an official promptable ``.pth``.
+
+Ground truth without a usable mask (every mask crowd, or empty at the evaluation size) is an error
+(exit code 2) rather than a table of empty metrics; masks that are empty at the evaluation size
+while others are scored are counted in a warning.
 """
 
 from __future__ import annotations
@@ -88,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.gt} is an instances JSON; --panoptic-dir is only for panoptic JSONs"
             )
         records = load_instances_gt(args.gt)[: args.max_images]
+    usable = sum(len(r.masks) for r in records)
+    if usable == 0:  # before loading the model: nothing could be scored
+        raise ValueError(
+            f"{args.gt}: no usable ground-truth mask in its {len(records)} image(s) (crowd masks "
+            "are left out, as in the original protocol); nothing to evaluate"
+        )
     predictor = PromptablePredictor.from_pretrained(args.model, device=args.device, short_side=None)
     predict = predictor_predict_fn(predictor)
     bar = tqdm(
@@ -108,6 +118,19 @@ def run(args: argparse.Namespace) -> int:
         metrics, _ = evaluate_points(predict, records, load, config=config, progress=progress)
     finally:
         bar.close()
+    scored = int(metrics["num_segments"])
+    size = "the original size" if config.short_side is None else f"--short-side {config.short_side}"
+    if scored == 0:
+        raise ValueError(
+            f"{args.gt}: none of its {usable} ground-truth masks could be clicked: all are empty "
+            f"at the evaluation size ({size}); try a larger --short-side or --short-side none"
+        )
+    if scored < usable:
+        print(
+            f"unsam eval-points: warning: {usable - scored} of {usable} ground-truth masks are "
+            f"empty at the evaluation size ({size}) and were not scored",
+            file=sys.stderr,
+        )
     kind = "panoptic" if panoptic else "instances"
     print(
         format_point_metrics(
