@@ -9,7 +9,10 @@ different ones is refused, so one output never mixes two configurations.
 
 Image ids are fixed when an image is first done: a rerun over a folder that has gained images keeps
 every finished image (read back from the work file, or from the finished output) with its id, and
-gives the new images ids no other image has. A lock (``OUT.lock``) keeps two runs off one output.
+gives the new images ids no other image has. A rerun over a folder that has *lost* images keeps
+their finished masks by default (after the listed images, sorted by name) and says so
+(:attr:`RunResult.removed`); ``removed="drop"`` leaves them out of the output. A lock
+(``OUT.lock``) keeps two runs off one output.
 Before the final file is renamed into place it is validated (unique image and annotation ids, every
 annotation's image present, RLE sizes equal to their image's); the work file is then removed.
 
@@ -130,6 +133,10 @@ class RunResult:
     stats: dict[str, int] = field(
         default_factory=dict
     )  # producer drop counts summed over the images
+    #: finished images of earlier runs that are no longer in the listing (sorted file names)
+    removed: list[str] = field(default_factory=list)
+    #: what happened to them: "keep" (their masks are in the output) or "drop"
+    removed_policy: str = "keep"
 
     @property
     def exit_code(self) -> int:
@@ -474,6 +481,7 @@ def run_images(
     overwrite: bool = False,
     output_format: str = "coco-dataset",
     engine: Engine | None = None,
+    removed: str = "keep",
 ) -> RunResult:
     """Run ``producer`` over ``images`` and write a class-agnostic COCO dataset JSON to ``output``.
 
@@ -498,6 +506,10 @@ def run_images(
             settings, so their work file is kept after success: a rerun resumes from it.
         engine: processes the images left instead of ``workers`` local processes (see
             :class:`Engine`); the output is the same.
+        removed: finished images of an earlier run that are no longer in ``images``: ``"keep"``
+            their masks (after the listed images, sorted by name; the default: finished work is
+            never thrown away silently) or ``"drop"`` them. Either way they are named in
+            :attr:`RunResult.removed` and in the output's ``info.removed_images``.
 
     Returns:
         A :class:`RunResult`.
@@ -512,6 +524,8 @@ def run_images(
         raise ValueError(
             f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}"
         )
+    if removed not in ("keep", "drop"):
+        raise ValueError(f"removed must be 'keep' or 'drop', got {removed!r}")
     if output_format == "sam-folder":
         output = Path(output)
         if output.is_file():
@@ -550,8 +564,25 @@ def run_images(
         seconds = _process(
             rows, work if engine is None else None, done, resumed, len(mine), progress
         )
-        dataset, skipped = _assemble(mine, done, header, info, work)
+        listed = set(names)
+        gone = sorted(n for n, row in done.items() if n not in listed and "image" in row)
+        if gone:
+            logger.info(  # the CLI's summary warns (RunResult.removed)
+                "%d finished image(s) are no longer in the listing; %s: %s",
+                len(gone),
+                "their masks are kept" if removed == "keep" else "their masks are dropped",
+                ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else ""),
+            )
+        kept = gone if removed == "keep" else []
+        extra_info = {**(info or {})}
+        if gone:
+            extra_info["removed_images"] = {"policy": removed, "file_names": gone}
+        dataset, skipped = _assemble(
+            [*mine, *(("", n, 0) for n in kept)], done, header, extra_info, work
+        )
         validate_dataset(dataset, where=f"refusing to write {output}")
+        if gone and removed == "drop":
+            _forget(gone, done, work, header, output, output_format)
         write_dataset_as(dataset, output, output_format)  # type: ignore[arg-type]
         if output_format == "coco-dataset":  # the output itself carries everything a rerun needs
             work.unlink(missing_ok=True)
@@ -569,8 +600,44 @@ def run_images(
         for key, value in done[name].get("stats", {}).items():
             totals[key] = totals.get(key, 0) + int(value)
     return RunResult(
-        output, len(mine), len(todo), resumed, n_masks, skipped, seconds, dataset, totals
+        output,
+        len(mine),
+        len(todo),
+        resumed,
+        n_masks,
+        skipped,
+        seconds,
+        dataset,
+        totals,
+        gone,
+        removed,
     )
+
+
+def _forget(
+    gone: list[str],
+    done: dict[str, dict[str, Any]],
+    work: Path,
+    header: dict[str, Any],
+    output: Path,
+    output_format: str,
+) -> None:
+    """Drop the rows of removed images from the run's state, so a later rerun does not bring them
+    back: the work file is rewritten without them (engine shard files are folded into it), and a
+    SAM folder loses their JSON files."""
+    from unsam.io.export import distinct_stems
+    from unsam.io.files import atomic_write
+
+    lines = [json.dumps(header)] + [
+        json.dumps(row, separators=(",", ":")) for n, row in done.items() if n not in gone
+    ]
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    atomic_write(work, lambda fh: fh.write(data))
+    shutil.rmtree(shard_dir_for(output), ignore_errors=True)
+    if output_format == "sam-folder":
+        stems = distinct_stems([n for n, row in done.items() if "image" in row])
+        for name in gone:
+            (output / f"{stems[name]}.json").unlink(missing_ok=True)
 
 
 def _previous_rows(

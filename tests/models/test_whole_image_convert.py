@@ -195,7 +195,7 @@ def test_convert_checkpoint_end_to_end(tmp_path, official, monkeypatch) -> None:
 
 def test_convert_checkpoint_rejects_other_files(tmp_path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"\x00junk")
-    with pytest.raises(ValueError, match="junk.pth: not a readable UnSAM whole-image checkpoint"):
+    with pytest.raises(ValueError, match="junk.pth: cannot read the UnSAM whole-image checkpoint"):
         convert_checkpoint(tmp_path / "junk.pth", tmp_path / "out")
     torch.save({"model": {"conv.weight": torch.zeros(2)}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="match no official Mask2Former name: conv.weight"):

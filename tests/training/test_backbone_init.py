@@ -260,7 +260,7 @@ def test_strict_errors_name_the_file_and_keys(tmp_path: Path, tiny: nn.Module) -
     with pytest.raises(FileNotFoundError, match="nope.pkl does not exist; download dino_RN50"):
         load_backbone_init(tiny, tmp_path / "nope.pkl")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pth: not a readable ResNet-50 checkpoint"):
+    with pytest.raises(ValueError, match="junk.pth: cannot read the ResNet-50 checkpoint"):
         load_backbone_init(tiny, tmp_path / "junk.pth")
     (tmp_path / "objects.pkl").write_bytes(
         pickle.dumps({"model": {"stem.conv1.weight": np.array([None])}})

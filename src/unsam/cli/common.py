@@ -70,6 +70,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start over when -o (or its unfinished work file) was written with other settings",
     )
+    g.add_argument(
+        "--drop-removed",
+        action="store_true",
+        help="on a rerun, leave out the finished images that are no longer in the input "
+        "(default: keep their masks, with a warning naming them)",
+    )
     from unsam.engines import add_engine_arguments
 
     add_engine_arguments(parser)
@@ -197,6 +203,20 @@ def print_run_summary(result: Any) -> None:
     )
     for s in result.skipped:
         print(f"skipped {s['file_name']}: {s['reason']}", file=sys.stderr)
+    gone = getattr(result, "removed", [])
+    if gone:
+        names = ", ".join(gone[:5]) + (f" (+{len(gone) - 5} more)" if len(gone) > 5 else "")
+        if result.removed_policy == "keep":
+            print(
+                f"warning: {len(gone)} finished image(s) are no longer in the input: {names}; "
+                "their masks are kept in the output (rerun with --drop-removed to leave them out)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"note: dropped the masks of {len(gone)} image(s) no longer in the input: {names}",
+                file=sys.stderr,
+            )
     stats = result.stats
     notes = []
     if stats.get("refine_rejected"):
@@ -287,6 +307,7 @@ def run_folder(
             overwrite=args.overwrite,
             output_format=args.output_format,
             engine=engine,
+            removed="drop" if getattr(args, "drop_removed", False) else "keep",
         )
     finally:
         close()

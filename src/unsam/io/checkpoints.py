@@ -257,8 +257,8 @@ def _load_problem(exc: BaseException, what: str) -> str:
         for ln in text.splitlines()
         if ln.strip(" :") and not any(n in ln.lower() for n in _TORCH_NOISE)
     ]
-    cause = lines[-1][:160] if lines else type(exc).__name__
-    return f"not a readable {what}: the file is truncated or corrupt ({cause})"
+    cause = lines[-1].split(". ")[0][:160] if lines else type(exc).__name__
+    return f"cannot read the {what}: the file is truncated or corrupt ({cause})"
 
 
 def load_torch_file(
