@@ -9,6 +9,7 @@ shows one row per click and one column per granularity.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,10 @@ def _point(text: str) -> tuple[float, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # "--point -5,10": argparse takes "-5,10" for an option unless it looks like a negative
+    # number; this command has no option that does, so any "-<digit>..." is a value (Python 3.13's
+    # own rule), and a click outside the image gets its own error.
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")
     parser.add_argument("image", help="image file")
     parser.add_argument(
         "--point",

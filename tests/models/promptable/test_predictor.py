@@ -154,3 +154,19 @@ def test_errors(model, image, tmp_path) -> None:
 )
 def test_resized_hw(hw, short, long, expected) -> None:
     assert resized_hw(hw, short, long) == expected
+
+
+@pytest.mark.parametrize(
+    "point",
+    [(-50.0, 99999.0), (-0.5, 10.0), (90.0, 10.0), (10.0, 70.0), (float("nan"), 5.0)],
+)
+def test_clicks_outside_the_image_are_refused(model, image, point) -> None:
+    """Regression: predict((-50, 99999)) returned masks. A click must lie in [0, W) x [0, H), as
+    the CLI requires; the error names the click and the image size (90x70)."""
+    pred = _predictor(model)
+    pred.set_image(image)
+    with pytest.raises(ValueError, match=r"click \(.*\) is outside the 90x70 image"):
+        pred.predict([(10.0, 10.0), point])
+    with pytest.raises(ValueError, match="outside the 90x70 image"):
+        pred.predict_logits([point])
+    assert len(pred.predict([(0.0, 0.0), (89.9, 69.9)])) == 2  # the corners are inside

@@ -130,6 +130,13 @@ def test_prompt_errors(tmp_path, capsys) -> None:
     )
     assert rc == 2
     assert "outside the 80x60 image" in capsys.readouterr().err
+    # a negative coordinate is read as a value, not as an option (it was "expected one argument")
+    for argv in (["--point", "-5,10"], ["--point=-5,10"], ["--point", "10,-5"]):
+        rc = main(
+            ["prompt", str(image), *argv, "--model", str(tmp_path), "-o", str(tmp_path / "a.json")]
+        )
+        err = capsys.readouterr().err
+        assert rc == 2 and "outside the 80x60 image" in err and "expected one argument" not in err
     rc = main(
         [
             "prompt",

@@ -37,7 +37,7 @@ from unsam.models.promptable.maskops import remove_small_regions, resized_hw
 from unsam.models.promptable.modeling import ImageState, PromptableModel
 from unsam.records import MaskRecord, encode_mask, encode_transposed_masks
 
-__all__ = ["PromptablePredictor", "load_promptable_model", "torch_threads"]
+__all__ = ["PromptablePredictor", "check_points", "load_promptable_model", "torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,30 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def check_points(
+    points: Sequence[tuple[float, float]] | npt.NDArray[np.floating], image_hw: tuple[int, int]
+) -> npt.NDArray[np.float64]:
+    """Clicks as an ``(N, 2)`` float64 array of (x, y), each inside the image: ``0 <= x < W`` and
+    ``0 <= y < H`` (pixels of the original image).
+
+    Raises:
+        ValueError: a click that is not a finite (x, y) pair or lies outside the image, naming the
+            click and the image size.
+    """
+    try:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise ValueError(f"points must be (x, y) pixel pairs, got {points!r}") from None
+    h, w = image_hw
+    for x, y in pts:
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < w and 0 <= y < h):
+            raise ValueError(
+                f"click ({x:g}, {y:g}) is outside the {w}x{h} image (x must be in [0, {w}), "
+                f"y in [0, {h}))"
+            )
+    return pts
 
 
 class PromptablePredictor:
@@ -221,10 +245,8 @@ class PromptablePredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``decode_clicks`` for clicks in original pixels: (N, 6, Hp/4, Wp/4) logits, (N, 6)."""
         state = self._require_state()
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        if not np.isfinite(pts).all():
-            raise ValueError("points must be finite (x, y) pixel coordinates")
         h0, w0 = self._image_hw  # type: ignore[misc]
+        pts = check_points(points, (h0, w0))
         h, w = state.image_hw
         scaled = pts * np.array([w / w0, h / h0])
         box_wh = None if box_size is None else (float(box_size), float(box_size))
@@ -266,8 +288,8 @@ class PromptablePredictor:
             pixels, ``level`` 1..6 (token index + 1), ``source`` "promptable".
         """
         state = self._require_state()
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         h0, w0 = self._image_hw  # type: ignore[misc]
+        pts = check_points(points, (h0, w0))
         out: list[list[MaskRecord]] = []
         with torch.inference_mode(), torch_threads(self.click_threads):
             low, ious = self._decode(pts, independent=independent, box_size=box_size)
