@@ -79,4 +79,5 @@ def engine_from_args(args: argparse.Namespace) -> Any:
         num_workers=workers if workers and workers > 1 else None,
         num_cpus_per_worker=args.num_cpus_per_worker,
         num_gpus_per_worker=args.num_gpus_per_worker,
+        quiet=not getattr(args, "verbose", 0),  # Ray's own log lines only with -v
     )

@@ -33,6 +33,7 @@ every row that reached the driver.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -73,6 +74,59 @@ def import_ray() -> Any:
     return ray
 
 
+class _QuietRay:
+    """Ray's terminal output turned down for one run, and restored after it: its start-up notices,
+    the C++ side's log level (``RAY_BACKEND_LOG_LEVEL``, read when Ray starts, unless the user set
+    it) and Ray Data's console handler (its file log keeps everything)."""
+
+    def __init__(self) -> None:
+        self._env: str | None = None
+        self._set_env = False
+        self._handlers: list[tuple[logging.Handler, int]] = []
+
+    def init(self, init: Any) -> None:
+        """Run ``init()`` (``ray.init``) with the C++ log level raised and the process's stderr
+        (file descriptor 2, which Ray's C++ side and its start-up notices write to) caught in a
+        temporary file; what was caught is shown only when ``init`` fails."""
+        import sys
+        import tempfile
+
+        if "RAY_BACKEND_LOG_LEVEL" not in os.environ:
+            os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+            self._set_env = True
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                init()
+            except BaseException:
+                os.dup2(saved, 2)
+                caught.seek(0)
+                sys.stderr.write(caught.read().decode("utf-8", "replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    def silence_ray_data(self) -> None:
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.FileHandler) or type(handler).__name__.endswith(
+                "FileHandler"
+            ):
+                continue
+            self._handlers.append((handler, handler.level))
+            handler.setLevel(logging.ERROR)
+
+    def restore(self) -> None:
+        for handler, level in self._handlers:
+            handler.setLevel(level)
+        self._handlers.clear()
+        if self._set_env:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+            self._set_env = False
+
+
 @dataclass(frozen=True)
 class RayEngine:
     """Processes a run's images with a pool of Ray actors (see the module docstring).
@@ -90,6 +144,9 @@ class RayEngine:
             actor's ``CUDA_VISIBLE_DEVICES``; the producer's own device setting picks CUDA.
         attempts: tries per image (≥ 1) before it is recorded as skipped, both for exceptions
             and for actors that die on it.
+        quiet: keep Ray's own log lines (start-up notices, Ray Data's per-dataset messages, the
+            core worker's C++ warnings) off the terminal; errors still show, and Ray's log files
+            are written as usual. The CLI sets it unless ``-v`` is given.
 
     Raises:
         RayNotInstalledError: Ray Data is not installed.
@@ -101,6 +158,7 @@ class RayEngine:
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     attempts: int = 3
+    quiet: bool = True
 
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 1:
@@ -128,9 +186,20 @@ class RayEngine:
             return
         ray = import_ray()
         started = not ray.is_initialized()
+        quiet = _QuietRay() if self.quiet else None
         if started:
             t0 = time.perf_counter()
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
+            init = functools.partial(
+                ray.init,
+                address=self.address,
+                include_dashboard=False,
+                logging_level=logging.ERROR if self.quiet else logging.WARNING,
+                log_to_driver=not self.quiet,  # the actors' own output stays in Ray's log files
+            )
+            if quiet is not None:
+                quiet.init(init)
+            else:
+                init()
             logger.info(
                 "started Ray (%s) in %.1f s",
                 self.address or "default address",
@@ -151,6 +220,8 @@ class RayEngine:
             logger.info("processing %d image(s) with %d Ray actor(s)", len(todo), workers)
             # the CLI draws its own progress bar; an image whose actor died `attempts` times drops
             # its one-image block, and is recorded below instead of failing the whole run
+            if quiet is not None:
+                quiet.silence_ray_data()
             context.enable_progress_bars = False
             context.print_on_execution_start = False
             context.max_errored_blocks = -1
@@ -197,6 +268,8 @@ class RayEngine:
             ) = saved
             if started:
                 ray.shutdown()
+            if quiet is not None:
+                quiet.restore()
 
     def _workers(self, ray: Any, n_images: int) -> int:
         """How many actors: ``num_workers``, else what the cluster's resources hold; ≤ images."""
