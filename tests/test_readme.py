@@ -57,6 +57,48 @@ def test_every_documented_flag_exists(line: str) -> None:
             assert tok.split("=")[0] in known, f"unsam {sub} has no flag {tok} (README: {line})"
 
 
+#: A path inside the repository, as the README writes them (``docs/pipeline.png``, ``.ci/run``).
+_REPO_PATH = re.compile(
+    r"(?<![\w/.])((?:\.ci|docs|benchmarks|scripts|examples|tests|src)/[\w./*-]*[\w*]"
+    r"|constraints\.txt|pyproject\.toml)"
+)
+
+
+def missing_files_cited(text: str) -> list[str]:
+    """Files ``text`` cites that the repository does not hold: repository paths, and any
+    ``NAME.md`` (a spec or doc file) that is neither in the repository nor marked as
+    ``../shared/...`` (the shared folder beside a checkout, not part of it)."""
+    tracked = {p.name for p in REPO.rglob("*.md") if ".venv" not in p.parts}
+    missing = []
+    for m in _REPO_PATH.finditer(text):
+        path = m.group(1).rstrip(".")
+        if not any(REPO.glob(path)) and not (REPO / path).exists():
+            missing.append(path)
+    for m in re.finditer(r"(?<![\w/.-])((?:\.\./shared/)?[\w./-]*?([\w-]+\.md))\b", text):
+        if not m.group(1).startswith("../shared/") and m.group(2) not in tracked:
+            missing.append(m.group(1))
+    return missing
+
+
+def test_every_file_the_readme_cites_exists() -> None:
+    """Regression: the evaluation block's output cited UNSAM_SPEC.md, which is not in the
+    repository. Every repository path the README names exists; other files are marked
+    ``../shared``."""
+    assert missing_files_cited(README) == []
+    assert missing_files_cited("see docs/no-such.png and EVAL_SPEC.md") == [
+        "docs/no-such.png",
+        "EVAL_SPEC.md",
+    ]
+    assert missing_files_cited("../shared/UNSAM_SPEC.md, docs/pipeline.png, README.md") == []
+
+
+def test_eval_suite_output_cites_no_missing_file() -> None:
+    """What the README's evaluation block prints (unsam eval-suite's table and its source line)."""
+    from unsam.evaluation.suite import PAPER_SOURCE
+
+    assert missing_files_cited(PAPER_SOURCE) == [], PAPER_SOURCE
+
+
 def _scratch(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "examples").symlink_to(REPO / "examples")
     env = dict(os.environ)
@@ -84,6 +126,8 @@ def test_fresh_clone_blocks_run_as_written(tmp_path: Path) -> None:
         assert proc.returncode == 0, (
             f"README block failed:\n{block}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         )
+        cited = missing_files_cited(proc.stdout + proc.stderr)
+        assert not cited, f"README block output cites files not in the repository: {cited}"
     assert (tmp_path / "out" / "pseudo.json").is_file() and (
         tmp_path / "out" / "dico.png"
     ).is_file()

@@ -150,7 +150,7 @@ def test_table_layout(root: Path, pred_dir: Path) -> None:
         assert all(line[end - 1] != " " and line[end : end + 1] in ("", " ") for end in header_ends)
     text = "\n".join(lines)
     assert "* average over the 2 of 7 datasets evaluated (coco, sa1b)" in text
-    assert "lvis: not present (no " in text and "UNSAM_SPEC.md §8.3" in text
+    assert "lvis: not present (no " in text and "github.com/frank-xwang/UnSAM" in text
 
 
 def test_missing_predictions_and_subsets(root: Path, pred_dir: Path) -> None:

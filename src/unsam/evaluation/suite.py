@@ -64,8 +64,8 @@ _ALIASES = {"entity": "entityseg", "ptin": "partimagenet", "sa-1b": "sa1b", "ade
 
 #: Where the reported numbers come from.
 PAPER_SOURCE = (
-    "UNSAM_SPEC.md §8.3, lines 678-680 and 686-687 (UnSAM README model-zoo tables = the paper's "
-    "headline numbers): class-agnostic AR@1000 in %, as reported, not reproduced here"
+    "the model-zoo tables of the UnSAM README, https://github.com/frank-xwang/UnSAM (the headline "
+    "numbers of arXiv:2406.20081): class-agnostic AR@1000 in %, as reported, not reproduced here"
 )
 
 #: Reported AR@1000 (%) per method: (label, {"avg" and each dataset: value}). Source: PAPER_SOURCE.
