@@ -21,6 +21,7 @@ __all__ = [
     "tqdm_progress",
     "print_run_summary",
     "write_overlays",
+    "TrainingLog",
     "run_folder",
     "run_training",
     "add_training_arguments",
@@ -329,6 +330,73 @@ def run_folder(
     return result.exit_code
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class TrainingLog:
+    """Plain progress lines for a training run whose output goes to a file or a pipe (no
+    progress bar can be seen there): ``"<desc>: step 120/300, loss 3.4512, 1.02 s/step, ETA
+    3m04s"`` after the first step, then every ``every_steps`` steps or ``every_seconds`` seconds,
+    whichever comes first, and after the last step. s/step is the mean since the previous line;
+    the ETA uses the mean since the run (or the resume) started.
+
+    Args:
+        desc: the command, first word of each line.
+        stream: where the lines go (flushed after each line).
+        every_steps, every_seconds: the line interval.
+        clock: seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        stream: Any,
+        *,
+        every_steps: int = 50,
+        every_seconds: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.desc = desc
+        self.stream = stream
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.clock = clock or time.monotonic
+        self._start: tuple[int, float] | None = None  # (step before the first logged, time)
+        self._last: tuple[int, float] | None = None  # (step, time) of the last line
+
+    def __call__(self, log: Any) -> None:
+        now = self.clock()
+        if self._start is None:
+            # the first step's own time counts from when it started
+            self._start = (log.step - 1, now - float(log.seconds))
+            self._last = self._start
+        last_step, last_time = self._last  # type: ignore[misc]
+        due = (
+            log.step - last_step >= self.every_steps
+            or now - last_time >= self.every_seconds
+            or log.step >= log.max_steps
+            or last_step == self._start[0]  # the first step: a line at once
+        )
+        if not due:
+            return
+        per_step = (now - last_time) / max(1, log.step - last_step)
+        mean = (now - self._start[1]) / max(1, log.step - self._start[0])
+        eta = _duration(mean * max(0, log.max_steps - log.step))
+        print(
+            f"{self.desc}: step {log.step}/{log.max_steps}, loss {log.loss:.4f}, "
+            f"{per_step:.2f} s/step, ETA {eta}",
+            file=self.stream,
+            flush=True,
+        )
+        self._last = (log.step, now)
+
+
 def run_training(
     train_fn: Callable[..., Any],
     desc: str,
@@ -340,8 +408,10 @@ def run_training(
 ) -> int:
     """The body of ``unsam train`` / ``train-promptable``: the run's settings and data
     (:func:`unsam.training.engine.resolve_training_run` with the trainer's ``load`` and ``new``),
-    a per-step progress bar on rank 0, ``train_fn(config, annotations, images, output, resume=,
-    skip_bad_images=, on_step=)``, then the one-line result."""
+    a per-step progress bar on rank 0 (on a terminal), plain progress lines on stdout when it is
+    not a terminal (a log file, a pipe: see :class:`TrainingLog`), ``train_fn(config,
+    annotations, images, output, resume=, skip_bad_images=, on_step=)``, then the one-line
+    result."""
     import os
 
     from tqdm import tqdm
@@ -361,8 +431,11 @@ def run_training(
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar: dict[str, Any] = {}
+    lines = None if sys.stdout.isatty() else TrainingLog(desc, sys.stdout)
 
     def on_step(log: Any) -> None:
+        if lines is not None:
+            lines(log)
         if "bar" not in bar:
             bar["bar"] = tqdm(
                 total=log.max_steps,

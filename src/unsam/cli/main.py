@@ -14,9 +14,10 @@ import importlib
 import importlib.util
 import logging
 import os
+import shlex
 import sys
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["main", "SUBCOMMANDS", "interrupted_message"]
 
 #: name -> (module, one-line help). The order is the pipeline's.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -134,6 +135,39 @@ def _configure_logging(verbose: int) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+#: Commands whose rerun must say ``--resume`` (a folder run resumes by itself).
+TRAINING_COMMANDS = ("train", "train-promptable")
+
+
+def interrupted_message(command: str, argv: list[str]) -> str:
+    """What Ctrl-C prints: how to continue. A training run continues only with ``--resume``, so
+    the exact command is spelled out (``argv`` with ``--resume`` added); a folder run continues
+    when the same command is run again."""
+    if command in TRAINING_COMMANDS:
+        again = argv if "--resume" in argv else [*argv, "--resume"]
+        return (
+            f"unsam {command}: interrupted; the checkpoints written so far are kept; continue "
+            f"from the newest with: {shlex.join(['unsam', *again])}"
+        )
+    return (
+        f"unsam {command}: interrupted; finished work is kept, rerun the same command to resume: "
+        f"{shlex.join(['unsam', *argv])}"
+    )
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a Ctrl-C (its cause / context chain holds a
+    KeyboardInterrupt), e.g. torch's writer failing as the interrupt unwound it."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
@@ -149,13 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
-        print(
-            f"unsam {args.command}: interrupted; finished work is kept, rerun the same command to "
-            "resume",
-            file=sys.stderr,
-        )
+        print(interrupted_message(args.command, argv), file=sys.stderr)
         return 130
     except Exception as exc:
+        if _interrupted(exc) and not debug:  # Ctrl-C inside e.g. torch.save, re-raised as another
+            print(interrupted_message(args.command, argv), file=sys.stderr)
+            return 130
         if debug or not is_user_error(exc):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
