@@ -70,7 +70,7 @@ def test_self_train_missing_model_with_workers(
             "--no-progress",
         ]
     )
-    assert code == 2 and "no such file or folder" in capsys.readouterr().err
+    assert code == 2 and "nonexistent does not exist; download" in capsys.readouterr().err
 
 
 def test_baseline_has_no_method_flag_that_contradicts_the_positional(

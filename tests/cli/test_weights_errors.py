@@ -129,6 +129,22 @@ OPTIONS = {
             str(w),
         ],
     ),
+    "train-promptable --backbone-init": (
+        "swin_tiny_patch4_window7_224.pth",
+        lambda w, t: [
+            "train-promptable",
+            "--annotations",
+            str(REPO / "examples/coco/instances.json"),
+            "--images",
+            str(REPO / "examples/coco/images"),
+            "-o",
+            str(t / "run"),
+            "--config",
+            "tiny",
+            "--backbone-init",
+            str(w),
+        ],
+    ),
     "segment --model": (
         "unsam_sa1b_ckpt.pth",
         lambda w, t: ["segment", str(IMAGES), "--model", str(w), "-o", str(t / "o.json")],

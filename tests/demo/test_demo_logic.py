@@ -197,9 +197,9 @@ def test_backend_shrinks_to_max_side(image) -> None:
 
 
 def test_bad_model_paths_fail_with_the_flag(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"--model .*missing: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"--model: .* not found: .*missing does not exist"):
         DemoBackend(model=tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"--whole-image .*nope"):
+    with pytest.raises(FileNotFoundError, match=r"--whole-image: .*nope does not exist"):
         DemoBackend(whole_image=tmp_path / "nope")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")

@@ -195,7 +195,7 @@ def test_segment_cli_errors(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith("unsam segment: error:")
-        and "no such file or folder" in err
+        and "nothing_here does not exist; download" in err
         and "\n" not in err
     )
     rc = main(

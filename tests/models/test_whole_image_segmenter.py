@@ -283,7 +283,7 @@ def test_save_and_load_roundtrip_and_run_dirs(tmp_path, tiny_model, image) -> No
 
 
 def test_from_pretrained_errors(tmp_path, monkeypatch) -> None:
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="x.pth does not exist; download"):
         WholeImageSegmenter.from_pretrained(tmp_path / "missing_dir" / "x.pth")
     from transformers import Mask2FormerForUniversalSegmentation
 

@@ -383,9 +383,12 @@ class DemoBackend:
     # --- loading ------------------------------------------------------------------------------
     @staticmethod
     def _load(flag: str, path: str | os.PathLike[str], loader: Any) -> Any:
+        from unsam.io.checkpoints import MissingWeightsError, missing_weights
+
         text = os.fspath(path)
-        if not Path(text).expanduser().exists():
-            raise FileNotFoundError(f"{flag} {text}: no such file or folder")
+        if not Path(text).expanduser().exists():  # the same sentence as every weights option
+            kind = "promptable" if flag == "--model" else "whole-image"
+            raise MissingWeightsError(f"{flag}: {missing_weights(kind, text)}")
         try:
             return loader(Path(text).expanduser())
         except FileNotFoundError:

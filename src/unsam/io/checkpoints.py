@@ -116,7 +116,8 @@ WEIGHTS_SOURCES: dict[str, WeightsSource] = {
         "an official UnSAM whole-image checkpoint (.pth)",
         _UNSAM_ZOO,
         "`--model PATH` (segment; demo --whole-image) or to `unsam convert-checkpoint`; a folder "
-        "it wrote or a `unsam train` run folder works too",
+        "it wrote, a `unsam train` run folder or the hub id "
+        "yujunwei04/unsam-whole-image-segmentation works too",
     ),
     "promptable": WeightsSource(
         "UnSAM promptable model",

@@ -333,21 +333,15 @@ class PromptableModel(nn.Module):
             MissingWeightsError: the folder or its ``model.safetensors`` does not exist.
             ValueError: the weights do not match ``config.json``.
         """
-        from safetensors.torch import load_file
-
-        from unsam.features.base import MissingWeightsError
+        from unsam.io.checkpoints import load_safetensors, missing_weights
 
         path = Path(folder)
         weights = path / WEIGHTS_FILE
         if not (path / CONFIG_FILE).is_file() or not weights.is_file():
-            raise MissingWeightsError(
-                f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}: download an official UnSAM "
-                "promptable checkpoint (.pth, linked from github.com/frank-xwang/UnSAM) and "
-                "convert it with "
-                f"`unsam convert-checkpoint FILE.pth --kind promptable -o {path}`"
-            )
+            problem = f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}"
+            raise missing_weights("promptable", path, problem if path.exists() else None)
         model = cls(PromptableConfig.load(path))
-        state = load_file(str(weights))
+        state = load_safetensors(weights)  # a truncated file is named, not a safetensors error
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(

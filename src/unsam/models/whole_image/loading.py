@@ -143,6 +143,7 @@ def _download_from_hub(repo_id: str) -> Path:
 
 def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], str]:
     """(model, preprocessing dict, description) for a folder, run folder, .pth file or hub id."""
+    from unsam.io.checkpoints import missing_weights
     from unsam.models.whole_image.convert import (
         convert_to_model,
         load_official_state_dict,
@@ -152,11 +153,8 @@ def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, An
     text = os.fspath(path_or_hub_id)
     path = Path(text).expanduser()
     if not path.exists() and path.parent != Path(".") and path.parent.is_dir():
-        raise FileNotFoundError(  # "runs/typo" where runs/ exists: a local path, not a hub id
-            f"{text}: no such file or folder in {path.parent} (expected a model folder, a "
-            "training run "
-            "folder or an official UnSAM .pth)"
-        )
+        # "runs/typo" where runs/ exists: a local path, not a hub id
+        raise missing_weights("whole-image", text)
     if not path.exists():
         if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.endswith(
             _CHECKPOINT_SUFFIXES
@@ -174,11 +172,7 @@ def _load_any(path_or_hub_id: str | os.PathLike[str]) -> tuple[Any, dict[str, An
                     )
                 path = found[0]
         else:
-            raise FileNotFoundError(
-                f"{text}: no such file or folder (expected a model folder, a training run folder, "
-                "an official "
-                f"UnSAM .pth, or a hub id such as {HUB_ID})"
-            )
+            raise missing_weights("whole-image", text)
     if path.is_file():
         state_dict = load_official_state_dict(path)
         model = convert_to_model(state_dict, where=str(path))

@@ -24,6 +24,8 @@ __all__ = [
 CASCADEPSP_WEIGHTS_ENV = "UNSAM_CASCADEPSP_WEIGHTS"
 
 
+#: What to download and where (kept for callers; the errors come from
+#: :func:`unsam.io.checkpoints.missing_weights`).
 CASCADEPSP_WEIGHTS_HINT = (
     "download the official CascadePSP weights file 'model' (259 MB, MD5 "
     "7478d4a9c42ab52beb6d7e9683402fe0) from "
@@ -48,20 +50,9 @@ def official_key_table() -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        from unsam.features.base import MissingWeightsError
+    from unsam.io.checkpoints import load_torch_file
 
-        raise MissingWeightsError(
-            f"CascadePSP weights {path} do not exist; {CASCADEPSP_WEIGHTS_HINT}"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: "
-            f"{exc}); expected the official CascadePSP weights file 'model' (a state dict of "
-            "tensors)"
-        ) from None
+    obj = load_torch_file(path, "CascadePSP weights file", kind="cascadepsp")
     if (
         not isinstance(obj, dict)
         or not obj

@@ -19,7 +19,6 @@ import torch
 
 from unsam.refine.cascadepsp.checkpoint import (
     CASCADEPSP_WEIGHTS_ENV,
-    CASCADEPSP_WEIGHTS_HINT,
     load_official_weights,
 )
 from unsam.refine.cascadepsp.modeling import RefinementModule
@@ -229,9 +228,11 @@ class CascadePSPRefiner:
         if path is None:
             path = os.environ.get(CASCADEPSP_WEIGHTS_ENV) or None
         if path is None:
-            from unsam.features.base import MissingWeightsError
+            from unsam.io.checkpoints import missing_weights
 
-            raise MissingWeightsError(f"no CascadePSP weights given; {CASCADEPSP_WEIGHTS_HINT}")
+            raise missing_weights(
+                "cascadepsp", None, f"no path given and {CASCADEPSP_WEIGHTS_ENV} is not set"
+            )
         with torch.device("meta"):  # no random init: every tensor is overwritten by the strict load
             model = RefinementModule()
         model = model.to_empty(device="cpu")

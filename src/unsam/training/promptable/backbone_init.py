@@ -30,20 +30,15 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
         Number of backbone tensors loaded.
 
     Raises:
-        FileNotFoundError / ValueError: missing file, no Swin tensor found, or a shape mismatch
+        MissingWeightsError / ValueError: missing file (says what to download), unreadable file,
+            no Swin tensor found, or a shape mismatch
             (e.g. a Swin-T file for the tiny model).
     """
+    from unsam.io.checkpoints import load_torch_file
     from unsam.models.promptable.convert import _match
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"{p}: backbone checkpoint not found (pass a Swin-T / MoBY .pth to --backbone-init)"
-        )
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many types
-        raise ValueError(f"{p}: cannot be read with torch.load(weights_only=True) ({exc})") from exc
+    ckpt = load_torch_file(p, "Swin-T / MoBY checkpoint", kind="swin-init")
     sd = ckpt
     if isinstance(ckpt, dict):
         for key in ("model", "state_dict"):
@@ -51,7 +46,7 @@ def load_backbone_init(model: nn.Module, path: str | os.PathLike[str]) -> int:
                 sd = ckpt[key]
                 break
     if not isinstance(sd, dict):
-        raise TypeError(f"{p}: expected a dict of tensors")
+        raise ValueError(f"{p}: expected a dict of tensors")
     sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if any(k.startswith("encoder.") for k in sd):
         sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
