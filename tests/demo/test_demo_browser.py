@@ -179,3 +179,75 @@ def test_click_everything_download_in_chromium(chromium, sync_api, server, tmp_p
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         _save_small_png(png, DOCS_SCREENSHOT)
         assert DOCS_SCREENSHOT.stat().st_size < 500_000
+
+
+def _open(pw, chromium: str, server: str):
+    browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"], timeout=WAIT_MS)
+    page = browser.new_page(viewport={"width": 1280, "height": 1150})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server)
+    return browser, page
+
+
+def test_last_click_of_a_burst_wins(chromium, sync_api, server) -> None:
+    """Regression: clicks made while one was being answered were dropped (gradio's "once"), so
+    after a burst the display stayed on an older click. The last click's masks must show."""
+    from unsam.demo.backend import fit_image
+    from unsam.io.images import load_image
+
+    scale = fit_image(load_image(IMAGE), MAX_SIDE).shape[1] / load_image(IMAGE).shape[1]
+    burst = [(40, 40), (120, 60), (60, 150), CLICK]  # pixels of the original image
+    with sync_api.sync_playwright() as pw:
+        browser, page = _open(pw, chromium, server)
+        try:
+            page.locator("#unsam-examples button").first.click()
+            shown = page.locator("#unsam-input img").first
+            shown.wait_for()
+            for x, y in burst:  # no wait between clicks: the first is still being answered
+                shown.click(position=_position_in(shown, x, y))
+            want = tuple(round(v * scale) for v in burst[-1])
+
+            def last_shown() -> tuple[int, int] | None:
+                found = re.search(
+                    r"masks? at \((\d+), (\d+)\)", page.locator("#unsam-scores").inner_text()
+                )
+                return (int(found.group(1)), int(found.group(2))) if found else None
+
+            deadline = WAIT_MS / 1000
+            import time
+
+            start = time.monotonic()
+            while time.monotonic() - start < deadline:
+                got = last_shown()
+                if got is not None and all(abs(a - b) <= 2 for a, b in zip(got, want)):
+                    break
+                page.wait_for_timeout(250)
+            got = last_shown()
+            assert got is not None and all(abs(a - b) <= 2 for a, b in zip(got, want)), (
+                f"the display shows the click at {got}, the last click was at {want}"
+            )
+            page.wait_for_timeout(3000)  # nothing older replaces it afterwards
+            assert last_shown() == got
+        finally:
+            browser.close()
+
+
+def test_a_file_that_is_not_an_image_gets_one_sentence(
+    chromium, sync_api, server, tmp_path
+) -> None:
+    """Regression: a non-image upload showed gradio's raw "Could not preprocess input component"
+    text."""
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not a picture\n")
+    with sync_api.sync_playwright() as pw:
+        browser, page = _open(pw, chromium, server)
+        try:
+            page.locator("#unsam-input input[type=file]").set_input_files(str(bad))
+            toast = page.get_by_text("is not an image the demo can read").first
+            toast.wait_for()
+            text = page.locator("body").inner_text()
+            assert "notes.png is not an image the demo can read" in text
+            assert "upload a photo" in text
+            assert "Could not preprocess" not in text and "UnidentifiedImageError" not in text
+        finally:
+            browser.close()

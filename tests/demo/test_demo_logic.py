@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from unsam.demo.backend import (
+    ClickSequence,
     DemoBackend,
     click_overlay,
     everything_overlay,
@@ -19,6 +20,7 @@ from unsam.demo.backend import (
     masks_at_point,
     masks_for_export,
     score_markdown,
+    upload_error_message,
     write_masks_json,
 )
 from unsam.records import MaskRecord, annotation_id
@@ -83,28 +85,36 @@ def test_masks_at_point_keeps_the_six_smallest() -> None:
     assert len(masks_at_point(nested, (0, 0), max_masks=2)) == 2
 
 
-def test_everything_overlay_draws_top_k_large_first(image, records) -> None:
-    alpha = 0.35
-    out = everything_overlay(
-        image, records, top_k=2, alpha=alpha, seed=3
-    )  # whole (1.0), block (0.8)
+def test_everything_overlay_draws_the_top_k_readably(image, records) -> None:
+    """The "Segment everything" panel draws like every overlay (unsam.io.overlay.draw_overlay):
+    the ``top_k`` best masks, each pixel tinted once by the smallest drawn mask holding it."""
+    from unsam.io.overlay import draw_overlay
+
+    out = everything_overlay(image, records, top_k=2)  # whole (1.0), block (0.8)
     assert out.shape == image.shape and out.dtype == np.uint8
-    colors = np.random.default_rng(3).random((2, 3)) * 255  # drawn by area: whole, then block
-    whole_px = image[12, 12].astype(float)
-    np.testing.assert_allclose(out[12, 12], (1 - alpha) * whole_px + alpha * colors[0], atol=1)
-    once = (1 - alpha) * image[3, 3].astype(float) + alpha * colors[0]
-    np.testing.assert_allclose(
-        out[3, 3], (1 - alpha) * once + alpha * colors[1], atol=1
-    )  # block on top
-    np.testing.assert_array_equal(  # right object (score 0.7) is not among the top 2
-        out[6, 22],
-        np.clip((1 - alpha) * image[6, 22].astype(float) + alpha * colors[0], 0, 255).astype(
-            np.uint8
-        ),
-    )
+    np.testing.assert_array_equal(out, draw_overlay(image, records, top_k=2))
+    np.testing.assert_array_equal(out[6, 22], draw_overlay(image, [records[0]])[6, 22])  # right
+    # object (score 0.7) is not among the top 2: only the whole image's tint there
     np.testing.assert_array_equal(everything_overlay(image, records, top_k=0), image)
     with pytest.raises(ValueError, match="does not fit"):
         everything_overlay(image[:10], records)
+
+
+def test_everything_overlay_keeps_the_photo_readable() -> None:
+    """Regression: the panel stacked the 30 best masks at alpha with random colours (SAM's
+    show_anns), and the photo was lost under them. Measured on the README's image and masks, with
+    the thresholds of tests/io/test_overlay.py."""
+    from pathlib import Path
+
+    from tests.io.test_overlay import MIN_EDGES_KEPT, MIN_SSIM, edges_kept, photo_ssim
+    from unsam.io.images import load_image
+
+    repo = Path(__file__).resolve().parents[2]
+    photo = load_image(repo / "examples/coco/images/000000229358.jpg")
+    anns = json.loads((repo / "tests/data/overlay_000000229358_top30.json").read_text())
+    masks = [MaskRecord.from_coco(a) for a in anns]
+    out = everything_overlay(photo, masks, top_k=30)
+    assert photo_ssim(photo, out) >= MIN_SSIM and edges_kept(photo, out) >= MIN_EDGES_KEPT
 
 
 def test_click_overlay_and_panels(image, records) -> None:
@@ -296,3 +306,56 @@ def test_build_demo_makes_blocks(records) -> None:
         "unsam-everything",
         "unsam-download",
     } <= ids
+
+
+def test_click_sequence_keeps_only_the_newest_click_per_session() -> None:
+    """After a burst of clicks the display must end on the last one: an answer that a newer click
+    of the same session overtook is dropped."""
+    seq = ClickSequence()
+    first = seq.start("a")
+    other = seq.start("b")  # another browser session does not overtake "a"
+    assert seq.is_current("a", first) and seq.is_current("b", other)
+    second = seq.start("a")
+    assert not seq.is_current("a", first) and seq.is_current("a", second)
+    assert second == first + 1 and not seq.is_current("c", 1)
+
+    import threading
+
+    tickets: list[int] = []
+    threads = [threading.Thread(target=lambda: tickets.append(seq.start("t"))) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(tickets) == list(range(1, 51))  # no ticket twice
+    assert [t for t in tickets if seq.is_current("t", t)] == [50]
+
+
+def test_upload_error_message_names_the_file_and_the_fix(tmp_path) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    msg = upload_error_message(notes, ValueError("UnidentifiedImageError: cannot identify"))
+    assert msg.startswith("notes.png is not an image the demo can read (")
+    assert msg.endswith("upload a photo (JPEG, PNG, WebP, TIFF or BMP)") and "\n" not in msg
+    assert "Pillow" in msg or "image" in msg
+    assert upload_error_message(None, OSError("gone")).startswith("the upload is not an image")
+
+
+def test_the_page_answers_a_non_image_upload_and_every_click(tmp_path, records) -> None:
+    """Without a browser: the input image's preprocessing raises gradio's Error with one sentence
+    (not "Could not preprocess input component ..."), and clicks are submitted in "multiple"
+    mode (gradio's default "once" dropped the clicks made while one was answered)."""
+    gr = pytest.importorskip("gradio", reason="the [demo] extra (gradio) is not installed")
+    from gradio.data_classes import ImageData
+
+    from unsam.demo.app import build_demo
+
+    demo = build_demo(DemoBackend(everything=lambda img: records), examples=[])
+    (image,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "unsam-input"]
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    with pytest.raises(gr.Error) as info:
+        image.preprocess(ImageData(path=str(notes)))
+    assert str(info.value.message).startswith("notes.png is not an image the demo can read")
+    selects = [d for d in demo.config["dependencies"] if d["targets"] == [(image._id, "select")]]
+    assert len(selects) == 1 and selects[0]["trigger_mode"] == "multiple"

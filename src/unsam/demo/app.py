@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from unsam.demo.backend import (
     CLICKS_PER_IMAGE,
+    ClickSequence,
     DemoBackend,
     DemoState,
     _session,
@@ -22,6 +23,7 @@ from unsam.demo.backend import (
     mask_panels,
     masks_for_export,
     score_markdown,
+    upload_error_message,
     write_masks_json,
 )
 
@@ -73,6 +75,7 @@ def build_demo(
 
     examples = example_images() if examples is None else list(examples)
     export_dir = Path(tempfile.mkdtemp(prefix="unsam-demo-"))
+    clicks = ClickSequence()
 
     def on_image(path: str | None) -> tuple[Any, ...]:
         if path is None:
@@ -81,7 +84,11 @@ def build_demo(
         backend.set_image(state.image, state.digest)  # type: ignore[arg-type]
         return state, None, [], score_markdown([], None, ""), None, "", None
 
-    def on_click(path: str | None, state: DemoState | None, evt: gr.SelectData) -> tuple[Any, ...]:
+    def on_click(
+        path: str | None, state: DemoState | None, evt: gr.SelectData, request: gr.Request
+    ) -> tuple[Any, ...]:
+        session = getattr(request, "session_hash", None) or "default"
+        ticket = clicks.start(session)
         state = _session(backend, state, path)
         x, y = (float(v) for v in evt.index)
         point = (x * state.scale, y * state.scale)
@@ -89,12 +96,16 @@ def build_demo(
         if backend.predictor is None:
             state.everything = backend.everything(state.image, state.digest)  # type: ignore[arg-type]
         state.clicks = [*state.clicks, *records]
+        if not clicks.is_current(session, ticket):  # a newer click came in: its answer shows
+            return gr.skip(), gr.skip(), gr.skip(), state
         overlay = click_overlay(state.image, records, point)  # type: ignore[arg-type]
         panels = mask_panels(state.image, records, point)  # type: ignore[arg-type]
         return overlay, panels, score_markdown(records, point, backend.click_source), state
 
-    # the module's postponed annotations hide gr.SelectData from gradio's signature check
+    # the module's postponed annotations hide gr.SelectData / gr.Request from gradio's signature
+    # check
     on_click.__annotations__["evt"] = gr.SelectData
+    on_click.__annotations__["request"] = gr.Request
 
     def on_everything(path: str | None, state: DemoState | None) -> tuple[Any, ...]:
         state = _session(backend, state, path)
@@ -130,6 +141,7 @@ def build_demo(
                     height=360,
                     elem_id="unsam-input",
                 )
+                _readable_uploads(image, gr)
                 if examples:
                     gr.Examples(
                         examples=[[str(p)] for p in examples],
@@ -176,9 +188,38 @@ def build_demo(
             [image],
             [state, overlay, gallery, scores, everything_img, everything_text, coco_file],
         )
-        image.select(on_click, [image, state], [overlay, gallery, scores, state])
+        # every click is answered, in order, so the last one ends on screen: gradio's default for
+        # select ("once") dropped the clicks made while one was being answered, and its
+        # "always_last" resends the first click's coordinates (gradio 6.31); an answer that a
+        # newer click overtook is dropped (ClickSequence)
+        image.select(
+            on_click,
+            [image, state],
+            [overlay, gallery, scores, state],
+            trigger_mode="multiple",
+        )
         everything_btn.click(
             on_everything, [image, state], [everything_img, everything_text, state]
         )
         download_btn.click(on_download, [image, state], [coco_file, state])
     return demo
+
+
+def _readable_uploads(image: Any, gr: Any) -> None:
+    """Make ``image`` (a ``gr.Image`` input) answer a file that is not an image with one sentence
+    (:func:`unsam.demo.backend.upload_error_message`) instead of gradio's "Could not preprocess
+    input component ..." text."""
+    preprocess = image.preprocess
+
+    def readable(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PIL and gradio raise many types
+            path = getattr(payload, "path", None)
+            raise gr.Error(
+                upload_error_message(path, exc), title="Not an image", print_exception=False
+            ) from None
+
+    image.preprocess = readable

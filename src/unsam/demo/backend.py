@@ -36,6 +36,7 @@ import numpy.typing as npt
 from unsam.records import ImageRecord, MaskRecord, annotation_id, rle_iou_matrix
 
 __all__ = [
+    "ClickSequence",
     "DemoBackend",
     "DemoState",
     "click_overlay",
@@ -48,6 +49,7 @@ __all__ = [
     "masks_at_point",
     "masks_for_export",
     "score_markdown",
+    "upload_error_message",
     "write_masks_json",
 ]
 
@@ -135,40 +137,37 @@ def masks_at_point(
     return kept
 
 
-def _random_colors(n: int, seed: int) -> npt.NDArray[np.float32]:
-    return np.random.default_rng(seed).random((n, 3)).astype(np.float32) * 255.0
-
-
 def everything_overlay(
     image: npt.NDArray[np.uint8],
     records: Sequence[MaskRecord],
     *,
     top_k: int = 30,
-    alpha: float = 0.35,
-    seed: int = 0,
+    alpha: float = 0.45,
 ) -> npt.NDArray[np.uint8]:
-    """SAM ``show_anns``-style picture of the best masks: random colours, largest drawn first.
+    """The "segment everything" picture: the ``top_k`` best masks drawn as every overlay is
+    (:func:`unsam.io.overlay.draw_overlay`: each pixel tinted once by the smallest drawn mask that
+    holds it, in hue only, with thin outlines), so the photo stays readable.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         records: masks of the image.
         top_k: draw the ``top_k`` highest-scoring masks.
-        alpha: fill opacity in [0, 1].
-        seed: colour seed (same seed, same colours).
+        alpha: tint strength in [0, 1].
 
     Returns:
         (H, W, 3) uint8 RGB; the input is not changed.
+
+    Raises:
+        ValueError: a mask does not fit the image.
     """
-    best = sorted(records, key=lambda r: -r.score)[:top_k]
-    best.sort(key=lambda r: -r.area)  # large first, so small masks stay visible on top
-    colors = _random_colors(len(best), seed)
-    out = image.astype(np.float32)
-    for rec, color in zip(best, colors):
-        m = rec.decode()
-        if m.shape != image.shape[:2]:
-            raise ValueError(f"mask of shape {m.shape} does not fit the image {image.shape[:2]}")
-        out[m] = (1.0 - alpha) * out[m] + alpha * color
-    return np.clip(out, 0, 255).astype(np.uint8)
+    from unsam.io.overlay import draw_overlay
+
+    for rec in records:
+        if tuple(rec.image_hw) != image.shape[:2]:
+            raise ValueError(
+                f"mask of shape {tuple(rec.image_hw)} does not fit the image {image.shape[:2]}"
+            )
+    return draw_overlay(image, list(records), top_k=top_k, alpha=alpha)
 
 
 def _draw_point(image: npt.NDArray[np.uint8], point: tuple[float, float], radius: int) -> None:
@@ -489,6 +488,60 @@ class DemoBackend:
             return masks_at_point(self.everything(image, digest), point)
         self.set_image(image, digest)
         return self.predictor.predict([point])[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: the last click wins, a bad upload gets a sentence
+# ---------------------------------------------------------------------------------------------
+class ClickSequence:
+    """Numbers each session's clicks so that only the newest one's answer is shown.
+
+    A click handler takes a ticket when it starts (:meth:`start`) and asks, when its answer is
+    ready, whether a newer click of the same session has started since (:meth:`is_current`); if
+    so its answer is stale and is dropped, so after a burst of clicks the display ends on the last
+    one, whatever order the answers come back in. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._latest: dict[str, int] = {}
+
+    def start(self, session: str) -> int:
+        """A new click of ``session``: its ticket (1, 2, ... per session)."""
+        with self._lock:
+            ticket = self._latest.get(session, 0) + 1
+            self._latest[session] = ticket
+            return ticket
+
+    def is_current(self, session: str, ticket: int) -> bool:
+        """Whether ``ticket`` is still the newest click of ``session``."""
+        with self._lock:
+            return self._latest.get(session) == ticket
+
+
+def upload_error_message(path: str | os.PathLike[str] | None, exc: BaseException) -> str:
+    """One sentence for an upload the demo cannot use, instead of the web framework's raw error:
+    the file's name, why it cannot be read (as :func:`unsam.io.images.load_image` says it) and
+    what to upload instead."""
+    from unsam.io.images import ImageReadError, load_image
+
+    name = Path(os.fspath(path)).name if path else "the upload"
+    reason = None
+    if path:
+        try:
+            load_image(path)
+        except ImageReadError as err:
+            reason = err.reason
+        except Exception as err:  # noqa: BLE001 - any other failure: its first line
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else None
+    if reason is None:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{name} is not an image the demo can read ({reason}); upload a photo "
+        "(JPEG, PNG, WebP, TIFF or BMP)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
