@@ -65,20 +65,22 @@ def local_ray():
 
 
 class SlowProducer(BaselineProducer):
-    """The felzenszwalb baseline, writing ``start ID`` to ``log``, sleeping ``seconds``, then
-    writing ``end ID`` when it returns its masks."""
+    """The felzenszwalb baseline, writing ``start ID`` to ``log``, sleeping ``seconds`` (image 1:
+    ``first_seconds``, so that the two actors never end their images together), then writing
+    ``end ID`` when it returns its masks."""
 
-    def __init__(self, log: Path, seconds: float) -> None:
+    def __init__(self, log: Path, seconds: float, first_seconds: float | None = None) -> None:
         super().__init__(BaselineConfig(method="felzenszwalb"))
         self.log = str(log)
         self.seconds = seconds
+        self.first_seconds = seconds if first_seconds is None else first_seconds
 
     def __call__(self, image, *, image_id):  # type: ignore[no-untyped-def]
         import time
 
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(f"start {image_id}\n")
-        time.sleep(self.seconds)
+        time.sleep(self.first_seconds if image_id == 1 else self.seconds)
         masks = super().__call__(image, image_id=image_id)
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(f"end {image_id}\n")
@@ -217,13 +219,16 @@ def test_a_stopped_driver_leaves_no_work_running(local_ray, folder, reference, t
 
     out = tmp_path / "ray.json"
     log = tmp_path / "calls.log"
-    _run_stopped_after_first_row(SlowProducer(log, seconds=4.0), folder, out)
+    # Image 1 is quick and the others slow: when the driver takes its first row (image 1's, or
+    # broken.jpg's skip), the other actor is still inside a slow image. With equal times both
+    # actors could end together and leave nothing in flight (seen on CI).
+    _run_stopped_after_first_row(SlowProducer(log, seconds=5.0, first_seconds=0.5), folder, out)
     at_return = log.read_text().split("\n")
     started = {line.split()[1] for line in at_return if line.startswith("start")}
     ended = {line.split()[1] for line in at_return if line.startswith("end")}
     assert started - ended, "no image was in flight when the driver stopped: nothing is tested"
     shards_at_return = {p.name: p.read_bytes() for p in shard_dir_for(out).glob("*.jsonl")}
-    time.sleep(6.0)  # longer than one image: work left running would end by now
+    time.sleep(6.0)  # longer than one slow image: work left running would end by now
     assert log.read_text().split("\n") == at_return
     assert {p.name: p.read_bytes() for p in shard_dir_for(out).glob("*.jsonl")} == shards_at_return
     rerun = SlowProducer(log, seconds=0.0)
