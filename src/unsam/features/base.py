@@ -27,7 +27,16 @@ class FeatureConfig:
     ``PipelineConfig.features``) and its device / dtype (pipeline-wide settings); passed to
     :func:`unsam.features.load_feature_extractor`."""
 
-    batch_size: int = param(8, "crops per feature-extractor forward pass (no effect on the result)")
+    batch_size: int | None = param(
+        None,
+        "crops per feature-extractor forward pass (no effect on the result beyond rounding); "
+        "none: as many as fit in memory_budget_mib",
+    )
+    memory_budget_mib: int | None = param(
+        None,
+        "activation memory one forward pass may use, MiB, when batch_size is none (formula: "
+        "DinoFeatureExtractor.bytes_per_image); none: 256 on the CPU, 4096 on a GPU",
+    )
     num_heads: int | None = param(
         None, "attention heads of a converted official .pth (None: hidden size / 64, as DINO)"
     )
@@ -37,8 +46,15 @@ class FeatureConfig:
     cache_dir: str | None = param(None, "Hugging Face cache folder for hub ids (None: the default)")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"FeatureConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(
+                f"FeatureConfig.batch_size must be >= 1 or None (auto), got {self.batch_size}"
+            )
+        if self.memory_budget_mib is not None and self.memory_budget_mib < 1:
+            raise ValueError(
+                f"FeatureConfig.memory_budget_mib must be >= 1 or None, got "
+                f"{self.memory_budget_mib}"
+            )
         if self.num_heads is not None and self.num_heads < 1:
             raise ValueError(f"FeatureConfig.num_heads must be >= 1 or None, got {self.num_heads}")
 
@@ -118,9 +134,14 @@ class FeatureExtractor(abc.ABC):
             ``(B, S / p, S' / p, C)`` float32 CPU tensor, patches in row-major image order.
         """
         batch = as_image_batch(images, self.patch_size)
-        step = max(1, int(self.batch_size))
+        step = self.batch_for(batch.shape[1:3])
         outs = [self._extract(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
         return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+
+    def batch_for(self, image_hw: tuple[int, int]) -> int:
+        """Images of size ``image_hw`` per forward pass (:attr:`batch_size`; the DINO extractor
+        derives it from its memory budget when that is None)."""
+        return max(1, int(self.batch_size or 1))
 
     @abc.abstractmethod
     def _extract(self, batch: npt.NDArray[np.uint8]) -> torch.Tensor:
