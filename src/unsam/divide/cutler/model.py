@@ -8,6 +8,14 @@ settings (resize, top-k, thresholds) are in :class:`unsam.divide.cutler.CutlerCo
 Module names are shorter than detectron2's; :data:`unsam.divide.cutler.checkpoint.KEY_RULES`
 maps one onto the other. Every norm layer is a frozen BatchNorm (running statistics, eps 1e-5):
 the checkpoint's SyncBN layers compute exactly that in eval mode.
+
+bfloat16 (:func:`cast_for_inference`): the frozen BatchNorms are folded into their convolutions in
+float32, then every convolution and fc layer runs in bf16 (weights and activations), except the
+prediction layers (:data:`FLOAT32_LAYERS`): RPN objectness and deltas, the three box predictors
+and the mask predictor. They are tiny (≤ 2.6 MFLOP per ROI) and their outputs are ranked (top-k,
+NMS, the score threshold) or decoded into pixel coordinates, where bf16's 8-bit mantissa would
+tie scores and move box corners by pixels. Anchors, box decoding, ROIAlign sampling, softmax and
+sigmoid stay float32 too (named where they happen).
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ from unsam.divide.cutler.ops import (
 )
 
 __all__ = [
+    "FLOAT32_LAYERS",
     "ANCHOR_ASPECT_RATIOS",
     "ANCHOR_SIZES",
     "CASCADE_BOX_WEIGHTS",
     "FPN_STRIDES",
     "CascadeMaskRCNN",
     "FrozenBatchNorm2d",
+    "cast_for_inference",
     "cell_anchors",
+    "fold_frozen_batchnorm",
     "grid_anchors",
 ]
 
@@ -172,6 +183,8 @@ class RPNHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(1, 256, H, W)`` → logits ``(H·W·A,)`` and deltas ``(H·W·A, 4)``, location-major."""
         t = F.relu(self.conv(x))
+        # the 1x1 prediction convs keep float32 weights (FLOAT32_LAYERS): logits are ranked
+        t = t.to(self.objectness_logits.weight.dtype)
         logits = self.objectness_logits(t)
         n, a, h, w = logits.shape
         logits = logits.permute(0, 2, 3, 1).reshape(n, -1)[0]
@@ -188,7 +201,8 @@ class BoxHead(nn.Module):
         self.fc2 = nn.Linear(1024, 1024)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+        x = x.flatten(1).to(self.fc1.weight.dtype)  # float32 ROIAlign output → the layer dtype
+        return F.relu(self.fc2(F.relu(self.fc1(x))))
 
 
 class BoxPredictor(nn.Module):
@@ -200,6 +214,7 @@ class BoxPredictor(nn.Module):
         self.bbox_pred = nn.Linear(1024, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.cls_score.weight.dtype)  # float32 (FLOAT32_LAYERS): scores and deltas
         return self.cls_score(x), self.bbox_pred(x)
 
 
@@ -215,9 +230,11 @@ class MaskHead(nn.Module):
         self.predictor = nn.Conv2d(FPN_CHANNELS, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mask_fcn1.weight.dtype)  # float32 ROIAlign output → the layer dtype
         for k in range(1, 5):
             x = F.relu(getattr(self, f"mask_fcn{k}")(x))
-        return self.predictor(F.relu(self.deconv(x)))
+        x = F.relu(self.deconv(x)).to(self.predictor.weight.dtype)  # float32 mask logits
+        return self.predictor(x)
 
 
 def cell_anchors(
@@ -319,8 +336,8 @@ class CascadeMaskRCNN(nn.Module):
                 boxes = clip_boxes(boxes, image_hw)
             x = multilevel_roi_align(roi_feats, boxes, BOX_POOL, ROI_STRIDES)
             logits, deltas = self.box_predictors[k](self.box_heads[k](x))
-            boxes = decode_boxes(deltas, boxes, weights)
-            probs.append(F.softmax(logits, dim=-1))
+            boxes = decode_boxes(deltas, boxes, weights)  # float32 (decode_boxes casts)
+            probs.append(F.softmax(logits.float(), dim=-1))  # float32: scores are thresholded
         scores = sum(probs) * (1.0 / len(probs))
         return boxes, scores[:, 0]
 
@@ -330,4 +347,49 @@ class CascadeMaskRCNN(nn.Module):
         x = multilevel_roi_align(feats[: len(ROI_STRIDES)], boxes, MASK_POOL, ROI_STRIDES)
         if x.shape[0] == 0:
             return x.new_zeros(0, 2 * MASK_POOL, 2 * MASK_POOL)
-        return torch.sigmoid(self.mask_head(x))[:, 0]
+        return torch.sigmoid(self.mask_head(x).float())[:, 0]
+
+
+#: Layers that keep float32 weights when the detector runs in bf16 (see the module docstring).
+FLOAT32_LAYERS = (
+    "rpn.objectness_logits",
+    "rpn.anchor_deltas",
+    "box_predictors",
+    "mask_head.predictor",
+)
+
+
+def fold_frozen_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every :class:`ConvNorm`'s frozen BatchNorm into its convolution, in float32, in place:
+    ``W' = W * s``, ``b' = beta - mean * s`` with ``s = gamma / sqrt(var + eps)``; the norm becomes
+    an identity. Same function up to float32 rounding, one pass fewer over each activation."""
+    for mod in model.modules():
+        if isinstance(mod, ConvNorm) and isinstance(mod.norm, FrozenBatchNorm2d):
+            norm = mod.norm
+            with torch.no_grad():
+                scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)
+                weight = mod.weight.float() * scale.view(-1, 1, 1, 1)
+                bias = norm.bias.float() - norm.running_mean.float() * scale
+            mod.weight = nn.Parameter(weight.to(mod.weight.dtype), requires_grad=False)
+            mod.bias = nn.Parameter(bias.to(mod.weight.dtype), requires_grad=False)
+            mod.norm = nn.Identity()
+    return model
+
+
+def cast_for_inference(model: CascadeMaskRCNN, dtype: torch.dtype) -> CascadeMaskRCNN:
+    """The detector with bf16 weights (in place): BatchNorms folded in float32 first, then every
+    layer cast to ``dtype`` except :data:`FLOAT32_LAYERS` and the anchor buffers (float32).
+    ``dtype=torch.float32`` returns the model unchanged (the official numerics)."""
+    if dtype == torch.float32:
+        return model
+    fold_frozen_batchnorm(model)
+    keep = tuple(FLOAT32_LAYERS)
+    for name, mod in model.named_modules():
+        if not name or any(name == k or name.startswith(k + ".") for k in keep):
+            continue
+        for pname, param in list(mod.named_parameters(recurse=False)):
+            param.data = param.data.to(dtype)
+        for bname, buf in list(mod.named_buffers(recurse=False)):
+            if buf is not None and buf.is_floating_point():
+                setattr(mod, bname, buf.to(dtype))
+    return model

@@ -6,6 +6,21 @@ sampling), ``nms`` / ``batched_nms`` (torchvision CPU kernel), ``decode_boxes`` 
 (detectron2 ``Box2BoxTransform``), ``paste_masks_in_image`` (detectron2 ``mask_ops``),
 ``clip_boxes``, ``assign_boxes_to_levels`` (detectron2 ``poolers``). All boxes are XYXY float32
 in absolute pixels. The naive loop references live in ``tests/reference/cutler_ops_naive.py``.
+
+Two ROIAlign implementations give the same values (up to float summation order):
+
+- :func:`roi_align` (the CPU choice): one sparse CSR matrix of bilinear weights per chunk of
+  boxes, times the ``(N·H·W, C)`` feature rows; it enumerates the data-dependent number of samples
+  of every bin, so it reads the sample counts on the host.
+- :func:`roi_align_separable` (the GPU choice): the bilinear average of a bin factorises into a
+  ``y`` weight row times an ``x`` weight row, so ``out[r] = Wy[r] @ F @ Wx[r]ᵀ`` with dense
+  ``(P, H)`` and ``(P, W)`` weight matrices built from a static sample bound: batched matrix
+  products and a scatter-add, no host round trip and no data-dependent shape.
+  :func:`multilevel_roi_align` on CUDA folds the FPN level choice into the weights (zero rows for
+  the other levels) instead of indexing the boxes of each level.
+
+Coordinates, sample positions and bilinear weights are float32 in both (a bf16 box corner near
+1000 px is only known to 4 px); the features are upcast to float32 for the average.
 """
 
 from __future__ import annotations
@@ -31,6 +46,8 @@ __all__ = [
     "nonempty_boxes",
     "paste_masks_in_image",
     "roi_align",
+    "roi_align_separable",
+    "separable_max_grid",
 ]
 
 #: Upper clamp of the predicted log-scale deltas dw, dh (detectron2 ``_DEFAULT_SCALE_CLAMP``).
@@ -252,6 +269,153 @@ def roi_align(
     return out.permute(0, 2, 1).reshape(r, c, p, p)
 
 
+def _axis_weights(
+    start: torch.Tensor,
+    bin_size: torch.Tensor,
+    grid: torch.Tensor,
+    p: int,
+    length: int,
+    max_grid: int,
+) -> torch.Tensor:
+    """Dense ``(R, P, length)`` float32 weights of one axis: entry ``[r, i, t]`` sums the 1-D
+    bilinear weights that the samples of bin ``i`` of box ``r`` give to row (or column) ``t``,
+    each sample counted only when it lies in ``[-1, length]`` (torchvision's rule, per axis).
+
+    Samples ``k < grid[r]`` of ``max_grid`` enumerated ones are used; the others are masked.
+    """
+    r = start.shape[0]
+    device = start.device
+    dtype = start.dtype
+    bins = torch.arange(p, device=device, dtype=dtype)
+    k = torch.arange(max_grid, device=device, dtype=dtype)
+    g = grid.to(dtype).clamp(min=1.0)[:, None, None]
+    b = bin_size[:, None, None]
+    # torchvision's float32 expression order: (start + bin * i) + ((k + .5) * bin) / grid
+    pos = start[:, None, None] + bins[None, :, None] * b + ((k[None, None, :] + 0.5) * b) / g
+    used = k[None, None, :] < grid[:, None, None].to(dtype)
+    valid = used & (pos >= -1.0) & (pos <= length)
+    pos = pos.clamp(min=0)
+    lo = pos.to(torch.int64)
+    edge = lo >= length - 1
+    lo = torch.where(edge, torch.full_like(lo, length - 1), lo)
+    hi = torch.where(edge, lo, lo + 1)
+    pos = torch.where(edge, lo.to(dtype), pos)
+    frac = pos - lo.to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    w_lo = torch.where(valid, 1.0 - frac, zero)
+    w_hi = torch.where(valid, frac, zero)
+    out = torch.zeros(r, p, length, dtype=dtype, device=device)
+    out.scatter_add_(2, lo.reshape(r, p, -1), w_lo.reshape(r, p, -1))
+    out.scatter_add_(2, hi.reshape(r, p, -1), w_hi.reshape(r, p, -1))
+    return out
+
+
+def _roi_geometry(
+    rois: torch.Tensor, p: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> tuple[torch.Tensor, ...]:
+    """Per box: float32 start x/y, bin width/height, int64 grid w/h (torchvision's rules)."""
+    rois = rois.float()
+    offset = 0.5 if aligned else 0.0
+    start_x = rois[:, 1] * spatial_scale - offset
+    start_y = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - start_x
+    roi_h = rois[:, 4] * spatial_scale - offset - start_y
+    if not aligned:
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_w = roi_w / p
+    bin_h = roi_h / p
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(start_x, sampling_ratio, dtype=torch.int64)
+        grid_w = grid_h.clone()
+    else:
+        grid_h = torch.ceil(roi_h / p).to(torch.int64).clamp(min=0)
+        grid_w = torch.ceil(roi_w / p).to(torch.int64).clamp(min=0)
+    return start_x, start_y, bin_w, bin_h, grid_w, grid_h
+
+
+def separable_max_grid(length: int, output_size: int, sampling_ratio: int = 0) -> int:
+    """Samples per bin side that :func:`roi_align_separable` enumerates for a feature axis of
+    ``length``: ``sampling_ratio``, or ``ceil(2 * (length + 2) / P)`` (adaptive), enough for every
+    ROI up to twice the map plus 2 feature pixels along that axis (the detector's boxes are clipped
+    to the image, so they are never longer than the map)."""
+    if sampling_ratio > 0:
+        return int(sampling_ratio)
+    return max(1, math.ceil(2 * (length + 2) / output_size))
+
+
+def roi_align_separable(
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    *,
+    box_weights: torch.Tensor | None = None,
+    max_bytes: int = 256 << 20,
+) -> torch.Tensor:
+    """:func:`roi_align` as dense separable products: the GPU path (no host round trip).
+
+    The average of bin ``(i, j)`` over its ``gh × gw`` bilinear samples is
+    ``Σ_y Σ_x Wy[i, y] · Wx[j, x] · F[:, y, x] / (gh · gw)``, the validity test and the bilinear
+    weights being products of a ``y`` and an ``x`` factor. So each box costs two matrix products
+    with its ``(P, H)`` and ``(P, W)`` weight matrices (:func:`_axis_weights`). Exact for every ROI
+    no longer than ``2 * (side + 2)`` feature pixels along each axis (see
+    :func:`separable_max_grid`); it gives the same values as :func:`roi_align` up to float32
+    summation order.
+
+    Args:
+        features: ``(N, C, H, W)`` feature maps (any float dtype; averaged in float32).
+        rois: ``(R, 5)`` rows ``(batch_index, x0, y0, x1, y1)`` in image pixels.
+        output_size: P.
+        spatial_scale: feature pixels per image pixel.
+        sampling_ratio: samples per bin side; 0 = adaptive.
+        aligned: pixel-shift the box by −0.5 (ROIAlignV2).
+        box_weights: optional ``(R,)`` factor per box (0 drops a box: how
+            :func:`multilevel_roi_align` keeps only each box's own level without indexing).
+        max_bytes: bound on the ``(boxes, P, C, W)`` float32 intermediate; boxes are taken in
+            chunks of ``max(1, max_bytes // (4 * P * C * W))``.
+
+    Returns:
+        ``(R, C, P, P)`` float32.
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (R, 5) (batch, x0, y0, x1, y1), got {tuple(rois.shape)}")
+    n, c, height, width = features.shape
+    p = int(output_size)
+    r = rois.shape[0]
+    if r == 0:
+        return features.new_zeros(0, c, p, p, dtype=torch.float32)
+    start_x, start_y, bin_w, bin_h, grid_w, grid_h = _roi_geometry(
+        rois, p, spatial_scale, sampling_ratio, aligned
+    )
+    gy = separable_max_grid(height, p, sampling_ratio)
+    gx = separable_max_grid(width, p, sampling_ratio)
+    wy = _axis_weights(start_y, bin_h, grid_h, p, height, gy)  # (R, P, H)
+    wx = _axis_weights(start_x, bin_w, grid_w, p, width, gx)  # (R, P, W)
+    scale = 1.0 / (grid_h * grid_w).clamp(min=1).to(torch.float32)
+    if box_weights is not None:
+        scale = scale * box_weights.to(torch.float32)
+    wy = wy * scale[:, None, None]
+    if n > 1:  # rows of the other images stay zero: (R, P, N * H)
+        batch = rois[:, 0].to(torch.int64)
+        onehot = torch.nn.functional.one_hot(batch, n).to(wy.dtype)  # (R, N)
+        wy = (onehot[:, None, :, None] * wy[:, :, None, :]).reshape(r, p, n * height)
+    # (N * H, C * W): one row per image row; float32 average of the (possibly bf16) features
+    rows = features.float().permute(0, 2, 1, 3).reshape(n * height, c * width)
+    out = features.new_empty(r, c, p, p, dtype=torch.float32)
+    step = max(1, int(max_bytes) // (4 * p * c * width))
+    wx_t = wx.transpose(1, 2)[:, None]  # (R, 1, W, P)
+    for begin in range(0, r, step):  # chunk sizes come from shapes: no host read of the data
+        end = min(r, begin + step)
+        t = (wy[begin:end].reshape(-1, n * height) @ rows).view(end - begin, p, c, width)
+        out[begin:end] = torch.matmul(t, wx_t[begin:end]).permute(0, 2, 1, 3)
+    return out
+
+
 def _sampling_matrix(
     shape: tuple[int, int, int],
     p: int,
@@ -366,6 +530,7 @@ def multilevel_roi_align(
     output_size: int,
     strides: tuple[int, ...],
     sampling_ratio: int = 0,
+    method: str = "auto",
 ) -> torch.Tensor:
     """ROIAlignV2 of one image's boxes, each from its FPN level (detectron2 ``ROIPooler``).
 
@@ -376,24 +541,47 @@ def multilevel_roi_align(
         output_size: P.
         strides: pixel stride of each level.
         sampling_ratio: 0 = adaptive.
+        method: ``"sparse"`` (:func:`roi_align` on each level's boxes), ``"separable"``
+            (:func:`roi_align_separable` on every box, weighted 0 off its level: no host round
+            trip) or ``"auto"``: sparse on the CPU, separable elsewhere.
 
     Returns:
-        ``(R, C, P, P)`` pooled features in box order.
+        ``(R, C, P, P)`` float32 pooled features in box order.
     """
     _check_boxes(boxes)
     if len(features) != len(strides):
         raise ValueError(f"got {len(features)} feature maps for {len(strides)} strides")
+    if method not in ("auto", "sparse", "separable"):
+        raise ValueError(f"method must be 'auto', 'sparse' or 'separable', got {method!r}")
+    if method == "auto":
+        method = "sparse" if features[0].device.type == "cpu" else "separable"
     c = features[0].shape[1]
-    out = features[0].new_zeros(boxes.shape[0], c, output_size, output_size)
+    # float32: sample positions, bilinear weights and the average (ROI coordinates in bf16 would
+    # be off by pixels); bf16 features are upcast level by level
+    out = features[0].new_zeros(boxes.shape[0], c, output_size, output_size, dtype=torch.float32)
     if boxes.shape[0] == 0:
         return out
+    boxes = boxes.float()
     min_level = round(math.log2(strides[0]))
     levels = assign_boxes_to_levels(boxes, min_level, min_level + len(strides) - 1)
     rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
     for level, (feat, stride) in enumerate(zip(features, strides, strict=True)):
+        if method == "separable":  # every box, weighted 0 off its level: no data-dependent index
+            out += roi_align_separable(
+                feat,
+                rois,
+                output_size,
+                1.0 / stride,
+                sampling_ratio,
+                True,
+                box_weights=(levels == level).to(torch.float32),
+            )
+            continue
         idx = torch.nonzero(levels == level).flatten()
         if idx.numel():
-            out[idx] = roi_align(feat, rois[idx], output_size, 1.0 / stride, sampling_ratio, True)
+            out[idx] = roi_align(
+                feat.float(), rois[idx], output_size, 1.0 / stride, sampling_ratio, True
+            )
     return out
 
 
