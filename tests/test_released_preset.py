@@ -125,7 +125,7 @@ def fake_cutler(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(
         cutler.CutlerDetector,
         "from_checkpoint",
-        lambda path, device="cpu": loaded.append(str(path)),
+        lambda path, device="cpu", dtype="float32": loaded.append(str(path)),
     )
     return loaded
 

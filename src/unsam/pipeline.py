@@ -34,6 +34,7 @@ alone is about 290 lines of stage wiring, and the presets it applies are documen
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ from unsam.divide.maskcut import MaskCutConfig, maskcut
 from unsam.features.base import FeatureConfig
 from unsam.records import MaskRecord, annotation_id, decode_rle, encode_mask, encode_masks
 from unsam.refine.crf import RefineConfig, refine_masks
+from unsam.runtime import resolve_device, resolve_dtype
 
 __all__ = [
     "CLASSIC_PRESET",
@@ -93,10 +95,15 @@ class PipelineConfig:
         100, "with divide=model:.../cutler, at most this many divide masks per image (spec §2.1)"
     )
     device: str = param(
-        "cpu", "torch device for the feature extractor / divide model, e.g. cpu or cuda"
+        "auto",
+        "where the networks run (features, divide model / CutLER, CascadePSP; the CRF and the "
+        "conquer merge stay on the CPU): auto (CUDA when PyTorch sees a GPU, else the CPU), cpu, "
+        "cuda or cuda:N",
     )
     dtype: Literal["float32", "bfloat16"] = param(
-        "float32", "feature-extractor compute dtype (output is float32)"
+        "float32",
+        "weights and activations of every network of the pipeline (features, CutLER, CascadePSP): "
+        "float32 (the official numerics) or bfloat16; features leave the network in float32",
     )
     channel_order: Literal["rgb", "bgr"] = param(
         "rgb",
@@ -357,17 +364,19 @@ class DivideAndConquer:
         self.refiner = (
             None  # CascadePSP, loaded once, before any other work (missing weights fail fast)
         )
+        # one device and one dtype for every network (the CRF and the merge stay on the CPU)
+        device = str(resolve_device(resolved.device))
+        dtype = resolve_dtype(resolved.dtype)
+        self.device, self.dtype = device, dtype
         if resolved.refine.method == "cascadepsp":
-            from unsam.refine.cascadepsp import CascadePSPRefiner
-
-            self.refiner = CascadePSPRefiner.from_config(resolved.refine, device=resolved.device)
+            self.refiner = _load_cascadepsp(resolved.refine, device, dtype)
         if ready is not None:
             self.extractor = ready
         else:
             self.extractor = load_feature_extractor(
                 resolved.features,
-                device=resolved.device,
-                dtype=resolved.dtype,
+                device=device,
+                dtype=dtype,
                 **dataclasses.asdict(resolved.feature),
             )
         self.config = resolved
@@ -375,15 +384,18 @@ class DivideAndConquer:
         if self.config.divide.startswith("model:"):
             from unsam.models.whole_image import WholeImageSegmenter
 
+            extra = (
+                {"dtype": dtype} if _accepts(WholeImageSegmenter.from_pretrained, "dtype") else {}
+            )
             self.divide_model = WholeImageSegmenter.from_pretrained(
-                self.config.divide[len("model:") :], device=self.config.device
+                self.config.divide[len("model:") :], device=device, **extra
             )
         self.cutler = None
         if self.config.divide == "cutler" or self.config.divide.startswith("cutler:"):
             from unsam.divide.cutler import CutlerDetector, resolve_cutler_weights
 
             self.cutler = CutlerDetector.from_checkpoint(
-                resolve_cutler_weights(self.config.divide), device=self.config.device
+                resolve_cutler_weights(self.config.divide), device=device, dtype=dtype
             )
         self.last_timings: dict[str, float] = {}
 
@@ -598,6 +610,39 @@ class DivideAndConquer:
                 )
             )
         return records, {"refine": refine_s, "encode": encode_s}, stats
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _load_cascadepsp(refine: RefineConfig, device: str, dtype: Any) -> Any:
+    """The CascadePSP refiner of ``refine`` on ``device``, its weights and activations in
+    ``dtype`` (float32: exactly ``CascadePSPRefiner.from_config``)."""
+    import torch
+
+    from unsam.refine.cascadepsp import CascadePSPRefiner
+
+    if dtype == torch.float32:
+        return CascadePSPRefiner.from_config(refine, device=device)
+    if _accepts(CascadePSPRefiner.from_config, "dtype"):
+        return CascadePSPRefiner.from_config(refine, device=device, dtype=dtype)
+    return CascadePSPRefiner.from_checkpoint(  # the settings from_config passes, plus the dtype
+        refine.cascadepsp_weights,
+        device=device,
+        dtype=dtype,
+        channel_order=refine.cascadepsp_channel_order,
+        min_side=refine.min_side,
+        max_side=refine.max_side,
+        context_ratio=refine.context_ratio,
+        max_area_frac=refine.max_area_frac,
+        min_iou=refine.min_iou,
+    )
 
 
 class _BGRInput:

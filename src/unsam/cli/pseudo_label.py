@@ -20,6 +20,7 @@ from unsam.divide.maskcut import MaskCutConfig
 from unsam.features.base import FeatureConfig
 from unsam.pipeline import DicoProducer, PipelineConfig
 from unsam.refine.crf import RefineConfig
+from unsam.runtime import add_device_arguments
 
 NESTED = (
     ("feature", "feature_", FeatureConfig),
@@ -56,7 +57,9 @@ class _RefineAction(argparse.Action):
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of PipelineConfig and its stage configs (--maskcut-*, --conquer-*, --refine-*)."""
     g = parser.add_argument_group("pipeline")
-    add_config_arguments(g, PipelineConfig, skip=("explicit",))
+    # --device / --dtype: the shared rule of every command (unsam.runtime), PipelineConfig fields
+    add_config_arguments(g, PipelineConfig, skip=("explicit", "device", "dtype"))
+    add_device_arguments(g)
     g.add_argument(
         "--refine",
         dest="refine_method",
@@ -74,7 +77,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 def pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The pipeline settings of the flags given; those flags are recorded as ``explicit``, so a
     preset (``--preset released``, the classic features') never overrides them."""
-    given = tuple(name for name in given_fields(PipelineConfig, args) if name != "explicit")
+    # --device / --dtype always carry a value (unsam.runtime's defaults); no preset sets them
+    skip = ("explicit", "device", "dtype")
+    given = tuple(name for name in given_fields(PipelineConfig, args) if name not in skip)
     return config_from_args(PipelineConfig, args, explicit=given)  # stage configs: prefixed flags
 
 

@@ -86,7 +86,12 @@ class ConquerConfig:
         "when that maximum is below 128, which drops small clusters of crops narrower than the "
         "patch grid (unsam.masks.resize_mask)",
     )
-    batch_size: int = param(8, "divide-mask crops per feature-extractor call")
+    batch_size: int | None = param(
+        None,
+        "divide-mask crops resized and sent to the feature extractor at once; none: one "
+        "extractor forward pass of crops (FeatureExtractor.batch_for: its batch size, or as many "
+        "crops as fit in its memory budget)",
+    )
     # --- superpixel units: not in the original; defaults measured with the classic features ---
     units: Literal["patches", "superpixels"] = param(
         "patches",
@@ -142,8 +147,10 @@ class ConquerConfig:
             raise ValueError(
                 f"ConquerConfig.nms_window must be >= 2, got {self.nms_window}; the original uses 5"
             )
-        if self.batch_size < 1:
-            raise ValueError(f"ConquerConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(
+                f"ConquerConfig.batch_size must be >= 1 or None, got {self.batch_size}"
+            )
         if self.mask_resize not in ("half_max", "unsam"):
             raise ValueError(
                 f"ConquerConfig.mask_resize must be 'half_max' or 'unsam', got {self.mask_resize!r}"
@@ -405,9 +412,13 @@ def conquer(
         regions.append(_Region(k, box))
 
     size = (config.crop_size, config.crop_size)
+    batch = config.batch_size
+    if batch is None:  # one forward pass of crops at a time (the extractor's memory budget)
+        batch_for = getattr(extractor, "batch_for", None)
+        batch = int(batch_for(size)) if callable(batch_for) else 8
     out: list[ConquerMask] = []
-    for start in range(0, len(regions), config.batch_size):
-        chunk = regions[start : start + config.batch_size]
+    for start in range(0, len(regions), batch):
+        chunk = regions[start : start + batch]
         crops = [resize_image(image[r.box[1] : r.box[3], r.box[0] : r.box[2]], size) for r in chunk]
         feats = _extract(extractor, crops)
         for region, region_feats in zip(chunk, feats):
