@@ -336,7 +336,7 @@ class DinoFeatureExtractor(FeatureExtractor):
         the residual stream, its LayerNorm, the fused q/k/v (3 C) and the attention output, or
         the MLP's 4 C hidden layer, with one more token-sized buffer of slack; plus the input
         pixels (uint8, float32 normalised, model dtype). SDPA keeps no ``T x T`` matrix. For
-        ViT-B/8 on 256² crops: 12.6 MiB in bfloat16, 25.2 MiB in float32.
+        ViT-B/8 on 256² crops: 13.0 MiB in bfloat16, 25.0 MiB in float32.
         """
         s, s2 = int(image_hw[0]), int(image_hw[1])
         tokens = (s // self.patch_size) * (s2 // self.patch_size) + 1
