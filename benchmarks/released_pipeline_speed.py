@@ -204,10 +204,23 @@ def child(
     dico = DivideAndConquer(config=config, **extra)
     spent = {"features": 0.0, "merge": 0.0}
     dico.extractor = _Timed(dico.extractor, spent, "features")
-    region.merge_regions = _Timed(region.merge_regions, spent, "merge")
+    region.merge_regions = _Timed(region.merge_regions, spent, "merge")  # in-process merges
+    region._gather = _Timed(region._gather, spent, "merge")  # waits for the merge processes
     image = image_of_side(size)
     dico.cutler.detect(image[:64, :64])  # warm-up: first-call allocations of both networks
     dico.extractor(np.zeros((2, 256, 256, 3), np.uint8))
+    workers = region.merge_workers_for(dico.config.conquer, dico.extractor)
+    if workers:  # start the merge processes (spawned once per pipeline, reused for every image)
+        pool = region._merge_pool(workers)
+        ones = np.ones((4, 4, 8), np.float32)
+        list(
+            pool.map(
+                region._merge_job,
+                [ones] * (2 * workers),
+                [(0.5,)] * (2 * workers),
+                [1] * (2 * workers),
+            )
+        )
     cuda = dico.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -234,6 +247,7 @@ def child(
         "masks": len(records),
         "feature_batch": dico.extractor.batch_for((256, 256)),
         "feature_kernel": getattr(dico.extractor, "kernel", "?"),
+        "merge_workers": region.merge_workers_for(dico.config.conquer, dico.extractor),
         "peak_rss_gib": peak_rss_bytes() / 2**30,
     }
     if cuda:
@@ -351,7 +365,8 @@ def main() -> None:
             + ", ".join(f"{k} {r[k]:.2f}" for k in stages)
             + f"  | peak RSS {r['peak_rss_gib']:.2f} GiB{cuda_peak}, {r['divide_masks']} divide "
             f"masks, {r['masks']} masks, image {r['image_hw'][1]}x{r['image_hw'][0]}, "
-            f"{r['threads']} threads, {r['feature_batch']} crops/forward ({r['feature_kernel']})",
+            f"{r['threads']} threads, {r['feature_batch']} crops/forward ({r['feature_kernel']}), "
+            f"{r['merge_workers']} merge processes",
             flush=True,
         )
         if agree and not psp:

@@ -236,3 +236,34 @@ def test_real_image_with_classic_extractor(coco_gt, coco_images) -> None:
             assert m.box_xyxy == box and m.mask.shape == (y1 - y0, x1 - x0)
             assert (m.mask & divide[parent][y0:y1, x0:x1]).sum() / m.mask.sum() > 0.9
         assert [m.level for m in region] == sorted(m.level for m in region)
+
+
+def test_merge_processes_give_the_serial_result() -> None:
+    """ConquerConfig.merge_workers > 0 merges the regions in spawned processes: same masks."""
+    from unsam.conquer.region import merge_workers_for
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    masks = []
+    for y0, x0, h, w in ((5, 8, 40, 60), (30, 50, 50, 70), (0, 0, 96, 128)):
+        m = np.zeros((96, 128), bool)
+        m[y0 : y0 + h, x0 : x0 + w] = True
+        masks.append(m)
+
+    class Planted:
+        name, patch_size, feature_dim = "planted", 8, 16
+
+        def __call__(self, images: np.ndarray) -> torch.Tensor:
+            g = torch.Generator().manual_seed(int(images.sum()) % 1000)
+            base = torch.randn(len(images), 4, 4, 16, generator=g)
+            return base.repeat_interleave(2, 1).repeat_interleave(2, 2)[
+                :, :, :, :
+            ] + 0.3 * torch.randn(len(images), 8, 8, 16, generator=g)
+
+    serial = conquer(image, masks, Planted(), ConquerConfig(crop_size=64, merge_workers=0))
+    parallel = conquer(image, masks, Planted(), ConquerConfig(crop_size=64, merge_workers=2))
+    assert serial and len(serial) == len(parallel)
+    for a, b in zip(serial, parallel, strict=True):
+        assert (a.parent, a.level, a.box_xyxy) == (b.parent, b.level, b.box_xyxy)
+        np.testing.assert_array_equal(a.mask, b.mask)
+    assert merge_workers_for(ConquerConfig(), Planted()) == 0  # no device: in this process

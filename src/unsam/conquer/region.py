@@ -24,9 +24,13 @@ filter and NMS rules are the same.
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import functools
 import logging
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -85,6 +89,12 @@ class ConquerConfig:
         "keeps the pixels above half the resized maximum; unsam (the released code) keeps nothing "
         "when that maximum is below 128, which drops small clusters of crops narrower than the "
         "patch grid (unsam.masks.resize_mask)",
+    )
+    merge_workers: int | None = param(
+        None,
+        "processes merging regions in parallel (0: in this process); none: 0 when the features "
+        "are computed on the CPU (the network already uses every core), up to 16 (the CPU count) "
+        "when they come from a GPU, where the merge would otherwise dominate",
     )
     batch_size: int | None = param(
         None,
@@ -146,6 +156,10 @@ class ConquerConfig:
         if self.nms_window < 2:
             raise ValueError(
                 f"ConquerConfig.nms_window must be >= 2, got {self.nms_window}; the original uses 5"
+            )
+        if self.merge_workers is not None and self.merge_workers < 0:
+            raise ValueError(
+                f"ConquerConfig.merge_workers must be >= 0 or None, got {self.merge_workers}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(
@@ -248,12 +262,18 @@ def _extract(extractor: FeatureExtractor, crops: list[npt.NDArray[np.uint8]]) ->
 
 
 def _region_masks(
-    feats: torch.Tensor, divide_crop: npt.NDArray[np.bool_], region: _Region, config: ConquerConfig
+    feats: torch.Tensor | None,
+    divide_crop: npt.NDArray[np.bool_],
+    region: _Region,
+    config: ConquerConfig,
+    levels: list | None = None,
 ) -> list[ConquerMask]:
-    """Merge one region's features and filter its masks (coverage, then NMS), level by level."""
+    """Merge one region's features (unless its ``levels`` are given) and filter its masks
+    (coverage, then NMS), level by level."""
     x0, y0, x1, y1 = region.box
     crop_hw = (y1 - y0, x1 - x0)
-    levels = merge_regions(feats, thetas=config.thetas, min_size=config.min_size)
+    if levels is None:
+        levels = merge_regions(feats, thetas=config.thetas, min_size=config.min_size)
     candidates: list[ConquerMask] = []
     areas: list[int] = []
     # cluster id -> (lazy crop mask, area), None when it failed coverage
@@ -359,6 +379,51 @@ def _cluster_mask(
     return resize_mask(mask, crop_hw) if crop_hw is not None else mask
 
 
+_POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+
+
+def _merge_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A persistent pool of ``workers`` spawned processes (no CUDA or thread state inherited from
+    the parent), shut down at exit."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        _POOLS[workers] = pool
+        if len(_POOLS) == 1:
+            atexit.register(_shutdown_pools)
+    return pool
+
+
+def _shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+def _merge_job(feats: npt.NDArray[np.float32], thetas: tuple[float, ...], min_size: int) -> list:
+    return merge_regions(feats, thetas=thetas, min_size=min_size)
+
+
+def _gather(future: concurrent.futures.Future) -> list:
+    """The merge levels of one region from the pool (a separate function, so that benchmarks can
+    time the wait)."""
+    return future.result()
+
+
+def merge_workers_for(config: ConquerConfig, extractor: object) -> int:
+    """Processes for the merge: ``config.merge_workers``, or (None) 0 when the extractor runs on
+    the CPU and ``min(16, cpu_count)`` when it runs on a GPU."""
+    if config.merge_workers is not None:
+        return int(config.merge_workers)
+    device = getattr(extractor, "device", None)
+    if getattr(device, "type", str(device)) != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(16, int(cpus or 1)))
+
+
 def conquer(
     image: npt.NDArray[np.uint8],
     divide_masks: Sequence[npt.NDArray[np.bool_]],
@@ -416,12 +481,20 @@ def conquer(
     if batch is None:  # one forward pass of crops at a time (the extractor's memory budget)
         batch_for = getattr(extractor, "batch_for", None)
         batch = int(batch_for(size)) if callable(batch_for) else 8
+    workers = merge_workers_for(config, extractor) if len(regions) > 1 else 0
     out: list[ConquerMask] = []
     for start in range(0, len(regions), batch):
         chunk = regions[start : start + batch]
         crops = [resize_image(image[r.box[1] : r.box[3], r.box[0] : r.box[2]], size) for r in chunk]
         feats = _extract(extractor, crops)
-        for region, region_feats in zip(chunk, feats):
+        pending: list[concurrent.futures.Future | None] = [None] * len(chunk)
+        if workers and config.units != "superpixels":  # every merge of the chunk at once
+            pool = _merge_pool(workers)
+            pending = [
+                pool.submit(_merge_job, f.numpy(), tuple(config.thetas), config.min_size)
+                for f in feats
+            ]
+        for region, region_feats, job in zip(chunk, feats, pending):
             x0, y0, x1, y1 = region.box
             divide_crop = np.asarray(divide_list[region.parent], dtype=bool)[y0:y1, x0:x1]
             if config.units == "superpixels":
@@ -430,7 +503,8 @@ def conquer(
                     _region_masks_superpixels(region_feats, crop, divide_crop, region, config)
                 )
             else:
-                out.extend(_region_masks(region_feats, divide_crop, region, config))
+                levels = _gather(job) if job is not None else None
+                out.extend(_region_masks(region_feats, divide_crop, region, config, levels))
     logger.debug(
         "conquer: %d divide masks, %d regions, %d conquer masks",
         len(divide_list),

@@ -331,18 +331,20 @@ class DinoFeatureExtractor(FeatureExtractor):
     def bytes_per_image(self, image_hw: tuple[int, int]) -> int:
         """Activation bytes one ``image_hw`` image adds to a forward pass (the batching formula).
 
-        ``(8 * T * C + 2 * heads * T^2 [transformers eager attention only]) * itemsize
-        + 16 * S * S'`` with ``T = (S / p) * (S' / p) + 1`` tokens and ``C`` the hidden size:
-        the residual stream, its LayerNorm, the fused q/k/v (3 C) and the attention output, or
-        the MLP's 4 C hidden layer, with one more token-sized buffer of slack; plus the input
-        pixels (uint8, float32 normalised, model dtype). SDPA keeps no ``T x T`` matrix. For
-        ViT-B/8 on 256² crops: 13.0 MiB in bfloat16, 25.0 MiB in float32.
+        ``(12 * T * C + 2 * heads * T^2 [transformers eager attention only]) * itemsize
+        + 16 * S * S'`` with ``T = (S / p) * (S' / p) + 1`` tokens and ``C`` the hidden size. At
+        the peak of a block live the residual stream, its LayerNorm, the fused q/k/v (3 C), the
+        attention kernels' own q/k/v copies (3 C), the attention output and its token-major copy,
+        and the projection's output: 11 C measured on CUDA (PyTorch's caching allocator, ViT-B/8,
+        16 crops, float32 and bf16), plus one C of slack; plus the input pixels (uint8, float32
+        normalised, model dtype). SDPA keeps no ``T x T`` matrix. ViT-B/8 on 256² crops: 19.0 MiB
+        in bfloat16, 37.0 MiB in float32.
         """
         s, s2 = int(image_hw[0]), int(image_hw[1])
         tokens = (s // self.patch_size) * (s2 // self.patch_size) + 1
         hidden = int(self.model.config.hidden_size)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        per = 8 * tokens * hidden
+        per = 12 * tokens * hidden
         impl = getattr(self.model.config, "_attn_implementation", "sdpa")
         if self._encoder is None and impl == "eager":
             per += 2 * int(self.model.config.num_attention_heads) * tokens * tokens

@@ -374,8 +374,8 @@ def roi_align_separable(
         aligned: pixel-shift the box by −0.5 (ROIAlignV2).
         box_weights: optional ``(R,)`` factor per box (0 drops a box: how
             :func:`multilevel_roi_align` keeps only each box's own level without indexing).
-        max_bytes: bound on the ``(boxes, P, C, W)`` float32 intermediate; boxes are taken in
-            chunks of ``max(1, max_bytes // (4 * P * C * W))``.
+        max_bytes: bound on the ``(boxes, P, C, W)`` intermediate (float32 on the CPU, float64
+            on CUDA); boxes are taken in chunks of ``max(1, max_bytes // (itemsize * P * C * W))``.
 
     Returns:
         ``(R, C, P, P)`` float32.
@@ -394,25 +394,29 @@ def roi_align_separable(
     )
     gy = separable_max_grid(height, p, sampling_ratio)
     gx = separable_max_grid(width, p, sampling_ratio)
-    wy = _axis_weights(start_y, bin_h, grid_h, p, height, gy)  # (R, P, H)
-    wx = _axis_weights(start_x, bin_w, grid_w, p, width, gx)  # (R, P, W)
-    scale = 1.0 / (grid_h * grid_w).clamp(min=1).to(torch.float32)
+    # float64 products on CUDA: cuBLAS may run float32 products in TF32 (10-bit mantissa; NGC
+    # images force it with TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1), which would round the bilinear
+    # weights, i.e. the sampling positions, to 1e-3 (measured on an H200: 1e-3 errors)
+    acc = torch.float64 if features.device.type == "cuda" else torch.float32
+    wy = _axis_weights(start_y, bin_h, grid_h, p, height, gy).to(acc)  # (R, P, H)
+    wx = _axis_weights(start_x, bin_w, grid_w, p, width, gx).to(acc)  # (R, P, W)
+    scale = 1.0 / (grid_h * grid_w).clamp(min=1).to(acc)
     if box_weights is not None:
-        scale = scale * box_weights.to(torch.float32)
+        scale = scale * box_weights.to(acc)
     wy = wy * scale[:, None, None]
     if n > 1:  # rows of the other images stay zero: (R, P, N * H)
         batch = rois[:, 0].to(torch.int64)
         onehot = torch.nn.functional.one_hot(batch, n).to(wy.dtype)  # (R, N)
         wy = (onehot[:, None, :, None] * wy[:, :, None, :]).reshape(r, p, n * height)
     # (N * H, C * W): one row per image row; float32 average of the (possibly bf16) features
-    rows = features.float().permute(0, 2, 1, 3).reshape(n * height, c * width)
+    rows = features.to(acc).permute(0, 2, 1, 3).reshape(n * height, c * width)
     out = features.new_empty(r, c, p, p, dtype=torch.float32)
-    step = max(1, int(max_bytes) // (4 * p * c * width))
+    step = max(1, int(max_bytes) // (rows.element_size() * p * c * width))
     wx_t = wx.transpose(1, 2)[:, None]  # (R, 1, W, P)
     for begin in range(0, r, step):  # chunk sizes come from shapes: no host read of the data
         end = min(r, begin + step)
         t = (wy[begin:end].reshape(-1, n * height) @ rows).view(end - begin, p, c, width)
-        out[begin:end] = torch.matmul(t, wx_t[begin:end]).permute(0, 2, 1, 3)
+        out[begin:end] = torch.matmul(t, wx_t[begin:end]).permute(0, 2, 1, 3).float()
     return out
 
 
