@@ -206,3 +206,25 @@ def test_multilevel_separable_equals_sparse_at_detector_scale() -> None:
     torch.testing.assert_close(sep, sparse, atol=2e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="method"):
         ops.multilevel_roi_align(feats, boxes, 7, (4, 8, 16, 32), method="dense")
+
+
+def test_separable_geometry_survives_a_reciprocal_division(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA divides by a Python scalar as a product with its reciprocal. The ROI geometry divides
+    by a tensor instead, so a reciprocal there (what CUDA would do) must not change the result:
+    before the fix, 49 of these boxes got another adaptive grid (ceil of 48.000004) on CUDA."""
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(1, 8, 200 // 2**k, 336 // 2**k, generator=g) for k in range(4)]
+    boxes = ops.clip_boxes(_random_boxes(g, 500, 800, 1344), (800, 1344))
+    boxes = boxes[ops.nonempty_boxes(boxes)]
+    sparse = ops.multilevel_roi_align(feats, boxes, 7, (4, 8, 16, 32), method="sparse")
+    true_div = torch.Tensor.__truediv__
+
+    def reciprocal_div(a: torch.Tensor, b: object) -> torch.Tensor:
+        if isinstance(b, (int, float)):  # CUDA's rule for a scalar divisor
+            return a * torch.tensor(1.0 / b, dtype=a.dtype)
+        return true_div(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__truediv__", reciprocal_div)
+    sep = ops.multilevel_roi_align(feats, boxes, 7, (4, 8, 16, 32), method="separable")
+    monkeypatch.undo()
+    torch.testing.assert_close(sep, sparse, atol=2e-6, rtol=1e-5)
