@@ -735,8 +735,10 @@ def memory_bound_bytes(image_hw: tuple[int, int], config: PipelineConfig) -> int
       patch units keep only patch-grid labels instead (``(nms_window + 2)`` crop masks, in the
       6 * H*W term);
     * ``R * 4 * c^2 * 4``: the feature crops (c = ``conquer.crop_size``);
-    * ``F``: the feature extractor's activations for one batch (a few hundred MiB for ViT-B/8 at
-      480 px; counted in the 256 MiB slack for ``classic``).
+    * ``F``: the feature extractor's activations for one forward pass: at most
+      ``FeatureConfig.memory_budget_mib`` (default 256 MiB on the CPU; batch = budget /
+      ``DinoFeatureExtractor.bytes_per_image``) when ``feature.batch_size`` is None, else
+      ``batch_size`` images of ``bytes_per_image``; counted in the 256 MiB slack for ``classic``.
 
     The number of candidate or output masks does not appear: candidates are built lazily and
     output masks are encoded one at a time.
@@ -750,7 +752,11 @@ def memory_bound_bytes(image_hw: tuple[int, int], config: PipelineConfig) -> int
     side = min(max(h, w), cfg.superpixel_max_side)
     conquer_bytes = regions * scales * 12 * side * side
     feature_bytes = regions * 4 * cfg.crop_size * cfg.crop_size * 4
-    return int(hw * (regions + 6) + conquer_bytes + feature_bytes + (256 << 20))
+    activations = 0
+    if config.features != "classic":
+        budget = config.feature.memory_budget_mib
+        activations = (256 if budget is None else int(budget)) << 20
+    return int(hw * (regions + 6) + conquer_bytes + feature_bytes + activations + (256 << 20))
 
 
 def runtime_warnings(config: PipelineConfig) -> list[str]:
