@@ -118,3 +118,17 @@ def test_pipeline_dtype_reaches_every_network(
     assert any(r.level > 0 for r in records)
     plain = make_dico(released_weights, device="cpu", dtype="float32")
     assert plain.extractor.dtype == plain.cutler.dtype == torch.float32
+
+
+def test_pipeline_dtype_reaches_cascadepsp(tmp_path: Path) -> None:
+    from unsam.refine.cascadepsp import RefinementModule
+
+    weights = tmp_path / "model"
+    torch.save(RefinementModule().state_dict(), weights)
+    dico = DivideAndConquer(
+        features="classic", refine=f"cascadepsp:{weights}", dtype="bfloat16", device="cpu"
+    )
+    assert dico.refiner is not None and dico.refiner.dtype == torch.bfloat16
+    assert dico.refiner.min_side == dico.config.refine.min_side
+    plain = DivideAndConquer(features="classic", refine=f"cascadepsp:{weights}", device="cpu")
+    assert plain.refiner.dtype == torch.float32
