@@ -24,6 +24,10 @@ Memory: one forward pass of ``b`` images of ``S x S'`` pixels holds about
 the extractor takes as many images per pass as fit in its memory budget (256 MiB on the CPU,
 4 GiB on a GPU, by default).
 
+Length: the fused key encoder reproduces, block by block, the transformers forward that the
+extractor otherwise runs with its hook, and both paths share the extractor's checks; loading
+(hub id, folder, official .pth) shares its error messages.
+
 :func:`load_feature_extractor` builds an extractor from a hub id, a local transformers folder, an
 official DINO ``.pth`` (converted by :mod:`unsam.features.convert`) or ``"classic"``.
 """

@@ -21,6 +21,10 @@ Two ROIAlign implementations give the same values (up to float summation order):
 
 Coordinates, sample positions and bilinear weights are float32 in both (a bf16 box corner near
 1000 px is only known to 4 px); the features are upcast to float32 for the average.
+
+Length: the two ROIAlign implementations share torchvision's sampling rules and are tested
+against each other and the naive reference; splitting them would separate the CPU and GPU paths of
+one op. The other ops are short.
 """
 
 from __future__ import annotations
