@@ -66,11 +66,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             index that does not exist; the message names the devices that exist.
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
-        )
     try:
         device = torch.device(spec.strip() if isinstance(spec, str) else spec)
     except (RuntimeError, TypeError) as err:
@@ -126,7 +123,9 @@ def add_device_arguments(
     """Add ``--device`` (and ``--dtype`` unless ``dtype=False``) with the shared help texts."""
     parser.add_argument("--device", default=device_default, metavar="DEVICE", help=DEVICE_HELP)
     if dtype:
-        parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help=DTYPE_HELP)
+        parser.add_argument(
+            "--dtype", default="float32", choices=sorted(DTYPES), help=DTYPE_HELP
+        )
 
 
 def cpu_matmul_kernel() -> dict[str, Any]:
@@ -184,10 +183,7 @@ def onednn_kernels(timeout: float = 120.0) -> dict[str, str]:
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "OMP_NUM_THREADS": "1"}
     try:
         out = subprocess.run(
-            [sys.executable, "-c", _PROBE],
-            env=env,
-            capture_output=True,
-            text=True,
+            [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
             timeout=timeout,
         ).stdout
     except (OSError, subprocess.SubprocessError):
@@ -196,7 +192,7 @@ def onednn_kernels(timeout: float = 120.0) -> dict[str, str]:
     for line in out.splitlines():
         cols = line.split(",")
         if len(cols) > 4 and cols[2] == "info" and cols[3] == "cpu" and cols[4].startswith("isa:"):
-            found["isa"] = cols[4][len("isa:") :]
+            found["isa"] = cols[4][len("isa:"):]
         elif len(cols) > 6 and cols[2] == "primitive" and cols[3] == "exec":
             if cols[5] in ("matmul", "convolution", "inner_product") and cols[5] not in found:
                 found[cols[5]] = cols[6]
