@@ -101,25 +101,34 @@ def test_top_masks_are_the_top_rows_of_the_full_logits(tiny_model) -> None:
 
 
 def _attention_masks(model, run) -> list[torch.Tensor]:
-    """The (Q, hw) bool 'blocked' mask each cross-attention layer received during ``run()``."""
+    """The (Q, hw) bool 'blocked' mask each cross-attention layer received during ``run()``:
+    transformers' MultiheadAttention layers (reference path) or the fast path's
+    ``decoder._cross_attention``."""
     seen: list[torch.Tensor] = []
     heads = model.config.num_attention_heads
 
     def hook(module, args, kwargs):
         mask = kwargs["attn_mask"]
-        if mask.dtype == torch.bool:  # reference: (B * heads, Q, hw), the same for every head
-            assert all(torch.equal(mask[0], mask[h]) for h in range(heads))
-            seen.append(mask[0].clone())
-        else:  # fast: additive (Q, hw) float mask
-            seen.append(torch.isinf(mask).clone())
+        assert mask.dtype == torch.bool  # reference: (B * heads, Q, hw), the same for every head
+        assert all(torch.equal(mask[0], mask[h]) for h in range(heads))
+        seen.append(mask[0].clone())
+
+    fast_attention = decoder._cross_attention
+
+    def recording(attn, query, key, value, mask):
+        assert mask.dtype != torch.bool and mask.shape[:2] == (1, 1)  # additive (1, 1, Q, hw)
+        seen.append(torch.isinf(mask[0, 0]).clone())
+        return fast_attention(attn, query, key, value, mask)
 
     handles = [
         layer.cross_attn.register_forward_pre_hook(hook, with_kwargs=True)
         for layer in model.model.transformer_module.decoder.layers
     ]
+    decoder._cross_attention = recording
     try:
         run()
     finally:
+        decoder._cross_attention = fast_attention
         for h in handles:
             h.remove()
     return seen

@@ -225,7 +225,10 @@ def test_segmenter_large_image_bounded(tiny_model, monkeypatch) -> None:
         sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(decoder, "F", types.SimpleNamespace(interpolate=interpolate))
+    functions = {name: getattr(F, name) for name in dir(F) if not name.startswith("_")}
+    monkeypatch.setattr(
+        decoder, "F", types.SimpleNamespace(**{**functions, "interpolate": interpolate})
+    )
     big = np.random.default_rng(1).integers(0, 256, size=(1500, 2000, 3), dtype=np.uint8)
     seg = WholeImageSegmenter(
         tiny_model, SegmentConfig(min_size=128, max_size=256, max_masks=24, chunk_size=2)

@@ -478,15 +478,17 @@ def preprocess(
             raise ValueError("preprocess: min_size needs max_size as well")
         hw = resized_hw(image.shape[0], image.shape[1], int(min_size), int(max_size))
         image = resize_image(image, hw, Image.BILINEAR)
-    x = (
-        torch.from_numpy(np.require(image, requirements=["C", "W"]))
-        .to(device)
-        .permute(2, 0, 1)
-        .to(torch.float32)
-    )
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32, device=x.device)[:, None, None]
-    x = (x - m) / s
+    pixels = torch.from_numpy(np.require(image, requirements=["C", "W"]))
+    if torch.device(device).type == "cpu":
+        x = pixels.permute(2, 0, 1).to(torch.float32)
+        m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        x = (x - m) / s
+    else:
+        # uint8 from pinned memory, copied without waiting; the statistics as scalars (the same
+        # float32 values), so nothing here synchronises with the device
+        x = pixels.pin_memory().to(device, non_blocking=True).permute(2, 0, 1).to(torch.float32)
+        x = torch.stack([(x[c] - float(mean[c])) / float(std[c]) for c in range(3)])
     if size_divisibility > 1:
         h, w = x.shape[1:]
         pad_h = (-h) % size_divisibility

@@ -6,7 +6,9 @@ patches one model instance:
 - _fast_decoder (the default): attention masks computed at their own resolution from resized
   pixel embeddings, one additive mask shared by the heads, fused attention, and only the top-k
   queries' final masks projected at 1/4 resolution. Same masks and scores up to float rounding
-  (tests/models/test_segment_fast_path.py).
+  (tests/models/test_segment_fast_path.py). It also runs the pixel decoder without its
+  host-to-device copy (_fast_pixel_decoder), so the whole fast forward pass runs on a GPU with no
+  synchronisation.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def _lean_mask_predictions(model: Any) -> Iterator[None]:
         attention_mask = F.interpolate(
             outputs_mask, size=attention_mask_target_size, mode="bilinear", align_corners=False
         )
-        attention_mask = attention_mask.sigmoid().flatten(2) < 0.5  # (B, Q, hw) bool
+        # float32 threshold (a no-op cast in a float32 model): in bfloat16 the sigmoid rounds every
+        # value within 2**-9 of 0.5 to 0.5, so logits just below 0 would not be blocked
+        attention_mask = attention_mask.float().sigmoid().flatten(2) < 0.5  # (B, Q, hw) bool
         attention_mask = (
             attention_mask.unsqueeze(1).expand(-1, predictor.num_heads, -1, -1).flatten(0, 1)
         )
@@ -73,6 +77,125 @@ def _supports_fast_decoder(model: Any) -> bool:
     )
 
 
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Fused attention ``softmax(q k^T * scale + mask) v`` over (B, heads, L, d) tensors.
+
+    torch's scaled-dot-product attention (its softmax accumulates in float32 whatever the inputs'
+    dtype); on CUDA a memory-efficient kernel, never the (heads, Q, K) weights.
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _cross_attention(
+    attn: torch.nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """``nn.MultiheadAttention(query, key, value, attn_mask=mask, need_weights=False)`` (seq-first
+    (L, B, E) tensors, no dropout) with :func:`_attend`: the same projections, one fused kernel.
+
+    ``mask``: additive, (Q, K) or (B, 1, Q, K), shared by the heads.
+    """
+    e, heads = attn.embed_dim, attn.num_heads
+    d = e // heads
+    if attn.in_proj_weight is not None:
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    else:
+        w_q, w_k, w_v = attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight
+    b_q, b_k, b_v = (None, None, None) if attn.in_proj_bias is None else attn.in_proj_bias.chunk(3)
+
+    def heads_first(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        length, batch = x.shape[:2]
+        return F.linear(x, w, b).view(length, batch, heads, d).permute(1, 2, 0, 3)
+
+    q = heads_first(query, w_q, b_q)
+    out = _attend(q, heads_first(key, w_k, b_k), heads_first(value, w_v, b_v), mask, d**-0.5)
+    length, batch = query.shape[:2]
+    return attn.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, e))
+
+
+@contextlib.contextmanager
+def _fast_pixel_decoder(model: Any) -> Iterator[None]:
+    """Inside the block, the pixel decoder runs transformers' forward without its host-to-device
+    copy of the feature-map shapes (a synchronisation on CUDA; the tensor it made only fed the
+    custom-kernel path, unused here). Same outputs, bit for bit."""
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerPixelDecoderOutput,
+    )
+
+    pixel_decoder = model.model.pixel_level_module.decoder
+
+    def forward(
+        features: list[torch.Tensor],
+        encoder_outputs: Any = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Any:
+        self = pixel_decoder
+        levels = self.num_feature_levels
+        inputs_embeds, position_embeddings = [], []
+        for level, x in enumerate(features[::-1][:levels]):
+            inputs_embeds.append(self.input_projections[level](x))
+            position_embeddings.append(self.position_embedding(x.shape, x.device, x.dtype))
+        masks = [
+            torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool)
+            for x in inputs_embeds
+        ]
+        spatial_shapes_list = [(int(e.shape[2]), int(e.shape[3])) for e in inputs_embeds]
+        input_embeds_flat = torch.cat([e.flatten(2).transpose(1, 2) for e in inputs_embeds], 1)
+        masks_flat = torch.cat([m.flatten(1) for m in masks], 1)
+        pos_flat = torch.cat(
+            [
+                e.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
+                for i, e in enumerate(position_embeddings)
+            ],
+            1,
+        )
+        valid_ratios = torch.stack(
+            [self.get_valid_ratio(m, dtype=input_embeds_flat.dtype) for m in masks], 1
+        )
+        encoder_outputs = self.encoder(
+            inputs_embeds=input_embeds_flat,
+            attention_mask=masks_flat,
+            position_embeddings=pos_flat,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=None,  # read only by the custom CUDA kernel, which is not used
+            valid_ratios=valid_ratios,
+            output_attentions=False,
+            output_hidden_states=False,
+            return_dict=True,
+        )
+        last = encoder_outputs.last_hidden_state
+        batch_size = last.shape[0]
+        sizes = [h * w for h, w in spatial_shapes_list]
+        outputs = [
+            x.transpose(1, 2).view(batch_size, -1, h, w)
+            for x, (h, w) in zip(torch.split(last, sizes, dim=1), spatial_shapes_list)
+        ]
+        for idx, feature in enumerate(features[: self.num_fpn_levels][::-1]):
+            current = self.lateral_convolutions[idx](feature)
+            out = current + F.interpolate(
+                outputs[-1], size=current.shape[-2:], mode="bilinear", align_corners=False
+            )
+            outputs.append(self.output_convolutions[idx](out))
+        return Mask2FormerPixelDecoderOutput(
+            mask_features=self.mask_projection(outputs[-1]),
+            multi_scale_features=tuple(outputs[:levels]),
+            attentions=None,
+        )
+
+    pixel_decoder.forward = forward
+    try:
+        yield
+    finally:
+        del pixel_decoder.forward  # back to the class's forward
+
+
 @contextlib.contextmanager
 def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.Tensor]]:
     """Inside the block, the masked-attention decoder runs a faster, equivalent forward (inference).
@@ -90,13 +213,20 @@ def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.T
       pixel embeddings are resized bilinearly once per resolution and then projected on the mask
       embeddings. Bilinear resizing is linear, so this equals projecting at 1/4 then resizing, at
       1/16 to 1/64 of the cost; intermediate 1/4-resolution masks are never computed;
-    - the attention mask is one (Q, hw) additive float mask shared by all heads (not a
+    - a position is blocked where its logit is < 0 (transformers: ``sigmoid < 0.5``, the same
+      except within ~3e-8 of 0; in bfloat16 the sigmoid rounds every value within 2**-9 of 0.5 to
+      0.5, the logit's sign is exact);
+    - the attention mask is one additive float mask shared by all heads (not a
       (B * heads, Q, hw) bool mask that the decoder sums, multiplies and MultiheadAttention turns
-      into floats again), and cross-attention runs with ``need_weights=False``, so torch's fused
-      scaled-dot-product attention is used instead of materialising per-head softmax weights;
+      into floats again), and cross-attention is one fused scaled-dot-product attention with
+      MultiheadAttention's own projections (:func:`_cross_attention`) instead of materialising
+      per-head softmax weights;
     - self-attention uses the same fused kernel (transformers' ``Mask2FormerAttention`` always
       materialises its (B * heads, Q, Q) weights);
     - the key ``features + position embedding`` of each level is built once, not once per layer.
+
+    Nothing in it copies between host and device (the CUDA test runs it under
+    ``torch.cuda.set_sync_debug_mode("error")``).
     """
     from transformers.models.mask2former.modeling_mask2former import (
         Mask2FormerMaskedAttentionDecoderOutput,
@@ -107,16 +237,13 @@ def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.T
     stash: dict[str, torch.Tensor] = {}
 
     def attention_mask(hidden: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Additive (Q, hw) mask (B = 1) or (B * heads, Q, hw): -inf where sigmoid(logit) < 0.5."""
+        """Additive (B, 1, Q, hw) mask: -inf where the mask logit is < 0 (sigmoid < 0.5)."""
         emb = predictor.mask_embedder(hidden.transpose(0, 1))  # (B, Q, C)
-        blocked = torch.bmm(emb, features).sigmoid_() < 0.5  # (B, Q, hw)
+        blocked = torch.bmm(emb, features) < 0  # (B, Q, hw)
         blocked &= ~blocked.all(-1, keepdim=True)  # a query that sees nothing attends everywhere
         mask = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
         mask.masked_fill_(blocked, float("-inf"))
-        if mask.shape[0] == 1:
-            return mask[0]  # broadcast over the heads by MultiheadAttention
-        heads = predictor.num_heads
-        return mask[:, None].expand(-1, heads, -1, -1).flatten(0, 1)
+        return mask[:, None]  # broadcast over the heads
 
     def self_attention(attn: Any, hidden: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         """``Mask2FormerAttention`` (no mask) with fused attention: (Q, B, E) -> (Q, B, E)."""
@@ -127,12 +254,10 @@ def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.T
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, q, attn.num_heads, attn.head_dim).transpose(1, 2)
 
-        out = torch.nn.functional.scaled_dot_product_attention(
-            heads(attn.q_proj(qk)),
-            heads(attn.k_proj(qk)),
-            heads(attn.v_proj(h)),
-            scale=attn.scaling,
-        )
+        out = _attend(
+            heads(attn.q_proj(qk)), heads(attn.k_proj(qk)), heads(attn.v_proj(h)), None,
+            attn.scaling,
+        )  # fmt: skip
         return attn.out_proj(out.transpose(1, 2).reshape(b, q, e)).transpose(0, 1)
 
     def forward(
@@ -174,13 +299,12 @@ def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.T
             level = idx % levels
             # masked cross-attention, then self-attention, then FFN (post-norm, as forward_post)
             residual = hidden
-            out, _ = layer.cross_attn(
-                query=hidden + query_position_embeddings,
-                key=keys[level],
-                value=encoder_hidden_states[level],
-                attn_mask=mask,
-                key_padding_mask=None,
-                need_weights=False,
+            out = _cross_attention(
+                layer.cross_attn,
+                hidden + query_position_embeddings,
+                keys[level],
+                encoder_hidden_states[level],
+                mask,
             )
             hidden = layer.cross_attn_layer_norm(residual + out)
             residual = hidden
@@ -213,6 +337,25 @@ def _fast_decoder(model: Any, *, full_masks: bool) -> Iterator[dict[str, torch.T
 
     decoder.forward = forward
     try:
-        yield stash
+        with _fast_pixel_decoder(model):
+            yield stash
     finally:
         del decoder.forward  # back to the class's forward
+
+
+@contextlib.contextmanager
+def _gather_sampling(model: Any, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, the pixel decoder's deformable attention layers (installed by
+    :func:`unsam.models.whole_image.precision.install_float32_steps`) sample with
+    :func:`~unsam.models.whole_image.precision.gather_sampling` (the fast path on the CPU)."""
+    layers = [m for m in model.modules() if hasattr(m, "sampling_offsets")]
+    if not enabled:
+        yield
+        return
+    for layer in layers:
+        layer.unsam_gather = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.unsam_gather = False

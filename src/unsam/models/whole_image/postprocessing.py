@@ -2,7 +2,23 @@
 class probabilities and 1/4-resolution mask logits -> the top masks, upsampled chunk by chunk to
 the image size, scored, encoded to RLE; the memory bound of one image; mask NMS.
 
-At most ``chunk_size`` full-resolution masks exist at any time, never ``num_queries x H x W``.
+At most ``chunk_size`` full-resolution float masks exist at any time, never ``num_queries x H x
+W``.
+
+Two forms of the same rule:
+
+- on the CPU, :func:`postprocess_masks` / :func:`postprocess_top_masks` upsample, score and encode
+  each chunk in turn (RLE leaves the chunk; the memory bound of :func:`memory_bound_bytes`);
+- on a GPU, :func:`postprocess_on_device` does everything up to the final binary masks on the
+  device with no host synchronisation (the masks leave it bit-packed, 1 bit a pixel), and
+  :meth:`DeviceMasks.to_host` copies them to the host and encodes RLE there. The two calls are
+  separate so that a caller can encode one image while the GPU works on the next.
+
+Steps that stay in float32 whatever the model's dtype (the logits are cast before the resize):
+the resize of the mask logits, the threshold (logit > ``mask_threshold``), the stability counts
+(thresholds +-1), the mean sigmoid inside the mask (a sum over up to millions of pixels), the
+foreground probability and the score product. bfloat16 would move the thresholded boundary by
+up to 2**-9 of a logit's size and round the sums.
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 
 from unsam.masks import (
     LogitResizePlan,
@@ -24,11 +41,15 @@ from unsam.models.whole_image.segment_config import SegmentConfig
 from unsam.records import encode_transposed_masks, rle_iou_matrix
 
 __all__ = [
+    "DeviceMasks",
     "ScoredMasks",
     "TopMasks",
     "memory_bound_bytes",
+    "pack_masks",
     "postprocess_masks",
+    "postprocess_on_device",
     "postprocess_top_masks",
+    "unpack_masks",
 ]
 
 
@@ -198,7 +219,7 @@ def _score_top_masks(
     rles: list[dict[str, Any]] = []
     plan: LogitResizePlan | None = None
     for start in range(0, k, chunk_size):
-        low = rows(start, start + chunk_size).float()
+        low = rows(start, start + chunk_size).float()  # float32 resize, threshold and scores
         if plan is None:
             plan = logit_resize_plan(low.shape[1:], padded_hw, valid_hw, out_hw, device=low.device)
         logits = resize_logits_transposed(low, plan)  # (n, W, H)
@@ -234,6 +255,155 @@ def _score_top_masks(
         .cpu()
         .numpy()
         .astype(np.float32),
+    )
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """(n, ...) bool -> (n, ceil(m / 8)) uint8, m the pixels of a mask in memory order: bit ``j %
+    8`` (least significant first) of byte ``j // 8`` is pixel ``j`` (numpy's
+    ``unpackbits(bitorder="little")`` inverts it). On the masks' device, no synchronisation."""
+    n = masks.shape[0]
+    flat = masks.reshape(n, -1)
+    pad = (-flat.shape[1]) % 8
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    # 1, 2, 4, ..., 128 made on the device (no host-to-device copy)
+    weights = torch.pow(2, torch.arange(8, device=flat.device)).to(torch.uint8)
+    return (flat.view(n, -1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def unpack_masks(packed: npt.NDArray[np.uint8], shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
+    """Inverse of :func:`pack_masks` on the host: (n, bytes) uint8 -> (n, *shape) bool."""
+    count = int(np.prod(shape))
+    bits = np.unpackbits(packed, axis=1, count=count, bitorder="little")
+    return bits.view(np.bool_).reshape(packed.shape[0], *shape)
+
+
+@dataclass
+class DeviceMasks:
+    """One image's masks after :func:`postprocess_on_device`: everything up to the final binary
+    masks, as tensors on the device (k masks, in descending foreground-probability order).
+
+    Attributes:
+        query_indices, class_probs, scores, areas, stability: (k,) tensors (int64, float32,
+            float32, int64, float32), as in :class:`ScoredMasks`.
+        packed: (k, ceil(H * W / 8)) uint8 bit-packed masks (:func:`pack_masks`), each mask in
+            COCO RLE's column-major order (the (W, H) transpose of the mask).
+        image_hw: (H, W).
+
+    :meth:`start_copy` queues the copy to (pinned) host memory without waiting; :meth:`to_host`
+    waits for this image's copy only, then unpacks and RLE-encodes on the CPU.
+    """
+
+    query_indices: torch.Tensor
+    class_probs: torch.Tensor
+    scores: torch.Tensor
+    areas: torch.Tensor
+    stability: torch.Tensor
+    packed: torch.Tensor
+    image_hw: tuple[int, int]
+    _host: dict[str, torch.Tensor] | None = None
+    _event: Any = None
+
+    def start_copy(self) -> DeviceMasks:
+        """Queue the device-to-host copies (non-blocking, into pinned memory) and record an event;
+        returns self. No synchronisation."""
+        if self._host is not None:
+            return self
+        names = ("query_indices", "class_probs", "scores", "areas", "stability", "packed")
+        if self.packed.device.type != "cuda":
+            self._host = {n: getattr(self, n).cpu() for n in names}
+            return self
+        host = {}
+        for name in names:
+            src = getattr(self, name)
+            dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+            dst.copy_(src, non_blocking=True)
+            host[name] = dst
+        self._host = host
+        self._event = torch.cuda.Event()
+        self._event.record(torch.cuda.current_stream(self.packed.device))
+        return self
+
+    def to_host(self) -> ScoredMasks:
+        """Wait for this image's copy (not for later work queued on the device), unpack the masks
+        and encode them as RLE on the CPU."""
+        self.start_copy()
+        if self._event is not None:
+            self._event.synchronize()
+        host = self._host
+        assert host is not None
+        h, w = self.image_hw
+        masks_t = unpack_masks(host["packed"].numpy(), (w, h))  # (k, W, H): RLE order
+        return ScoredMasks(
+            query_indices=host["query_indices"].numpy().astype(np.int64),
+            class_probs=host["class_probs"].numpy().astype(np.float32),
+            scores=host["scores"].numpy().astype(np.float32),
+            areas=host["areas"].numpy().astype(np.int64),
+            rles=encode_transposed_masks(masks_t),
+            stability=host["stability"].numpy().astype(np.float32),
+        )
+
+
+def postprocess_on_device(
+    top: TopMasks,
+    *,
+    image_hw: tuple[int, int],
+    mask_threshold: float = 0.0,
+    chunk_size: int = 16,
+    chunk_bytes: int | None = None,
+) -> DeviceMasks:
+    """:func:`postprocess_top_masks` up to the binary masks, on the masks' device (a GPU), with no
+    host synchronisation: chunk by chunk, the logits are cast to float32, upsampled bilinearly to
+    the padded input, cropped and resized to the image (the original's ``F.interpolate`` chain),
+    thresholded (area, SAM's stability score at +-1), scored (foreground probability x mean
+    sigmoid inside the mask) and bit-packed. Encode with :meth:`DeviceMasks.to_host`.
+
+    Equal to :func:`postprocess_top_masks` up to float rounding of the resize (~1e-6; the CPU form
+    applies the same chain as banded matrices).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_bytes is not None:
+        chunk_size = _chunk_for(chunk_size, chunk_bytes, image_hw, top.mask_logits.shape[-1])
+    h, w = int(image_hw[0]), int(image_hw[1])
+    vh, vw = top.valid_hw
+    logits_all = top.mask_logits
+    k = int(logits_all.shape[0])
+    device = logits_all.device
+    packed = torch.empty((k, (h * w + 7) // 8), dtype=torch.uint8, device=device)
+    areas = torch.empty(k, dtype=torch.int64, device=device)
+    inside = torch.empty(k, dtype=torch.float32, device=device)
+    stability = torch.empty(k, dtype=torch.float32, device=device)
+    for start in range(0, k, chunk_size):
+        stop = min(start + chunk_size, k)
+        # float32: resize, thresholds, stability counts and the in-mask sigmoid sum
+        low = logits_all[start:stop].float()[None]
+        up = F.interpolate(low, size=top.padded_hw, mode="bilinear", align_corners=False)
+        up = up[..., :vh, :vw]
+        if (vh, vw) != (h, w):
+            up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
+        logits = up[0].transpose(1, 2)  # (n, W, H): COCO RLE's column-major order
+        binary = logits > mask_threshold
+        areas[start:stop] = binary.sum((1, 2))
+        # SAM's stability score (offset 1.0 in logit units): the high mask lies inside the low one
+        high = (logits > mask_threshold + 1.0).sum((1, 2))
+        low_count = (logits > mask_threshold - 1.0).sum((1, 2))
+        stability[start:stop] = torch.where(
+            low_count > 0, high.double() / low_count.clamp(min=1).double(), 1.0
+        ).float()
+        inside[start:stop] = torch.where(binary, logits.sigmoid(), 0.0).sum((1, 2))
+        packed[start:stop] = pack_masks(binary.contiguous())
+    probs = top.class_probs.float()
+    scores = probs * inside / (areas.to(inside.dtype) + 1e-6)
+    return DeviceMasks(
+        query_indices=top.query_indices,
+        class_probs=probs,
+        scores=scores,
+        areas=areas,
+        stability=stability,
+        packed=packed,
+        image_hw=(h, w),
     )
 
 

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from unsam.config import config_to_dict
 from unsam.models.whole_image.loading import resolve_model_folder
 from unsam.models.whole_image.segment_config import SegmentConfig
-from unsam.models.whole_image.segmenter import WholeImageSegmenter
+from unsam.models.whole_image.segmenter import PendingMasks, WholeImageSegmenter
 from unsam.records import MaskRecord
 
 __all__ = [
@@ -31,6 +31,9 @@ class SegmenterProducer:
         self._segmenter: WholeImageSegmenter | None = None
 
     def settings(self) -> dict[str, Any]:
+        """What the run's outputs depend on (a resume with other settings is refused): the model
+        and the segment settings, ``dtype`` included; not ``device`` (where the model runs: a run
+        started on the CPU may be resumed on a GPU)."""
         model = self.model
         path = Path(model)
         if path.is_dir():
@@ -40,15 +43,24 @@ class SegmenterProducer:
                 pass
         elif path.is_file():
             model = str(path.resolve())
-        return {"producer": "whole-image", "model": model, "segment": config_to_dict(self.config)}
+        segment = config_to_dict(self.config)
+        segment.pop("device", None)
+        return {"producer": "whole-image", "model": model, "segment": segment}
 
     def setup(self) -> None:
         if self._segmenter is None:
             self._segmenter = WholeImageSegmenter.from_pretrained(self.model, config=self.config)
 
     def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int) -> list[MaskRecord]:
+        return self.predict_masks(image, image_id=image_id).to_records()
+
+    def predict_masks(self, image: npt.NDArray[np.uint8], *, image_id: int) -> PendingMasks:
+        """The device part of one image (:meth:`WholeImageSegmenter.predict_masks`); its
+        ``to_records()`` is the host part (RLE encoding), which a runner may overlap with the
+        next image's device part."""
         self.setup()
-        return self._segmenter(image, image_id=image_id)  # type: ignore[misc]
+        assert self._segmenter is not None
+        return self._segmenter.predict_masks(image, image_id=image_id)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

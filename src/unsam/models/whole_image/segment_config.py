@@ -51,7 +51,16 @@ class SegmentConfig:
         "max(chunk_megabytes MiB, 12 * H * W + 4 * H * w bytes) on top of the model's",
     )
     device: str = param(
-        "cpu", "torch device for the model and the upsampling, e.g. cpu, cuda, cuda:1, mps"
+        "cpu",
+        'where the model and the post-processing run: "auto" (CUDA when PyTorch sees a GPU), '
+        '"cpu", "cuda" or "cuda:N" (unsam.runtime.resolve_device; the CLI\'s --device, default '
+        "auto)",
+    )
+    dtype: str = param(
+        "float32",
+        "the model's weights and activations: float32 (the official code's numerics) or bfloat16 "
+        "(faster on CPUs with AVX-512 BF16 / AMX and on GPUs); the class softmax, scores, mask "
+        "resize, thresholds and stability stay float32 (the CLI's --dtype)",
     )
 
     def __post_init__(self) -> None:
@@ -84,3 +93,7 @@ class SegmentConfig:
             raise ValueError(
                 f"SegmentConfig.device must be a device name such as 'cpu', got {self.device!r}"
             )
+        from unsam.runtime import dtype_name, resolve_dtype
+
+        # the canonical name ("bf16" -> "bfloat16"), so that run settings compare equal
+        object.__setattr__(self, "dtype", dtype_name(resolve_dtype(self.dtype)))
