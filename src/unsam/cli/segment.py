@@ -19,6 +19,7 @@ from unsam.cli.common import (
 from unsam.models.whole_image.loading import HUB_ID
 from unsam.models.whole_image.producer import SegmenterProducer
 from unsam.models.whole_image.segment_config import SegmentConfig
+from unsam.runtime import add_device_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.set_defaults(overlay_min_score=0.5)  # as the original demo: confident masks only
     g = parser.add_argument_group("whole-image model settings")
-    add_config_arguments(g, SegmentConfig)
+    add_device_arguments(g)
+    add_config_arguments(g, SegmentConfig, skip=("device", "dtype"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,10 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("self-training settings"), SelfTrainConfig)
     from unsam.models.whole_image.segment_config import SegmentConfig
+    from unsam.runtime import add_device_arguments
 
-    add_config_arguments(
-        parser.add_argument_group("segmenter settings"), SegmentConfig, prefix="segment-"
-    )
+    g = parser.add_argument_group("segmenter settings")
+    add_device_arguments(g)
+    add_config_arguments(g, SegmentConfig, prefix="segment-", skip=("device", "dtype"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
             args.images,
             args.output,
             config_from_args(SelfTrainConfig, args),
-            config_from_args(SegmentConfig, args, prefix="segment_"),
+            config_from_args(
+                SegmentConfig, args, prefix="segment_", device=args.device, dtype=args.dtype
+            ),
             workers=args.workers,
             progress=progress,
         )

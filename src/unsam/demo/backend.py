@@ -405,7 +405,11 @@ class DemoBackend:
     def _load_whole_image(self, path: Path) -> Any:
         from unsam.models.whole_image import WholeImageSegmenter
 
-        return WholeImageSegmenter.from_pretrained(path, device=self.device)
+        # the whole-image path runs where and in the precision the backend was asked for; the
+        # segmenter keeps them (seg.device, seg.dtype)
+        return WholeImageSegmenter.from_pretrained(
+            path, device=self.device, dtype=getattr(self, "dtype", None)
+        )
 
     # --- descriptions -------------------------------------------------------------------------
     @property
