@@ -30,6 +30,7 @@ __all__ = [
     "DTYPES",
     "DEVICE_HELP",
     "DTYPE_HELP",
+    "TRAINING_DTYPE_HELP",
     "resolve_device",
     "resolve_dtype",
     "dtype_name",
@@ -49,6 +50,12 @@ DTYPE_HELP = (
     "network weights and activations: float32 (default, equal to the official code) or bfloat16 "
     "(several times faster on CPUs with AVX-512 BF16 / AMX and on GPUs; masks agree closely, see "
     "docs/benchmarks.md)"
+)
+TRAINING_DTYPE_HELP = (
+    "training precision: float32 (default for a new run; --resume keeps the run's own) or "
+    "bfloat16, which means autocast mixed precision: float32 master weights and AdamW state, "
+    "matrix products in bfloat16 (AdamW cannot train bfloat16 weights reliably: small updates "
+    "vanish below their rounding)"
 )
 
 
@@ -118,13 +125,25 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def add_device_arguments(
-    parser: argparse.ArgumentParser | Any, *, dtype: bool = True, device_default: str = "auto"
+    parser: argparse.ArgumentParser | Any,
+    *,
+    dtype: bool = True,
+    device_default: str = "auto",
+    training: bool = False,
 ) -> None:
-    """Add ``--device`` (and ``--dtype`` unless ``dtype=False``) with the shared help texts."""
+    """Add ``--device`` (and ``--dtype`` unless ``dtype=False``) with the shared help texts.
+
+    ``training=True`` (``train``, ``train-promptable``): ``--dtype`` gets
+    :data:`TRAINING_DTYPE_HELP` and no parsed default (absent unless given), so a new run uses its
+    config's float32 and ``--resume`` keeps the run's stored dtype.
+    """
     parser.add_argument("--device", default=device_default, metavar="DEVICE", help=DEVICE_HELP)
     if dtype:
         parser.add_argument(
-            "--dtype", default="float32", choices=sorted(DTYPES), help=DTYPE_HELP
+            "--dtype",
+            default=argparse.SUPPRESS if training else "float32",
+            choices=sorted(DTYPES),
+            help=TRAINING_DTYPE_HELP if training else DTYPE_HELP,
         )
 
 

@@ -25,7 +25,7 @@ def test_defaults_are_the_papers() -> None:
     assert c.resolved_crop_size == 1024
     assert TrainConfig(config="tiny").resolved_crop_size < 1024
     assert c.max_masks_per_image == 500
-    assert c.hflip and not c.scale_jitter and not c.bf16
+    assert c.hflip and not c.scale_jitter and c.dtype == "float32"
     assert c.device == "cpu"
     assert LR_STEP_FRACTIONS == (0.88888, 0.96296)
 

@@ -163,7 +163,8 @@ def test_resume_with_another_model_size_is_refused(
 
 def test_bf16_autocast_step_runs(shapes: tuple[Path, Path], tmp_path: Path) -> None:
     ann, images = shapes
-    result = train(dataclasses.replace(TINY, max_steps=1, bf16=True), ann, images, tmp_path / "run")
+    config = dataclasses.replace(TINY, max_steps=1, dtype="bfloat16")
+    result = train(config, ann, images, tmp_path / "run")
     rows = read_loss_csv(tmp_path / "run" / "loss.csv")
     assert [r["step"] for r in rows] == [1] and np.isfinite(result.final_loss)
     assert result.final_loss == pytest.approx(rows[0]["loss"], rel=1e-5)

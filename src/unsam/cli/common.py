@@ -503,7 +503,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_cls: type) ->
         ),
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_arguments(parser.add_argument_group("training settings"), config_cls)
+    from unsam.runtime import add_device_arguments
+
+    t = parser.add_argument_group("training settings")
+    add_device_arguments(t, training=True)
+    t.add_argument(  # the flag of runs before --dtype, kept for old command lines
+        "--bf16", dest="dtype", action="store_const", const="bfloat16", help=argparse.SUPPRESS
+    )
+    add_config_arguments(t, config_cls, skip=("device", "dtype"))
 
 
 def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:

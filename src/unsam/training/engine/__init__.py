@@ -49,9 +49,16 @@ from unsam.training.engine.run_files import (
     read_loss_csv,
     read_train_config,
     resolve_training_run,
+    upgrade_train_values,
     write_loss_plot,
 )
-from unsam.training.engine.trainer import NonFiniteLossError, StepLog, Trainer, TrainResult
+from unsam.training.engine.trainer import (
+    NonFiniteLossError,
+    StepLog,
+    Trainer,
+    TrainResult,
+    mixed_precision,
+)
 
 __all__ = [
     "LOSS_CSV_HEADER",
@@ -68,8 +75,10 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "lr_factor",
+    "mixed_precision",
     "read_loss_csv",
     "read_train_config",
     "resolve_training_run",
+    "upgrade_train_values",
     "write_loss_plot",
 ]

@@ -17,7 +17,11 @@ import torch
 from torch import nn
 
 from unsam.config import config_to_dict
-from unsam.training.engine.run_files import checkpoint_dir, list_checkpoints
+from unsam.training.engine.run_files import (
+    checkpoint_dir,
+    list_checkpoints,
+    upgrade_train_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +131,9 @@ def _check_resume_config(
     exact_fields: tuple[str, ...],
 ) -> None:
     """Refuse a resume that changes a ``fixed`` setting; warn (naming them) about other changes,
-    and say which of them (``exact_fields``) make the run differ from an uninterrupted one."""
+    and say which of them (``exact_fields``) make the run differ from an uninterrupted one. A
+    checkpoint written before ``dtype`` existed is read with :func:`upgrade_train_values`."""
+    saved = upgrade_train_values(saved)
     for key in fixed:
         if saved.get(key) != getattr(config, key):
             raise ValueError(
@@ -136,7 +142,8 @@ def _check_resume_config(
                 f"{getattr(config, key)!r}; resume with the same value or start a new --output"
             )
     now = config_to_dict(config)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    # where a run trains is not one of its settings: a run may move between machines
+    changed = [k for k in now if k in saved and saved[k] != now[k] and k != "device"]
     if changed:
         inexact = [k for k in changed if k in exact_fields]
         logger.warning(

@@ -28,6 +28,7 @@ __all__ = [
     "read_loss_csv",
     "read_train_config",
     "resolve_training_run",
+    "upgrade_train_values",
     "write_loss_plot",
 ]
 
@@ -67,6 +68,17 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
+def upgrade_train_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored training config (``train_config.json``'s ``"train"``, a checkpoint's ``"config"``)
+    in today's field names: ``bf16: true / false`` (before ``--dtype``) becomes ``dtype:
+    "bfloat16" / "float32"``, so runs written before keep resuming."""
+    values = dict(values)
+    if "bf16" in values:
+        legacy = values.pop("bf16")
+        values.setdefault("dtype", "bfloat16" if legacy else "float32")
+    return values
+
+
 def read_train_config(
     run_dir: str | os.PathLike[str], config_cls: type, command: str
 ) -> tuple[Any, dict[str, Any]]:
@@ -84,6 +96,7 @@ def read_train_config(
         values = dict(record["train"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid train_config.json ({exc})") from None
+    values = upgrade_train_values(values)
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - names)
     if unknown:

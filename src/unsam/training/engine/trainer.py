@@ -42,7 +42,7 @@ from unsam.training.engine.run_files import (
     write_loss_plot,
 )
 
-__all__ = ["NonFiniteLossError", "StepLog", "TrainResult", "Trainer"]
+__all__ = ["NonFiniteLossError", "StepLog", "TrainResult", "Trainer", "mixed_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+def mixed_precision(config: Any) -> bool:
+    """Whether a training config asks for bfloat16 autocast (``dtype="bfloat16"``)."""
+    from unsam.runtime import resolve_dtype
+
+    return resolve_dtype(getattr(config, "dtype", "float32")) == torch.bfloat16
 
 
 def _build_dataset(
@@ -165,7 +170,11 @@ def _run_steps(
     """Optimiser steps up to ``max_steps`` (``compute_loss(batch)`` gives each step's loss),
     logging each and checkpointing every ``checkpoint_every`` (``saver``: what
     ``save_pretrained`` is called on, default the model); returns (last step, last loss)."""
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    # --dtype bfloat16 in training is autocast mixed precision: float32 master weights and AdamW
+    # state, matrix products in bfloat16 (AdamW on bfloat16 weights loses small updates)
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(config)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     step = start_step
     last_loss: float | None = None
@@ -259,7 +268,7 @@ class Trainer(abc.ABC):
     Args:
         config: the trainer's frozen settings dataclass; the engine reads ``seed``, ``device``,
             ``max_steps``, ``batch_size``, ``lr`` (and the other schedule and optimiser fields),
-            ``max_masks_per_image``, ``hflip``, ``bf16``, ``grad_clip``, ``checkpoint_every``,
+            ``max_masks_per_image``, ``hflip``, ``dtype``, ``grad_clip``, ``checkpoint_every``,
             ``keep_checkpoints`` and ``num_workers``.
     """
 
@@ -399,7 +408,7 @@ class Trainer(abc.ABC):
                 dataset.num_images,
                 bad,
                 start_step,
-                extra=self.run_record,
+                extra={**(self.run_record or {}), "device": str(device), "backend": info.backend},
             )
         compute_loss = self.loss_function(model, info, device)
         loader = _build_loader(
@@ -413,15 +422,17 @@ class Trainer(abc.ABC):
         batches = iter(loader)
         _restore_rng(state, config, start_step, info)  # last, right before the first step
         logger.info(
-            "training %s on %d image(s) from step %d to %d, batch %d over %d process(es), "
-            "device %s",
+            "training %s on %d image(s) from step %d to %d, batch %d over %d process(es)%s, "
+            "device %s, %s",
             self.name,
             dataset.num_images,
             start_step,
             config.max_steps,
             config.batch_size,
             info.world_size,
+            f" ({info.backend})" if info.backend else "",
             device,
+            "bfloat16 autocast" if mixed_precision(config) else "float32",
         )
         step, last_loss = _run_steps(
             compute_loss,

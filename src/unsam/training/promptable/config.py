@@ -90,8 +90,11 @@ class PromptableTrainConfig:
     deep_supervision: bool = param(
         True, "same losses on every auxiliary decoder layer (same matching)"
     )
-    bf16: bool = param(
-        False, "bfloat16 autocast for the forward pass (the original used fp16 AMP on GPU)"
+    dtype: Literal["float32", "bfloat16"] = param(
+        "float32",
+        "training precision: float32, or bfloat16 = autocast mixed precision (float32 master "
+        "weights and AdamW state, matrix products in bfloat16; AdamW cannot train bfloat16 "
+        "weights reliably). Replaces the bf16 flag of older runs, which still resume",
     )
     checkpoint_every: int = param(
         5000, "save a resumable checkpoint every N steps (and at the end)"
@@ -100,10 +103,16 @@ class PromptableTrainConfig:
     seed: int = param(0, "seed of data order, augmentation, clicks, point sampling and init")
     num_workers: int = param(0, "data-loading worker processes per training process")
     device: str = param(
-        "cpu", 'torch device, e.g. "cpu" or "cuda" (each torchrun process uses cuda:LOCAL_RANK)'
+        "cpu",
+        'where training runs: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; each '
+        "torchrun process on CUDA uses cuda:LOCAL_RANK (the CLI's --device, default auto)",
     )
 
     def __post_init__(self) -> None:
+        from unsam.runtime import dtype_name, resolve_dtype
+
+        # "bf16" / torch.bfloat16 -> "bfloat16", so that stored settings compare equal
+        object.__setattr__(self, "dtype", dtype_name(resolve_dtype(self.dtype)))
         for name in (
             "max_steps",
             "batch_size",

@@ -78,7 +78,7 @@ _EXACT_FIELDS = (
     "max_scale",
     "num_clicks",
     "num_points",
-    "bf16",
+    "dtype",
 )
 _NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 _BACKBONE_PREFIXES = ("backbone.",)

@@ -109,8 +109,11 @@ class TrainConfig:
     )
     min_scale: float = param(0.1, "smallest scale of the jitter, relative to crop_size")
     max_scale: float = param(2.0, "largest scale of the jitter, relative to crop_size")
-    bf16: bool = param(
-        False, "bfloat16 autocast for forward and loss (the original used fp16 AMP on GPU)"
+    dtype: Literal["float32", "bfloat16"] = param(
+        "float32",
+        "training precision: float32, or bfloat16 = autocast mixed precision (float32 master "
+        "weights and AdamW state, matrix products in bfloat16; AdamW cannot train bfloat16 "
+        "weights reliably). Replaces the bf16 flag of older runs, which still resume",
     )
     checkpoint_every: int = param(
         5000, "save a resumable checkpoint every N steps (and at the end)"
@@ -119,10 +122,17 @@ class TrainConfig:
     seed: int = param(0, "seed of data order, augmentation, matcher point sampling and init")
     num_workers: int = param(0, "data-loading worker processes per training process")
     device: str = param(
-        "cpu", 'torch device, e.g. "cpu" or "cuda" (each torchrun process uses cuda:LOCAL_RANK)'
+        "cpu",
+        'where training runs: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; each '
+        "torchrun process on CUDA uses cuda:LOCAL_RANK (the CLI's --device, default auto)",
     )
 
     def __post_init__(self) -> None:
+        from unsam.runtime import dtype_name, resolve_dtype
+
+        # "bf16" / torch.bfloat16 -> "bfloat16", so that stored settings compare equal
+        object.__setattr__(self, "dtype", dtype_name(resolve_dtype(self.dtype)))
+
         def positive(name: str, value: float) -> None:
             if not value > 0:
                 raise ValueError(f"TrainConfig.{name}={value} must be > 0")

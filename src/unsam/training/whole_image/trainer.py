@@ -62,7 +62,7 @@ _EXACT_FIELDS = (
     "max_masks_per_image",
     "hflip",
     "scale_jitter",
-    "bf16",
+    "dtype",
 )
 
 
@@ -200,7 +200,11 @@ class WholeImageTrainer(Trainer):
 
             load_backbone_init(model, config.backbone_init)
         freeze_batchnorm(model)
-        return model
+        # position embeddings and deformable-attention sampling in float32 under --dtype
+        # bfloat16 autocast, as the original's mixed precision (a no-op in float32)
+        from unsam.models.whole_image.precision import install_float32_steps
+
+        return install_float32_steps(model)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return build_param_groups(model, self.config)
