@@ -508,7 +508,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_cls: type) ->
     t = parser.add_argument_group("training settings")
     add_device_arguments(t, training=True)
     t.add_argument(  # the flag of runs before --dtype, kept for old command lines
-        "--bf16", dest="dtype", action="store_const", const="bfloat16", help=argparse.SUPPRESS
+        "--bf16",
+        dest="dtype",
+        action="store_const",
+        const="bfloat16",
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
     )
     add_config_arguments(t, config_cls, skip=("device", "dtype"))
 

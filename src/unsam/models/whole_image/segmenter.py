@@ -241,6 +241,10 @@ class WholeImageSegmenter:
         #: the dtype of the model's weights and activations
         self.dtype = resolve_dtype(config.dtype)
         self.model = _prepare_model(model, self.device, self.dtype)
+        #: post-process on the model's device up to bit-packed masks (:func:`postprocess_on_device`)
+        #: and encode on the host afterwards; True on CUDA. On the CPU the chunked form (RLE per
+        #: chunk, bounded memory) is used.
+        self.device_postprocessing = self.device.type == "cuda"
         self.source: str | None = None
 
     @classmethod
@@ -444,7 +448,7 @@ class WholeImageSegmenter:
         cfg = self.config
         image_hw = (int(image.shape[0]), int(image.shape[1]))
         use_reference = reference or not _supports_fast_decoder(self.model)
-        if self.device.type != "cuda":
+        if not self.device_postprocessing:
             if use_reference:
                 logits = self.predict_logits(image, reference=True)
                 return PendingMasks(self, image_id, image_hw, logits=logits)
