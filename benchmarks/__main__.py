@@ -33,7 +33,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "dino_speed": ("dino_speed.py", [], ["--quick"]),
     "cutler_speed": ("cutler_speed.py", ["--repeats", "3"], ["--quick"]),
     "cascadepsp_speed": ("cascadepsp_speed.py", ["--repeats", "3"], ["--repeats", "1"]),
-    "segment_speed": ("segment_speed.py", [], []),
+    "segment_speed": ("segment_speed.py", [], ["--quick"]),
+    "train_speed": ("train_speed.py", [], ["--quick"]),
     "prompt_speed": ("prompt_speed.py", [], ["--image-repeats", "1", "--click-repeats", "5"]),
     "released_pipeline_speed": ("released_pipeline_speed.py", [], ["--quick"]),
     "ray_scaling": (

@@ -215,6 +215,146 @@ def _cascadepsp(d: dict[str, Any]) -> Table:
 
 
 def _segment(d: dict[str, Any]) -> Table:
+    """segment_speed.json: unsam r50 and SAM ViT-B AMG, each in float32 and bfloat16 (one run)."""
+    if "r50_inference" in d:  # written before the dtype / device benchmark
+        return _segment_float32_only(d)
+    unsam = d.get("unsam") or {}
+    sam = d.get("sam_amg") or {}
+    ratios = d.get("ratios") or {}
+    where = "GPU" if d.get("device") == "cuda" else "CPU"
+    names = {"float32": "float32", "bfloat16": "bf16"}
+
+    def u(dtype: str, key: str) -> Any:
+        return _get(unsam, dtype, key)
+
+    def sm(dtype: str, key: str) -> Any:
+        return _get(sam, dtype, key)
+
+    first = next(iter(unsam.values()), {})
+    rows = []
+    for ud in ("bfloat16", "float32"):
+        for sd in ("float32", "bfloat16"):
+            if u(ud, "total_s_per_image") is None or sm(sd, "total_s_per_image") is None:
+                continue
+            rows.append(
+                Row(
+                    f"r50 whole-image model in {names[ud]}, {_hw(d.get('image_hw'))} image, top "
+                    f"{first.get('max_masks', '?')} of {first.get('num_queries', '?')} queries",
+                    "s/image",
+                    u(ud, "total_s_per_image"),
+                    sm(sd, "total_s_per_image"),
+                    f"SAM ViT-B automatic masks (32×32 points) in {names[sd]}",
+                    ratio=ratios.get(f"sam_{sd}_over_unsam_{ud}"),
+                )
+            )
+    rows.append(
+        Row(
+            "r50 in bf16",
+            "s/image",
+            u("bfloat16", "total_s_per_image"),
+            u("float32", "total_s_per_image"),
+            "r50 in float32",
+        )
+    )
+    if u("bfloat16", "pipelined_s_per_image") is not None:
+        rows.append(
+            Row(
+                "r50 in bf16, pipelined (the next image's GPU part queued before this one's RLE)",
+                "s/image",
+                u("bfloat16", "pipelined_s_per_image"),
+                u("bfloat16", "total_s_per_image"),
+                "r50 in bf16, one image at a time",
+            )
+        )
+    rows.append(
+        Row(
+            "r50 in float32, fast path",
+            "s/image",
+            u("float32", "total_s_per_image"),
+            u("float32", "reference_total_s_per_image"),
+            "r50 in float32, reference path (transformers' decoder)",
+        )
+    )
+    for dtype in ("bfloat16", "float32"):
+        if dtype not in unsam:
+            continue
+        part = "network + GPU post-processing" if where == "GPU" else "network"
+        rows.append(
+            Row(f"r50 {names[dtype]}, of which {part}", "s/image", u(dtype, "device_part_s"),
+                compare=False)
+        )  # fmt: skip
+        host = "copy + RLE on the CPU" if where == "GPU" else "upsampling, scores, RLE"
+        rows.append(
+            Row(f"r50 {names[dtype]}, of which {host}", "s/image", u(dtype, "host_part_s"),
+                compare=False)
+        )  # fmt: skip
+    kind = first.get("peak_memory_kind", "peak memory")
+    rows.append(
+        Row(
+            f"r50 peak memory ({kind}), bf16",
+            "MiB",
+            u("bfloat16", "peak_memory_mib"),
+            u("float32", "peak_memory_mib"),
+            "float32",
+            compare=False,
+        )
+    )
+    for dtype in ("bfloat16", "float32"):
+        if dtype in sam:
+            rows.append(
+                Row(f"SAM ViT-B {names[dtype]}, image encoder", "s/image", sm(dtype, "encoder_s"),
+                    compare=False)
+            )  # fmt: skip
+            rows.append(
+                Row(
+                    f"SAM ViT-B {names[dtype]}, mask decoder + AMG post-processing over the grid",
+                    "s/image",
+                    (sm(dtype, "decoder_s") or 0.0) + (sm(dtype, "postprocess_s") or 0.0),
+                    compare=False,
+                )
+            )
+    agree = d.get("agreement") or {}
+    if agree:
+        n = f"{agree.get('photos', '?')} real photos, {agree.get('masks_matched', '?')} masks"
+        share = agree.get("identical_share")
+        at_least = agree.get("share_iou_at_least_0.9")
+        rows += [
+            Row(f"bf16 vs float32 masks ({n}): mean IoU of masks matched one to one", "IoU",
+                agree.get("matched_mean_iou"), compare=False),
+            Row("bf16 vs float32: masks identical", "%", None if share is None else 100 * share,
+                compare=False),
+            Row("bf16 vs float32: masks with IoU >= 0.9", "%",
+                None if at_least is None else 100 * at_least, compare=False),
+            Row("bf16 vs float32: mean best IoU of each float32 mask", "IoU",
+                agree.get("mean_best_iou"), compare=False),
+            Row("bf16 vs float32: score difference, mean / max", "score",
+                agree.get("score_diff_mean"), agree.get("score_diff_max"), "max", compare=False),
+        ]  # fmt: skip
+    mem = d.get("memory_4000x3000")
+    if mem:
+        rows.append(
+            Row("r50 on a 4000×3000 photo, peak resident memory", "GiB", mem.get("peak_rss_gib"))
+        )
+    kernel = d.get("kernel") or {}
+    note = ""
+    if kernel:
+        note = (
+            f"CPU bf16 kernel: {kernel.get('bf16_kernel', '?')} (oneDNN ran "
+            f"{kernel.get('onednn_kernels') or '?'})."
+        )
+    if d.get("quick"):
+        note = (note + " " if note else "") + "A --quick dry run: small inputs, not the goals'."
+    return Table(
+        "segment_speed",
+        f"Whole-image model against SAM's automatic mask generator on the {where}, each in float32 "
+        "and bfloat16, and the agreement of bf16 with float32 (random weights). Goal: r50 bf16 "
+        f">= {10 if where == 'CPU' else 5}× SAM ViT-B AMG.",
+        rows,
+        note,
+    )
+
+
+def _segment_float32_only(d: dict[str, Any]) -> Table:
     inf = d.get("r50_inference") or {}
     sam = d.get("sam_amg") or {}
     rows = [
@@ -267,6 +407,51 @@ def _segment(d: dict[str, Any]) -> Table:
         "segment_speed",
         "Whole-image model inference against SAM's automatic mask generator, and training steps "
         "(random weights).",
+        rows,
+        note,
+    )
+
+
+def _train(d: dict[str, Any]) -> Table:
+    """train_speed.json: images/s of the real trainer steps, bf16 autocast against float32."""
+    where = "GPU" if d.get("device") == "cuda" else "CPU"
+    crop = d.get("crop", "?")
+    rows = []
+    for name, label in (("r50", "whole-image r50"), ("swin_t", "promptable swin_t")):
+        per = _get(d, "models", name) or {}
+        bf16, fp32 = per.get("bfloat16") or {}, per.get("float32") or {}
+        if not (bf16 or fp32):
+            continue
+        batch = bf16.get("batch", fp32.get("batch", "?"))
+        rows.append(
+            Row(
+                f"{label} training step in bf16 autocast, {crop}² crops, batch {batch}, "
+                f"{d.get('masks_per_image', '?')} masks/image",
+                "images/s",
+                bf16.get("images_per_s"),
+                fp32.get("images_per_s"),
+                "float32",
+            )
+        )
+        if name == "r50" and where == "GPU" and bf16:
+            rows.append(
+                Row("r50 bf16 against the goal on one H200", "images/s",
+                    bf16.get("images_per_s"), 16.0, "goal", compare=False)
+            )  # fmt: skip
+        rows.append(
+            Row(f"{label}, s/step in bf16", "s/step", bf16.get("s_per_step"),
+                fp32.get("s_per_step"), "float32", compare=False)
+        )  # fmt: skip
+        kind = bf16.get("peak_memory_kind", fp32.get("peak_memory_kind", "peak memory"))
+        rows.append(
+            Row(f"{label}, peak memory ({kind}) in bf16", "MiB", bf16.get("peak_memory_mib"),
+                fp32.get("peak_memory_mib"), "float32", compare=False)
+        )  # fmt: skip
+    note = "A --quick dry run: small crops, not the goals'." if d.get("quick") else ""
+    return Table(
+        "train_speed",
+        f"Training throughput on the {where} through the real trainers' steps (forward, matcher, "
+        "losses, backward, AdamW; random weights), bf16 autocast against float32.",
         rows,
         note,
     )
@@ -387,6 +572,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], Table]] = {
     "cutler_speed": _cutler,
     "cascadepsp_speed": _cascadepsp,
     "segment_speed": _segment,
+    "train_speed": _train,
     "prompt_speed": _prompt,
     "released_pipeline_speed": _released,
     "ray_scaling": _ray,

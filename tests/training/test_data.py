@@ -208,9 +208,9 @@ def test_collate_targets_for_transformers(tmp_path: Path) -> None:
     assert batch["pixel_mask"].dtype == torch.int64
     assert batch["pixel_mask"][0, :40, :50].all() and batch["pixel_mask"][0, 40:].sum() == 0
     for m, c, s in zip(batch["mask_labels"], batch["class_labels"], (ds[0], ds[1])):
-        assert m.dtype == torch.float32 and m.shape == (len(s.masks), 64, 64)
+        assert m.dtype == torch.bool and m.shape == (len(s.masks), 64, 64)
         assert c.dtype == torch.int64 and c.tolist() == [0] * len(s.masks)
-        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(m, torch.from_numpy(s.masks))
 
 
 def test_check_images_names_the_bad_file(tmp_path: Path) -> None:

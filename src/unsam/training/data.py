@@ -377,7 +377,8 @@ def collate(
 
     Returns:
         ``pixel_values`` (B, 3, S, S) float32 normalised, ``pixel_mask`` (B, S, S) int64 (1 = image,
-        0 = padding), ``mask_labels`` list of (n_i, S, S) float32, ``class_labels`` list of (n_i,)
+        0 = padding), ``mask_labels`` list of (n_i, S, S) bool (the loss takes them as float32 once
+        on its device: a quarter of the bytes to copy to a GPU), ``class_labels`` list of (n_i,)
         int64 zeros, ``image_ids`` list of int, ``positions`` list of int.
     """
     if not samples:
@@ -392,7 +393,7 @@ def collate(
     return {
         "pixel_values": (images - m) / sd,
         "pixel_mask": pixel_mask,
-        "mask_labels": [torch.from_numpy(s.masks).float() for s in samples],
+        "mask_labels": [torch.from_numpy(np.ascontiguousarray(s.masks, bool)) for s in samples],
         "class_labels": [torch.zeros(len(s.masks), dtype=torch.int64) for s in samples],
         "image_ids": [s.image_id for s in samples],
         "positions": [s.position for s in samples],

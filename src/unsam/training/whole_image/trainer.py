@@ -140,7 +140,8 @@ def _mask2former_loss(
         out = net(
             pixel_values=batch["pixel_values"].to(device, non_blocking=True),
             pixel_mask=batch["pixel_mask"].to(device, non_blocking=True),
-            mask_labels=[m.to(device, non_blocking=True) for m in batch["mask_labels"]],
+            # bool on the host, float32 on the device (a quarter of the bytes to copy)
+            mask_labels=[m.to(device, non_blocking=True).float() for m in batch["mask_labels"]],
             class_labels=[c.to(device, non_blocking=True) for c in batch["class_labels"]],
         )
         return out.loss
