@@ -123,6 +123,33 @@ def test_bfloat16_model_runs_its_named_steps_in_float32(monkeypatch) -> None:
     assert class_logits.dtype is torch.float32
 
 
+@pytest.mark.parametrize(
+    ("shapes", "batch"),
+    [
+        ([(8, 11), (16, 22), (32, 43)], 1),
+        ([(3, 5), (6, 9), (12, 17)], 2),
+        ([(1, 1), (2, 3), (5, 4)], 1),
+    ],
+)
+def test_gather_sampling_equals_grid_sample(shapes, batch) -> None:
+    """The CPU fast path's deformable sampling against transformers' grid_sample code, with
+    points inside, on the border and far outside the maps (weight 0)."""
+    from transformers.models.mask2former.modeling_mask2former import (
+        multi_scale_deformable_attention,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(batch, s, 8, 32, generator=g)
+    locations = torch.rand(batch, 300, 8, 3, 4, 2, generator=g) * 1.6 - 0.3
+    weights = torch.softmax(torch.randn(batch, 300, 8, 12, generator=g), -1).view(
+        batch, 300, 8, 3, 4
+    )
+    expected = multi_scale_deformable_attention(value, shapes, locations, weights)
+    got = precision.gather_sampling(value, shapes, locations, weights)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
 # --- agreement on real photos ---------------------------------------------------------------------
 
 
