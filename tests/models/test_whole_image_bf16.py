@@ -241,3 +241,43 @@ def test_run_settings_hold_the_dtype_not_the_device() -> None:
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="PyTorch sees no CUDA GPU.*--device cpu"):
         WholeImageSegmenter(_tiny(0), SegmentConfig(device="cuda"))
+
+
+def test_the_runner_overlaps_the_host_part_on_the_device_form(tmp_path: Path) -> None:
+    """With device post-processing (a GPU's; forced here on the CPU) the producer offers the
+    runner's start/finisher split and asks for the overlap; the file equals a plain run's."""
+    import json
+
+    from unsam.io.images import list_images
+    from unsam.runner import run_images
+
+    model_dir = tmp_path / "model"
+    WholeImageSegmenter(_tiny(0)).save_pretrained(model_dir)
+    listing = list_images(PHOTOS)
+    config = SegmentConfig(min_size=128, max_size=256, max_masks=20)
+    plain = SegmenterProducer(model_dir, config)
+    plain.setup()
+    assert not plain.overlaps  # on the CPU both parts share the cores: no overlap
+    run_images(plain, listing.images, listing.root, tmp_path / "plain.json")
+    split = SegmenterProducer(model_dir, config)
+    split.setup()
+    split._segmenter.device_postprocessing = True
+    assert split.overlaps
+    started = []
+    start = split.start
+    split.start = lambda image, *, image_id: (
+        started.append(image_id)
+        or start(  # type: ignore[method-assign]
+            image, image_id=image_id
+        )
+    )
+    run_images(split, listing.images, listing.root, tmp_path / "split.json")
+    assert len(started) == len(listing.images)  # every image went through start + finisher
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "split"))
+    assert a["images"] == b["images"] and len(a["annotations"]) == len(b["annotations"]) > 0
+    assert [x["segmentation"] for x in a["annotations"]] == [
+        x["segmentation"] for x in b["annotations"]
+    ]
+    np.testing.assert_allclose(
+        [x["score"] for x in a["annotations"]], [x["score"] for x in b["annotations"]], atol=1e-6
+    )

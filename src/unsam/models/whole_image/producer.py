@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ __all__ = [
 
 
 class SegmenterProducer:
-    """Adapter for :func:`unsam.runner.run_images`: loads the model once per worker process."""
+    """Adapter for :func:`unsam.runner.run_images`: loads the model once per worker process.
+
+    On a GPU it also has the runner's device/host split: :meth:`start` queues one image's network
+    and post-processing on the device and returns the finisher that copies and RLE-encodes its
+    masks on the CPU; :attr:`overlaps` is then true, so the runner encodes each image on a
+    background thread while the next image's device work runs.
+    """
 
     def __init__(self, model: str | os.PathLike[str], config: SegmentConfig | None = None) -> None:
         self.model = os.fspath(model)
@@ -53,6 +60,24 @@ class SegmenterProducer:
 
     def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int) -> list[MaskRecord]:
         return self.predict_masks(image, image_id=image_id).to_records()
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether the runner should overlap :meth:`start`'s finishers with the next image: on a
+        GPU (device post-processing), not on the CPU, where both parts would share the cores."""
+        return self._segmenter is not None and self._segmenter.device_postprocessing
+
+    def start(
+        self, image: npt.NDArray[np.uint8], *, image_id: int
+    ) -> Callable[[], tuple[list[MaskRecord], dict[str, int]]]:
+        """Launch one image's device part; the returned finisher runs the host part and returns
+        ``(records, stats)`` (:class:`unsam.runner.MaskProducer`)."""
+        pending = self.predict_masks(image, image_id=image_id)
+
+        def finish() -> tuple[list[MaskRecord], dict[str, int]]:
+            return pending.to_records(), {}
+
+        return finish
 
     def predict_masks(self, image: npt.NDArray[np.uint8], *, image_id: int) -> PendingMasks:
         """The device part of one image (:meth:`WholeImageSegmenter.predict_masks`); its
