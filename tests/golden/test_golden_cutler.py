@@ -1,0 +1,289 @@
+"""Golden test: unsam's CutLER Cascade Mask R-CNN against the official detectron2/CutLER outputs.
+
+Fixture: tests/data/fidelity/cutler/ (README there): official CutLER @ cca0a27 + detectron2 @
+02b5c4e, rule-generated weights, COCO 000000000139.jpg, CPU float32. The checks follow the
+README's order, so the first failing test says where the port diverges: input, FPN, RPN, box
+heads (matched detections), mask head, pasted masks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.golden.common import (
+    IMAGE_139,
+    Case,
+    assert_weight_checks,
+    box_iou,
+    case_param,
+    check_weights,
+    decode_rles,
+    float32_without_tf32,
+    hungarian,
+    load_golden,
+    make_weights,
+    mask_iou_matrix,
+)
+
+# CutlerDetector has no dtype argument yet: its bf16 case goes here when it has one, e.g.
+# case_param("cpu", "bfloat16") with its own row in TOLERANCES.
+CASES = [
+    case_param("cpu", "float32", pytest.mark.slow),
+    case_param("cuda", "float32", pytest.mark.slow),
+]
+
+# cpu-float32: the README's tolerances (5-10x the differences it observed, which are the size of
+# the official code's own 1-vs-4-thread variation). Measured on this project's CPU (AMD EPYC,
+# AVX-512): FPN 5.5e-7 of the level std, RPN boxes 4.3e-4 px and logits 2.2e-5, scores 2.3e-6, box
+# IoU >= 0.99998, mask logits 1.7e-5, mask IoU >= 0.9992 (tests/data/fidelity/README.md).
+# cuda-float32 (TF32 off): not measured yet (no GPU was lent when these were written); 10x the CPU
+# limits, and a few detections may be exchanged at the NMS / top-100 boundary. Tighten from the
+# first GPU run's printed figures.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "cpu-float32": {
+        "input_mean_rel": 1e-9,
+        "fpn_level_rel": 1e-5,  # level mean / std, relative to the level's std
+        "fpn_channel_rel": 1e-5,  # channel means / stds, relative to the level's std
+        "rpn_box_px": 5e-3,
+        "rpn_logit": 2e-4,
+        "matched_frac": 1.0,
+        "box_iou_min": 0.9999,
+        "box_px": 5e-3,
+        "rank_shift": 2,  # scores 1.1e-6 apart may swap ranks under rounding
+        "score": 1e-5,
+        "mask_box_px": 1e-2,
+        "mask_logit": 1e-4,
+        "mask_iou_min": 0.99,
+    },
+    "cuda-float32": {
+        "input_mean_rel": 1e-8,
+        "fpn_level_rel": 1e-4,
+        "fpn_channel_rel": 1e-4,
+        "rpn_box_px": 5e-2,
+        "rpn_logit": 2e-3,
+        "matched_frac": 0.98,
+        "box_iou_min": 0.999,
+        "box_px": 5e-2,
+        "rank_shift": 5,
+        "score": 1e-4,
+        "mask_box_px": 0.1,
+        "mask_logit": 1e-3,
+        "mask_iou_min": 0.98,
+    },
+}
+
+RPN_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)
+RPN_STRIDES = (4, 8, 16, 32, 64)
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    return load_golden("cutler")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The rule's weights, checked, saved as the official ``{"model": state_dict}`` .pth."""
+    sd = make_weights("cutler")
+    checks = check_weights("cutler", sd)
+    path = tmp_path_factory.mktemp("cutler") / "cutler_cascade_fixture.pth"
+    torch.save({"model": sd}, path)
+    return path, checks
+
+
+def run_cutler(checkpoint: Path, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
+    """Load the fixture checkpoint with ``CutlerDetector.from_checkpoint`` and run ``detect`` on
+    the fixture image; the intermediates are read through wrappers and forward hooks."""
+    import unsam
+    from unsam.divide.cutler import CutlerConfig, CutlerDetector
+
+    if dtype != "float32":
+        raise NotImplementedError("CutlerDetector runs float32 only (no dtype argument yet)")
+    detector = CutlerDetector.from_checkpoint(
+        checkpoint, config=CutlerConfig(score_thresh=0.1), device=device
+    )
+    model = detector.model
+    seen: dict[str, Any] = {}
+
+    def spy(name: str) -> None:
+        method = getattr(model, name)
+
+        def wrapper(*args: Any) -> Any:
+            out = method(*args)
+            seen[name] = (args, out)
+            return out
+
+        setattr(model, name, wrapper)  # instance attribute: shadows the method for this model
+
+    for name in ("features", "propose", "predict_masks"):
+        spy(name)
+    rpn_out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    mask_out: list[torch.Tensor] = []
+    hooks = [
+        model.rpn.register_forward_hook(lambda m, i, o: rpn_out.append(o)),
+        model.mask_head.register_forward_hook(lambda m, i, o: mask_out.append(o)),
+    ]
+    image = unsam.load_image(IMAGE_139)
+    try:
+        dets = detector.detect(image)
+    finally:
+        for h in hooks:
+            h.remove()
+    (x,), feats = seen["features"]
+    proposals = seen["propose"][1].float().cpu().numpy()
+    return {
+        "image": image,
+        "input": x.float().cpu(),
+        "resized_hw": seen["propose"][0][1],
+        "fpn": [f.float().cpu() for f in feats],
+        "rpn": [(lo.float().cpu(), de.float().cpu()) for lo, de in rpn_out],
+        "proposals": proposals,
+        "boxes": dets.boxes_xyxy,
+        "scores": dets.scores,
+        "masks": dets.masks,
+        "mask_boxes": seen["predict_masks"][0][1].float().cpu().numpy(),
+        "mask_logits": mask_out[0][:, 0].float().cpu().numpy(),
+    }
+
+
+def proposal_logits(out: dict[str, Any], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Objectness logit of the first ``rows`` proposals: each proposal is matched to the anchor
+    whose decoded, clipped box (detectron2's box coder, written out here) is nearest to it.
+
+    Returns (logits, distance in px from each proposal to its anchor's decoded box).
+    """
+    h, w = out["resized_hw"]
+    cands, logits = [], []
+    for (lo, de), size, stride, feat in zip(out["rpn"], RPN_SIZES, RPN_STRIDES, out["fpn"]):
+        gh, gw = feat.shape[-2:]
+        cells = []
+        for ratio in (0.5, 1.0, 2.0):  # anchors (w, h) with h / w = ratio, area size^2
+            aw = math.sqrt(size * size / ratio)
+            cells.append([-aw / 2, -ratio * aw / 2, aw / 2, ratio * aw / 2])
+        ys, xs = torch.meshgrid(torch.arange(gh) * stride, torch.arange(gw) * stride, indexing="ij")
+        shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).float()
+        anchors = (shifts + torch.tensor(cells)[None]).reshape(-1, 4)  # (y*W + x)*A + a
+        aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+        cx, cy = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+        dx, dy = de[:, 0], de[:, 1]
+        dw, dh = de[:, 2].clamp(max=math.log(1000 / 16)), de[:, 3].clamp(max=math.log(1000 / 16))
+        px, py, pw, ph = dx * aw + cx, dy * ah + cy, dw.exp() * aw, dh.exp() * ah
+        box = torch.stack([px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2], 1)
+        box[:, 0::2] = box[:, 0::2].clamp(0, w)
+        box[:, 1::2] = box[:, 1::2].clamp(0, h)
+        cands.append(box)
+        logits.append(lo)
+    cand, logit = torch.cat(cands), torch.cat(logits)
+    props = torch.from_numpy(out["proposals"][:rows])
+    dist = torch.stack([(cand - p).abs().amax(1) for p in props])  # (rows, anchors)
+    best = dist.argmin(1)
+    return logit[best].numpy(), dist.min(1).values.numpy()
+
+
+def compare_cutler(out: dict[str, Any], golden: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Differences between the port's outputs and the official ones, stage by stage."""
+    s: dict[str, Any] = {}
+    x = out["input"].double()
+    s["input_shape"] = tuple(x.shape)
+    s["resized_hw"] = tuple(int(v) for v in out["resized_hw"])
+    s["input_mean_rel"] = abs(float(x.mean()) - float(golden["input_mean"])) / abs(
+        float(golden["input_mean"])
+    )
+    s["fpn_shapes"] = [tuple(f.shape[-2:]) for f in out["fpn"]]
+    lvl, chan = 0.0, 0.0
+    for k, f in enumerate(out["fpn"]):
+        f = f.double()[0]
+        std = float(golden["fpn_std"][k])
+        lvl = max(lvl, abs(float(f.mean()) - golden["fpn_mean"][k]) / std)
+        lvl = max(lvl, abs(float(f.std()) - std) / std)
+        cm, cs = f.flatten(1).mean(1).numpy(), f.flatten(1).std(1).numpy()
+        chan = max(chan, np.abs(cm - golden["fpn_channel_mean"][k]).max() / std)
+        chan = max(chan, np.abs(cs - golden["fpn_channel_std"][k]).max() / std)
+    s["fpn_level_rel"], s["fpn_channel_rel"] = lvl, chan
+    s["num_proposals"] = len(out["proposals"])
+    n = len(golden["rpn_boxes"])
+    s["rpn_box_px"] = float(np.abs(out["proposals"][:n] - golden["rpn_boxes"]).max())
+    logits, dist = proposal_logits(out, n)
+    s["rpn_anchor_px"] = float(dist.max())
+    s["rpn_logit"] = float(np.abs(logits - golden["rpn_logits"]).max())
+    # detections: Hungarian matching on box IoU (near-equal scores may swap ranks)
+    iou = box_iou(out["boxes"], golden["boxes"])
+    rows, cols = hungarian(iou)
+    s["num_detections"] = len(out["boxes"])
+    s["matched_frac"] = len(rows) / max(len(golden["boxes"]), len(out["boxes"]))
+    s["box_iou_min"] = float(iou[rows, cols].min())
+    s["box_px"] = float(np.abs(out["boxes"][rows] - golden["boxes"][cols]).max())
+    s["rank_shift"] = int(np.abs(rows - cols).max())
+    s["score"] = float(np.abs(out["scores"][rows] - golden["scores"][cols]).max())
+    s["mask_box_px"] = float(np.abs(out["mask_boxes"][rows] - golden["mask_boxes"][cols]).max())
+    s["mask_logit"] = float(np.abs(out["mask_logits"][rows] - golden["mask_logits"][cols]).max())
+    gm = decode_rles(golden["mask_rle_counts"], tuple(golden["image_hw"]))
+    pm = out["masks"][rows]
+    miou = np.diag(mask_iou_matrix(pm, gm[cols]))
+    s["mask_iou_min"], s["mask_iou_mean"] = float(miou.min()), float(miou.mean())
+    s["mask_area_diff_px"] = int(np.abs(pm.sum((1, 2)) - golden["mask_areas"][cols]).max())
+    s["masks_identical"] = int(sum(np.array_equal(a, b) for a, b in zip(pm, gm[cols])))
+    return s
+
+
+@pytest.fixture(scope="module", params=CASES)
+def result(request: pytest.FixtureRequest, weights: tuple[Path, Any], golden: dict) -> dict:
+    case: Case = request.param
+    with float32_without_tf32(case):
+        out = run_cutler(weights[0], case.device, case.dtype)
+    stats = compare_cutler(out, golden)
+    print(f"cutler {case.id}: {stats}")  # shown with a failure
+    return {"case": case, "stats": stats, "tol": TOLERANCES[case.id]}
+
+
+def test_weights_are_the_fixture_weights(weights: tuple[Path, Any]) -> None:
+    assert_weight_checks(weights[1])
+
+
+def test_network_input(result: dict, golden: dict) -> None:
+    s, tol = result["stats"], result["tol"]
+    assert s["input_shape"] == (1, 3, *golden["padded_hw"])
+    assert s["resized_hw"] == tuple(golden["resized_hw"])
+    assert s["input_mean_rel"] <= tol["input_mean_rel"]
+
+
+def test_backbone_and_fpn(result: dict, golden: dict) -> None:
+    s, tol = result["stats"], result["tol"]
+    assert s["fpn_shapes"] == [tuple(v) for v in golden["fpn_shapes"]]
+    assert s["fpn_level_rel"] <= tol["fpn_level_rel"]
+    assert s["fpn_channel_rel"] <= tol["fpn_channel_rel"]
+
+
+def test_rpn_proposals(result: dict, golden: dict) -> None:
+    s, tol = result["stats"], result["tol"]
+    assert s["num_proposals"] == int(golden["num_rpn_proposals"])
+    assert s["rpn_box_px"] <= tol["rpn_box_px"]
+    assert s["rpn_anchor_px"] <= 1e-3  # each proposal is one anchor's decoded box
+    assert s["rpn_logit"] <= tol["rpn_logit"]
+
+
+def test_detections_boxes_and_scores(result: dict, golden: dict) -> None:
+    s, tol = result["stats"], result["tol"]
+    assert s["num_detections"] == len(golden["scores"])
+    assert s["matched_frac"] >= tol["matched_frac"]
+    assert s["box_iou_min"] >= tol["box_iou_min"]
+    assert s["box_px"] <= tol["box_px"]
+    assert s["rank_shift"] <= tol["rank_shift"]
+    assert s["score"] <= tol["score"]
+
+
+def test_mask_head(result: dict) -> None:
+    s, tol = result["stats"], result["tol"]
+    assert s["mask_box_px"] <= tol["mask_box_px"]
+    assert s["mask_logit"] <= tol["mask_logit"]
+
+
+def test_pasted_masks(result: dict) -> None:
+    s, tol = result["stats"], result["tol"]
+    assert s["mask_iou_min"] >= tol["mask_iou_min"]

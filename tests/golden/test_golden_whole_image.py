@@ -1,0 +1,218 @@
+"""Golden test: unsam's whole-image Mask2Former (R50, 2000 queries) against UnSAM's official
+``whole_image_segmentation`` (UnSAM @ de201b8 + detectron2 @ 02b5c4e) outputs.
+
+Fixture: tests/data/fidelity/whole_image/ (README there): rule-generated weights, COCO
+000000000139.jpg at test size 512/1024, 100 detections, CPU float32. Both inference paths are
+held to it: the reference path (transformers' decoder forward, ``reference=True``) and the
+default fast path (``predict_top_masks``: only the top-k queries' masks are projected). Checked
+in the README's order: network input, class logits of all queries, the top-20 queries and their
+low-resolution mask logits, the 100 kept queries, and the final masks and scores (the official
+post-processing: upsample, threshold, score = probability x mean in-mask sigmoid).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.golden.common import (
+    IMAGE_139,
+    assert_weight_checks,
+    case_param,
+    check_weights,
+    decode_rles,
+    float32_without_tf32,
+    hungarian,
+    load_golden,
+    make_weights,
+    mask_iou_matrix,
+)
+
+PATHS = ["reference", "fast"]
+# WholeImageSegmenter / SegmentConfig have no dtype yet: the bf16 cases go here when they do, e.g.
+# case_param("cpu", "bfloat16") with its own row in TOLERANCES.
+CASES = [case_param("cpu", "float32"), case_param("cuda", "float32")]
+
+# cpu-float32: the README's limits (about 5x the fast path's observed differences: class logits
+# 2.4e-5, mask logits 1.6e-5, scores 2.5e-6, mask IoU >= 0.999995; the reference path was
+# bit-exact on the fixture's machine), except the logits: on this project's CPU (AMD EPYC,
+# AVX-512) the fast path's top-k masks differ by 1.2e-4 (|logit| up to 21) and its class logits
+# by 4.1e-5 (reference path: 2.3e-5 and 2.7e-5), so 5e-4 and 2e-4. The top-20 order is asserted:
+# its closest probabilities are 6.6e-6 apart, 50x the observed 1.4e-7 probability differences;
+# the 100th and 101st are 3.2e-5 apart, so the kept set is asserted too.
+# cuda-float32 (TF32 off): not measured yet (no GPU was lent when these were written); 10x the
+# CPU limits, order and sets compared loosely. Tighten from the first GPU run's printed figures.
+TOLERANCES: dict[str, dict[str, Any]] = {
+    "cpu-float32": {"input_mean_rel": 1e-9, "class_logit": 2e-4, "mask_logit": 5e-4,
+                    "top20_order": True, "kept_overlap": 100, "matched": 100, "score": 1e-5,
+                    "mask_iou_min": 0.999},
+    "cuda-float32": {"input_mean_rel": 1e-8, "class_logit": 2e-3, "mask_logit": 5e-3,
+                     "top20_order": False, "kept_overlap": 98, "matched": 98, "score": 1e-4,
+                     "mask_iou_min": 0.99},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    return load_golden("whole_image")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The rule's weights, checked, saved as the official ``{"model": state_dict}`` .pth
+    (detectron2 names; the segmenter converts them on load)."""
+    sd = make_weights("whole_image")
+    checks = check_weights("whole_image", sd)
+    path = tmp_path_factory.mktemp("whole_image") / "unsam_whole_image_fixture.pth"
+    torch.save({"model": sd}, path)
+    return path, checks
+
+
+def run_whole_image(
+    checkpoint: Path, path: str, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, Any]:
+    """``WholeImageSegmenter.from_pretrained(pth, config=SegmentConfig(min_size=512,
+    max_size=1024, max_masks=100))`` and one ``segmenter(image, reference=...)`` call; the model
+    input and raw outputs are read with hooks on the model, the fast path's top-k masks by
+    wrapping ``predict_top_masks``."""
+    import unsam
+    from unsam import WholeImageSegmenter
+    from unsam.models.whole_image import SegmentConfig
+
+    if dtype != "float32":
+        raise NotImplementedError("WholeImageSegmenter runs float32 only (no dtype setting yet)")
+    config = SegmentConfig(min_size=512, max_size=1024, max_masks=100, device=device)
+    seg = WholeImageSegmenter.from_pretrained(checkpoint, config=config)
+    seen: dict[str, Any] = {}
+
+    def pre(module: Any, args: tuple, kwargs: dict) -> None:
+        seen["input"] = kwargs.get("pixel_values", args[0] if args else None).float().cpu()
+
+    def post(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        seen["class_logits"] = out.class_queries_logits[0].float().cpu()
+        masks = out.masks_queries_logits
+        seen["mask_logits"] = masks[0].float().cpu() if masks is not None else None
+
+    if path == "fast":
+        top_masks = seg.predict_top_masks
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            seen["top"] = top = top_masks(*args, **kwargs)
+            return top
+
+        seg.predict_top_masks = spy  # type: ignore[method-assign]
+    hooks = [
+        seg.model.register_forward_pre_hook(pre, with_kwargs=True),
+        seg.model.register_forward_hook(post, with_kwargs=True),
+    ]
+    image = unsam.load_image(IMAGE_139)
+    try:
+        seen["records"] = seg(image, reference=path == "reference")
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def compare_whole_image(
+    out: dict[str, Any], golden: dict[str, np.ndarray], path: str
+) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    x = out["input"].double()
+    s["input_shape"] = tuple(x.shape)
+    s["input_mean_rel"] = abs(float(x.mean()) - float(golden["input_mean"])) / abs(
+        float(golden["input_mean"])
+    )
+    cls = out["class_logits"]
+    s["class_logit"] = float((cls - torch.from_numpy(golden["class_logits"])).abs().max())
+    prob = cls.double().softmax(-1)[:, 0]
+    order = torch.sort(prob, descending=True, stable=True).indices
+    s["top20"] = order[:20].tolist()
+    top20 = torch.from_numpy(golden["top20_query"])
+    if path == "reference":
+        masks = out["mask_logits"][top20]
+        kept = order[:100].tolist()
+    else:  # only the top-k queries' masks exist on the fast path
+        top = out["top"]
+        rows = {int(q): i for i, q in enumerate(top.query_indices.tolist())}
+        s["top20_in_topk"] = all(int(q) in rows for q in top20)
+        masks = top.mask_logits.float().cpu()[[rows.get(int(q), 0) for q in top20]]
+        kept = top.query_indices.tolist()
+    s["mask_logit"] = float((masks - torch.from_numpy(golden["top20_mask_logits"])).abs().max())
+    s["mask_sign_flips"] = int(
+        ((masks > 0) != torch.from_numpy(golden["top20_mask_logits"] > 0)).sum()
+    )
+    s["kept_overlap"] = len(set(kept) & set(golden["final_query"].tolist()))
+    records = out["records"]
+    hw = tuple(int(v) for v in golden["image_hw"])
+    gm = decode_rles(golden["final_rle_counts"], hw)
+    pm = decode_rles(np.array([r.rle["counts"] for r in records]), hw)
+    iou = mask_iou_matrix(pm, gm)
+    rows_, cols = hungarian(iou, min_iou=0.9)
+    scores = np.array([r.score for r in records], dtype=np.float32)
+    s["num_records"] = len(records)
+    s["matched"] = len(rows_)
+    s["mask_iou_min"] = float(iou[rows_, cols].min())
+    s["masks_identical"] = int(sum(np.array_equal(pm[r], gm[c]) for r, c in zip(rows_, cols)))
+    s["score"] = float(np.abs(scores[rows_] - golden["final_scores"][cols]).max())
+    s["scores_descending"] = bool(np.all(np.diff(scores) <= 0))
+    return s
+
+
+RUNS = [
+    pytest.param((c.values[0], p), id=f"{c.id}-{p}", marks=c.marks) for c in CASES for p in PATHS
+]
+
+
+@pytest.fixture(scope="module", params=RUNS)
+def result(request: pytest.FixtureRequest, weights: tuple[Path, Any], golden: dict) -> dict:
+    case, path = request.param
+    with float32_without_tf32(case):
+        out = run_whole_image(weights[0], path, case.device, case.dtype)
+    stats = compare_whole_image(out, golden, path)
+    print(f"whole_image {case.id} {path}: {stats}")  # shown with a failure
+    return {"case": case, "path": path, "stats": stats, "tol": TOLERANCES[case.id]}
+
+
+def test_weights_are_the_fixture_weights(weights: tuple[Path, Any]) -> None:
+    assert_weight_checks(weights[1])
+
+
+def test_network_input(result: dict, golden: dict) -> None:
+    s = result["stats"]
+    assert s["input_shape"] == (1, 3, *golden["padded_hw"])
+    assert s["input_mean_rel"] <= result["tol"]["input_mean_rel"]
+
+
+def test_class_logits_of_every_query(result: dict) -> None:
+    assert result["stats"]["class_logit"] <= result["tol"]["class_logit"]
+
+
+def test_top20_queries_and_their_mask_logits(result: dict, golden: dict) -> None:
+    """The 20 most probable queries and their final-layer mask logits at 1/4 resolution."""
+    s, tol = result["stats"], result["tol"]
+    if tol["top20_order"]:
+        assert s["top20"] == golden["top20_query"].tolist()
+    else:
+        assert len(set(s["top20"]) & set(golden["top20_query"].tolist())) >= 18
+    assert s.get("top20_in_topk", True)
+    assert s["mask_logit"] <= tol["mask_logit"]
+
+
+def test_kept_queries(result: dict) -> None:
+    """The 100 queries kept by foreground probability (before any upsampling)."""
+    assert result["stats"]["kept_overlap"] >= result["tol"]["kept_overlap"]
+
+
+def test_final_masks_and_scores(result: dict, golden: dict) -> None:
+    """Official post-processing: masks matched by IoU (the official instances are unsorted)."""
+    s, tol = result["stats"], result["tol"]
+    assert s["num_records"] == len(golden["final_scores"])
+    assert s["matched"] >= tol["matched"]
+    assert s["mask_iou_min"] >= tol["mask_iou_min"]
+    assert s["score"] <= tol["score"]
+    assert s["scores_descending"]
