@@ -37,26 +37,28 @@ CASES = [
 # prob: max |probability difference| (network heads and per-mask probabilities at crop size).
 # u8_max / u8_diff_frac: largest difference and fraction of differing pixels of the uint8 maps
 # (prob * 255, what Refiner.refine returns). mask_pixels: pixels of the thresholded (> 128) crops
-# that differ, over the 5 masks (148,368 px). kept_iou: IoU of the kept full mask with the official.
-# The accept decisions (kept / rejected) must always be the official ones.
+# that differ, over the 5 masks (148,368 px), and the largest refined-area difference in pixels.
+# accept_iou: the largest difference of IoU(raw, refined), the accept rule's input. kept_iou: IoU
+# of the kept full mask with the official one. The accept decisions must always be the official.
 #
 # cpu-float32: the README expects equality on its CPU and <= 1e-5 with other kernels (> 1e-4 is a
 # real difference); this project's CPU (AMD EPYC, AVX-512) measured 1.8e-6 and 14 uint8 pixels
 # off by one, none across the threshold.
 # bfloat16: an 8-bit mantissa through three ResNet-50 passes. Measured on CPU: prob 0.024, uint8
-# maps up to 6 apart, 722 thresholded pixels (0.5 %), kept-mask IoU 0.996, same decisions (the
-# closest decision is mask 3: IoU 0.521 against the 0.5 cutoff). Limits: about 2x those figures.
+# maps up to 6 apart, 722 thresholded pixels (0.5 %), refined areas up to 143 px and IoUs up to
+# 0.0014 apart, kept-mask IoU 0.996, same decisions (the closest decision is mask 3: IoU 0.521
+# against the 0.5 cutoff, area 0.881 against 0.9). Limits: about 2-3x those figures.
 # cuda-*: not measured yet (no GPU was lent when these were written). float32 runs with TF32 off:
 # 10x the CPU limits; bfloat16: the CPU bf16 limits. Tighten from the first GPU run's figures.
 TOLERANCES: dict[str, dict[str, float]] = {
     "cpu-float32": {"prob": 1e-5, "u8_max": 1, "u8_diff_frac": 1e-3, "mask_pixels": 5,
-                    "kept_iou": 0.999},
+                    "kept_iou": 0.999, "accept_iou": 2e-3},
     "cuda-float32": {"prob": 1e-4, "u8_max": 1, "u8_diff_frac": 1e-2, "mask_pixels": 50,
-                     "kept_iou": 0.999},
+                     "kept_iou": 0.999, "accept_iou": 2e-3},
     "cpu-bfloat16": {"prob": 0.05, "u8_max": 13, "u8_diff_frac": 1.0, "mask_pixels": 1500,
-                     "kept_iou": 0.98},
+                     "kept_iou": 0.98, "accept_iou": 5e-3},
     "cuda-bfloat16": {"prob": 0.05, "u8_max": 13, "u8_diff_frac": 1.0, "mask_pixels": 1500,
-                      "kept_iou": 0.98},
+                      "kept_iou": 0.98, "accept_iou": 5e-3},
 }  # fmt: skip
 
 
@@ -89,7 +91,12 @@ def run_cascadepsp(
     size follows by the official ``process_im_single_pass`` resize-back.
     """
     from unsam.refine import CascadePSPRefiner
-    from unsam.refine.cascadepsp import image_to_tensor, mask_to_tensor
+    from unsam.refine.cascadepsp import (
+        clamp_side,
+        image_to_tensor,
+        mask_to_tensor,
+        refine_crop_global,
+    )
 
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     refiner = CascadePSPRefiner.from_checkpoint(
@@ -133,6 +140,17 @@ def run_cascadepsp(
         hook.remove()
     out["kept_full"] = [r.full_mask(image_bgr.shape[:2]) for r in out["refined"]]
     out["nets"] = nets
+    # the port's own resize-back, where the crop is resized to L (mask 4: 40 px -> L = 100)
+    out["resized_prob"] = {}
+    for k, r in enumerate(out["refined"]):
+        x0, y0, x1, y1 = r.box_xyxy
+        side = clamp_side((y1 - y0, x1 - x0), refiner.min_side, refiner.max_side)
+        if side != max(y1 - y0, x1 - x0):
+            im = image_to_tensor(image_bgr[y0:y1, x0:x1]).to(device, tdtype)
+            sg = mask_to_tensor(masks[k][y0:y1, x0:x1]).to(device, tdtype)
+            with torch.inference_mode():
+                prob = refine_crop_global(model, im, sg, side)
+            out["resized_prob"][k] = prob[0, 0].float().cpu().numpy()
     return out
 
 
@@ -174,7 +192,21 @@ def compare_cascadepsp(out: dict[str, Any], golden: dict[str, np.ndarray]) -> di
     diffs = [np.abs(a.astype(int) - golden[f"b_refined_u8_{k}"]) for k, a in enumerate(u8)]
     s["u8_max"] = int(max(d.max() for d in diffs))
     s["u8_diff_frac"] = sum(int((d > 0).sum()) for d in diffs) / sum(d.size for d in diffs)
-    # the refiner's own (batched) thresholded crops, kept or not: compare where kept
+    s["resized_masks"] = sorted(out["resized_prob"])
+    s["resized_crop_prob"] = max(
+        float(np.abs(p - golden[f"b_prob_{k}"]).max()) for k, p in out["resized_prob"].items()
+    )
+    # the accept rule's inputs, kept or not: IoU(raw, refined) and refined area, against the
+    # official refined maps (uint8 > 128) and input masks
+    total = golden["b_image_bgr_u8"].shape[0] * golden["b_image_bgr_u8"].shape[1]
+    iou_diff, area_px = 0.0, 0
+    for k, r in enumerate(out["refined"]):
+        x0, y0, x1, y1 = golden["b_crop_boxes_xyxy"][k]
+        ref = golden[f"b_refined_u8_{k}"] > 128
+        raw = golden["b_masks_u8"][k][y0:y1, x0:x1].astype(bool)
+        iou_diff = max(iou_diff, abs(r.iou - (ref & raw).sum() / (ref | raw).sum()))
+        area_px = max(area_px, round(abs(r.area_frac * total - ref.sum())))
+    s["accept_iou_diff"], s["accept_area_px"] = float(iou_diff), int(area_px)
     s["kept"] = [r.mask is not None for r in out["refined"]]
     s["iou_area"] = [(round(r.iou, 4), round(r.area_frac, 4)) for r in out["refined"]]
     s["refined_boxes"] = [r.box_xyxy for r in out["refined"]]
@@ -211,8 +243,9 @@ def test_network_heads_pass_by_pass(result: dict, head: str) -> None:
     assert result["stats"][f"{head}_prob"] <= result["tol"]["prob"]
 
 
-def test_network_output(result: dict) -> None:
+def test_network_output(result: dict, record_property: Any) -> None:
     """The port's own forward (three passes, fast mode) against ``pred_224``."""
+    record_property("golden_figures", repr(result["stats"]))  # for junit reports
     s, tol = result["stats"], result["tol"]
     assert s["pred_224_prob"] <= tol["prob"]
 
@@ -232,7 +265,19 @@ def test_refined_probabilities(result: dict) -> None:
     assert s["mask_pixels"] <= tol["mask_pixels"]
 
 
-def test_accept_decisions_and_kept_mask(result: dict, golden: dict) -> None:
+def test_resize_back_of_resized_crops(result: dict) -> None:
+    """The crop smaller than L = 100 is upscaled for the network and its output area-downscaled
+    back (official ``process_im_single_pass``): the port's ``refine_crop_global`` on it."""
     s, tol = result["stats"], result["tol"]
+    assert s["resized_masks"] == [4]
+    assert s["resized_crop_prob"] <= tol["prob"]
+
+
+def test_accept_decisions_and_kept_mask(result: dict, golden: dict) -> None:
+    """Every mask's IoU(raw, refined) and refined area (what the accept rule reads), the decisions
+    and the kept full-image mask."""
+    s, tol = result["stats"], result["tol"]
+    assert s["accept_area_px"] <= tol["mask_pixels"]
+    assert s["accept_iou_diff"] <= tol["accept_iou"]
     assert s["kept"] == golden["b_kept"].tolist()
     assert s["kept_iou"] >= tol["kept_iou"]
