@@ -246,7 +246,8 @@ def test_weights_are_the_fixture_weights(weights: tuple[Path, Any]) -> None:
     assert_weight_checks(weights[1])
 
 
-def test_network_input(result: dict, golden: dict) -> None:
+def test_network_input(result: dict, golden: dict, record_property: Any) -> None:
+    record_property("golden_figures", repr(result["stats"]))  # for junit reports
     s, tol = result["stats"], result["tol"]
     assert s["input_shape"] == (1, 3, *golden["padded_hw"])
     assert s["resized_hw"] == tuple(golden["resized_hw"])

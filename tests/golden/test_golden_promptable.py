@@ -137,7 +137,8 @@ def test_weights_are_the_fixture_weights(weights: tuple[Path, Any]) -> None:
     assert_weight_checks(weights[1])
 
 
-def test_backbone_res5(result: dict) -> None:
+def test_backbone_res5(result: dict, record_property: Any) -> None:
+    record_property("golden_figures", repr(result["stats"]))  # for junit reports
     s = result["stats"]
     assert s["padded_hw"] == (160, 256)
     assert s["res5"] <= result["tol"]["res5"]
