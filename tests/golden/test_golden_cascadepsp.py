@@ -180,21 +180,28 @@ def crop_probabilities(
     return expected, observed, probs
 
 
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|; inf when the shapes differ (a wrong crop or L), so that the stage's test
+    fails rather than the comparison raising."""
+    return float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+
+
 def compare_cascadepsp(out: dict[str, Any], golden: dict[str, np.ndarray]) -> dict[str, Any]:
     s: dict[str, Any] = {}
     for k in ("pred_28", "pred_28_2", "pred_56", "pred_224"):
-        s[f"{k}_prob"] = float((out[k] - torch.from_numpy(golden[f"a_{k}"])).abs().max())
+        s[f"{k}_prob"] = _max_abs(out[k].numpy(), golden[f"a_{k}"])
     s["net_input_hw_expected"], s["net_input_hw"], probs = crop_probabilities(out["nets"], golden)
-    s["crop_prob"] = max(
-        float(np.abs(p - golden[f"b_prob_{k}"]).max()) for k, p in enumerate(probs)
-    )
+    s["crop_prob"] = max(_max_abs(p, golden[f"b_prob_{k}"]) for k, p in enumerate(probs))
     u8 = [(p * 255).astype(np.uint8) for p in probs]
-    diffs = [np.abs(a.astype(int) - golden[f"b_refined_u8_{k}"]) for k, a in enumerate(u8)]
+    diffs = [
+        np.abs(a.astype(int) - ref) if a.shape == ref.shape else np.full(ref.shape, 255)
+        for a, ref in ((a, golden[f"b_refined_u8_{k}"]) for k, a in enumerate(u8))
+    ]
     s["u8_max"] = int(max(d.max() for d in diffs))
     s["u8_diff_frac"] = sum(int((d > 0).sum()) for d in diffs) / sum(d.size for d in diffs)
     s["resized_masks"] = sorted(out["resized_prob"])
     s["resized_crop_prob"] = max(
-        float(np.abs(p - golden[f"b_prob_{k}"]).max()) for k, p in out["resized_prob"].items()
+        [_max_abs(p, golden[f"b_prob_{k}"]) for k, p in out["resized_prob"].items()] or [0.0]
     )
     # the accept rule's inputs, kept or not: IoU(raw, refined) and refined area, against the
     # official refined maps (uint8 > 128) and input masks
@@ -214,11 +221,11 @@ def compare_cascadepsp(out: dict[str, Any], golden: dict[str, np.ndarray]) -> di
     for k, r in enumerate(out["refined"]):
         ref = golden[f"b_refined_u8_{k}"] > 128
         mine = u8[k] > 128 if r.mask is None else r.mask
-        pixels += int((mine != ref).sum())
+        pixels += int((mine != ref).sum()) if mine.shape == ref.shape else ref.size
     s["mask_pixels"] = pixels
-    k3 = out["kept_full"][3]
-    gold3 = np.unpackbits(golden["b_kept_mask_3"])[: k3.size].reshape(k3.shape).astype(bool)
-    s["kept_iou"] = float((k3 & gold3).sum() / (k3 | gold3).sum())
+    k3 = out["kept_full"][3]  # None when the port rejects the one mask the official keeps
+    gold3 = np.unpackbits(golden["b_kept_mask_3"])[: 200 * 300].reshape(200, 300).astype(bool)
+    s["kept_iou"] = 0.0 if k3 is None else float((k3 & gold3).sum() / (k3 | gold3).sum())
     return s
 
 
