@@ -18,7 +18,7 @@ from tests.reference.mask2former_inference import (
     upsample_naive,
 )
 from unsam.models.whole_image import SegmentConfig, WholeImageSegmenter, build_model
-from unsam.models.whole_image.segmenter import postprocess_masks
+from unsam.models.whole_image.postprocessing import postprocess_masks
 from unsam.records import decode_rles
 
 # One 4x4 mask (16 px) with a pixel count in every band around the thresholds:
