@@ -41,19 +41,26 @@ CASES = [case_param("cpu", "float32"), case_param("cuda", "float32")]
 # 2.4e-5, mask logits 1.6e-5, scores 2.5e-6, mask IoU >= 0.999995; the reference path was
 # bit-exact on the fixture's machine), except the logits: on this project's CPU (AMD EPYC,
 # AVX-512) the fast path's top-k masks differ by 1.2e-4 (|logit| up to 21) and its class logits
-# by 4.1e-5 (reference path: 2.3e-5 and 2.7e-5), so 5e-4 and 2e-4. The top-20 order is asserted:
-# its closest probabilities are 6.6e-6 apart, 50x the observed 1.4e-7 probability differences;
-# the 100th and 101st are 3.2e-5 apart, so the kept set is asserted too.
+# by 4.1e-5 (reference path: 2.3e-5 and 2.7e-5), so 5e-4 and 2e-4.
+# Query order and the kept sets are held to what the class-logit limit allows: a softmax
+# probability moves by at most 0.25 x 2 x that limit, so two queries whose official probabilities
+# are closer than that (the top-20's closest pair is 6.6e-6 apart) may swap, and only queries that
+# close to the top-20 / top-100 boundary may enter or leave.
+# The fast path's own limits (FAST_PATH): it computes the attention masks at the attention
+# resolution, and a mask logit within rounding of 0 may flip an attention-mask entry (documented in
+# its docstring). With 1 thread this happens on this fixture: one query's class logits move by
+# 4.5e-4, one of the 512,000 top-20 mask logits changes sign, scores move by 1.0e-5 and the worst
+# mask IoU is 0.99978 (2 threads: 4.1e-5, 0, 2.5e-6, 0.999994). Limits: about 4x the 1-thread
+# figures.
 # cuda-float32 (TF32 off): not measured yet (no GPU was lent when these were written); 10x the
-# CPU limits, order and sets compared loosely. Tighten from the first GPU run's printed figures.
+# CPU limits. Tighten from the first GPU run's printed figures.
 TOLERANCES: dict[str, dict[str, Any]] = {
     "cpu-float32": {"input_mean_rel": 1e-9, "class_logit": 2e-4, "mask_logit": 5e-4,
-                    "top20_order": True, "kept_overlap": 100, "matched": 100, "score": 1e-5,
-                    "mask_iou_min": 0.999},
+                    "matched": 100, "score": 1e-5, "mask_iou_min": 0.999},
     "cuda-float32": {"input_mean_rel": 1e-8, "class_logit": 2e-3, "mask_logit": 5e-3,
-                     "top20_order": False, "kept_overlap": 98, "matched": 98, "score": 1e-4,
-                     "mask_iou_min": 0.99},
+                     "matched": 98, "score": 1e-4, "mask_iou_min": 0.99},
 }  # fmt: skip
+FAST_PATH: dict[str, dict[str, Any]] = {"cpu-float32": {"class_logit": 2e-3, "score": 5e-5}}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +153,20 @@ def compare_whole_image(
     s["mask_sign_flips"] = int(
         ((masks > 0) != torch.from_numpy(golden["top20_mask_logits"] > 0)).sum()
     )
-    s["kept_overlap"] = len(set(kept) & set(golden["final_query"].tolist()))
+    gp = torch.from_numpy(golden["class_logits"]).double().softmax(-1)[:, 0]
+    g_order = torch.sort(gp, descending=True, stable=True).indices
+    assert g_order[:20].tolist() == golden["top20_query"].tolist()
+    # order: how far the port's probabilities step up along the official top-20 order (<= 0 when
+    # the orders agree)
+    s["order_violation"] = float((prob[top20[1:]] - prob[top20[:-1]]).max())
+    # sets: the official probability distance to the boundary of any query that entered or left
+    sets = [("top20", s["top20"], top20.tolist(), 20)]
+    sets.append(("kept", kept, golden["final_query"].tolist(), 100))
+    for name, mine, official, k in sets:
+        boundary = float(gp[g_order[k - 1]] + gp[g_order[k]]) / 2
+        moved = set(mine) ^ set(official)
+        s[f"{name}_moved"] = len(moved)
+        s[f"{name}_moved_dist"] = max([abs(float(gp[q]) - boundary) for q in moved] or [0.0])
     records = out["records"]
     hw = tuple(int(v) for v in golden["image_hw"])
     gm = decode_rles(golden["final_rle_counts"], hw)
@@ -175,7 +195,8 @@ def result(request: pytest.FixtureRequest, weights: tuple[Path, Any], golden: di
         out = run_whole_image(weights[0], path, case.device, case.dtype)
     stats = compare_whole_image(out, golden, path)
     print(f"whole_image {case.id} {path}: {stats}")  # shown with a failure
-    return {"case": case, "path": path, "stats": stats, "tol": TOLERANCES[case.id]}
+    tol = {**TOLERANCES[case.id], **(FAST_PATH.get(case.id, {}) if path == "fast" else {})}
+    return {"case": case, "path": path, "stats": stats, "tol": tol}
 
 
 def test_weights_are_the_fixture_weights(weights: tuple[Path, Any]) -> None:
@@ -194,19 +215,20 @@ def test_class_logits_of_every_query(result: dict) -> None:
 
 
 def test_top20_queries_and_their_mask_logits(result: dict, golden: dict) -> None:
-    """The 20 most probable queries and their final-layer mask logits at 1/4 resolution."""
+    """The 20 most probable queries, in order, and their final-layer mask logits at 1/4
+    resolution (looked up by query index)."""
     s, tol = result["stats"], result["tol"]
-    if tol["top20_order"]:
-        assert s["top20"] == golden["top20_query"].tolist()
-    else:
-        assert len(set(s["top20"]) & set(golden["top20_query"].tolist())) >= 18
+    slack = 0.5 * tol["class_logit"]  # the most a probability moves within the class-logit limit
+    assert s["order_violation"] <= slack
+    assert s["top20_moved_dist"] <= slack, s["top20_moved"]
     assert s.get("top20_in_topk", True)
     assert s["mask_logit"] <= tol["mask_logit"]
 
 
 def test_kept_queries(result: dict) -> None:
     """The 100 queries kept by foreground probability (before any upsampling)."""
-    assert result["stats"]["kept_overlap"] >= result["tol"]["kept_overlap"]
+    s, tol = result["stats"], result["tol"]
+    assert s["kept_moved_dist"] <= 0.5 * tol["class_logit"], s["kept_moved"]
 
 
 def test_final_masks_and_scores(result: dict, golden: dict) -> None:
