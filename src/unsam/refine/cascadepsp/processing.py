@@ -57,7 +57,7 @@ def safe_forward(model: RefinementModule, im: torch.Tensor, seg: torch.Tensor) -
 
     If either side is not a multiple of 8, *both* become ``(d // 8 + 1) * 8`` (a side that is
     already a multiple still grows by 8). The image is padded with 0, the mask with −1, content
-    at the top-left.
+    at the top-left. The padded tensors keep the inputs' dtype and memory format.
 
     Args:
         im: (B, 3, h, w) normalised image; seg: (B, 1, h, w) mask in [−1, 1].
@@ -68,12 +68,21 @@ def safe_forward(model: RefinementModule, im: torch.Tensor, seg: torch.Tensor) -
     b, _, ph, pw = im.shape
     if ph % 8 or pw % 8:
         nh, nw = (ph // 8 + 1) * 8, (pw // 8 + 1) * 8
-        p_im = im.new_zeros((b, 3, nh, nw))
-        p_seg = seg.new_full((b, 1, nh, nw), -1.0)
+        fmt = _memory_format(im)
+        p_im = im.new_zeros((b, 3, nh, nw)).contiguous(memory_format=fmt)
+        p_seg = seg.new_full((b, 1, nh, nw), -1.0).contiguous(memory_format=fmt)
         p_im[:, :, :ph, :pw] = im
         p_seg[:, :, :ph, :pw] = seg
         im, seg = p_im, p_seg
     return model(im, seg)[:, :, :ph, :pw]
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+        else torch.contiguous_format
+    )
 
 
 def padded_hw(hw: tuple[int, int], side: int) -> tuple[int, int]:
@@ -89,14 +98,28 @@ def padded_hw(hw: tuple[int, int], side: int) -> tuple[int, int]:
 
 
 def refine_crop_global(
-    model: RefinementModule, im: torch.Tensor, seg: torch.Tensor, side: int
+    model: RefinementModule,
+    im: torch.Tensor,
+    seg: torch.Tensor,
+    side: int,
+    *,
+    dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """``Refiner.refine(fast=True, L=side)`` on normalised tensors (§2.3), batched over same-size
     crops.
 
+    The resizes to L run in the inputs' dtype (float32 from :func:`image_to_tensor` /
+    :func:`mask_to_tensor`); the resized inputs are then cast to the network's ``dtype`` (weights
+    and activations, not autocast) and ``memory_format``; the network's output comes back as
+    float32 before the resize back to crop size.
+
     Args:
         im: (B, 3, h, w) normalised image crops; seg: (B, 1, h, w) in {−1, +1}.
         side: L, the long side the network sees.
+        dtype: the network's compute dtype (its weights' dtype); None = ``im.dtype``.
+        memory_format: memory format of the network's inputs (``torch.channels_last`` for the
+            oneDNN / cuDNN NHWC kernels).
 
     Returns:
         (B, 1, h, w) probabilities (float32).
@@ -111,6 +134,12 @@ def refine_crop_global(
         r = side / s
         im = F.interpolate(im, scale_factor=r, mode="area")
         seg = F.interpolate(seg, scale_factor=r, mode="area")
+    dtype = im.dtype if dtype is None else dtype
+    im = im.to(dtype).contiguous(memory_format=memory_format)
+    seg = seg.to(dtype).contiguous(memory_format=memory_format)
+    # float32 from here: the resize back to crop size and UnSAM's threshold (uint8(255 p) > 128)
+    # decide single pixels, so they run on the float32 probability (bf16 holds 8 bits: 255 p has
+    # a spacing of up to 1 near p = 1, which would move pixels across the > 128 cut by rounding)
     pred = safe_forward(model, im, seg).float()
     if s < side:
         pred = F.interpolate(pred, size=(h, w), mode="area")
@@ -120,5 +149,8 @@ def refine_crop_global(
 
 
 def probabilities_to_mask(pred: torch.Tensor) -> torch.Tensor:
-    """UnSAM's threshold: ``uint8(float32(p) · 255) > 128`` (§1.5, §2.5); bool, same shape."""
+    """UnSAM's threshold: ``uint8(float32(p) · 255) > 128`` (§1.5, §2.5); bool, same shape.
+
+    Always in float32 (the original's ``(pred * 255).astype(np.uint8)`` on a float32 map), whatever
+    dtype the network ran in."""
     return (pred.float() * 255).to(torch.uint8) > 128

@@ -21,7 +21,7 @@ from unsam.refine.cascadepsp.checkpoint import (
     CASCADEPSP_WEIGHTS_ENV,
     load_official_weights,
 )
-from unsam.refine.cascadepsp.modeling import RefinementModule
+from unsam.refine.cascadepsp.modeling import RefinementModule, prepare_fast_inference
 from unsam.refine.cascadepsp.processing import (
     image_to_tensor,
     mask_to_tensor,
@@ -29,6 +29,7 @@ from unsam.refine.cascadepsp.processing import (
     probabilities_to_mask,
     refine_crop_global,
 )
+from unsam.runtime import resolve_device, resolve_dtype
 
 __all__ = [
     "CPU_SECONDS_PER_PIXEL",
@@ -160,9 +161,17 @@ class CascadePSPRefiner:
         max_area_frac: reject a refined mask covering more than this fraction of the image (0.9).
         min_iou: reject a refined mask whose IoU with the raw mask is below this (0.5).
         batch_pixels: padded input pixels per batch (default 904², i.e. one full-size crop).
-        dtype: compute dtype (float32 as the original; bfloat16 is faster on some CPUs/GPUs and
-            changes a few boundary pixels, see the benchmark).
-        channels_last: run convolutions in channels-last memory format.
+        dtype: the network's weights and activations (not autocast): ``torch.float32`` (the
+            original's arithmetic) or ``torch.bfloat16`` (or their names). In bfloat16 the
+            network is first prepared in float32 (:func:`prepare_fast_inference`: BatchNorms
+            folded into the convolutions, the PSP module without its concatenation), then cast.
+            What stays float32 whatever ``dtype`` is: the input crops' normalisation and their
+            resize to L (exact inputs, cast once), the probability's resize back to crop size and
+            the ``uint8(255 p) > 128`` threshold (they decide single pixels), and the IoU / area
+            accept rules (counts on bool masks). See docs/benchmarks.md for speed and agreement.
+        channels_last: convolutions in channels-last (NHWC) memory format; None (default) = on for
+            bfloat16 and on CUDA (the oneDNN / cuDNN NHWC kernels), off for float32 on the CPU
+            (the original's kernels, bit-exact with the official outputs).
     """
 
     def __init__(
@@ -177,8 +186,8 @@ class CascadePSPRefiner:
         max_area_frac: float = 0.9,
         min_iou: float = 0.5,
         batch_pixels: int = 904 * 904,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
+        dtype: torch.dtype | str = torch.float32,
+        channels_last: bool | None = None,
     ) -> None:
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
@@ -194,16 +203,23 @@ class CascadePSPRefiner:
             raise ValueError(f"context_ratio={context_ratio} must be > 0 (UnSAM: 2)")
         if batch_pixels < 1:
             raise ValueError(f"batch_pixels={batch_pixels} must be >= 1")
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.channels_last = channels_last
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        if channels_last is None:
+            channels_last = self.dtype != torch.float32 or self.device.type == "cuda"
+        self.channels_last = bool(channels_last)
         self.channel_order = channel_order
         self.min_side, self.max_side = int(min_side), int(max_side)
         self.context_ratio = float(context_ratio)
         self.max_area_frac, self.min_iou = float(max_area_frac), float(min_iou)
         self.batch_pixels = int(batch_pixels)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.eval().to(device=self.device, dtype=dtype, memory_format=memory_format)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.eval()
+        if self.dtype != torch.float32 and isinstance(model, RefinementModule):
+            model = prepare_fast_inference(model)  # in float32, before the cast
+        self.model = model.to(
+            device=self.device, dtype=self.dtype, memory_format=self.memory_format
+        )
         self._warned = False
 
     @classmethod
@@ -252,8 +268,19 @@ class CascadePSPRefiner:
         return refiner
 
     @classmethod
-    def from_config(cls, config: Any, *, device: str | torch.device = "cpu") -> CascadePSPRefiner:
+    def from_config(
+        cls,
+        config: Any,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ) -> CascadePSPRefiner:
         """Build from a :class:`unsam.refine.RefineConfig` (weights path, L clamp, accept rules).
+
+        Args:
+            config: the refine settings.
+            device: torch device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
+            dtype: the network's weights and activations (float32 or bfloat16).
 
         Raises:
             MissingWeightsError, ValueError: see :meth:`from_checkpoint`.
@@ -261,6 +288,7 @@ class CascadePSPRefiner:
         return cls.from_checkpoint(
             config.cascadepsp_weights,
             device=device,
+            dtype=dtype,
             channel_order=config.cascadepsp_channel_order,
             min_side=config.min_side,
             max_side=config.max_side,
@@ -299,11 +327,15 @@ class CascadePSPRefiner:
                 img = img[:, :, ::-1]
             ims.append(image_to_tensor(img))
             segs.append(mask_to_tensor(crop))
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        im = torch.cat(ims).to(self.device, self.dtype).contiguous(memory_format=memory_format)
-        seg = torch.cat(segs).to(self.device, self.dtype).contiguous(memory_format=memory_format)
+        # float32 inputs on the device; refine_crop_global resizes them to L in float32, casts
+        # them to the network's dtype and returns float32 probabilities
+        im = torch.cat(ims).to(self.device)
+        seg = torch.cat(segs).to(self.device)
         with torch.inference_mode():
-            pred = refine_crop_global(self.model, im, seg, side)
+            pred = refine_crop_global(
+                self.model, im, seg, side, dtype=self.dtype, memory_format=self.memory_format
+            )
+            # the threshold on the float32 probability, on the device; one copy of bool crops back
             keep = probabilities_to_mask(pred)[:, 0].cpu().numpy()
         return list(keep)
 
@@ -381,6 +413,7 @@ class CascadePSPRefiner:
                     yield RefinedCrop(index, None, None, 0.0, 0.0)
                     continue
                 refined = results[j]
+                # UnSAM's accept rules on bool crops: exact pixel counts (no float rounding)
                 inter = np.count_nonzero(refined & crop)
                 union = np.count_nonzero(refined | crop)
                 iou = inter / union if union else 0.0
