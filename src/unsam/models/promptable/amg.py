@@ -139,20 +139,24 @@ class PromptableMaskGenerator:
                 out = pred.model.decode_boxes(
                     state, boxes_in, independent=cfg.independent, compute_masks=False
                 )
-            iou, embed = out.iou[:, tokens], out.mask_embeddings[:, tokens]
+            # IoUs and the candidate bookkeeping on the host; embeddings stay on the device
+            iou, embed = out.iou[:, tokens].float().cpu(), out.mask_embeddings[:, tokens]
             n, t = iou.shape
             flat_iou = iou.reshape(-1)
             flat_embed = embed.reshape(n * t, -1)
             keep = torch.nonzero(flat_iou > cfg.pred_iou_thresh).flatten()
             for chunk in keep.split(64):
                 with torch.inference_mode():  # masks only of the queries that pass the IoU filter
-                    low = mask_product(flat_embed[chunk], state.mask_features)
-                    up = pred.model.upsample_masks(low, state)
-                stab = stability_scores(up, 0.0, cfg.stability_score_offset)
+                    rows = chunk.to(flat_embed.device)
+                    low = mask_product(
+                        flat_embed[rows], state.mask_features, state.packed_mask_features
+                    )
+                    up = pred.model.upsample_masks(low, state)  # float32
+                stab = stability_scores(up, 0.0, cfg.stability_score_offset).cpu()
                 ok = stab >= cfg.stability_score_thresh
                 if not ok.any():
                     continue
-                masks = up[ok] > 0
+                masks = (up[ok.to(up.device)] > 0).cpu()
                 idx = chunk[ok]
                 boxes.append(boxes_xyxy_inclusive(masks))
                 ious.append(flat_iou[idx])
@@ -222,18 +226,34 @@ def _clean_small_regions(
 class PromptableAMGProducer:
     """Adapter for :func:`unsam.runner.run_images` (``unsam segment --model promptable:PATH``)."""
 
-    def __init__(self, model: str | os.PathLike[str], config: AMGConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        config: AMGConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
         self.model = os.fspath(model)
         self.config = config or AMGConfig()
+        self.device = str(device)
+        self.dtype = str(dtype).removeprefix("torch.")
         self._generator: PromptableMaskGenerator | None = None
 
     def settings(self) -> dict[str, Any]:
         path = os.path.abspath(self.model) if os.path.exists(self.model) else self.model
-        return {"producer": "promptable-amg", "model": path, "amg": asdict(self.config)}
+        return {
+            "producer": "promptable-amg",
+            "model": path,
+            "amg": asdict(self.config),
+            "dtype": self.dtype,
+        }
 
     def setup(self) -> None:
         if self._generator is None:
-            predictor = PromptablePredictor.from_pretrained(self.model)
+            predictor = PromptablePredictor.from_pretrained(
+                self.model, device=self.device, dtype=self.dtype
+            )
             self._generator = PromptableMaskGenerator(predictor, self.config)
 
     def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int) -> list[MaskRecord]:

@@ -19,6 +19,14 @@ The forward pass is split in two:
 Two documented quirks of the original are kept for parity (spec §8.5): the decoder output is
 normalised twice before the heads, and the output box uses the doubly normalised state while the
 next layer's reference uses the raw state.
+
+Reduced precision (:meth:`PromptableModel.cast`): weights and activations of the backbone, the
+pixel decoder, the decoder and the heads in bfloat16 (not autocast). These stay float32, each named
+where it happens: the pixel normalisation (``normalize_and_pad``), the deformable attention's
+sampling (value maps, locations, softmax; ``msda``), reference points and boxes (box decoding:
+``initial_queries``, ``decode_boxes``, the box head), and the heads' outputs (mask logits,
+predicted IoU: ``InteractiveDecoder.heads``), so the upsampling, the mask threshold, the
+stability score and the records are float32.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from unsam.models.promptable.layers import (
     box_sine_embedding,
     click_boxes,
     inverse_sigmoid,
+    onednn_packing_supported,
+    pack_weight,
 )
 from unsam.models.promptable.pixel_decoder import PixelDecoder
 
@@ -59,18 +69,23 @@ class ImageState:
     """Everything of the forward pass that depends only on the image (spec §2.2).
 
     Attributes:
-        mask_features: ``(B, C, Hp/4, Wp/4)`` float32, the 1/4-resolution per-pixel embeddings.
-        values: one entry per decoder layer; each is 4 tensors ``(B * M, C / M, H_l, W_l)`` (the
-            layer's ``cross_attn.value_proj`` of the memory, split per head; levels in decoder order
-            s64, s32, s16, s8).
+        mask_features: ``(B, C, Hp/4, Wp/4)`` in the model's dtype, the 1/4-resolution per-pixel
+            embeddings.
+        values: one entry per decoder layer; each is 4 tensors ``(B * M, C / M, H_l, W_l)`` float32
+            (the layer's ``cross_attn.value_proj`` of the memory, split per head; levels in decoder
+            order s64, s32, s16, s8; float32 whatever the model's dtype: the sampling's dtype).
         image_hw: (H, W) of the unpadded model input, pixels.
         padded_hw: (Hp, Wp) of the padded model input (multiples of 32).
+        packed_mask_features: on the CPU in bfloat16 outside autograd, ``mask_features`` of the
+            one image as an ``(Hp/4 · Wp/4, C)`` linear weight packed by oneDNN (the clicks' mask
+            product reads it; :func:`~unsam.models.promptable.decoder.mask_product`); else None.
     """
 
     mask_features: torch.Tensor
     values: tuple[tuple[torch.Tensor, ...], ...]
     image_hw: tuple[int, int]
     padded_hw: tuple[int, int]
+    packed_mask_features: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -85,8 +100,9 @@ class ImageState:
         values = tuple(
             tuple(v[index * m : (index + 1) * m] for v in layer) for layer in self.values
         )
+        packed = self.packed_mask_features if b == 1 else None
         return ImageState(
-            self.mask_features[index : index + 1], values, self.image_hw, self.padded_hw
+            self.mask_features[index : index + 1], values, self.image_hw, self.padded_hw, packed
         )
 
 
@@ -138,13 +154,29 @@ class PromptableModel(nn.Module):
             "pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False
         )
 
+    # ---------------------------------------------------------------------------- precision
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the weights and activations (float32 or bfloat16; see :meth:`cast`)."""
+        return self.sem_seg_head.predictor.mask_tokens.weight.dtype
+
+    def cast(self, dtype: torch.dtype) -> PromptableModel:
+        """Weights and activations in ``dtype`` (in place; not autocast). The pixel mean / std stay
+        float32 (the normalisation of 0-255 pixels; 123.675 is 123.5 in bfloat16), and the steps
+        named in the module docstring keep float32 inside the forward."""
+        mean, std = self.pixel_mean.float(), self.pixel_std.float()
+        self.to(dtype)
+        self.pixel_mean, self.pixel_std = mean, std
+        return self
+
     # ---------------------------------------------------------------------------- per image
     def normalize_and_pad(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` RGB in 0-255 (any float/uint8) -> normalised, zero-padded bottom/right
-        to multiples of ``size_divisibility``: ``(B, 3, Hp, Wp)`` float32 (spec §1.1)."""
+        to multiples of ``size_divisibility``: ``(B, 3, Hp, Wp)`` float32 (spec §1.1), whatever the
+        model's dtype (:meth:`encode_image` casts it)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
-        x = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        x = (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
         d = self.config.size_divisibility
         h, w = x.shape[-2:]
         return F.pad(x, (0, (-w) % d, 0, (-h) % d))
@@ -156,7 +188,8 @@ class PromptableModel(nn.Module):
 
         Args:
             pixel_values: ``(B, 3, Hp, Wp)`` float32, normalised and padded
-                (:meth:`normalize_and_pad`); Hp and Wp multiples of ``config.size_divisibility``.
+                (:meth:`normalize_and_pad`); Hp and Wp multiples of ``config.size_divisibility``;
+                cast to :attr:`compute_dtype` here.
             image_hw: (H, W) of the unpadded image inside ``pixel_values``; default (Hp, Wp).
 
         Returns:
@@ -173,7 +206,7 @@ class PromptableModel(nn.Module):
                 f"pixel_values is {hp}x{wp}; both sides must be multiples of {d} "
                 "(pad with PromptableModel.normalize_and_pad)"
             )
-        feats = self.backbone(pixel_values).feature_maps
+        feats = self.backbone(pixel_values.to(self.compute_dtype)).feature_maps
         mask_features, outs = self.sem_seg_head.pixel_decoder(feats)
         memory_levels = outs[::-1]  # decoder order: s64, s32, s16, s8 (spec §2.2)
         shapes = [(int(o.shape[-2]), int(o.shape[-1])) for o in memory_levels]
@@ -183,9 +216,19 @@ class PromptableModel(nn.Module):
             for layer in self.sem_seg_head.predictor.decoder.layers
         )
         hw = (hp, wp) if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
+        packed = None
         if not torch.is_grad_enabled():  # clicks read it pixel by pixel (mask_product)
             mask_features = mask_features.contiguous(memory_format=torch.channels_last)
-        return ImageState(mask_features, values, hw, (hp, wp))
+            b, c, h4, w4 = mask_features.shape
+            if (
+                b == 1
+                and mask_features.device.type == "cpu"
+                and mask_features.dtype == torch.bfloat16
+                and onednn_packing_supported(mask_features.dtype)
+            ):
+                pixels = mask_features[0].permute(1, 2, 0).reshape(h4 * w4, c)  # a view
+                packed = pack_weight(pixels, 8)
+        return ImageState(mask_features, values, hw, (hp, wp), packed)
 
     # ---------------------------------------------------------------------------- per click
     def decode_boxes(
@@ -227,9 +270,12 @@ class PromptableModel(nn.Module):
         n = boxes.shape[0]
         pred = self.sem_seg_head.predictor
         device = state.mask_features.device
-        boxes = boxes.to(device=device, dtype=state.mask_features.dtype)
-        pb_t = torch.as_tensor(pb, dtype=torch.long, device=device)
-        pb_t = pb_t.expand(n) if pb_t.ndim == 0 else pb_t
+        boxes = boxes.to(device=device, dtype=torch.float32)  # box decoding stays float32
+        if isinstance(pb, int):  # a fill on the device, no host-to-device copy
+            pb_t = torch.full((n,), pb, dtype=torch.long, device=device)
+        else:
+            pb_t = torch.as_tensor(pb, dtype=torch.long).to(device, non_blocking=True)
+            pb_t = pb_t.expand(n) if pb_t.ndim == 0 else pb_t
         if pb_t.shape != (n,):
             raise ValueError(f"pb must be an int or ({n},), got shape {tuple(pb_t.shape)}")
         x, ref = pred.initial_queries(boxes, pb_t)
@@ -238,13 +284,18 @@ class PromptableModel(nn.Module):
         layers = pred.decoder.layers
         outputs = []
         for lid, layer in enumerate(layers):
-            query_pos = pred.decoder.ref_point_head(box_sine_embedding(ref, num_feats))
+            # the sine embedding of the float32 reference box, then the network's dtype
+            query_pos = pred.decoder.ref_point_head(
+                box_sine_embedding(ref, num_feats).to(x.dtype)
+            )
             x = layer(x, query_pos, ref, state.values[lid], independent)
-            new_ref = (pred._bbox_embed(x) + inverse_sigmoid(ref)).sigmoid()
+            # box decoding (the next layer's reference) in float32
+            new_ref = (pred._bbox_embed(x).float() + inverse_sigmoid(ref)).sigmoid()
             hs = pred.decoder_norm(x)
             if return_aux or lid == len(layers) - 1:
                 features = state.mask_features if compute_masks else None
-                outputs.append(pred.heads(hs, ref_for_head, features))
+                packed = state.packed_mask_features if compute_masks else None
+                outputs.append(pred.heads(hs, ref_for_head, features, packed))
             ref_for_head = new_ref
             ref = new_ref.detach()
         masks, iou, out_boxes, embed = outputs[-1]
@@ -283,10 +334,11 @@ class PromptableModel(nn.Module):
 
     @staticmethod
     def upsample_masks(mask_logits: torch.Tensor, state: ImageState) -> torch.Tensor:
-        """``(…, Hp/4, Wp/4)`` logits -> ``(…, H, W)``: bilinear to the padded size, then cropped to
-        the unpadded image (spec §2.7). Binarise with ``> 0``."""
+        """``(…, Hp/4, Wp/4)`` logits -> ``(…, H, W)`` float32: bilinear to the padded size, then
+        cropped to the unpadded image (spec §2.7). Binarise with ``> 0``. Always float32 (the
+        resize decides which pixels cross the threshold)."""
         lead = mask_logits.shape[:-2]
-        x = mask_logits.reshape(-1, 1, *mask_logits.shape[-2:])
+        x = mask_logits.float().reshape(-1, 1, *mask_logits.shape[-2:])
         x = F.interpolate(x, size=state.padded_hw, mode="bilinear", align_corners=False)
         h, w = state.image_hw
         return x[:, 0, :h, :w].reshape(*lead, h, w)

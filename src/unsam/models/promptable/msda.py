@@ -7,6 +7,13 @@ it with the four projections under the official parameter names (``sampling_offs
 
 Values are projected once per memory with :meth:`MSDeformAttn.project_value`; the result depends
 only on the image, so the decoder caches it per image and re-clicking skips it (spec §2.2).
+
+Reduced precision: the four projections run in the module's dtype (bfloat16 weights and
+activations), but the sampling stays float32: value maps, sampling locations (reference + offset)
+and the attention weights' softmax. A bfloat16 location has 8 significant bits (a spacing of up to
+1/128 of the map near its far edge, i.e. one pixel of a 128-wide level), and on the CPU
+``F.grid_sample`` in bfloat16 is also slower than in float32 (2.3x on an AVX-512 BF16 core, measured
+for the encoder's 21,760 queries at 1024²).
 """
 
 from __future__ import annotations
@@ -122,7 +129,8 @@ class MSDeformAttn(nn.Module):
             spatial_shapes: L pairs (H_l, W_l).
 
         Returns:
-            L tensors ``(B * M, C / M, H_l, W_l)`` (the layout :func:`ms_deform_attn_sample` reads).
+            L tensors ``(B * M, C / M, H_l, W_l)`` float32 (the layout and dtype
+            :func:`ms_deform_attn_sample` reads; the projection runs in the module's dtype).
         """
         b, s, c = memory.shape
         total = sum(h * w for h, w in spatial_shapes)
@@ -131,7 +139,7 @@ class MSDeformAttn(nn.Module):
                 f"memory {tuple(memory.shape)} does not match {len(spatial_shapes)} levels "
                 f"{list(spatial_shapes)} (S={total}, C={self.d_model}, L={self.n_levels})"
             )
-        value = self.value_proj(memory)
+        value = self.value_proj(memory).float()  # float32: the sampling's dtype (module doc)
         m, d = self.n_heads, c // self.n_heads
         out = []
         start = 0
@@ -162,19 +170,20 @@ class MSDeformAttn(nn.Module):
         """
         b, q, _ = query.shape
         m, n_levels, p = self.n_heads, self.n_levels, self.n_points
-        offsets = self.sampling_offsets(query).view(b, q, m, n_levels, p, 2)
-        weights = self.attention_weights(query).view(b, q, m, n_levels * p)
+        # float32 from the projections on: sampling locations and the softmax over L·P (module doc)
+        offsets = self.sampling_offsets(query).float().view(b, q, m, n_levels, p, 2)
+        weights = self.attention_weights(query).float().view(b, q, m, n_levels * p)
         weights = weights.softmax(-1).view(b, q, m, n_levels, p)
+        reference_points = reference_points.float()
         if reference_points.shape[:2] != (b, q):
             raise ValueError(
                 f"reference_points {tuple(reference_points.shape)} do not match query {(b, q)}"
             )
         if reference_points.shape[-1] == 2:
+            # (L, 2) = (W_l, H_l), made on the host and copied without a stream synchronisation
             normalizer = torch.tensor(
-                [[v.shape[-1], v.shape[-2]] for v in value_levels],
-                dtype=query.dtype,
-                device=query.device,
-            )  # (L, 2) = (W_l, H_l)
+                [[v.shape[-1], v.shape[-2]] for v in value_levels], dtype=torch.float32
+            ).to(query.device, non_blocking=True)
             ref = reference_points[:, :, None, None, None, :]
             locations = ref + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
@@ -185,5 +194,5 @@ class MSDeformAttn(nn.Module):
                 "reference_points must end in 2 (points) or 4 (boxes), "
                 f"got {tuple(reference_points.shape)}"
             )
-        out = ms_deform_attn_sample(value_levels, locations, weights)
-        return self.output_proj(out)
+        out = ms_deform_attn_sample([v.float() for v in value_levels], locations, weights)
+        return self.output_proj(out.to(query.dtype))

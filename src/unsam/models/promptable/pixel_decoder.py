@@ -146,7 +146,8 @@ class PixelDecoder(nn.Module):
             ],
             1,
         ).to(x.dtype)
-        ref = _level_reference_points(shapes, device)[None].expand(b, -1, -1).to(x.dtype)
+        # reference points stay float32 whatever the dtype: they are sampling locations
+        ref = _level_reference_points(shapes, device)[None].expand(b, -1, -1)
         for layer in self.transformer.encoder.layers:
             x = layer(x, pos, ref, shapes)
         outs = []

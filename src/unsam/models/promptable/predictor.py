@@ -27,15 +27,18 @@ import torch
 from PIL import Image
 
 from unsam.masks import (
+    LogitResizePlan,
     logit_resize_plan,
     mask_iou,
     resize_image,
     resize_logits_transposed,
 )
 from unsam.models.promptable.config import PromptableConfig
+from unsam.models.promptable.layers import pack_linears
 from unsam.models.promptable.maskops import remove_small_regions, resized_hw
 from unsam.models.promptable.modeling import ImageState, PromptableModel
 from unsam.records import MaskRecord, encode_mask, encode_transposed_masks
+from unsam.runtime import resolve_device, resolve_dtype
 
 __all__ = ["PromptablePredictor", "check_points", "load_promptable_model", "torch_threads"]
 
@@ -48,26 +51,29 @@ def load_promptable_model(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     config: PromptableConfig | None = None,
+    dtype: torch.dtype | str = torch.float32,
 ) -> PromptableModel:
     """Load a ``save_pretrained`` folder or an official promptable ``.pth`` (converted on the fly).
 
     Args:
         path: a folder with ``config.json`` + ``model.safetensors``, or an official checkpoint file.
-        device: torch device for the model.
+        device: torch device for the model (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
         config: model size for an official ``.pth`` (default: the paper's Swin-T).
+        dtype: weights and activations (:meth:`PromptableModel.cast`); loaded in float32 first.
 
     Raises:
         MissingWeightsError: nothing at ``path``.
     """
     from unsam.io.checkpoints import missing_weights
 
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     p = Path(path)
     if p.is_file():
         from unsam.models.promptable.convert import model_from_official
 
-        return model_from_official(p, config).to(device)
+        return model_from_official(p, config).to(device).cast(dtype)
     if p.is_dir():
-        return PromptableModel.from_pretrained(p, device=device)
+        return PromptableModel.from_pretrained(p, device=device).cast(dtype)
     raise missing_weights("promptable", p)
 
 
@@ -119,10 +125,19 @@ class PromptablePredictor:
         max_side: cap on the longest side (1333 in the evaluation), which also switches to
             detectron2's rounding rule (see :func:`unsam.models.promptable.maskops.resized_hw`).
         resample: "bicubic" (demo) or "bilinear" (evaluation) image resizing.
-        device: torch device of the model.
+        device: torch device of the model (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
+        dtype: weights and activations of the networks (float32 or bfloat16, not autocast; see
+            :meth:`PromptableModel.cast`). Whatever it is, the pixel normalisation, the deformable
+            attention's sampling, the boxes, the mask logits and IoU out of the heads, the
+            upsampling to the image, the ``> 0`` threshold and the records are float32.
         click_threads: intra-op torch threads for the per-click part (6 queries per click: small
             operations, where extra threads mostly add synchronisation; on a busy 2-core machine
             2 threads were 10-30x slower than 1). None leaves torch's setting.
+
+    On CUDA a click has no host round trip before its masks exist: the points go to the device
+    without a synchronisation, the decoder, the upsampling to the image and the threshold run
+    there (:meth:`masks_on_device`), and the bool masks and IoUs come back in one copy per call;
+    RLE encoding and the records are made on the CPU.
     """
 
     def __init__(
@@ -133,14 +148,23 @@ class PromptablePredictor:
         max_side: int | None = None,
         resample: Literal["bicubic", "bilinear"] = "bicubic",
         device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
         click_threads: int | None = 1,
     ) -> None:
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
         if short_side is not None and short_side < 32:
             raise ValueError(f"short_side={short_side} is below 32 pixels")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        if dtype is not None:
+            self.model.cast(resolve_dtype(dtype))
+        self.dtype = self.model.compute_dtype
+        # bfloat16 on the CPU: the per-click linears keep oneDNN-packed weights (PackedLinear);
+        # the value projections run once per image on thousands of rows and stay plain
+        pack_linears(self.model.sem_seg_head.predictor, batch_hint=8, skip=("value_proj",))
+        for layer in self.model.sem_seg_head.predictor.decoder.layers:
+            layer.pack_self_attention(batch_hint=8)
         self.short_side = short_side
         self.max_side = max_side
         self.resample = resample
@@ -155,15 +179,18 @@ class PromptablePredictor:
         path: str | os.PathLike[str],
         device: str | torch.device = "cpu",
         config: PromptableConfig | None = None,
+        dtype: torch.dtype | str = torch.float32,
         **kwargs: object,
     ) -> PromptablePredictor:
         """Predictor of a ``save_pretrained`` folder or an official ``.pth``.
 
-        ``config`` is the model size of an official ``.pth`` (default Swin-T); ``kwargs`` go to
-        :class:`PromptablePredictor` (``short_side``, ``max_side``, ``resample``,
-        ``click_threads``).
+        ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``) and ``dtype`` (float32 or
+        bfloat16: weights and activations) place the model; ``config`` is the model size of an
+        official ``.pth`` (default Swin-T); ``kwargs`` go to :class:`PromptablePredictor`
+        (``short_side``, ``max_side``, ``resample``, ``click_threads``).
         """
-        model = load_promptable_model(path, device=device, config=config)
+        device = resolve_device(device)
+        model = load_promptable_model(path, device=device, config=config, dtype=dtype)
         return cls(model, device=device, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------ image
@@ -250,8 +277,10 @@ class PromptablePredictor:
         h, w = state.image_hw
         scaled = pts * np.array([w / w0, h / h0])
         box_wh = None if box_size is None else (float(box_size), float(box_size))
+        # to the device without a stream synchronisation (a pageable host copy is staged at once)
+        points_t = torch.from_numpy(scaled).float().to(self.device, non_blocking=True)
         return self.model.decode_clicks(
-            state, torch.from_numpy(scaled).float(), box_wh=box_wh, independent=independent
+            state, points_t, box_wh=box_wh, independent=independent
         )
 
     def predict(
@@ -287,45 +316,101 @@ class PromptablePredictor:
             ``score`` (predicted IoU clipped to [0, 1]), ``point_coords`` ((x, y),) in original
             pixels, ``level`` 1..6 (token index + 1), ``source`` "promptable".
         """
-        state = self._require_state()
-        h0, w0 = self._image_hw  # type: ignore[misc]
-        pts = check_points(points, (h0, w0))
+        self._require_state()
+        pts = check_points(points, self._image_hw)  # type: ignore[arg-type]
         out: list[list[MaskRecord]] = []
         with torch.inference_mode(), torch_threads(self.click_threads):
             low, ious = self._decode(pts, independent=independent, box_size=box_size)
-            # upsample to the padded input, crop, resize to the original image in one banded
-            # product per axis, written transposed (column-major, RLE's order)
-            plan = logit_resize_plan(
-                low.shape[-2:], state.padded_hw, state.image_hw, (h0, w0), device=low.device
-            )
-            for n in range(pts.shape[0]):
-                masks_t = (resize_logits_transposed(low[n].float(), plan) > 0).cpu().numpy()
-                iou = ious[n].cpu().numpy()
-                kept = _select_tokens(masks_t, iou, iou_thresh, dedup_iou_thresh)
-                if min_region_area > 0:  # on (H, W) masks: ties between regions in raster order
-                    rles = []
-                    for k in kept:
-                        mask, _ = remove_small_regions(masks_t[k].T, min_region_area, "holes")
-                        mask, _ = remove_small_regions(mask, min_region_area, "islands")
-                        rles.append(encode_mask(mask))
-                else:
-                    rles = encode_transposed_masks(masks_t[kept])
-                point = ((float(pts[n, 0]), float(pts[n, 1])),)
-                out.append(
-                    [
-                        MaskRecord(
-                            rle=rle,
-                            image_id=self._image_id,
-                            score=float(np.clip(iou[k], 0.0, 1.0)),
-                            predicted_iou=float(iou[k]),
-                            point_coords=point,
-                            level=int(k) + 1,
-                            source="promptable",
+            plan = self._resize_plan(low)
+            # on the CPU one click's masks at a time (bounded memory); on a GPU all in one go
+            step = max(1, pts.shape[0]) if self.device.type == "cuda" else 1
+            ious_np = None
+            for start in range(0, pts.shape[0], step):
+                masks = _threshold_masks(low[start : start + step], plan)
+                # the device-to-host copies: bool masks (column-major) and the float32 IoUs
+                masks_np = masks.cpu().numpy()
+                if ious_np is None:
+                    ious_np = ious.cpu().numpy()
+                for i in range(masks_np.shape[0]):
+                    n = start + i
+                    out.append(
+                        self._records(
+                            masks_np[i], ious_np[n], pts[n], iou_thresh, dedup_iou_thresh,
+                            min_region_area,
                         )
-                        for k, rle in zip(kept, rles)
-                    ]
-                )
+                    )
         return out
+
+    def masks_on_device(
+        self,
+        points: Sequence[tuple[float, float]] | npt.NDArray[np.floating],
+        *,
+        independent: bool = True,
+        box_size: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masks and predicted IoUs of clicks, left on the model's device (no host round trip:
+        what :meth:`predict` runs before its copy to the host).
+
+        The decoder, the upsampling of the float32 logits to the padded input, the crop and the
+        resize to the original image (one banded product per axis) and the ``> 0`` threshold, all
+        on the device, in float32 after the heads.
+
+        Returns:
+            masks ``(N, 6, W0, H0)`` bool, **transposed** (each mask's pixels in column-major
+            order, the order of COCO RLE), and raw IoUs ``(N, 6)`` float32.
+        """
+        with torch.inference_mode(), torch_threads(self.click_threads):
+            low, ious = self._decode(points, independent=independent, box_size=box_size)
+            return _threshold_masks(low, self._resize_plan(low)), ious
+
+    def _resize_plan(self, low: torch.Tensor) -> LogitResizePlan:
+        """The banded resize of (Hp/4, Wp/4) logits to the original image (cached per size)."""
+        state = self._require_state()
+        return logit_resize_plan(
+            low.shape[-2:], state.padded_hw, state.image_hw, self._image_hw, device=low.device
+        )
+
+    def _records(
+        self,
+        masks_t: npt.NDArray[np.bool_],
+        iou: npt.NDArray[np.floating],
+        point_xy: npt.NDArray[np.floating],
+        iou_thresh: float | None,
+        dedup_iou_thresh: float | None,
+        min_region_area: int,
+    ) -> list[MaskRecord]:
+        """The records of one click from its (6, W0, H0) transposed bool masks (on the CPU)."""
+        kept = _select_tokens(masks_t, iou, iou_thresh, dedup_iou_thresh)
+        if min_region_area > 0:  # on (H, W) masks: ties between regions in raster order
+            rles = []
+            for k in kept:
+                mask, _ = remove_small_regions(masks_t[k].T, min_region_area, "holes")
+                mask, _ = remove_small_regions(mask, min_region_area, "islands")
+                rles.append(encode_mask(mask))
+        else:
+            rles = encode_transposed_masks(masks_t[kept])
+        point = ((float(point_xy[0]), float(point_xy[1])),)
+        return [
+            MaskRecord(
+                rle=rle,
+                image_id=self._image_id,
+                score=float(np.clip(iou[k], 0.0, 1.0)),
+                predicted_iou=float(iou[k]),
+                point_coords=point,
+                level=int(k) + 1,
+                source="promptable",
+            )
+            for k, rle in zip(kept, rles)
+        ]
+
+
+def _threshold_masks(low: torch.Tensor, plan: LogitResizePlan) -> torch.Tensor:
+    """(N, 6, h, w) logits -> (N, 6, W0, H0) transposed bool masks: the float32 resize by ``plan``
+    (upsample to the padded input, crop, resize to the image) and the ``> 0`` threshold, where
+    ``low`` lives."""
+    return torch.stack(
+        [resize_logits_transposed(low[n].float(), plan) > 0 for n in range(low.shape[0])]
+    )
 
 
 def _select_tokens(
