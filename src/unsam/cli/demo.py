@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to listen on (default: 127.0.0.1, this machine only)",
     )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    from unsam.runtime import add_device_arguments
+
+    add_device_arguments(parser)
     parser.add_argument(
         "--max-side",
         type=int,
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.whole_image,
         device=args.device,
+        dtype=args.dtype,
         max_side=args.max_side,
         short_side=args.short_side,
         amg=amg,

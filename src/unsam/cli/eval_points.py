@@ -53,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-images", type=int, metavar="N", help="evaluate only the first N GT images"
     )
-    g.add_argument("--device", default="cpu", help='torch device (default: "cpu")')
+    from unsam.runtime import add_device_arguments
+
+    add_device_arguments(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser.add_argument_group("protocol settings"), PointEvalConfig)
 
@@ -72,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from unsam.io.files import atomic_write_json
     from unsam.io.images import load_image
     from unsam.models.promptable.predictor import PromptablePredictor
+    from unsam.runtime import resolve_device
 
+    device = resolve_device(args.device)  # a CUDA request without CUDA fails before any work
     config = config_from_args(PointEvalConfig, args)
     if config.max_clicks != 1:
         raise ValueError(
@@ -98,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.gt}: no usable ground-truth mask in its {len(records)} image(s) (crowd masks "
             "are left out, as in the original protocol); nothing to evaluate"
         )
-    predictor = PromptablePredictor.from_pretrained(args.model, device=args.device, short_side=None)
+    predictor = PromptablePredictor.from_pretrained(
+        args.model, device=device, dtype=args.dtype, short_side=None
+    )
     predict = predictor_predict_fn(predictor)
     bar = tqdm(
         total=len(records),

@@ -64,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-id", type=int, default=0, help="image id stored in the records (default: 0)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    from unsam.runtime import add_device_arguments
+
+    add_device_arguments(parser)
     parser.add_argument(
         "--config",
         default=None,
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from unsam.io.overlay import write_png
     from unsam.models.promptable.predictor import PromptablePredictor
     from unsam.records import ImageRecord
+    from unsam.runtime import resolve_device
 
     if args.overlay is not None and not str(args.overlay).lower().endswith(".png"):
         raise ValueError(
@@ -178,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_file(path, flag)
     check_outputs([("-o", args.output), ("--overlay", args.overlay)], input_files=[args.image])
+    device = resolve_device(args.device)  # a CUDA request without CUDA fails before any work
     image = load_image(args.image)
     h, w = image.shape[:2]
     for x, y in args.point:
@@ -185,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--point {x:g},{y:g} is outside the {w}x{h} image {args.image}")
     predictor = PromptablePredictor.from_pretrained(
         args.model,
-        device=args.device,
+        device=device,
+        dtype=args.dtype,
         config=promptable_config(args.config),
         short_side=args.short_side,
     )

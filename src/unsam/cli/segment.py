@@ -19,7 +19,7 @@ from unsam.cli.common import (
 from unsam.models.whole_image.loading import HUB_ID
 from unsam.models.whole_image.producer import SegmenterProducer
 from unsam.models.whole_image.segment_config import SegmentConfig
-from unsam.runtime import add_device_arguments
+from unsam.runtime import add_device_arguments, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +47,17 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    config = config_from_args(SegmentConfig, args)
+    device = resolve_device(args.device)  # a CUDA request without CUDA fails before any work
+    config = config_from_args(SegmentConfig, args, device=str(device))
     listing = prepare_folder_run(args)  # bad flags and outputs fail before any work
     if args.model.startswith(
         "promptable:"
     ):  # the promptable model's point-grid AMG (PROMPTABLE.md §4)
         from unsam.models.promptable.amg import PromptableAMGProducer
 
-        producer = PromptableAMGProducer(args.model.removeprefix("promptable:"))
+        producer = PromptableAMGProducer(
+            args.model.removeprefix("promptable:"), device=device, dtype=args.dtype
+        )
     else:
         producer = SegmenterProducer(args.model, config)
     # load (and convert / download) once, before the progress bar, so errors come first

@@ -333,7 +333,10 @@ class DemoBackend:
         model: promptable model (folder or official ``.pth``) for clicks; None = answer clicks from
             the "segment everything" masks.
         whole_image: whole-image model (folder, run folder or ``.pth``) for "segment everything".
-        device: torch device.
+        device: where the models run: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``.
+        dtype: the models' weights and activations, float32 or bfloat16 (the promptable model
+            and the whole-image model; the classic fallback has no network).
         max_side: longest image side in pixels; larger images are shrunk first (None: keep).
         short_side: shortest side of the promptable model's input for clicks (640: the original
             demo); None = the image as is.
@@ -354,6 +357,7 @@ class DemoBackend:
         whole_image: str | os.PathLike[str] | None = None,
         *,
         device: str = "cpu",
+        dtype: str = "float32",
         max_side: int | None = 640,
         short_side: int | None = 640,
         amg: Any = None,
@@ -362,7 +366,10 @@ class DemoBackend:
     ) -> None:
         if max_side is not None and max_side < 16:
             raise ValueError(f"max_side={max_side} is below 16 pixels")
-        self.device = device
+        from unsam.runtime import dtype_name, resolve_device, resolve_dtype
+
+        self.device = str(resolve_device(device))
+        self.dtype = dtype_name(resolve_dtype(dtype))
         self.max_side = max_side
         self.short_side = short_side
         self.amg_config = amg
@@ -399,7 +406,7 @@ class DemoBackend:
         from unsam.models.promptable.predictor import PromptablePredictor
 
         return PromptablePredictor.from_pretrained(
-            path, device=self.device, short_side=self.short_side
+            path, device=self.device, dtype=self.dtype, short_side=self.short_side
         )
 
     def _load_whole_image(self, path: Path) -> Any:
