@@ -32,10 +32,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "pseudo_label_speed": ("pseudo_label_speed.py", [], ["--archs", "vits8", "--repeats", "1"]),
     "dino_speed": ("dino_speed.py", [], ["--quick"]),
     "cutler_speed": ("cutler_speed.py", ["--repeats", "3"], ["--quick"]),
-    "cascadepsp_speed": ("cascadepsp_speed.py", ["--repeats", "3"], ["--repeats", "1"]),
+    "cascadepsp_speed": ("cascadepsp_speed.py", ["--repeats", "3"], ["--quick"]),
     "segment_speed": ("segment_speed.py", [], ["--quick"]),
     "train_speed": ("train_speed.py", [], ["--quick"]),
-    "prompt_speed": ("prompt_speed.py", [], ["--image-repeats", "1", "--click-repeats", "5"]),
+    "prompt_speed": ("prompt_speed.py", [], ["--quick"]),
     "released_pipeline_speed": ("released_pipeline_speed.py", [], ["--quick"]),
     "ray_scaling": (
         "ray_scaling.py",

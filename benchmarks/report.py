@@ -185,33 +185,84 @@ def _cascadepsp(d: dict[str, Any]) -> Table:
     rows = []
     for key in ("L256", "L900"):
         block = d.get(key) or {}
+        if not block:
+            continue
         side = block.get("L", key[1:])
-        base = _get(block, "fp32", "seconds_per_mask")
+        f32, b16 = block.get("float32") or {}, block.get("bfloat16") or {}
+        hw = block.get("network_input_hw")
+        size = f"{hw[0]}²" if isinstance(hw, list) and hw[0] == hw[1] else _hw(hw)
         rows.append(
-            Row(f"L = {side}, fp32 (the original's numerics)", "s/mask", base, compare=False)
+            Row(
+                f"L = {side} ({size} network input), bf16 (weights and activations)",
+                "s/mask",
+                b16.get("seconds_per_crop"),
+                f32.get("seconds_per_crop"),
+                "fp32 (the original's numerics)",
+            )
         )
-        for variant, label in (
-            ("fp32_channels_last", "fp32, channels-last"),
-            ("bf16_channels_last", "bf16, channels-last"),
-        ):
-            v = block.get(variant)
-            if not v:
-                continue
-            diff = v.get("max_abs_prob_diff_vs_fp32")
+        if b16.get("cpu_seconds_per_crop") is not None:
             rows.append(
                 Row(
-                    f"L = {side}, {label}"
-                    + ("" if diff is None else f" (largest probability change {diff:.2g})"),
+                    f"L = {side}, process CPU time per crop, bf16",
                     "s/mask",
-                    v.get("seconds_per_mask"),
-                    base,
+                    b16.get("cpu_seconds_per_crop"),
+                    f32.get("cpu_seconds_per_crop"),
                     "fp32",
                 )
             )
+        for name, v in (("bf16", b16), ("fp32", f32)):
+            if v.get("achieved_gflops") is not None:
+                rows.append(
+                    Row(
+                        f"L = {side}, {name}: {v.get('gflop_per_crop', 0):,.0f} GFLOP per crop, "
+                        "achieved rate",
+                        "GFLOP/s",
+                        v.get("achieved_gflops"),
+                        _get(d, "matmul_2048_gflops", "bfloat16" if name == "bf16" else "float32"),
+                        f"2048² {name} matmul, same run",
+                        compare=False,
+                    )
+                )
         rows.append(
-            Row(f"L = {side}, peak resident memory after", "MiB", block.get("peak_rss_mib_after"))
+            Row(
+                f"L = {side}, peak memory, bf16",
+                "MiB",
+                b16.get("peak_memory_mib"),
+                f32.get("peak_memory_mib"),
+                "fp32",
+                compare=False,
+            )
         )
-    return Table("cascadepsp_speed", "CascadePSP refinement of one mask (random weights).", rows)
+    agree = d.get("agreement") or {}
+    if agree.get("masks"):
+        rows.append(
+            Row(
+                f"bf16 vs fp32 on {agree['masks']} COCO object masks: refined-mask IoU, mean "
+                f"(smallest {agree.get('refined_mask_iou_min', 0):.4f}; identical masks "
+                f"{100 * agree.get('identical_masks_share', 0):.0f} %; largest probability "
+                f"difference {agree.get('max_abs_prob_diff', 0):.2g}; accept decisions differing: "
+                f"{agree.get('accept_decisions_differing', '?')})",
+                "IoU",
+                agree.get("refined_mask_iou_mean"),
+                compare=False,
+            )
+        )
+    note = ""
+    if d.get("goal_s_per_904_crop") is not None:
+        note = (
+            f"Goal: <= {d['goal_s_per_904_crop']:g} s per 904² crop in bf16 on the 2-core CPUs: "
+            f"{'met' if d.get('goal_met') else 'not met'} in this run (load average "
+            f"{_get(d, 'L900', 'bfloat16', 'load_average_1min')}). At this run's 2048² bf16 "
+            f"matmul rate the crop would take {d.get('seconds_per_904_crop_at_matmul_rate', 0):.1f}"
+            " s. Kernels: "
+            + ", ".join(f"{k} {v}" for k, v in (_get(d, "kernel", "onednn_kernels") or {}).items())
+        )
+    return Table(
+        "cascadepsp_speed",
+        "CascadePSP refinement of one mask (random weights), bf16 against fp32 in the same run.",
+        rows,
+        note,
+    )
 
 
 def _segment(d: dict[str, Any]) -> Table:
@@ -458,37 +509,103 @@ def _train(d: dict[str, Any]) -> Table:
 
 
 def _prompt(d: dict[str, Any]) -> Table:
-    decode = d.get("unsam_click_decode_ms")
-    records = d.get("unsam_click_predict_records_ms")
+    f32 = d.get("float32") or {
+        "set_image_s": d.get("unsam_set_image_s"),
+        "click_predict_records_ms": d.get("unsam_click_predict_records_ms"),
+        "click_decode_ms": d.get("unsam_click_decode_ms"),
+    }
+    b16 = d.get("bfloat16") or {}
     full = d.get("original_full_forward_per_click_s")
+    rows = []
+    if b16:
+        rows += [
+            Row(
+                "set_image (encode the image once), bf16",
+                "s",
+                b16.get("set_image_s"),
+                f32.get("set_image_s"),
+                "fp32",
+            ),
+            Row(
+                "one click, 6 mask records, bf16",
+                "ms/click",
+                b16.get("click_predict_records_ms"),
+                f32.get("click_predict_records_ms"),
+                "fp32",
+            ),
+            Row(
+                "one click, 6 mask records, bf16, CPU time",
+                "ms/click",
+                b16.get("click_predict_records_cpu_ms"),
+                f32.get("click_predict_records_cpu_ms"),
+                "fp32",
+            ),
+            Row(
+                "one click, decoder and heads only, bf16",
+                "ms/click",
+                b16.get("click_decode_ms"),
+                f32.get("click_decode_ms"),
+                "fp32",
+            ),
+        ]
+    rows += [
+        Row(
+            "set_image (encode the image once), fp32",
+            "s",
+            f32.get("set_image_s"),
+            d.get("sam_vitb_image_embeddings_s"),
+            "SAM ViT-B image embeddings",
+        ),
+        Row(
+            "one click, 6 mask records, fp32 (the encoded image is reused)",
+            "ms/click",
+            f32.get("click_predict_records_ms"),
+            d.get("sam_vitb_click_ms"),
+            "SAM ViT-B click (image embeddings reused)",
+        ),
+        Row(
+            "one click, 6 mask records, fp32",
+            "ms/click",
+            f32.get("click_predict_records_ms"),
+            None if full is None else 1000 * full,
+            "the original: full forward per click",
+        ),
+    ]
+    if not b16:
+        rows.append(
+            Row("one click, decoder and heads only", "ms/click", f32.get("click_decode_ms"),
+                compare=False)
+        )
+    agree = d.get("agreement") or {}
+    if agree.get("clicks"):
+        mins = agree.get("mask_iou_min_per_level") or []
+        rows.append(
+            Row(
+                f"bf16 vs fp32, {agree['clicks']} clicks on COCO photos: click-mask IoU, mean "
+                "over levels (smallest per level "
+                + ", ".join(f"{v:.3f}" for v in mins)
+                + "; predicted-IoU difference up to "
+                + f"{agree.get('predicted_iou_abs_diff_max', 0):.2g})",
+                "IoU",
+                float(sum(agree.get("mask_iou_mean_per_level") or [0]) / 6),
+                compare=False,
+            )
+        )
+    note = ""
+    if d.get("goal_click_ms") is not None:
+        note = (
+            f"Goal: one click with its records <= {d['goal_click_ms']:g} ms "
+            f"({'bf16' if b16 else 'fp32'}): {'met' if d.get('goal_click_met') else 'not met'} "
+            f"in this run. Random weights give salt-and-pepper masks "
+            f"({(b16 or f32).get('rle_runs_per_mask') or 0:,.0f} RLE runs per mask), so the RLE "
+            "part costs more than with trained weights."
+        )
     return Table(
         "prompt_speed",
         f"Promptable model (Swin-T) at {d.get('image_side', '?')} px: encode once, then cheap "
-        "clicks; against the original's per-click recompute and SAM ViT-B.",
-        [
-            Row(
-                "set_image (encode the image once)",
-                "s",
-                d.get("unsam_set_image_s"),
-                d.get("sam_vitb_image_embeddings_s"),
-                "SAM ViT-B image embeddings",
-            ),
-            Row(
-                "one click, 6 mask records (the encoded image is reused)",
-                "ms/click",
-                records,
-                d.get("sam_vitb_click_ms"),
-                "SAM ViT-B click (image embeddings reused)",
-            ),
-            Row(
-                "one click, 6 mask records",
-                "ms/click",
-                records,
-                None if full is None else 1000 * full,
-                "the original: full forward per click",
-            ),
-            Row("one click, decoder and heads only", "ms/click", decode, compare=False),
-        ],
+        "clicks; bf16 against fp32, the original's per-click recompute and SAM ViT-B.",
+        rows,
+        note,
     )
 
 
