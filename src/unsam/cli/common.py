@@ -20,6 +20,7 @@ __all__ = [
     "overlay_names",
     "tqdm_progress",
     "print_run_summary",
+    "amg_notes",
     "write_overlays",
     "TrainingLog",
     "run_folder",
@@ -231,8 +232,11 @@ def print_run_summary(result: Any) -> None:
         notes.append(
             f"masks capped at --max-masks on {stats['capped']} image(s) (the best-scoring kept)"
         )
-    for warning in (result.dataset or {}).get("info", {}).get("settings", {}).get("warnings", []):
+    settings = (result.dataset or {}).get("info", {}).get("settings", {})
+    for warning in settings.get("warnings", []):
         notes.append(f"warning: {warning}")
+    if stats.get("amg_candidates"):
+        notes.extend(amg_notes(stats, settings.get("amg") or {}, result.masks))
     for note in notes:
         print(f"note: {note}" if not note.startswith("warning:") else note, file=sys.stderr)
     if result.exit_code:
@@ -240,6 +244,43 @@ def print_run_summary(result: Any) -> None:
             f"error: none of the {result.images_total} image(s) could be read (listed above)",
             file=sys.stderr,
         )
+
+
+def amg_notes(stats: dict[str, int], amg: dict[str, Any], masks: int) -> list[str]:
+    """Run-summary lines of the promptable AMG (``segment --model promptable:PATH``): candidates,
+    what each filter dropped (with its flag), and a warning naming the flags to loosen when no mask
+    survived. ``amg`` holds the run's AMGConfig values."""
+
+    def value(key: str) -> str:
+        return f" {amg[key]}" if key in amg else ""
+
+    n = stats.get("amg_candidates", 0)
+    iou = stats.get("amg_pred_iou_dropped", 0)
+    stab = stats.get("amg_stability_dropped", 0)
+    nms = stats.get("amg_nms_dropped", 0)
+    clean = stats.get("amg_cleanup_nms_dropped", 0)
+    lines = [
+        f"promptable AMG: {n} candidate masks (grid points x tokens): {iou} dropped by predicted "
+        f"IoU <={value('pred_iou_thresh')} (--amg-pred-iou-thresh), {stab} by stability "
+        f"<{value('stability_score_thresh')} (--amg-stability-score-thresh), {nms} by box NMS "
+        f"(--amg-box-nms-thresh), {clean} by the NMS after small-region cleanup "
+        f"(--amg-min-mask-region-area); {masks} kept"
+    ]
+    if masks == 0:
+        if iou >= n:
+            why = (
+                f"every candidate's predicted IoU was <={value('pred_iou_thresh')}: lower "
+                "--amg-pred-iou-thresh (the original automatic demo uses 0.7; a briefly trained "
+                "model predicts low IoUs, so try 0 or a negative value)"
+            )
+        else:
+            why = (
+                f"{iou} of {n} failed --amg-pred-iou-thresh{value('pred_iou_thresh')} and {stab} "
+                f"--amg-stability-score-thresh{value('stability_score_thresh')}: lower them (the "
+                "original automatic demo uses 0.7 and 0.7)"
+            )
+        lines.append(f"warning: the promptable AMG kept no mask: {why}")
+    return lines
 
 
 def write_overlays(

@@ -3,7 +3,6 @@ promptable:DIR`` on a tiny synthetic official-format checkpoint."""
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image
 from tests.reference.promptable_ref import official_state_dict_from_ours
 from unsam.cli.main import main
 from unsam.cli.prompt import PANEL_SIDE
-from unsam.models.promptable import PromptableConfig, amg, build_model
+from unsam.models.promptable import PromptableConfig, build_model
 
 
 def _image(path, hw=(60, 80)) -> None:
@@ -154,25 +153,37 @@ def test_prompt_errors(tmp_path, capsys) -> None:
     assert "convert-checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
-def test_segment_with_promptable_amg(tmp_path, capsys, monkeypatch) -> None:
-    # the producer's default AMG settings (32² points at 900 px) made small for the test
-    small = functools.partial(
-        amg.AMGConfig,
-        points_per_side=4,
-        short_side=64,
-        pred_iou_thresh=-1e9,
-        stability_score_thresh=0.0,
-    )
-    monkeypatch.setattr(amg, "AMGConfig", small)
+def _promptable_folder(tmp_path):
     torch.manual_seed(0)
     folder = tmp_path / "model"
     build_model(PromptableConfig.tiny()).save_pretrained(folder)
     images = tmp_path / "images"
     images.mkdir()
     _image(images / "a.png", (30, 40))
+    return folder, images
+
+
+def test_segment_with_promptable_amg_flags(tmp_path, capsys) -> None:
+    # the AMG's settings are flags: 4² points at 64 px with permissive filters (issue 16)
+    folder, images = _promptable_folder(tmp_path)
     out = tmp_path / "pred.json"
     rc = main(
-        ["segment", str(images), "--model", f"promptable:{folder}", "-o", str(out), "--no-progress"]
+        [
+            "segment",
+            str(images),
+            "--model",
+            f"promptable:{folder}",
+            "-o",
+            str(out),
+            "--no-progress",
+            "--amg-points-per-side",
+            "4",
+            "--amg-short-side",
+            "64",
+            "--amg-pred-iou-thresh=-1e9",
+            "--amg-stability-score-thresh",
+            "0",
+        ]
     )
     assert rc == 0
     data = json.loads(out.read_text())
@@ -180,3 +191,54 @@ def test_segment_with_promptable_amg(tmp_path, capsys, monkeypatch) -> None:
     assert data["annotations"]
     for ann in data["annotations"]:
         assert ann["segmentation"]["size"] == [30, 40] and ann["source"] == "promptable-amg"
+    assert data["info"]["settings"]["amg"]["points_per_side"] == 4
+    err = capsys.readouterr().err
+    # the summary counts the candidates (16 points x 6 tokens) and each filter's drops
+    line = next(x for x in err.splitlines() if "promptable AMG" in x)
+    assert "96 candidate masks" in line and "0 dropped by predicted IoU <= -1000000000.0" in line
+    assert f"{len(data['annotations'])} kept" in line and "warning" not in err
+
+
+def test_segment_promptable_amg_reports_zero_masks(tmp_path, capsys) -> None:
+    # an untrained model predicts IoUs far below the original's 0.88: 0 masks, and the summary
+    # says which filter dropped them and which flag loosens it
+    folder, images = _promptable_folder(tmp_path)
+    out = tmp_path / "pred.json"
+    rc = main(
+        [
+            "segment",
+            str(images),
+            "--model",
+            f"promptable:{folder}",
+            "-o",
+            str(out),
+            "--no-progress",
+            "--amg-points-per-side",
+            "2",
+            "--amg-short-side",
+            "64",
+            "--amg-pred-iou-thresh",
+            "1e9",
+        ]
+    )
+    assert rc == 0
+    assert json.loads(out.read_text())["annotations"] == []
+    err = capsys.readouterr().err
+    assert "24 candidate masks" in err and "24 dropped by predicted IoU <= 1000000000.0" in err
+    warning = next(x for x in err.splitlines() if x.startswith("warning:"))
+    assert "kept no mask" in warning and "--amg-pred-iou-thresh" in warning
+
+
+def test_segment_refuses_settings_of_the_other_model(tmp_path, capsys) -> None:
+    folder, images = _promptable_folder(tmp_path)
+    out = tmp_path / "pred.json"
+    base = ["segment", str(images), "-o", str(out), "--no-progress"]
+    rc = main([*base, "--model", str(folder), "--amg-pred-iou-thresh", "0.5"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--amg-pred-iou-thresh" in err and "promptable:PATH" in err
+    rc = main([*base, "--model", f"promptable:{folder}", "--score-thresh", "0.5"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--score-thresh" in err and "--amg-" in err
+    assert not out.exists()

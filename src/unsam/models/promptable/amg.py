@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from unsam.config import param
 from unsam.masks import resize_mask
 from unsam.models.promptable.decoder import mask_product
 from unsam.models.promptable.layers import DEMO_BOX_FRACTION, click_boxes
@@ -30,7 +31,13 @@ from unsam.models.promptable.maskops import (
 from unsam.models.promptable.predictor import PromptablePredictor
 from unsam.records import MaskRecord, decode_rle, encode_mask
 
-__all__ = ["PROMPT_SWITCH", "AMGConfig", "PromptableAMGProducer", "PromptableMaskGenerator"]
+__all__ = [
+    "AMG_STAT_KEYS",
+    "PROMPT_SWITCH",
+    "AMGConfig",
+    "PromptableAMGProducer",
+    "PromptableMaskGenerator",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,37 +45,60 @@ logger = logging.getLogger(__name__)
 #: (``prompt_switch``, spec §4). Whether UnSAM's tokens keep this order is UNCERTAIN (spec §7.3).
 PROMPT_SWITCH: dict[int, int] = {1: 3, 2: 2, 3: 0, 4: 4, 5: 1, 6: 5}
 
+#: Counters of :attr:`PromptableMaskGenerator.last_stats`, in filter order: candidate masks (grid
+#: points x tokens), dropped by the predicted-IoU filter, by the stability filter, by box NMS, by
+#: the NMS after small-region cleanup, and kept.
+AMG_STAT_KEYS: tuple[str, ...] = (
+    "amg_candidates",
+    "amg_pred_iou_dropped",
+    "amg_stability_dropped",
+    "amg_nms_dropped",
+    "amg_cleanup_nms_dropped",
+    "amg_kept",
+)
+
 
 @dataclass(frozen=True)
 class AMGConfig:
     """Settings of the promptable AMG. Defaults are the original class defaults (spec §4) with the
     automatic demo's input size; :meth:`demo` gives the automatic demo's settings.
 
-    Attributes:
-        points_per_side: grid points per side; the grid has points_per_side² clicks.
-        points_per_batch: clicks per decoder call (the original's 200).
-        pred_iou_thresh: keep masks with raw predicted IoU strictly above this.
-        stability_score_thresh: keep masks with stability score >= this, in [0, 1].
-        stability_score_offset: logit offset of the stability score.
-        box_nms_thresh: box IoU above which the lower-scored mask is dropped, in [0, 1].
-        min_mask_region_area: holes and islands smaller than this (pixels of the model input) are
-            cleaned, followed by a second NMS; 0 = off.
-        tokens: decoder tokens (0..5) to use; default all 6.
-        independent: False (original): the clicks of one batch attend to each other; True:
-            clicks are decoded independently (results do not depend on batching).
-        short_side: shortest side of the model input in pixels (automatic demo: 900); None = as is.
+    ``unsam segment --model promptable:PATH`` has one ``--amg-*`` flag per field.
     """
 
-    points_per_side: int = 32
-    points_per_batch: int = 200
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.92
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    min_mask_region_area: int = 10
-    tokens: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
-    independent: bool = False
-    short_side: int | None = 900
+    points_per_side: int = param(
+        32, "grid points per side; the grid has points_per_side² clicks (automatic demo: 80)"
+    )
+    points_per_batch: int = param(200, "clicks per decoder call (the original's 200)")
+    pred_iou_thresh: float = param(
+        0.88,
+        "keep masks whose raw predicted IoU is strictly above this (automatic demo: 0.7); the "
+        "head is unbounded, so negative values are allowed",
+    )
+    stability_score_thresh: float = param(
+        0.92,
+        "keep masks whose stability score (IoU of the masks at logit +-offset) is >= this, in "
+        "[0, 1] (automatic demo: 0.7)",
+    )
+    stability_score_offset: float = param(1.0, "logit offset of the stability score")
+    box_nms_thresh: float = param(
+        0.7, "box IoU above which the lower-scored of two masks is dropped, in [0, 1]"
+    )
+    min_mask_region_area: int = param(
+        10,
+        "holes and islands smaller than this (pixels of the model input) are cleaned, followed by "
+        "a second box NMS; 0 = off (automatic demo: 15)",
+    )
+    tokens: tuple[int, ...] = param((0, 1, 2, 3, 4, 5), "decoder tokens (0..5) to use")
+    independent: bool = param(
+        False,
+        "decode each click alone (results do not depend on batching); the original lets the "
+        "clicks of one batch attend to each other",
+    )
+    short_side: int | None = param(
+        900,
+        "shortest side of the model input in pixels (automatic demo: 900); none = as is",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(int(t) for t in self.tokens))
@@ -78,6 +108,10 @@ class AMGConfig:
             raise ValueError("stability_score_thresh and box_nms_thresh must be in [0, 1]")
         if not self.tokens or len(set(self.tokens)) != len(self.tokens):
             raise ValueError(f"tokens must be distinct token indices, got {self.tokens}")
+        if self.min_mask_region_area < 0:
+            raise ValueError(f"min_mask_region_area={self.min_mask_region_area} must be >= 0")
+        if self.short_side is not None and self.short_side < 32:
+            raise ValueError(f"short_side={self.short_side} must be >= 32 pixels or None")
 
     @classmethod
     def demo(cls) -> AMGConfig:
@@ -103,6 +137,8 @@ class PromptableMaskGenerator:
     def __init__(self, predictor: PromptablePredictor, config: AMGConfig | None = None) -> None:
         self.predictor = predictor
         self.config = config or AMGConfig()
+        #: What the last :meth:`generate` call dropped at each filter (:data:`AMG_STAT_KEYS`).
+        self.last_stats: dict[str, int] = {}
 
     def generate(self, image: npt.NDArray[np.uint8], image_id: int = 0) -> list[MaskRecord]:
         """Masks of one image.
@@ -115,7 +151,8 @@ class PromptableMaskGenerator:
             Records at the original image size, by descending predicted IoU: ``predicted_iou``
             (raw), ``score`` (clipped to [0, 1]), ``stability_score``, ``point_coords`` ((x, y),)
             in original pixels, ``crop_box`` (whole image, XYWH), ``level`` = token index + 1,
-            ``source`` "promptable-amg".
+            ``source`` "promptable-amg". :attr:`last_stats` counts the candidates (grid points
+            x tokens) and what each filter dropped.
         """
         cfg = self.config
         pred = self.predictor
@@ -129,6 +166,9 @@ class PromptableMaskGenerator:
         tokens = torch.tensor(cfg.tokens, dtype=torch.int64)
         rles: list[dict[str, Any]] = []
         boxes, ious, stabs, points, levels = [], [], [], [], []
+        stats = dict.fromkeys(AMG_STAT_KEYS, 0)
+        stats["amg_candidates"] = len(grid) * len(cfg.tokens)
+        self.last_stats = stats
         for start in range(0, len(grid), cfg.points_per_batch):
             batch = grid[start : start + cfg.points_per_batch]
             clicks = torch.from_numpy(batch * np.array([w, h])).float()
@@ -145,6 +185,7 @@ class PromptableMaskGenerator:
             flat_iou = iou.reshape(-1)
             flat_embed = embed.reshape(n * t, -1)
             keep = torch.nonzero(flat_iou > cfg.pred_iou_thresh).flatten()
+            stats["amg_pred_iou_dropped"] += int(flat_iou.numel() - keep.numel())
             for chunk in keep.split(64):
                 with torch.inference_mode():  # masks only of the queries that pass the IoU filter
                     rows = chunk.to(flat_embed.device)
@@ -154,6 +195,7 @@ class PromptableMaskGenerator:
                     up = pred.model.upsample_masks(low, state)  # float32
                 stab = stability_scores(up, 0.0, cfg.stability_score_offset).cpu()
                 ok = stab >= cfg.stability_score_thresh
+                stats["amg_stability_dropped"] += int((~ok).sum())
                 if not ok.any():
                     continue
                 masks = (up[ok.to(up.device)] > 0).cpu()
@@ -169,6 +211,7 @@ class PromptableMaskGenerator:
         box_t = torch.cat(boxes)
         iou_t = torch.cat(ious)
         keep = box_nms(box_t.float(), iou_t, cfg.box_nms_thresh)
+        stats["amg_nms_dropped"] = int(box_t.shape[0] - keep.numel())
         sel = keep.tolist()
         rles = [rles[i] for i in sel]
         box_t, iou_t = box_t[keep], iou_t[keep]
@@ -181,6 +224,7 @@ class PromptableMaskGenerator:
             rles, box_t, keep2 = _clean_small_regions(
                 rles, cfg.min_mask_region_area, cfg.box_nms_thresh
             )
+            stats["amg_cleanup_nms_dropped"] = int(iou_t.numel() - keep2.numel())
             iou_t, stab_t, pts_t, lvl_t = iou_t[keep2], stab_t[keep2], pts_t[keep2], lvl_t[keep2]
         records = []
         for i, rle in enumerate(rles):
@@ -200,7 +244,8 @@ class PromptableMaskGenerator:
                     source="promptable-amg",
                 )
             )
-        logger.debug("AMG: %d grid points -> %d masks", len(grid), len(records))
+        stats["amg_kept"] = len(records)
+        logger.debug("AMG: %d grid points -> %d masks (%s)", len(grid), len(records), stats)
         return records
 
 
@@ -224,7 +269,11 @@ def _clean_small_regions(
 
 
 class PromptableAMGProducer:
-    """Adapter for :func:`unsam.runner.run_images` (``unsam segment --model promptable:PATH``)."""
+    """Adapter for :func:`unsam.runner.run_images` (``unsam segment --model promptable:PATH``).
+
+    ``last_stats`` (the generator's :attr:`PromptableMaskGenerator.last_stats`) is summed over the
+    images into the run summary.
+    """
 
     def __init__(
         self,
@@ -248,6 +297,11 @@ class PromptableAMGProducer:
             "amg": asdict(self.config),
             "dtype": self.dtype,
         }
+
+    @property
+    def last_stats(self) -> dict[str, int]:
+        """Candidates and drops of the last image (:data:`AMG_STAT_KEYS`)."""
+        return {} if self._generator is None else dict(self._generator.last_stats)
 
     def setup(self) -> None:
         if self._generator is None:
