@@ -5,7 +5,9 @@ at its deepest point (kornia's distance transform), Point(Max) and Point(Oracle)
 mIoU and NoC@{0.5, 0.8, 0.85, 0.9}. ``--gt`` is a COCO instances JSON or a COCO panoptic JSON
 (detected from its ``segments_info``; the PNGs come from ``--panoptic-dir``, default: the JSON
 path without ``.json``). ``--model`` is a ``train-promptable`` run folder, a ``save_pretrained``
-folder or an official promptable ``.pth``.
+folder or an official promptable ``.pth``. A ``train-promptable`` run is evaluated at the size it
+was trained at (its images fitted into that square) unless ``--short-side`` / ``--max-size`` say
+otherwise; other models at the original protocol's 800 / 1333.
 
 Ground truth without a usable mask (every mask crowd, or empty at the evaluation size) is an error
 (exit code 2) rather than a table of empty metrics; masks that are empty at the evaluation size
@@ -15,6 +17,7 @@ while others are scored are counted in a warning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -73,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from unsam.io.files import atomic_write_json
     from unsam.io.images import load_image
-    from unsam.models.promptable.predictor import PromptablePredictor
+    from unsam.models.promptable.predictor import (
+        PromptablePredictor,
+        auto_input_size,
+        load_promptable_model,
+    )
     from unsam.runtime import resolve_device
 
     device = resolve_device(args.device)  # a CUDA request without CUDA fails before any work
@@ -102,9 +109,18 @@ def run(args: argparse.Namespace) -> int:
             f"{args.gt}: no usable ground-truth mask in its {len(records)} image(s) (crowd masks "
             "are left out, as in the original protocol); nothing to evaluate"
         )
-    predictor = PromptablePredictor.from_pretrained(
-        args.model, device=device, dtype=args.dtype, short_side=None
-    )
+    model = load_promptable_model(args.model, device=device, dtype=args.dtype)
+    trained = model.config.train_image_size
+    if trained and not hasattr(args, "short_side") and not hasattr(args, "max_size"):
+        # a train-promptable run: evaluate at the size it was trained at
+        short, longest = auto_input_size(model.config)
+        config = dataclasses.replace(config, short_side=short, max_size=longest)
+        print(
+            f"evaluating at the size {args.model} was trained at: images fitted into "
+            f"{trained}x{trained} (--short-side / --max-size to change)",
+            file=sys.stderr,
+        )
+    predictor = PromptablePredictor(model, device=device, short_side=None)
     predict = predictor_predict_fn(predictor)
     bar = tqdm(
         total=len(records),

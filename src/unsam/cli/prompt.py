@@ -76,8 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--short-side",
         type=int,
-        default=640,
-        help="shortest side of the model input, pixels (original demo: 640; evaluation: 800)",
+        default=None,
+        help="shortest side of the model input, pixels (original demo: 640; evaluation: 800); "
+        "default: the size a train-promptable run was trained at (the image fitted into that "
+        "square), else 640",
     )
     g.add_argument(
         "--box-size",
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         dtype=args.dtype,
         config=promptable_config(args.config),
-        short_side=args.short_side,
+        short_side="auto" if args.short_side is None else args.short_side,
     )
     predictor.set_image(image, image_id=args.image_id)
     clicks = predictor.predict(

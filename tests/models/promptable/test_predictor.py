@@ -68,10 +68,11 @@ def test_records_shapes_and_values(model, image) -> None:
         direct, direct_iou = model.decode_clicks(
             state, torch.tensor([[30.0 * 82 / 90, 20.0 * 64 / 70]])
         )
+    # equal up to float32 summation order (128-channel products of N(0, 0.3) weights)
     torch.testing.assert_close(
-        model.upsample_masks(direct, state)[0], logits[0], atol=1e-5, rtol=1e-5
+        model.upsample_masks(direct, state)[0], logits[0], atol=1e-4, rtol=1e-5
     )
-    torch.testing.assert_close(direct_iou[0], iou[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(direct_iou[0], iou[0], atol=1e-4, rtol=1e-5)
     assert [len(c) for c in clicks] == [6, 6]
     for n, records in enumerate(clicks):
         full = F.interpolate(logits[n][None], size=(70, 90), mode="bilinear", align_corners=False)[
@@ -93,8 +94,8 @@ def test_clicks_are_independent_unless_joint(model, image) -> None:
     pred.set_image(image)
     alone = pred.predict_logits([(30.0, 20.0)])
     together = pred.predict_logits([(30.0, 20.0), (60.0, 40.0), (5.0, 60.0)])
-    torch.testing.assert_close(together[0][0], alone[0][0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together[1][0], alone[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[0][0], alone[0][0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(together[1][0], alone[1][0], atol=1e-4, rtol=1e-5)
     joint = pred.predict_logits([(30.0, 20.0), (60.0, 40.0), (5.0, 60.0)], independent=False)
     assert (joint[0][0] - alone[0][0]).abs().max() > 1e-3
 

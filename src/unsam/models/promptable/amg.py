@@ -28,7 +28,7 @@ from unsam.models.promptable.maskops import (
     remove_small_regions,
     stability_scores,
 )
-from unsam.models.promptable.predictor import PromptablePredictor
+from unsam.models.promptable.predictor import PromptablePredictor, auto_input_size
 from unsam.records import MaskRecord, decode_rle, encode_mask
 
 __all__ = [
@@ -96,8 +96,10 @@ class AMGConfig:
         "clicks of one batch attend to each other",
     )
     short_side: int | None = param(
-        900,
-        "shortest side of the model input in pixels (automatic demo: 900); none = as is",
+        None,
+        "shortest side of the model input in pixels; none = the size the model was trained at "
+        "(a train-promptable run records it: the image is fitted into that square), else the "
+        "automatic demo's 900",
     )
 
     def __post_init__(self) -> None:
@@ -129,8 +131,8 @@ class PromptableMaskGenerator:
     """Whole-image masks from a point grid of clicks (spec §4).
 
     Args:
-        predictor: a :class:`PromptablePredictor` (its ``short_side`` is overridden per call by
-            ``config.short_side``).
+        predictor: a :class:`PromptablePredictor` (its ``short_side`` / ``max_side`` are
+            overridden per call by ``config.short_side``).
         config: :class:`AMGConfig`.
     """
 
@@ -156,8 +158,10 @@ class PromptableMaskGenerator:
         """
         cfg = self.config
         pred = self.predictor
-        pred.short_side = cfg.short_side
-        pred.max_side = None
+        if cfg.short_side is None:
+            pred.short_side, pred.max_side = auto_input_size(pred.model.config, None, 900)
+        else:
+            pred.short_side, pred.max_side = cfg.short_side, None
         pred.set_image(image, image_id=image_id)
         state = pred._require_state()
         h, w = state.image_hw

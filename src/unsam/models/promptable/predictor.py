@@ -40,11 +40,27 @@ from unsam.models.promptable.modeling import ImageState, PromptableModel
 from unsam.records import MaskRecord, encode_mask, encode_transposed_masks
 from unsam.runtime import resolve_device, resolve_dtype
 
-__all__ = ["PromptablePredictor", "check_points", "load_promptable_model", "torch_threads"]
+__all__ = [
+    "PromptablePredictor",
+    "auto_input_size",
+    "check_points",
+    "load_promptable_model",
+    "torch_threads",
+]
 
 logger = logging.getLogger(__name__)
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def auto_input_size(
+    config: PromptableConfig, max_side: int | None = None, default: int = 640
+) -> tuple[int, int | None]:
+    """(short_side, max_side) of the model input for a model config: its ``train_image_size`` S
+    as (S, S) (the image fitted into S x S, as in training) when it has one, else
+    (``default``, ``max_side``)."""
+    size = getattr(config, "train_image_size", None)
+    return (int(size), int(size)) if size else (default, max_side)
 
 
 def load_promptable_model(
@@ -121,7 +137,10 @@ class PromptablePredictor:
     Args:
         model: a :class:`PromptableModel` (put in eval mode).
         short_side: shortest side of the model input in pixels (640: demo / predictor API; 800:
-            interactive evaluation; 900: automatic demo); None = no resize.
+            interactive evaluation; 900: automatic demo); None = no resize; "auto" (default) =
+            the size the model was trained at when its config records one
+            (``train_image_size`` S of a ``train-promptable`` run: the image is fitted into S x S,
+            i.e. short_side = max_side = S), else 640.
         max_side: cap on the longest side (1333 in the evaluation), which also switches to
             detectron2's rounding rule (see :func:`unsam.models.promptable.maskops.resized_hw`).
         resample: "bicubic" (demo) or "bilinear" (evaluation) image resizing.
@@ -144,7 +163,7 @@ class PromptablePredictor:
         self,
         model: PromptableModel,
         *,
-        short_side: int | None = 640,
+        short_side: int | Literal["auto"] | None = "auto",
         max_side: int | None = None,
         resample: Literal["bicubic", "bilinear"] = "bicubic",
         device: str | torch.device = "cpu",
@@ -153,6 +172,8 @@ class PromptablePredictor:
     ) -> None:
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+        if short_side == "auto":
+            short_side, max_side = auto_input_size(model.config, max_side)
         if short_side is not None and short_side < 32:
             raise ValueError(f"short_side={short_side} is below 32 pixels")
         self.device = resolve_device(device)
