@@ -119,3 +119,40 @@ def test_empty_match_gives_zero_losses() -> None:
     )
     out = layer_losses(mask_logits, pred_iou, pred_boxes, masks, target_boxes, empty, 1.0)
     assert all(v.item() == 0.0 for v in out.values())
+
+
+def test_unmatched_tokens_iou_targets_hand_case() -> None:
+    """Issue 16 (``iou_unmatched``): a token without a target regresses the soft dice of its mask
+    with its click's best target, detached; matched tokens keep the original's target."""
+    from unsam.training.promptable.losses import unmatched_iou_targets
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0] = True  # click 0's target: the whole image
+    masks[1, :, :4] = True  # click 1's target: the left half
+    mask_logits = torch.full((2, 3, 8, 8), -20.0)
+    mask_logits[0, 1] = 20.0  # click 0, token 1 (unmatched): exactly its click's target
+    mask_logits[1, 2, :, :4] = 20.0  # click 1, token 2 (unmatched): exactly its click's target
+    match = Match(
+        query=torch.tensor([0, 4]), target=torch.tensor([0, 1]), click=torch.tensor([0, 1])
+    )
+    g = torch.Generator().manual_seed(0)
+    query, target = unmatched_iou_targets(mask_logits, masks, match, 400, g)
+    assert query.tolist() == [1, 2, 3, 5]  # click c's token k is query 3c + k
+    # query 1 covers its target exactly; 2 and 3 predict nothing (dice (0 + 1) / (|t| + 1));
+    # query 5 is click 1's exact left half (click 0's whole image is not its click's target)
+    # (bilinear sampling blurs the mask edges and the image border differently for the logits
+    # and the bool masks: a dice just below 1)
+    assert target[0].item() > 0.9 and target[3].item() > 0.9
+    assert target[1].item() < 0.01 and target[2].item() < 0.02
+
+    pred_iou = torch.zeros(2, 3, requires_grad=True)
+    base = layer_losses(mask_logits, pred_iou, None, masks, None, match, 1.0)
+    cfg = LossConfig(iou_unmatched=True, num_points=400)
+    logits = mask_logits.clone().requires_grad_(True)
+    out = layer_losses(logits, pred_iou, None, masks, None, match, 1.0, config=cfg)
+    # the extra term is (0 - 1)^2 + 2 (0 - ~0)^2 + (0 - 1)^2 = ~2
+    extra = out["loss_iou"].item() - base["loss_iou"].item()
+    assert 1.7 < extra < 2.0
+    out["loss_iou"].backward()
+    assert pred_iou.grad[0, 1] != 0 and pred_iou.grad[1, 2] != 0
+    assert logits.grad[0, 1].abs().sum() == 0  # detached: no mask gradient for unmatched tokens

@@ -40,6 +40,7 @@ from unsam.training.engine.optim import (
     build_param_groups,
     build_scheduler,
     lr_factor,
+    reduce_param_groups,
 )
 from unsam.training.engine.run_files import (
     LOSS_CSV_HEADER,
@@ -78,6 +79,7 @@ __all__ = [
     "mixed_precision",
     "read_loss_csv",
     "read_train_config",
+    "reduce_param_groups",
     "resolve_training_run",
     "upgrade_train_values",
     "write_loss_plot",

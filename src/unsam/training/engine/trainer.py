@@ -280,6 +280,8 @@ class Trainer(abc.ABC):
     run_record: dict[str, Any] | None = None
     #: Batches in pinned host memory when training on CUDA.
     pin_memory: bool = False
+    #: AdamW with torch's fused kernel (:func:`build_optimizer`).
+    fused_optimizer: bool = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -495,7 +497,7 @@ class Trainer(abc.ABC):
             logger.info("%s has no checkpoint yet; starting from step 0", run_dir)
         model.to(device)
         model.train()
-        optimizer = build_optimizer(self.param_groups(model), config)
+        optimizer = build_optimizer(self.param_groups(model), config, fused=self.fused_optimizer)
         scheduler = build_scheduler(optimizer, config)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])

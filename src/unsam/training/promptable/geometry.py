@@ -14,6 +14,7 @@ import torch.nn.functional as F
 __all__ = [
     "box_cxcywh_to_xyxy",
     "generalized_box_iou",
+    "paired_generalized_box_iou",
     "point_sample",
     "point_sample_masks",
     "uncertain_point_coords",
@@ -145,4 +146,19 @@ def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     rb_c = torch.max(a[:, None, 2:], b[None, :, 2:])
     wh_c = (rb_c - lt_c).clamp(min=0)
     area_c = wh_c[..., 0] * wh_c[..., 1]
+    return iou - (area_c - union) / area_c.clamp(min=1e-12)
+
+
+def paired_generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GIoU of matching pairs of xyxy boxes: (N, 4), (N, 4) -> (N,), equal to
+    ``diagonal(generalized_box_iou(a, b))`` without building the (N, N) matrix (the loss needs
+    only the matched pairs; the matrix cost 38 ms of a 0.3 s tiny-model CPU step)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    union = area_a + area_b - inter
+    iou = inter / union.clamp(min=1e-12)
+    wh_c = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
+    area_c = wh_c[:, 0] * wh_c[:, 1]
     return iou - (area_c - union) / area_c.clamp(min=1e-12)

@@ -12,8 +12,12 @@ matching):
 - boxes: L1 between (cx, cy, w, h) boxes (summed over the 4 coordinates) and 1 − GIoU.
 
 Each term is summed over pairs and divided by ``num_masks`` (the number of targets, averaged over
-processes, at least 1). Tokens without a target get no loss. The total is
-Σ_layers 5·BCE + 5·dice + 5·L1 + 2·GIoU + 1·IoU (:class:`LossConfig`).
+processes, at least 1). Tokens without a target get no loss, as in the original, unless
+``LossConfig.iou_unmatched``: then their IoU head regresses the soft dice of their mask with the
+best of their click's targets, on ``num_points`` uniform points, detached (no mask gradient), in
+the same IoU term. Without it their predicted IoU is never trained, and Point(Max), which takes
+the token of highest predicted IoU, often picks one of them (:func:`unmatched_iou_targets`).
+The total is Σ_layers 5·BCE + 5·dice + 5·L1 + 2·GIoU + 1·IoU (:class:`LossConfig`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from unsam.config import param
 from unsam.training.promptable.geometry import (
     box_cxcywh_to_xyxy,
-    generalized_box_iou,
+    paired_generalized_box_iou,
     point_sample,
     point_sample_masks,
     uncertain_point_coords,
@@ -46,6 +50,7 @@ __all__ = [
     "iou_score_loss",
     "layer_losses",
     "sigmoid_bce_loss",
+    "unmatched_iou_targets",
     "weighted_total",
 ]
 
@@ -66,6 +71,10 @@ class LossConfig:
     oversample_ratio: float = param(3.0, "PointRend oversampling of the candidate points")
     importance_sample_ratio: float = param(0.75, "fraction of the points chosen by uncertainty")
     deep_supervision: bool = param(True, "apply the same losses to every auxiliary decoder layer")
+    iou_unmatched: bool = param(
+        False,
+        "also train the IoU head on tokens without a target (the original does not, spec §3.7)",
+    )
 
     def __post_init__(self) -> None:
         if (
@@ -116,8 +125,51 @@ def box_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 − GIoU of matching (cx, cy, w, h) boxes: (N, 4), (N, 4) -> (N,)."""
-    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
-    return 1.0 - torch.diagonal(giou)
+    return 1.0 - paired_generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
+
+
+def unmatched_iou_targets(
+    mask_logits: torch.Tensor,
+    masks: torch.Tensor,
+    match: Match,
+    num_points: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU-head targets of the tokens without a target (``LossConfig.iou_unmatched``).
+
+    Each unmatched token of click c gets max over c's matched targets t of the soft dice
+    (2 Σ σ·t + 1) / (Σ σ + Σ t + 1) between its mask and t, on ``num_points`` uniform points shared
+    by all, computed without gradient.
+
+    Args:
+        mask_logits: (C, K, h, w) predicted logits.
+        masks: (M, H, W) bool masks of the image.
+        match: the image's matching (every click has at least one pair).
+
+    Returns:
+        (U,) int64 flattened query indices of the unmatched tokens of clicks with a target, and
+        (U,) float32 their targets.
+    """
+    c, k = mask_logits.shape[:2]
+    device = mask_logits.device
+    matched = torch.zeros(c * k, dtype=torch.bool, device=device)
+    matched[match.query.to(device)] = True
+    has_target = torch.zeros(c, dtype=torch.bool, device=device)
+    has_target[match.click.to(device)] = True
+    unmatched = torch.nonzero(~matched & has_target.repeat_interleave(k)).flatten()
+    if unmatched.numel() == 0:
+        return unmatched, mask_logits.new_zeros(0, dtype=torch.float32)
+    with torch.no_grad():
+        coords = torch.rand((num_points, 2), generator=generator).to(device)
+        src = mask_logits.detach().reshape(c * k, 1, *mask_logits.shape[-2:])[unmatched].float()
+        prob = point_sample(src, coords[None].expand(len(unmatched), -1, -1))[:, 0].sigmoid()
+        labels = point_sample_masks(masks, match.target, coords)  # (pairs, P)
+        dice = (2.0 * prob @ labels.T + 1.0) / (
+            prob.sum(-1)[:, None] + labels.sum(-1)[None, :] + 1.0
+        )
+        same_click = (unmatched // k)[:, None] == match.click.to(device)[None, :]
+        target = dice.masked_fill(~same_click, -1.0).max(dim=1).values.clamp(min=0.0)
+    return unmatched, target
 
 
 def layer_losses(
@@ -165,6 +217,13 @@ def layer_losses(
         "loss_mask_dice": dice.sum() / num_masks,
         "loss_iou": iou_score_loss(pred_iou.reshape(c * k)[q], dice).sum() / num_masks,
     }
+    if config.iou_unmatched:
+        others, target = unmatched_iou_targets(
+            mask_logits, masks, match, config.num_points, generator
+        )
+        if len(others):
+            extra = (pred_iou.reshape(c * k)[others] - target) ** 2
+            out["loss_iou"] = out["loss_iou"] + extra.sum() / num_masks
     if pred_boxes is not None and target_boxes is not None:
         pb = pred_boxes.reshape(c * k, 4)[q]
         tb = target_boxes.to(pb.device)[match.target.to(pb.device)]
