@@ -98,3 +98,38 @@ def test_the_model_remembers_the_scale_it_was_trained_at() -> None:
     assert training_test_size(TrainConfig.for_model("tiny"), sizes) == (192, 192)
     jitter = TrainConfig(config="r50", scale_jitter=True, min_scale=0.1, max_scale=2.0)
     assert training_test_size(jitter, sizes) == (1075, 1075)
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "expected"),
+    [
+        ("train", "--max-steps", "r50: 200000, tiny: 300"),
+        ("train", "--batch-size", "r50: 16, tiny: 2"),
+        ("train", "--lr", "r50: 5e-05, tiny: 0.001"),
+        ("train-promptable", "--batch-size", "swin_t: 4, tiny: 1"),
+        ("train-promptable", "--lr", "swin_t: 0.0001, tiny: 0.001"),
+        ("train-promptable", "--num-points", "swin_t: 12544, tiny: 256"),
+    ],
+)
+def test_help_shows_each_model_configs_default(command: str, flag: str, expected: str) -> None:
+    """Issue 16: ``train --help`` showed r50's 200k steps and batch 16 even for ``--config tiny``;
+    the help of every field a model config changes lists each config's default."""
+    from unsam.cli.main import _available, build_parser
+
+    parser = build_parser(_available(), command)
+    sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)  # noqa: SLF001
+    action = sub.choices[command]._option_string_actions[flag]  # noqa: SLF001
+    assert f"(default: {expected})" in action.help
+
+
+def test_help_defaults_are_the_configs_real_defaults() -> None:
+    """Every per-config default in the help is what ``for_model`` builds."""
+    from unsam.training.promptable.config import CONFIG_DEFAULTS as PROMPT_DEFAULTS
+    from unsam.training.promptable.config import PromptableTrainConfig
+    from unsam.training.whole_image.config import CONFIG_DEFAULTS
+
+    for cls, table in ((TrainConfig, CONFIG_DEFAULTS), (PromptableTrainConfig, PROMPT_DEFAULTS)):
+        for name, values in table.items():
+            built = cls.for_model(name)
+            for key, value in values.items():
+                assert getattr(built, key) == value, (cls.__name__, name, key)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
 __all__ = ["add_config_arguments", "config_from_args", "given_fields"]
@@ -35,6 +36,7 @@ def add_config_arguments(
     prefix: str = "",
     skip: tuple[str, ...] = (),
     recurse: bool = False,
+    config_defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Add one flag per field of ``config_cls`` (a dataclass built with :func:`unsam.config.param`),
     except the fields named in ``skip`` (set some other way, e.g. by a positional argument).
@@ -43,8 +45,11 @@ def add_config_arguments(
 
     Flags default to None (argparse.SUPPRESS), so only what the user sets overrides the config's
     own defaults; each flag's action keeps that default as ``action.config_default`` (what the
-    help shows). Types: bool → ``--flag/--no-flag``; Literal → choices; tuple[float, ...] →
-    comma-separated list; ``X | None`` → X (write "none" to pass None).
+    help shows). ``config_defaults`` (model config name -> field -> value, e.g. a trainer's
+    ``CONFIG_DEFAULTS``) makes the help of every field it names list each model config's default,
+    e.g. "(default: r50: 200000, tiny: 300)". Types: bool → ``--flag/--no-flag``; Literal →
+    choices; tuple[float, ...] → comma-separated list; ``X | None`` → X (write "none" to pass
+    None).
     """
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
@@ -64,7 +69,12 @@ def add_config_arguments(
             )
         tp, optional = _strip_optional(hints[f.name])
         default = f.default
-        help_full = f"{help_text} (default: {default})"
+        shown = default
+        if config_defaults and any(f.name in table for table in config_defaults.values()):
+            shown = ", ".join(
+                f"{name}: {table.get(f.name, f.default)}" for name, table in config_defaults.items()
+            )
+        help_full = f"{help_text} (default: {shown})"
         kwargs: dict[str, Any] = {
             "dest": _dest(prefix, f.name),
             "default": argparse.SUPPRESS,

@@ -511,9 +511,14 @@ def run_training(
     return 0
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    config_defaults: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """Flags of ``unsam train`` / ``train-promptable``: data, run folder, resume, and one flag per
-    field of the training config ``config_cls``."""
+    field of the training config ``config_cls``; ``config_defaults`` (model config -> the training
+    defaults it overrides) puts each model config's default in the help."""
     from unsam.cli.args import add_config_arguments
 
     g = parser.add_argument_group("data and run")
@@ -546,7 +551,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_cls: type) ->
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     from unsam.runtime import add_device_arguments
 
-    t = parser.add_argument_group("training settings")
+    t = parser.add_argument_group("training settings (defaults per --config where they differ)")
     add_device_arguments(t, training=True)
     t.add_argument(  # the flag of runs before --dtype, kept for old command lines
         "--bf16",
@@ -556,7 +561,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_cls: type) ->
         default=argparse.SUPPRESS,
         help=argparse.SUPPRESS,
     )
-    add_config_arguments(t, config_cls, skip=("device", "dtype"))
+    add_config_arguments(t, config_cls, skip=("device", "dtype"), config_defaults=config_defaults)
 
 
 def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 
-from unsam.training.whole_image.config import TrainConfig
+from unsam.training.whole_image.config import CONFIG_DEFAULTS, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from unsam.cli.common import add_training_arguments
 
-    add_training_arguments(parser, TrainConfig)
+    add_training_arguments(parser, TrainConfig, CONFIG_DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import argparse
 
-from unsam.training.promptable.config import PromptableTrainConfig
+from unsam.training.promptable.config import CONFIG_DEFAULTS, PromptableTrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from unsam.cli.common import add_training_arguments
 
-    add_training_arguments(parser, PromptableTrainConfig)
+    add_training_arguments(parser, PromptableTrainConfig, CONFIG_DEFAULTS)
 
 
 def run(args: argparse.Namespace) -> int:
     from unsam.cli.common import run_training
-    from unsam.training.promptable.trainer import load_promptable_train_config, train_promptable
+    from unsam.training.promptable.trainer import (
+        load_promptable_train_config,
+        new_promptable_train_config,
+        train_promptable,
+    )
 
     return run_training(
         train_promptable,
@@ -34,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
         args,
         PromptableTrainConfig,
         load=load_promptable_train_config,
-        new=lambda values: PromptableTrainConfig(**values),
+        new=new_promptable_train_config,
     )

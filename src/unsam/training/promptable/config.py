@@ -19,13 +19,32 @@ from unsam.config import param
 from unsam.training.promptable.losses import LossConfig
 from unsam.training.promptable.matching import MatcherConfig
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "LR_STEP_FRACTIONS", "PromptableTrainConfig"]
+__all__ = ["CONFIG_DEFAULTS", "DEFAULT_IMAGE_SIZE", "LR_STEP_FRACTIONS", "PromptableTrainConfig"]
 
 #: LR milestones 355,552 and 385,184 of 400,000 iterations (``cfg:289-308``).
 LR_STEP_FRACTIONS: tuple[float, ...] = (355_552 / 400_000, 385_184 / 400_000)
 
 #: Training image side when ``image_size`` is None: the paper's 1024 for swin_t, CPU-sized for tiny.
-DEFAULT_IMAGE_SIZE = {"swin_t": 1024, "tiny": 256}
+DEFAULT_IMAGE_SIZE = {"swin_t": 1024, "tiny": 128}
+
+#: Training defaults of each model config, applied by :meth:`PromptableTrainConfig.for_model` to
+#: the fields the user did not set. swin_t: the paper's schedule (a GPU job; 30-80 s a step on 2
+#: CPU cores). tiny: a CPU recipe (README, ``benchmarks/promptable_recipe.py``): 1500 steps of one
+#: 128-px image, 20 clicks and 256 loss points, lr 1e-3, the IoU head trained on every token, one
+#: torch thread. Measured on the bundled examples/coco images (issue 16).
+CONFIG_DEFAULTS: dict[str, dict[str, object]] = {
+    "swin_t": {},
+    "tiny": {
+        "max_steps": 1500,
+        "batch_size": 1,
+        "lr": 1e-3,
+        "num_clicks": 20,
+        "num_points": 256,
+        "iou_unmatched": True,
+        "checkpoint_every": 500,
+        "num_threads": 1,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,8 @@ class PromptableTrainConfig:
     warmup_factor: float = param(1.0, "LR factor at step 0 of the warmup (1.0 = no warmup)")
     image_size: int | None = param(
         None,
-        "square training image side, pixels, multiple of 32; None = 1024 for swin_t, 256 for tiny",
+        "square training image side, pixels, multiple of 32 (the image is fitted into it); None = "
+        "1024 for swin_t, 128 for tiny",
     )
     min_scale: float = param(
         0.99, "ResizeScale lower bound (the image is fitted into image_size * scale)"
@@ -90,6 +110,12 @@ class PromptableTrainConfig:
     deep_supervision: bool = param(
         True, "same losses on every auxiliary decoder layer (same matching)"
     )
+    iou_unmatched: bool = param(
+        False,
+        "also train the IoU head on tokens without a target: it regresses the soft dice of their "
+        "mask with their click's best target (detached). The original leaves them unsupervised "
+        "(spec §3.7), so Point(Max) often picks a token whose predicted IoU means nothing",
+    )
     dtype: Literal["float32", "bfloat16"] = param(
         "float32",
         "training precision: float32, or bfloat16 = autocast mixed precision (float32 master "
@@ -102,11 +128,28 @@ class PromptableTrainConfig:
     keep_checkpoints: int = param(3, "keep only the newest N step checkpoints; 0 keeps all")
     seed: int = param(0, "seed of data order, augmentation, clicks, point sampling and init")
     num_workers: int = param(0, "data-loading worker processes per training process")
+    num_threads: int = param(
+        0,
+        "torch intra-op threads of each training process while it trains; 0 = torch's default "
+        "(one per core). Small models train faster on 1 on a busy machine: there the tiny "
+        "recipe's step cost 3.1 s of CPU with 2 threads on 2 shared cores, 0.17 s with 1",
+    )
     device: str = param(
         "cpu",
         'where training runs: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; each '
         "torchrun process on CUDA uses cuda:LOCAL_RANK (the CLI's --device, default auto)",
     )
+
+    @classmethod
+    def for_model(cls, config: str = "swin_t", **values: object) -> PromptableTrainConfig:
+        """A PromptableTrainConfig for model config ``config`` with :data:`CONFIG_DEFAULTS` under
+        ``values`` (what the user set wins)."""
+        if config not in CONFIG_DEFAULTS:
+            raise ValueError(
+                f"PromptableTrainConfig.config={config!r}: expected one of "
+                f"{sorted(CONFIG_DEFAULTS)}"
+            )
+        return cls(config=config, **{**CONFIG_DEFAULTS[config], **values})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         from unsam.runtime import dtype_name, resolve_dtype
@@ -162,8 +205,10 @@ class PromptableTrainConfig:
                 f"PromptableTrainConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, "
                 f"{self.max_scale}"
             )
-        if self.keep_checkpoints < 0 or self.num_workers < 0:
-            raise ValueError("PromptableTrainConfig.keep_checkpoints and num_workers must be >= 0")
+        if self.keep_checkpoints < 0 or self.num_workers < 0 or self.num_threads < 0:
+            raise ValueError(
+                "PromptableTrainConfig.keep_checkpoints, num_workers and num_threads must be >= 0"
+            )
         if self.config not in DEFAULT_IMAGE_SIZE:
             raise ValueError(
                 f"PromptableTrainConfig.config={self.config!r}: expected one of "
@@ -191,6 +236,7 @@ class PromptableTrainConfig:
             oversample_ratio=self.oversample_ratio,
             importance_sample_ratio=self.importance_sample_ratio,
             deep_supervision=self.deep_supervision,
+            iou_unmatched=self.iou_unmatched,
         )
 
     def matcher_config(self) -> MatcherConfig:

@@ -47,6 +47,7 @@ from unsam.training.engine import (
     Trainer,
     TrainResult,
     read_train_config,
+    reduce_param_groups,
 )
 from unsam.training.engine import build_param_groups as _build_param_groups
 from unsam.training.promptable.config import PromptableTrainConfig
@@ -64,7 +65,9 @@ __all__ = [
     "PromptableTrainer",
     "build_param_groups",
     "collate_promptable",
+    "initial_model",
     "load_promptable_train_config",
+    "new_promptable_train_config",
     "train_promptable",
 ]
 
@@ -294,6 +297,7 @@ class PromptableTrainer(Trainer):
     fixed_fields = ("config",)
     exact_fields = _EXACT_FIELDS
     run_record = {"model": "promptable"}
+    fused_optimizer = True
 
     @property
     def name(self) -> str:
@@ -303,10 +307,29 @@ class PromptableTrainer(Trainer):
         config = self.config
         return config.resolved_image_size, (config.min_scale, config.max_scale)
 
+    def fit(self, *args: Any, **kwargs: Any) -> TrainResult:
+        """:meth:`unsam.training.engine.Trainer.fit` with ``config.num_threads`` intra-op torch
+        threads (0: torch's default), restored afterwards."""
+        from unsam.models.promptable.predictor import torch_threads
+
+        with torch_threads(self.config.num_threads or None):
+            return super().fit(*args, **kwargs)
+
     def build_model(self, new_run: bool) -> nn.Module:
+        """The ``config.config`` model recording its training image size (``train_image_size``:
+        the predictor, the AMG and ``eval-points`` then resize images the way training did),
+        Swin-initialised for a new run with ``backbone_init``."""
+        import dataclasses
+
+        from unsam.models.promptable.config import PromptableConfig
         from unsam.models.promptable.modeling import build_model
 
-        model = build_model(self.config.config)
+        model = build_model(
+            dataclasses.replace(
+                PromptableConfig.named(self.config.config),  # type: ignore[arg-type]
+                train_image_size=self.config.resolved_image_size,
+            )
+        )
         if new_run and self.config.backbone_init is not None:
             from unsam.training.promptable.backbone_init import load_backbone_init
 
@@ -314,7 +337,8 @@ class PromptableTrainer(Trainer):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return build_param_groups(model, self.config)
+        # the per-tensor groups merged by (lr, weight decay), as the original's build_optimizer
+        return reduce_param_groups(build_param_groups(model, self.config))
 
     def collate_fn(self) -> Callable[[Sequence[TrainSample]], dict[str, Any]]:
         return collate_promptable
@@ -353,6 +377,23 @@ class PromptableTrainer(Trainer):
     def save_final(self, model: nn.Module, model_dir: Path) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
         _save_final(model, model_dir)
+
+
+def initial_model(config: PromptableTrainConfig) -> nn.Module:
+    """The randomly initialised model a new run of ``config`` starts from (every RNG seeded with
+    ``config.seed``, as :meth:`PromptableTrainer.build_model` is called): the untrained baseline of
+    a recipe (``benchmarks/promptable_recipe.py``)."""
+    from unsam.training.engine.rng import _seed_all
+
+    _seed_all(config.seed)
+    return PromptableTrainer(config).build_model(new_run=True)
+
+
+def new_promptable_train_config(values: dict[str, Any]) -> PromptableTrainConfig:
+    """A new run's settings: :meth:`PromptableTrainConfig.for_model`, the model config's own
+    defaults under the user's flags ``values``."""
+    values = dict(values)
+    return PromptableTrainConfig.for_model(str(values.pop("config", "swin_t")), **values)
 
 
 def train_promptable(
