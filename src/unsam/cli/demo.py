@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--short-side",
         type=int,
-        default=640,
-        help="shortest side of the promptable model's input for clicks, pixels (default: 640, "
-        "the original demo)",
+        default=None,
+        help="shortest side of the promptable model's input for clicks, pixels (default: the size "
+        "a train-promptable run was trained at, else 640, the original demo)",
     )
     parser.add_argument(
         "--points-per-side",
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         max_side=args.max_side,
-        short_side=args.short_side,
+        short_side="auto" if args.short_side is None else args.short_side,
         amg=amg,
     )  # bad model paths fail here, before the server starts
     demo = build_demo(backend, top_k=args.top_k)

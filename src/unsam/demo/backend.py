@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -339,7 +339,8 @@ class DemoBackend:
             and the whole-image model; the classic fallback has no network).
         max_side: longest image side in pixels; larger images are shrunk first (None: keep).
         short_side: shortest side of the promptable model's input for clicks (640: the original
-            demo); None = the image as is.
+            demo); None = the image as is; "auto" = the size the model was trained at when it
+            records one (a train-promptable run), else 640.
         amg: settings of the promptable model's automatic mask generator, used for "segment
             everything" when only ``model`` is given (default: ``AMGConfig()``).
         cache_size: number of images whose "segment everything" masks are kept.
@@ -359,7 +360,7 @@ class DemoBackend:
         device: str = "cpu",
         dtype: str = "float32",
         max_side: int | None = 640,
-        short_side: int | None = 640,
+        short_side: int | Literal["auto"] | None = "auto",
         amg: Any = None,
         cache_size: int = 4,
         everything: Any = None,

@@ -28,7 +28,11 @@ from unsam.models.promptable.maskops import (
     remove_small_regions,
     stability_scores,
 )
-from unsam.models.promptable.predictor import PromptablePredictor, auto_input_size
+from unsam.models.promptable.predictor import (
+    PromptablePredictor,
+    auto_input_size,
+    torch_threads,
+)
 from unsam.records import MaskRecord, decode_rle, encode_mask
 
 __all__ = [
@@ -173,43 +177,47 @@ class PromptableMaskGenerator:
         stats = dict.fromkeys(AMG_STAT_KEYS, 0)
         stats["amg_candidates"] = len(grid) * len(cfg.tokens)
         self.last_stats = stats
-        for start in range(0, len(grid), cfg.points_per_batch):
-            batch = grid[start : start + cfg.points_per_batch]
-            clicks = torch.from_numpy(batch * np.array([w, h])).float()
-            boxes_in = click_boxes(
-                clicks, state.padded_hw, (DEMO_BOX_FRACTION * w, DEMO_BOX_FRACTION * h)
-            )
-            with torch.inference_mode():
-                out = pred.model.decode_boxes(
-                    state, boxes_in, independent=cfg.independent, compute_masks=False
+        # the per-click part runs on the predictor's click threads (1 by default): small
+        # operations, where a 2-thread pool on a busy 2-core machine spun for 16x the time
+        with torch_threads(pred.click_threads):
+            for start in range(0, len(grid), cfg.points_per_batch):
+                batch = grid[start : start + cfg.points_per_batch]
+                clicks = torch.from_numpy(batch * np.array([w, h])).float()
+                boxes_in = click_boxes(
+                    clicks, state.padded_hw, (DEMO_BOX_FRACTION * w, DEMO_BOX_FRACTION * h)
                 )
-            # IoUs and the candidate bookkeeping on the host; embeddings stay on the device
-            iou, embed = out.iou[:, tokens].float().cpu(), out.mask_embeddings[:, tokens]
-            n, t = iou.shape
-            flat_iou = iou.reshape(-1)
-            flat_embed = embed.reshape(n * t, -1)
-            keep = torch.nonzero(flat_iou > cfg.pred_iou_thresh).flatten()
-            stats["amg_pred_iou_dropped"] += int(flat_iou.numel() - keep.numel())
-            for chunk in keep.split(64):
-                with torch.inference_mode():  # masks only of the queries that pass the IoU filter
-                    rows = chunk.to(flat_embed.device)
-                    low = mask_product(
-                        flat_embed[rows], state.mask_features, state.packed_mask_features
+                with torch.inference_mode():
+                    out = pred.model.decode_boxes(
+                        state, boxes_in, independent=cfg.independent, compute_masks=False
                     )
-                    up = pred.model.upsample_masks(low, state)  # float32
-                stab = stability_scores(up, 0.0, cfg.stability_score_offset).cpu()
-                ok = stab >= cfg.stability_score_thresh
-                stats["amg_stability_dropped"] += int((~ok).sum())
-                if not ok.any():
-                    continue
-                masks = (up[ok.to(up.device)] > 0).cpu()
-                idx = chunk[ok]
-                boxes.append(boxes_xyxy_inclusive(masks))
-                ious.append(flat_iou[idx])
-                stabs.append(stab[ok])
-                points.append(torch.from_numpy(batch[(idx // t).numpy()]))
-                levels.append(tokens[idx % t] + 1)
-                rles.extend(encode_mask(m) for m in masks.numpy())
+                # IoUs and the candidate bookkeeping on the host; embeddings stay on the device
+                iou, embed = out.iou[:, tokens].float().cpu(), out.mask_embeddings[:, tokens]
+                n, t = iou.shape
+                flat_iou = iou.reshape(-1)
+                flat_embed = embed.reshape(n * t, -1)
+                keep = torch.nonzero(flat_iou > cfg.pred_iou_thresh).flatten()
+                stats["amg_pred_iou_dropped"] += int(flat_iou.numel() - keep.numel())
+                for chunk in keep.split(64):
+                    # masks only of the queries that pass the IoU filter
+                    with torch.inference_mode():
+                        rows = chunk.to(flat_embed.device)
+                        low = mask_product(
+                            flat_embed[rows], state.mask_features, state.packed_mask_features
+                        )
+                        up = pred.model.upsample_masks(low, state)  # float32
+                    stab = stability_scores(up, 0.0, cfg.stability_score_offset).cpu()
+                    ok = stab >= cfg.stability_score_thresh
+                    stats["amg_stability_dropped"] += int((~ok).sum())
+                    if not ok.any():
+                        continue
+                    masks = (up[ok.to(up.device)] > 0).cpu()
+                    idx = chunk[ok]
+                    boxes.append(boxes_xyxy_inclusive(masks))
+                    ious.append(flat_iou[idx])
+                    stabs.append(stab[ok])
+                    points.append(torch.from_numpy(batch[(idx // t).numpy()]))
+                    levels.append(tokens[idx % t] + 1)
+                    rles.extend(encode_mask(m) for m in masks.numpy())
         if not rles:
             return []
         box_t = torch.cat(boxes)
