@@ -37,6 +37,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "train_speed": ("train_speed.py", [], ["--quick"]),
     "prompt_speed": ("prompt_speed.py", [], ["--quick"]),
     "released_pipeline_speed": ("released_pipeline_speed.py", [], ["--quick"]),
+    "promptable_recipe": ("promptable_recipe.py", [], ["--max-steps", "300"]),
     "ray_scaling": (
         "ray_scaling.py",
         ["--images", "8", "--repeats", "3"],

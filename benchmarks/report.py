@@ -609,6 +609,38 @@ def _prompt(d: dict[str, Any]) -> Table:
     )
 
 
+def _promptable_recipe(d: dict[str, Any]) -> Table:
+    before, after = d.get("untrained") or {}, d.get("trained") or {}
+    return Table(
+        "promptable_recipe",
+        f"`train-promptable --config tiny` from scratch ({d.get('steps', '?')} steps at "
+        f"{d.get('image_size', '?')} px), 1-click mIoU on the images it trained on "
+        f"({d.get('annotations', '?')}, {after.get('num_segments', '?')} masks); the reference "
+        "is the untrained model of the same seed.",
+        [
+            Row(
+                "Point(Oracle) mIoU",
+                "mIoU",
+                after.get("point_oracle_miou"),
+                before.get("point_oracle_miou"),
+                "untrained",
+                compare=False,
+            ),
+            Row(
+                "Point(Max) mIoU",
+                "mIoU",
+                after.get("point_max_miou"),
+                before.get("point_max_miou"),
+                "untrained",
+                compare=False,
+            ),
+            Row("training wall time", "min", d.get("train_wall_min"), compare=False),
+            Row("one training step (median)", "s/step", d.get("s_per_step_median"), compare=False),
+        ],
+        note="goal (issue 16): Point(Oracle) >= 0.5 and Point(Max) >= 0.4 in <= 10 min on 2 cores",
+    )
+
+
 def _released(d: dict[str, Any]) -> Table:
     fp32 = _get(d, "results", "fp32") or {}
     bf16 = _get(d, "results", "bf16") or {}
@@ -691,6 +723,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], Table]] = {
     "segment_speed": _segment,
     "train_speed": _train,
     "prompt_speed": _prompt,
+    "promptable_recipe": _promptable_recipe,
     "released_pipeline_speed": _released,
     "ray_scaling": _ray,
 }
