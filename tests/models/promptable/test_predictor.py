@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,26 @@ def test_clicks_outside_the_image_are_refused(model, image, point) -> None:
     with pytest.raises(ValueError, match="outside the 90x70 image"):
         pred.predict_logits([point])
     assert len(pred.predict([(0.0, 0.0), (89.9, 69.9)])) == 2  # the corners are inside
+
+
+def test_a_trained_model_is_shown_images_at_its_training_size(image) -> None:
+    """Issue 16: a train-promptable run records its image size (``train_image_size``); the
+    predictor ("auto"), the AMG (short_side None) and eval-points resize images the way training
+    did (fitted into the square), while an official model keeps the original's 640."""
+    from unsam.models.promptable.amg import AMGConfig, PromptableMaskGenerator
+
+    torch.manual_seed(0)
+    trained = build_model(dataclasses.replace(PromptableConfig.tiny(), train_image_size=64))
+    pred = PromptablePredictor(trained)
+    pred.set_image(image)  # 70 x 90 fitted into 64 x 64
+    assert pred.input_hw == (50, 64)
+    official = PromptablePredictor(build_model(PromptableConfig.tiny()))
+    official.set_image(image)
+    assert min(official.input_hw) == 640
+    amg = PromptableMaskGenerator(
+        PromptablePredictor(trained), AMGConfig(points_per_side=2, pred_iou_thresh=1e9)
+    )
+    amg.generate(image)
+    assert amg.predictor.input_hw == (50, 64)
+    with pytest.raises(ValueError, match="train_image_size"):
+        PromptableConfig(train_image_size=16)

@@ -74,29 +74,26 @@ def test_train_then_eval_points(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "--resume" in capsys.readouterr().err
 
     out = tmp_path / "m.json"
-    assert (
-        main(
-            [
-                "eval-points",
-                "--gt",
-                str(ann),
-                "--images",
-                str(images),
-                "--model",
-                str(run),
-                "--json",
-                str(out),
-                "--short-side",
-                "none",
-                "--no-progress",
-                "--max-images",
-                "1",
-            ]
-        )
-        == 0
-    )
+    eval_args = [
+        "eval-points",
+        "--gt",
+        str(ann),
+        "--images",
+        str(images),
+        "--model",
+        str(run),
+        "--json",
+        str(out),
+        "--short-side",
+        "none",
+    ]
+    assert main([*eval_args, "--no-progress", "--max-images", "1"]) == 0
     text = capsys.readouterr().out
     assert "point_oracle_miou" in text
+    # the run records the size it was trained at; eval-points uses it unless told otherwise
+    assert json.loads((run / "config.json").read_text())["train_image_size"] == 64
+    assert main([*eval_args[:-4], "--no-progress", "--max-images", "1"]) == 0
+    assert "images fitted into 64x64" in capsys.readouterr().err
     metrics = json.loads(out.read_text())
     expected = {
         "point_max_miou",
