@@ -635,6 +635,7 @@ def _promptable_recipe(d: dict[str, Any]) -> Table:
                 compare=False,
             ),
             Row("training wall time", "min", d.get("train_wall_min"), compare=False),
+            Row("training CPU time (1 thread)", "s", d.get("train_cpu_s"), compare=False),
             Row("one training step (median)", "s/step", d.get("s_per_step_median"), compare=False),
         ],
         note="goal (issue 16): Point(Oracle) >= 0.5 and Point(Max) >= 0.4 in <= 10 min on 2 cores",
