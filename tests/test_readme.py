@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -21,6 +22,10 @@ from unsam.cli.main import _available, build_parser
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 FRESH = "# runs from a fresh clone"
+#: Steps of the README's ``train-promptable`` line in CI. The block itself runs the tiny recipe
+#: (1500 steps, minutes on 2 cores); the test appends ``--max-steps`` to that one line and runs
+#: every other line as written.
+CI_PROMPTABLE_STEPS = 20
 
 
 def _blocks(lang: str) -> list[str]:
@@ -107,27 +112,66 @@ def _scratch(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _run_block(block: str, cwd: Path, env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"README block failed:\n{block}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    )
+    cited = missing_files_cited(proc.stdout + proc.stderr)
+    assert not cited, f"README block output cites files not in the repository: {cited}"
+
+
+def _promptable_block() -> str:
+    blocks = [b for b in _blocks("bash") if b.startswith(FRESH) and "train-promptable" in b]
+    assert len(blocks) == 1, "the promptable block runs from a fresh clone (issue 16)"
+    return blocks[0]
+
+
+@pytest.mark.slow
+def test_promptable_block_runs_from_a_fresh_clone(tmp_path: Path) -> None:
+    """Issue 16: the promptable block named ``hf_prompt``, which exists only after converting an
+    official checkpoint; now it trains ``runs/prompt`` and every line runs as written (the training
+    cut to CI_PROMPTABLE_STEPS steps)."""
+    env = _scratch(tmp_path)
+    block = _promptable_block()
+    assert "hf_prompt" not in block and "--config tiny" in block
+    ci = re.sub(
+        r"^(unsam train-promptable .*)$",
+        rf"\1 --max-steps {CI_PROMPTABLE_STEPS}",
+        block,
+        count=1,
+        flags=re.M,
+    )
+    assert ci != block
+    _run_block(ci, tmp_path, env)
+    run = tmp_path / "runs" / "prompt"
+    assert json.loads((run / "config.json").read_text())["train_image_size"] == 128
+    assert json.loads((run / "train_config.json").read_text())["train"]["max_steps"] == (
+        CI_PROMPTABLE_STEPS
+    )
+    points = json.loads((tmp_path / "out" / "points.json").read_text())
+    assert points["num_segments"] == 31
+    for name in ("clicks.json", "clicks.png", "amg.json"):
+        assert (tmp_path / "out" / name).is_file(), name
+
+
 @pytest.mark.slow
 def test_fresh_clone_blocks_run_as_written(tmp_path: Path) -> None:
     env = _scratch(tmp_path)
-    blocks = [b for b in _blocks("bash") if b.startswith(FRESH)]
+    promptable = _promptable_block()  # its own test (a shorter training)
+    blocks = [b for b in _blocks("bash") if b.startswith(FRESH) and b != promptable]
     setup = _blocks("bash")[0]  # the first set-up command, without creating the venv / installing
     steps = [s.strip() for s in setup.split("&&") if "venv " not in s and "pip install" not in s]
     blocks.insert(0, " && ".join(s.replace(".venv/bin/", "") for s in steps))
     for block in blocks:
-        proc = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", block],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, (
-            f"README block failed:\n{block}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
-        cited = missing_files_cited(proc.stdout + proc.stderr)
-        assert not cited, f"README block output cites files not in the repository: {cited}"
+        _run_block(block, tmp_path, env)
     assert (tmp_path / "out" / "pseudo.json").is_file() and (
         tmp_path / "out" / "dico.png"
     ).is_file()
