@@ -148,8 +148,12 @@ def test_bf16_clicks_agree_with_float32_on_photos(swin_t: nn.Module, name: str) 
 
 
 def test_bf16_clicks_agree_with_float32_tiny(tiny: nn.Module) -> None:
-    """The tiny config (mixed masks: 55-59 % foreground). Measured: smallest IoU per level 0.982,
-    predicted IoU within 0.0014. Limits: 0.95 and 0.01."""
+    """The tiny config (mixed masks: 55-59 % foreground). Its random weights give flat logits
+    (|logit| <= 1.41, std 0.37), so 5 % of the pixels lie within bf16's error of the threshold
+    and mask IoU alone says little. Measured (1 and 2 threads alike): logits at most 0.028 apart,
+    smallest mask IoU 0.939, predicted IoU within 0.0025. Limits: logits within 0.1 (3.5x), so
+    every pixel with |float32 logit| > 0.1 keeps its side; IoU >= 0.85; predicted IoU 0.01. A
+    bf16 threshold or bf16 sampling locations move logits by far more than 0.1."""
     out = {}
     for dtype in ("float32", "bfloat16"):
         predictor = PromptablePredictor(copy.deepcopy(tiny), short_side=None, dtype=dtype)
@@ -158,8 +162,11 @@ def test_bf16_clicks_agree_with_float32_tiny(tiny: nn.Module) -> None:
     (l32, i32), (l16, i16) = out["float32"], out["bfloat16"]
     m32, m16 = l32 > 0, l16 > 0
     assert 0.2 < float(m32.float().mean()) < 0.8
+    assert float((l32 - l16).abs().max()) <= 0.1
+    sure = l32.abs() > 0.1
+    assert torch.equal(m32[sure], m16[sure])
     iou = (m32 & m16).flatten(2).sum(-1) / (m32 | m16).flatten(2).sum(-1).clamp(min=1)
-    assert float(iou.min()) >= 0.95, iou
+    assert float(iou.min()) >= 0.85, iou
     assert float((i32 - i16).abs().max()) <= 0.01
 
 
