@@ -224,22 +224,9 @@ def roi_align(
     if r == 0:
         return out.view(0, c, p, p)
     rois = rois.to(features.dtype)
-    offset = 0.5 if aligned else 0.0
-    start_x = rois[:, 1] * spatial_scale - offset
-    start_y = rois[:, 2] * spatial_scale - offset
-    roi_w = rois[:, 3] * spatial_scale - offset - start_x
-    roi_h = rois[:, 4] * spatial_scale - offset - start_y
-    if not aligned:
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_w = roi_w / p
-    bin_h = roi_h / p
-    if sampling_ratio > 0:
-        grid_h = torch.full((r,), sampling_ratio, dtype=torch.int64, device=device)
-        grid_w = grid_h.clone()
-    else:
-        grid_h = torch.ceil(roi_h / p).to(torch.int64).clamp(min=0)
-        grid_w = torch.ceil(roi_w / p).to(torch.int64).clamp(min=0)
+    start_x, start_y, bin_w, bin_h, grid_w, grid_h = _roi_geometry(
+        rois, p, spatial_scale, sampling_ratio, aligned, dtype=features.dtype
+    )
     count = (grid_h * grid_w).clamp(min=1).to(features.dtype)
     batch = rois[:, 0].to(torch.int64)
     # (N*H*W, C): one row per feature pixel; each output row (box, bin) is a sparse weighted sum
@@ -315,10 +302,16 @@ def _axis_weights(
 
 
 def _roi_geometry(
-    rois: torch.Tensor, p: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+    rois: torch.Tensor,
+    p: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, ...]:
-    """Per box: float32 start x/y, bin width/height, int64 grid w/h (torchvision's rules)."""
-    rois = rois.float()
+    """Per box: start x/y, bin width/height in ``dtype`` (float32: torchvision's arithmetic),
+    int64 grid w/h (torchvision's rules); shared by the sparse and the separable ROIAlign."""
+    rois = rois.to(dtype)
     offset = 0.5 if aligned else 0.0
     start_x = rois[:, 1] * spatial_scale - offset
     start_y = rois[:, 2] * spatial_scale - offset
