@@ -254,3 +254,51 @@ def test_feature_options_reach_the_extractor_from_the_cli() -> None:
     config = pipeline_config_from_args(args)
     assert config.feature.batch_size == 3
     assert DivideAndConquer(config=config).extractor.batch_size == 3
+
+
+def test_producer_start_and_finisher_overlap_in_the_runner(tmp_path) -> None:
+    """The runner's device/host split: on a GPU (forced here) the producer asks for the overlap,
+    every image goes through ``start`` + finisher (the host part on the runner's thread while the
+    next image starts), and the file equals a plain run's byte for byte."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from unsam.io.images import list_images
+    from unsam.pipeline import DicoProducer
+    from unsam.runner import run_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, name in enumerate(["astronaut.jpg", "chelsea.png", "coffee.jpg"]):
+        src = Path(__file__).parent / "data" / "images" / name
+        Image.open(src).convert("RGB").resize((96, 72)).save(folder / f"{k}.png")
+    listing = list_images(folder)
+    config = PipelineConfig(features="classic", max_masks=30)
+    producer = DicoProducer(config)
+    producer.setup()
+    assert not producer.overlaps  # on the CPU both parts would share the cores
+
+    class WholeCalls:  # the producer without start(): the runner calls it image by image
+        settings, setup, __call__ = producer.settings, producer.setup, producer.__call__
+        last_stats = property(lambda self: producer.last_stats)
+
+    run_images(WholeCalls(), listing.images, listing.root, tmp_path / "plain.json")
+    split = DicoProducer(config)
+    split.setup()
+    split._dico.device = "cuda"  # what overlaps looks at; the networks stay on the CPU
+    assert split.overlaps
+    started, finished = [], []
+    start = split.start
+
+    def logged_start(image, *, image_id):  # type: ignore[no-untyped-def]
+        started.append(image_id)
+        finish = start(image, image_id=image_id)
+        return lambda: (finished.append(image_id), finish())[1]
+
+    split.start = logged_start  # type: ignore[method-assign]
+    run_images(split, listing.images, listing.root, tmp_path / "split.json")
+    assert started == finished and len(set(started)) == 3
+    plain_doc = json.loads((tmp_path / "plain.json").read_text())
+    assert len(plain_doc["annotations"]) > 3
+    assert (tmp_path / "plain.json").read_bytes() == (tmp_path / "split.json").read_bytes()

@@ -37,7 +37,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -443,6 +443,16 @@ class DivideAndConquer:
             (same order; a part always scores below its divide mask, so parents are kept).
             ``last_stats`` counts what was dropped and why.
         """
+        return self.start(image, image_id=image_id)()
+
+    def start(
+        self, image: npt.NDArray[np.uint8], *, image_id: int = 0
+    ) -> Callable[[], list[MaskRecord]]:
+        """The device part of :meth:`__call__` (divide, then the conquer features and merge);
+        the returned finisher does the rest (candidates, selection, CascadePSP, RLE encoding,
+        ``last_timings`` / ``last_stats``) and returns the records. A runner may run one image's
+        finisher on another thread while the next image's ``start`` runs (never two finishers at
+        once: they share the refiner and ``last_stats``)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         cfg = self.config
@@ -453,20 +463,26 @@ class DivideAndConquer:
         regions = _LazyMasks([rle for rle, _ in divided])  # decoded one at a time by conquer
         parts = conquer(image, regions, self.feature_input(), cfg.conquer) if divided else []
         t2 = time.perf_counter()
-        items = self._candidates(divided, sources, parts, hw)
-        selected = self._select(items)
-        records, timings, stats = self._emit(image, items, selected, image_id)
-        t3 = time.perf_counter()
-        self.last_timings = {"divide": t1 - t0, "conquer": t2 - t1, **timings, "total": t3 - t0}
-        self.last_stats = {**stats, "capped": int(selected is not None)}
-        logger.debug(
-            "%d divide + %d conquer masks -> %d records in %.2f s",
-            len(divided),
-            len(parts),
-            len(records),
-            t3 - t0,
-        )
-        return records
+
+        def finish() -> list[MaskRecord]:
+            t_host = time.perf_counter()
+            items = self._candidates(divided, sources, parts, hw)
+            selected = self._select(items)
+            records, timings, stats = self._emit(image, items, selected, image_id)
+            t3 = time.perf_counter()
+            total = (t2 - t0) + (t3 - t_host)  # not the time spent waiting for the runner
+            self.last_timings = {"divide": t1 - t0, "conquer": t2 - t1, **timings, "total": total}
+            self.last_stats = {**stats, "capped": int(selected is not None)}
+            logger.debug(
+                "%d divide + %d conquer masks -> %d records in %.2f s",
+                len(divided),
+                len(parts),
+                len(records),
+                total,
+            )
+            return records
+
+        return finish
 
     def _divide_regions(
         self, image: npt.NDArray[np.uint8]
@@ -713,9 +729,33 @@ class DicoProducer:
         return {"config": self.config, "_dico": None}  # models are loaded again in each worker
 
     def __call__(self, image: npt.NDArray[np.uint8], *, image_id: int) -> list[MaskRecord]:
-        if self._dico is None:
-            self._dico = DivideAndConquer(config=self.config)
+        self.setup()
+        assert self._dico is not None
         return self._dico(image, image_id=image_id)
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether the runner should overlap :meth:`start`'s finishers with the next image: when
+        the networks run on a GPU (the finisher's RLE encoding then uses the CPU the GPU work
+        leaves idle), not on the CPU, where both parts would share the cores."""
+        return self._dico is not None and str(self._dico.device).startswith("cuda")
+
+    def start(
+        self, image: npt.NDArray[np.uint8], *, image_id: int
+    ) -> Callable[[], tuple[list[MaskRecord], dict[str, int]]]:
+        """Launch one image's divide and conquer (:meth:`DivideAndConquer.start`); the returned
+        finisher runs the rest and returns ``(records, stats)``
+        (:class:`unsam.runner.MaskProducer`)."""
+        self.setup()
+        assert self._dico is not None
+        dico = self._dico
+        finish_image = dico.start(image, image_id=image_id)
+
+        def finish() -> tuple[list[MaskRecord], dict[str, int]]:
+            records = finish_image()
+            return records, dict(dico.last_stats)
+
+        return finish
 
 
 def memory_bound_bytes(image_hw: tuple[int, int], config: PipelineConfig) -> int:
