@@ -3,7 +3,8 @@
 Fixture: tests/data/fidelity/cutler/ (README there): official CutLER @ cca0a27 + detectron2 @
 02b5c4e, rule-generated weights, COCO 000000000139.jpg, CPU float32. The checks follow the
 README's order, so the first failing test says where the port diverges: input, FPN, RPN, box
-heads (matched detections), mask head, pasted masks.
+heads (matched detections), mask head, pasted masks. The bf16 cases run the detector with
+``dtype="bfloat16"`` and compare proposals and detections as sets (see TOLERANCES).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from tests.golden.common import (
     mask_iou_matrix,
 )
 
-# CutlerDetector has no dtype argument yet: its bf16 case goes here when it has one, e.g.
-# case_param("cpu", "bfloat16") with its own row in TOLERANCES.
 CASES = [
     case_param("cpu", "float32", pytest.mark.slow),
+    case_param("cpu", "bfloat16", pytest.mark.slow),
     case_param("cuda", "float32", pytest.mark.slow),
+    case_param("cuda", "bfloat16", pytest.mark.slow),
 ]
 
 # cpu-float32: the README's tolerances (5-10x the differences it observed, which are the size of
@@ -45,6 +46,41 @@ CASES = [
 # cuda-float32 (TF32 off): not measured yet (no GPU was lent when these were written); 10x the CPU
 # limits, and a few detections may be exchanged at the NMS / top-100 boundary. Tighten from the
 # first GPU run's printed figures.
+# bfloat16 (CutlerDetector(dtype="bfloat16")): backbone, FPN, RPN conv, box and mask heads in bf16
+# (8-bit mantissa, weights and activations; frozen BN folded in float32 first); the prediction
+# layers, anchors, box decoding, ROIAlign sampling, softmax and pasting stay float32. With the
+# fixture's random weights the bf16 rounding moves the FPN channel statistics by 1.6 % of a level's
+# std, and rounding the weights alone (float32 activations) does about as much (1.6 %, and so
+# does autocast of the backbone + FPN): the fixture's detections are near ties (100 scores in
+# [0.516, 0.656], median gap 4.6e-4) and its RPN top-50 logits 0.02 apart, so which proposals
+# and detections survive NMS and the top-100 cut, and in which order, is not comparable. Compared
+# instead, as sets: each official top-50 proposal's best match among all 1000 of the port's
+# (rpn_found_*: share at IoU >= 0.9, median IoU, max logit difference), detections matched one to
+# one at box IoU >= 0.5 (matched_frac, box_iou_median, score max / median), and, for the matched
+# pairs whose boxes agree at IoU >= 0.9 (close_frac), the 28x28 mask logits and the pasted masks'
+# mean IoU. Measured here (1 and 2 threads alike): input mean 2.0e-4 rel, FPN level 5.8e-4 /
+# channels 0.016 of the std; RPN 50/50 found, median IoU 0.983, logits 0.079; 82 % matched,
+# median box IoU 0.971, scores 0.044 max / 0.0017 median; 88 % of the pairs close, their mask
+# logits 0.10 apart (official |logit| <= 1.24, std 0.35: masks are thin margins around 0), mean
+# mask IoU 0.888 (0 masks identical). Limits about 2-3x those (for the shares and IoUs, 2-3x the
+# shortfall from 1). The rank-order keys (rpn_box_px, rpn_logit, box_iou_min, box_px, rank_shift,
+# mask_box_px, mask_logit, mask_iou_min) are left out of the bf16 rows: not compared there.
+# cuda-bfloat16: the CPU bf16 limits; tighten from the first GPU run's printed figures.
+BF16: dict[str, float] = {
+    "input_mean_rel": 5e-4,
+    "fpn_level_rel": 2e-3,
+    "fpn_channel_rel": 0.05,
+    "rpn_found_frac": 0.9,
+    "rpn_found_iou_median": 0.95,
+    "rpn_found_logit": 0.25,
+    "matched_frac": 0.6,
+    "box_iou_median": 0.92,
+    "score": 0.1,
+    "score_median": 0.005,
+    "close_frac": 0.7,
+    "mask_logit_close": 0.3,
+    "mask_iou_mean_close": 0.75,
+}
 TOLERANCES: dict[str, dict[str, float]] = {
     "cpu-float32": {
         "input_mean_rel": 1e-9,
@@ -76,6 +112,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "mask_logit": 1e-3,
         "mask_iou_min": 0.98,
     },
+    "cpu-bfloat16": BF16,
+    "cuda-bfloat16": dict(BF16),
 }
 
 RPN_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)
@@ -98,15 +136,14 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 def run_cutler(checkpoint: Path, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
-    """Load the fixture checkpoint with ``CutlerDetector.from_checkpoint`` and run ``detect`` on
-    the fixture image; the intermediates are read through wrappers and forward hooks."""
+    """Load the fixture checkpoint with ``CutlerDetector.from_checkpoint(..., dtype=dtype)`` and
+    run ``detect`` on the fixture image; the intermediates are read through wrappers and forward
+    hooks."""
     import unsam
     from unsam.divide.cutler import CutlerConfig, CutlerDetector
 
-    if dtype != "float32":
-        raise NotImplementedError("CutlerDetector runs float32 only (no dtype argument yet)")
     detector = CutlerDetector.from_checkpoint(
-        checkpoint, config=CutlerConfig(score_thresh=0.1), device=device
+        checkpoint, config=CutlerConfig(score_thresh=0.1), device=device, dtype=dtype
     )
     model = detector.model
     seen: dict[str, Any] = {}
@@ -152,9 +189,10 @@ def run_cutler(checkpoint: Path, device: str = "cpu", dtype: str = "float32") ->
     }
 
 
-def proposal_logits(out: dict[str, Any], rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Objectness logit of the first ``rows`` proposals: each proposal is matched to the anchor
-    whose decoded, clipped box (detectron2's box coder, written out here) is nearest to it.
+def proposal_logits(out: dict[str, Any], rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Objectness logit of the proposals ``rows`` (an int: the first ``rows``; else indices): each
+    proposal is matched to the anchor whose decoded, clipped box (detectron2's box coder, written
+    out here) is nearest to it.
 
     Returns (logits, distance in px from each proposal to its anchor's decoded box).
     """
@@ -180,7 +218,8 @@ def proposal_logits(out: dict[str, Any], rows: int) -> tuple[np.ndarray, np.ndar
         cands.append(box)
         logits.append(lo)
     cand, logit = torch.cat(cands), torch.cat(logits)
-    props = torch.from_numpy(out["proposals"][:rows])
+    idx = np.arange(rows) if isinstance(rows, int) else np.asarray(rows)
+    props = torch.from_numpy(out["proposals"][idx])
     dist = torch.stack([(cand - p).abs().amax(1) for p in props])  # (rows, anchors)
     best = dist.argmin(1)
     return logit[best].numpy(), dist.min(1).values.numpy()
@@ -212,6 +251,15 @@ def compare_cutler(out: dict[str, Any], golden: dict[str, np.ndarray]) -> dict[s
     logits, dist = proposal_logits(out, n)
     s["rpn_anchor_px"] = float(dist.max())
     s["rpn_logit"] = float(np.abs(logits - golden["rpn_logits"]).max())
+    # as sets (bf16): each official top-n proposal's best-IoU proposal among all of the port's
+    # (wherever NMS put it), the share found at IoU >= 0.9, and the logits of those pairs
+    piou = box_iou(golden["rpn_boxes"], out["proposals"])
+    found = piou.max(1) >= 0.9
+    s["rpn_found_frac"] = float(found.mean())
+    s["rpn_found_iou_median"] = float(np.median(piou.max(1)))
+    logits, dist = proposal_logits(out, piou.argmax(1)[found])
+    s["rpn_found_anchor_px"] = float(dist.max(initial=0.0))
+    s["rpn_found_logit"] = float(np.abs(logits - golden["rpn_logits"][found]).max(initial=0.0))
     # detections: Hungarian matching on box IoU (near-equal scores may swap ranks)
     iou = box_iou(out["boxes"], golden["boxes"])
     rows, cols = hungarian(iou)
@@ -220,13 +268,21 @@ def compare_cutler(out: dict[str, Any], golden: dict[str, np.ndarray]) -> dict[s
     s["box_iou_min"] = float(iou[rows, cols].min())
     s["box_px"] = float(np.abs(out["boxes"][rows] - golden["boxes"][cols]).max())
     s["rank_shift"] = int(np.abs(rows - cols).max())
-    s["score"] = float(np.abs(out["scores"][rows] - golden["scores"][cols]).max())
+    s["box_iou_median"] = float(np.median(iou[rows, cols]))
+    score = np.abs(out["scores"][rows] - golden["scores"][cols])
+    s["score"], s["score_median"] = float(score.max()), float(np.median(score))
     s["mask_box_px"] = float(np.abs(out["mask_boxes"][rows] - golden["mask_boxes"][cols]).max())
-    s["mask_logit"] = float(np.abs(out["mask_logits"][rows] - golden["mask_logits"][cols]).max())
+    logit = np.abs(out["mask_logits"][rows] - golden["mask_logits"][cols]).reshape(len(rows), -1)
+    s["mask_logit"] = float(logit.max())
+    # bf16: the pairs whose boxes agree (IoU >= 0.9), so that the mask head sees about the same ROI
+    close = iou[rows, cols] >= 0.9
+    s["close_frac"] = float(close.mean())
+    s["mask_logit_close"] = float(logit[close].max(initial=0.0))
     gm = decode_rles(golden["mask_rle_counts"], tuple(golden["image_hw"]))
     pm = out["masks"][rows]
     miou = np.diag(mask_iou_matrix(pm, gm[cols]))
     s["mask_iou_min"], s["mask_iou_mean"] = float(miou.min()), float(miou.mean())
+    s["mask_iou_mean_close"] = float(miou[close].mean()) if close.any() else 0.0
     s["mask_area_diff_px"] = int(np.abs(pm.sum((1, 2)) - golden["mask_areas"][cols]).max())
     s["masks_identical"] = int(sum(np.array_equal(a, b) for a, b in zip(pm, gm[cols])))
     return s
@@ -264,27 +320,44 @@ def test_backbone_and_fpn(result: dict, golden: dict) -> None:
 def test_rpn_proposals(result: dict, golden: dict) -> None:
     s, tol = result["stats"], result["tol"]
     assert s["num_proposals"] == int(golden["num_rpn_proposals"])
-    assert s["rpn_box_px"] <= tol["rpn_box_px"]
     assert s["rpn_anchor_px"] <= 1e-3  # each proposal is one anchor's decoded box
-    assert s["rpn_logit"] <= tol["rpn_logit"]
+    if "rpn_box_px" in tol:  # float32: the official top-50, in rank order
+        assert s["rpn_box_px"] <= tol["rpn_box_px"]
+        assert s["rpn_logit"] <= tol["rpn_logit"]
+    else:  # bf16: as a set (near-tied logits, see TOLERANCES)
+        assert s["rpn_found_anchor_px"] <= 1e-3
+        assert s["rpn_found_frac"] >= tol["rpn_found_frac"]
+        assert s["rpn_found_iou_median"] >= tol["rpn_found_iou_median"]
+        assert s["rpn_found_logit"] <= tol["rpn_found_logit"]
 
 
 def test_detections_boxes_and_scores(result: dict, golden: dict) -> None:
     s, tol = result["stats"], result["tol"]
     assert s["num_detections"] == len(golden["scores"])
     assert s["matched_frac"] >= tol["matched_frac"]
-    assert s["box_iou_min"] >= tol["box_iou_min"]
-    assert s["box_px"] <= tol["box_px"]
-    assert s["rank_shift"] <= tol["rank_shift"]
     assert s["score"] <= tol["score"]
+    if "rank_shift" in tol:  # float32: every detection, about its official rank
+        assert s["box_iou_min"] >= tol["box_iou_min"]
+        assert s["box_px"] <= tol["box_px"]
+        assert s["rank_shift"] <= tol["rank_shift"]
+    else:  # bf16: the matched ones (near-tied scores, see TOLERANCES)
+        assert s["box_iou_median"] >= tol["box_iou_median"]
+        assert s["score_median"] <= tol["score_median"]
 
 
 def test_mask_head(result: dict) -> None:
     s, tol = result["stats"], result["tol"]
-    assert s["mask_box_px"] <= tol["mask_box_px"]
-    assert s["mask_logit"] <= tol["mask_logit"]
+    if "mask_logit" in tol:  # float32: every matched detection
+        assert s["mask_box_px"] <= tol["mask_box_px"]
+        assert s["mask_logit"] <= tol["mask_logit"]
+    else:  # bf16: the pairs whose boxes agree at IoU >= 0.9
+        assert s["close_frac"] >= tol["close_frac"]
+        assert s["mask_logit_close"] <= tol["mask_logit_close"]
 
 
 def test_pasted_masks(result: dict) -> None:
     s, tol = result["stats"], result["tol"]
-    assert s["mask_iou_min"] >= tol["mask_iou_min"]
+    if "mask_iou_min" in tol:  # float32: every matched detection
+        assert s["mask_iou_min"] >= tol["mask_iou_min"]
+    else:  # bf16: the pairs whose boxes agree at IoU >= 0.9
+        assert s["mask_iou_mean_close"] >= tol["mask_iou_mean_close"]
