@@ -27,9 +27,12 @@ from tests.golden.common import (
     make_weights,
 )
 
-# PromptablePredictor has no dtype argument yet: its bf16 case goes here when it has one, e.g.
-# case_param("cpu", "bfloat16") with its own row in TOLERANCES.
-CASES = [case_param("cpu", "float32"), case_param("cuda", "float32")]
+CASES = [
+    case_param("cpu", "float32"),
+    case_param("cpu", "bfloat16"),
+    case_param("cuda", "float32"),
+    case_param("cuda", "bfloat16"),
+]
 
 # cpu-float32: the README's limits (observed 3e-5 on logits up to 15, 1e-6 on IoU; allow 1e-4 and
 # 1e-5); res5 and mask_features about 5x their observed differences (3.9e-6 on values up to 5.2;
@@ -38,11 +41,27 @@ CASES = [case_param("cpu", "float32"), case_param("cuda", "float32")]
 # |logit| in [8, 16)) is held to the logit limit.
 # cuda-float32 (TF32 off): not measured yet (no GPU was lent when these were written); 10x the
 # CPU limits. Tighten from the first GPU run's printed figures.
+# bfloat16 (from_pretrained(dtype="bfloat16"), PromptableModel.cast): weights and activations in
+# bf16 (8-bit mantissa) through 12 Swin blocks, 6 encoder and 9 decoder layers; the pixel
+# normalisation, the deformable-attention sampling, box decoding and the heads' outputs (mask
+# logits, IoU) stay float32. Measured on this CPU (1 and 2 threads alike): res5 0.055 (values up
+# to 5.2), mask_features stats 0.0099 and samples 0.020, mask logits 0.40 (values up to 15),
+# predicted IoU 0.011, predictor logits 0.37 beyond the float16 rounding; 3179 of the 691,200
+# predictor logits (0.46 %) change sign, so the masks (logit > 0) are compared by IoU per click
+# and granularity: smallest 0.986. Rounding only the weights to bf16 (float32 activations) gives
+# 0.035 / 0.28 / 0.0082 / IoU 0.987, and autocast 0.054 / 0.33 / 0.0094 / 0.981: the figures are
+# the fixture weights' sensitivity to bf16 rounding. Limits about 2.5-3x the figures (masks: 3.5x
+# the IoU shortfall; sign changes about 3x).
+# cuda-bfloat16: the CPU bf16 limits; tighten from the first GPU run's printed figures.
+BF16 = {"res5": 0.15, "mf_stat": 0.03, "mf_sample": 0.06, "logit": 1.0, "iou": 0.03,
+        "demo_logit": 1.0, "demo_sign_flips": 10_000, "demo_mask_iou": 0.95}  # fmt: skip
 TOLERANCES: dict[str, dict[str, float]] = {
     "cpu-float32": {"res5": 2e-5, "mf_stat": 2e-6, "mf_sample": 1e-5, "logit": 1e-4,
-                    "iou": 1e-5, "demo_logit": 1e-4},
+                    "iou": 1e-5, "demo_logit": 1e-4, "demo_sign_flips": 0},
     "cuda-float32": {"res5": 2e-4, "mf_stat": 2e-5, "mf_sample": 1e-4, "logit": 1e-3,
-                     "iou": 1e-4, "demo_logit": 1e-3},
+                     "iou": 1e-4, "demo_logit": 1e-3, "demo_sign_flips": 0},
+    "cpu-bfloat16": BF16,
+    "cuda-bfloat16": dict(BF16),
 }  # fmt: skip
 
 
@@ -65,14 +84,14 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 def run_promptable(
     checkpoint: Path, golden: dict[str, np.ndarray], device: str = "cpu", dtype: str = "float32"
 ) -> dict[str, Any]:
-    """``PromptablePredictor.from_pretrained(pth, short_side=None)`` (the official .pth is
-    converted on load); the model's own ``encode_image`` / ``decode_clicks`` for the stages, one
-    click per call; the predictor's ``predict_logits`` for the API."""
+    """``PromptablePredictor.from_pretrained(pth, short_side=None, dtype=dtype)`` (the official
+    .pth is converted on load); the model's own ``encode_image`` / ``decode_clicks`` for the
+    stages, one click per call; the predictor's ``predict_logits`` for the API."""
     from unsam import PromptablePredictor
 
-    if dtype != "float32":
-        raise NotImplementedError("PromptablePredictor runs float32 only (no dtype argument yet)")
-    predictor = PromptablePredictor.from_pretrained(checkpoint, device=device, short_side=None)
+    predictor = PromptablePredictor.from_pretrained(
+        checkpoint, device=device, short_side=None, dtype=dtype
+    )
     model = predictor.model
     image = golden["image_rgb_u8"]
     hw = image.shape[:2]
@@ -81,7 +100,9 @@ def run_promptable(
     with torch.inference_mode():
         x = model.normalize_and_pad(pixels)
         out["padded_hw"] = tuple(x.shape[-2:])
-        out["res5"] = model.backbone(x).feature_maps[-1][0].float().cpu()
+        # the backbone in the model's dtype, as encode_image feeds it
+        res5 = model.backbone(x.to(model.compute_dtype)).feature_maps[-1][0]
+        out["res5"] = res5.float().cpu()
         state = model.encode_image(x, image_hw=hw)
         out["mask_features"] = state.mask_features[0].float().cpu()
         for click in golden["clicks_xy"].tolist():  # the demo's box: 0.005 of the image side
@@ -119,6 +140,9 @@ def compare_promptable(out: dict[str, Any], golden: dict[str, np.ndarray]) -> di
     half_ulp = torch.from_numpy(np.spacing(np.abs(golden["demo_masks_f16"])).astype(np.float32)) / 2
     s["demo_logit"] = float(((out["demo"] - demo_ref).abs() - half_ulp).max())
     s["demo_sign_flips"] = int(((out["demo"] > 0) != (demo_ref > 0))[demo_ref.abs() > 0.01].sum())
+    mine, ref = out["demo"] > 0, demo_ref > 0  # the masks, per click and granularity level
+    inter, union = (mine & ref).flatten(2).sum(-1), (mine | ref).flatten(2).sum(-1)
+    s["demo_mask_iou"] = float((inter / union.clamp(min=1)).min())
     s["demo_iou"] = float((out["demo_iou"] - torch.from_numpy(golden["demo_ious"])).abs().max())
     return s
 
@@ -164,5 +188,7 @@ def test_predictor_logits_at_image_resolution(result: dict, golden: dict) -> Non
     s, tol = result["stats"], result["tol"]
     assert s["demo_shape"] == golden["demo_masks_f16"].shape
     assert s["demo_logit"] <= tol["demo_logit"]
-    assert s["demo_sign_flips"] == 0
+    assert s["demo_sign_flips"] <= tol["demo_sign_flips"]
+    if "demo_mask_iou" in tol:  # bf16: some logits change sign (see TOLERANCES)
+        assert s["demo_mask_iou"] >= tol["demo_mask_iou"]
     assert s["demo_iou"] <= tol["iou"]
