@@ -33,9 +33,12 @@ from tests.golden.common import (
 )
 
 PATHS = ["reference", "fast"]
-# WholeImageSegmenter / SegmentConfig have no dtype yet: the bf16 cases go here when they do, e.g.
-# case_param("cpu", "bfloat16") with its own row in TOLERANCES.
-CASES = [case_param("cpu", "float32"), case_param("cuda", "float32")]
+CASES = [
+    case_param("cpu", "float32"),
+    case_param("cpu", "bfloat16"),
+    case_param("cuda", "float32"),
+    case_param("cuda", "bfloat16"),
+]
 
 # cpu-float32: the README's limits (about 5x the fast path's observed differences: class logits
 # 2.4e-5, mask logits 1.6e-5, scores 2.5e-6, mask IoU >= 0.999995; the reference path was
@@ -54,11 +57,33 @@ CASES = [case_param("cpu", "float32"), case_param("cuda", "float32")]
 # figures.
 # cuda-float32 (TF32 off): not measured yet (no GPU was lent when these were written); 10x the
 # CPU limits. Tighten from the first GPU run's printed figures.
+# bfloat16 (SegmentConfig(dtype="bfloat16")): weights and activations in bf16 (8-bit mantissa);
+# the sine position embeddings, the deformable-attention sampling, the valid ratios, the class
+# head (so the foreground probabilities) and the post-processing (resize, threshold, in-mask
+# sigmoid, score product) stay float32 (unsam.models.whole_image.precision / postprocessing).
+# Measured on this CPU, reference / fast path (1 thread; 2 threads alike but where said): input
+# mean 2.0e-4 rel (the input rounded to bf16 once); class logits 0.066 / 0.066 (0.074 with 2
+# threads), foreground probabilities 0.013 / 0.015; the official top-20 order stepped up by at
+# most 0.0017 / 0.0023 in probability, 0 / 2 queries entered or left the top 20 and 2 / 4 the
+# kept 100, all within 4.9e-4 of the boundary; top-20 mask logits 0.39 / 0.47 (values up to 21);
+# all 100 final masks matched at IoU >= 0.9 (smallest 0.956 / 0.952, 0.903 with 2 threads), mean
+# IoU 0.988 / 0.987, scores 0.014 / 0.024 apart (mean 0.0016 / 0.0024). Limits: about 3x those
+# figures (IoU: 3x the shortfall from 1); order_slack replaces the class-logit-derived slack
+# above for the order and the sets; mask_iou_min is left out (the matching already holds every
+# pair to IoU >= 0.9). These are larger than the whole-image bf16 unit tests' measured figures
+# (scores 0.0043 against float32 on photos), and larger than rounding the weights alone
+# (scores 0.0037, mask IoU >= 0.977) or autocast (0.0025, >= 0.983) give here on the fast path.
+# cuda-bfloat16: the CPU bf16 limits; tighten from the first GPU run's printed figures.
+BF16 = {"input_mean_rel": 5e-4, "class_logit": 0.2, "prob": 0.05, "order_slack": 0.007,
+        "mask_logit": 1.5, "matched": 97, "mask_iou_mean": 0.96, "score": 0.07,
+        "score_mean": 0.007}  # fmt: skip
 TOLERANCES: dict[str, dict[str, Any]] = {
     "cpu-float32": {"input_mean_rel": 1e-9, "class_logit": 2e-4, "mask_logit": 5e-4,
                     "matched": 100, "score": 1e-5, "mask_iou_min": 0.999},
     "cuda-float32": {"input_mean_rel": 1e-8, "class_logit": 2e-3, "mask_logit": 5e-3,
                      "matched": 98, "score": 1e-4, "mask_iou_min": 0.99},
+    "cpu-bfloat16": BF16,
+    "cuda-bfloat16": dict(BF16),
 }  # fmt: skip
 FAST_PATH: dict[str, dict[str, Any]] = {"cpu-float32": {"class_logit": 2e-3, "score": 5e-5}}
 
@@ -83,16 +108,14 @@ def run_whole_image(
     checkpoint: Path, path: str, device: str = "cpu", dtype: str = "float32"
 ) -> dict[str, Any]:
     """``WholeImageSegmenter.from_pretrained(pth, config=SegmentConfig(min_size=512,
-    max_size=1024, max_masks=100))`` and one ``segmenter(image, reference=...)`` call; the model
-    input and raw outputs are read with hooks on the model, the fast path's top-k masks by
-    wrapping ``predict_top_masks``."""
+    max_size=1024, max_masks=100, device=device, dtype=dtype))`` and one ``segmenter(image,
+    reference=...)`` call; the model input and raw outputs are read with hooks on the model, the
+    fast path's top-k masks by wrapping ``predict_top_masks``."""
     import unsam
     from unsam import WholeImageSegmenter
     from unsam.models.whole_image import SegmentConfig
 
-    if dtype != "float32":
-        raise NotImplementedError("WholeImageSegmenter runs float32 only (no dtype setting yet)")
-    config = SegmentConfig(min_size=512, max_size=1024, max_masks=100, device=device)
+    config = SegmentConfig(min_size=512, max_size=1024, max_masks=100, device=device, dtype=dtype)
     seg = WholeImageSegmenter.from_pretrained(checkpoint, config=config)
     seen: dict[str, Any] = {}
 
@@ -137,6 +160,8 @@ def compare_whole_image(
     cls = out["class_logits"]
     s["class_logit"] = float((cls - torch.from_numpy(golden["class_logits"])).abs().max())
     prob = cls.double().softmax(-1)[:, 0]
+    gp = torch.from_numpy(golden["class_logits"]).double().softmax(-1)[:, 0]
+    s["prob"] = float((prob - gp).abs().max())  # foreground probability, every query
     order = torch.sort(prob, descending=True, stable=True).indices
     s["top20"] = order[:20].tolist()
     top20 = torch.from_numpy(golden["top20_query"])
@@ -153,7 +178,6 @@ def compare_whole_image(
     s["mask_sign_flips"] = int(
         ((masks > 0) != torch.from_numpy(golden["top20_mask_logits"] > 0)).sum()
     )
-    gp = torch.from_numpy(golden["class_logits"]).double().softmax(-1)[:, 0]
     g_order = torch.sort(gp, descending=True, stable=True).indices
     assert g_order[:20].tolist() == golden["top20_query"].tolist()
     # order: how far the port's probabilities step up along the official top-20 order (<= 0 when
@@ -177,8 +201,10 @@ def compare_whole_image(
     s["num_records"] = len(records)
     s["matched"] = len(rows_)
     s["mask_iou_min"] = float(iou[rows_, cols].min())
+    s["mask_iou_mean"] = float(iou[rows_, cols].mean())
     s["masks_identical"] = int(sum(np.array_equal(pm[r], gm[c]) for r, c in zip(rows_, cols)))
-    s["score"] = float(np.abs(scores[rows_] - golden["final_scores"][cols]).max())
+    score = np.abs(scores[rows_] - golden["final_scores"][cols])
+    s["score"], s["score_mean"] = float(score.max()), float(score.mean())
     s["scores_descending"] = bool(np.all(np.diff(scores) <= 0))
     return s
 
@@ -211,14 +237,23 @@ def test_network_input(result: dict, golden: dict, record_property: Any) -> None
 
 
 def test_class_logits_of_every_query(result: dict) -> None:
-    assert result["stats"]["class_logit"] <= result["tol"]["class_logit"]
+    s, tol = result["stats"], result["tol"]
+    assert s["class_logit"] <= tol["class_logit"]
+    if "prob" in tol:  # bf16: the foreground probabilities too
+        assert s["prob"] <= tol["prob"]
+
+
+def _order_slack(tol: dict) -> float:
+    """How far the port may reorder the official queries, in probability: bf16 its measured
+    ``order_slack``; float32 the most a probability moves within the class-logit limit."""
+    return float(tol.get("order_slack", 0.5 * tol["class_logit"]))
 
 
 def test_top20_queries_and_their_mask_logits(result: dict, golden: dict) -> None:
     """The 20 most probable queries, in order, and their final-layer mask logits at 1/4
     resolution (looked up by query index)."""
     s, tol = result["stats"], result["tol"]
-    slack = 0.5 * tol["class_logit"]  # the most a probability moves within the class-logit limit
+    slack = _order_slack(tol)
     assert s["order_violation"] <= slack
     assert s["top20_moved_dist"] <= slack, s["top20_moved"]
     assert s.get("top20_in_topk", True)
@@ -228,7 +263,7 @@ def test_top20_queries_and_their_mask_logits(result: dict, golden: dict) -> None
 def test_kept_queries(result: dict) -> None:
     """The 100 queries kept by foreground probability (before any upsampling)."""
     s, tol = result["stats"], result["tol"]
-    assert s["kept_moved_dist"] <= 0.5 * tol["class_logit"], s["kept_moved"]
+    assert s["kept_moved_dist"] <= _order_slack(tol), s["kept_moved"]
 
 
 def test_final_masks_and_scores(result: dict, golden: dict) -> None:
@@ -236,6 +271,10 @@ def test_final_masks_and_scores(result: dict, golden: dict) -> None:
     s, tol = result["stats"], result["tol"]
     assert s["num_records"] == len(golden["final_scores"])
     assert s["matched"] >= tol["matched"]
-    assert s["mask_iou_min"] >= tol["mask_iou_min"]
+    if "mask_iou_min" in tol:  # float32
+        assert s["mask_iou_min"] >= tol["mask_iou_min"]
+    else:  # bf16: every matched pair is at IoU >= 0.9 already; their mean
+        assert s["mask_iou_mean"] >= tol["mask_iou_mean"]
+        assert s["score_mean"] <= tol["score_mean"]
     assert s["score"] <= tol["score"]
     assert s["scores_descending"]
