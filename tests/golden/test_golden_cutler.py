@@ -179,6 +179,7 @@ def run_cutler(checkpoint: Path, device: str = "cpu", dtype: str = "float32") ->
         "input": x.float().cpu(),
         "resized_hw": seen["propose"][0][1],
         "fpn": [f.float().cpu() for f in feats],
+        "fpn_dtype": str(feats[0].dtype),
         "rpn": [(lo.float().cpu(), de.float().cpu()) for lo, de in rpn_out],
         "proposals": proposals,
         "boxes": dets.boxes_xyxy,
@@ -235,6 +236,7 @@ def compare_cutler(out: dict[str, Any], golden: dict[str, np.ndarray]) -> dict[s
         float(golden["input_mean"])
     )
     s["fpn_shapes"] = [tuple(f.shape[-2:]) for f in out["fpn"]]
+    s["fpn_dtype"] = out["fpn_dtype"]
     lvl, chan = 0.0, 0.0
     for k, f in enumerate(out["fpn"]):
         f = f.double()[0]
@@ -313,6 +315,7 @@ def test_network_input(result: dict, golden: dict, record_property: Any) -> None
 def test_backbone_and_fpn(result: dict, golden: dict) -> None:
     s, tol = result["stats"], result["tol"]
     assert s["fpn_shapes"] == [tuple(v) for v in golden["fpn_shapes"]]
+    assert s["fpn_dtype"] == str(result["case"].torch_dtype)  # the case's dtype really ran
     assert s["fpn_level_rel"] <= tol["fpn_level_rel"]
     assert s["fpn_channel_rel"] <= tol["fpn_channel_rel"]
 

@@ -105,6 +105,7 @@ def run_promptable(
         out["res5"] = res5.float().cpu()
         state = model.encode_image(x, image_hw=hw)
         out["mask_features"] = state.mask_features[0].float().cpu()
+        out["mask_features_dtype"] = str(state.mask_features.dtype)
         for click in golden["clicks_xy"].tolist():  # the demo's box: 0.005 of the image side
             logits, iou = model.decode_clicks(state, torch.tensor([click], dtype=torch.float32))
             out["logits"].append(logits[0].float().cpu())
@@ -116,7 +117,7 @@ def run_promptable(
 
 
 def compare_promptable(out: dict[str, Any], golden: dict[str, np.ndarray]) -> dict[str, Any]:
-    s: dict[str, Any] = {"padded_hw": out["padded_hw"]}
+    s: dict[str, Any] = {"padded_hw": out["padded_hw"], "dtype": out["mask_features_dtype"]}
     s["res5"] = float((out["res5"] - torch.from_numpy(golden["res5"])).abs().max())
     mf = out["mask_features"].double()
     flat = mf.flatten(1)
@@ -165,6 +166,7 @@ def test_backbone_res5(result: dict, record_property: Any) -> None:
     record_property("golden_figures", repr(result["stats"]))  # for junit reports
     s = result["stats"]
     assert s["padded_hw"] == (160, 256)
+    assert s["dtype"] == str(result["case"].torch_dtype)  # the case's dtype really ran
     assert s["res5"] <= result["tol"]["res5"]
 
 

@@ -120,7 +120,8 @@ def run_whole_image(
     seen: dict[str, Any] = {}
 
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
-        seen["input"] = kwargs.get("pixel_values", args[0] if args else None).float().cpu()
+        x = kwargs.get("pixel_values", args[0] if args else None)
+        seen["input"], seen["input_dtype"] = x.float().cpu(), str(x.dtype)
 
     def post(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
         seen["class_logits"] = out.class_queries_logits[0].float().cpu()
@@ -154,6 +155,7 @@ def compare_whole_image(
     s: dict[str, Any] = {}
     x = out["input"].double()
     s["input_shape"] = tuple(x.shape)
+    s["input_dtype"] = out["input_dtype"]
     s["input_mean_rel"] = abs(float(x.mean()) - float(golden["input_mean"])) / abs(
         float(golden["input_mean"])
     )
@@ -233,6 +235,7 @@ def test_network_input(result: dict, golden: dict, record_property: Any) -> None
     record_property("golden_figures", repr(result["stats"]))  # for junit reports
     s = result["stats"]
     assert s["input_shape"] == (1, 3, *golden["padded_hw"])
+    assert s["input_dtype"] == str(result["case"].torch_dtype)  # the case's dtype really ran
     assert s["input_mean_rel"] <= result["tol"]["input_mean_rel"]
 
 
