@@ -80,11 +80,30 @@ def photo() -> np.ndarray:
 # ---------------------------------------------------------------- what runs in which dtype
 
 
+#: The layers the spec keeps float32 in a bf16 detector, written out here (not read from
+#: FLOAT32_LAYERS, so that dropping an entry from the code's constant fails this test): the RPN's
+#: ranked logits and its anchor deltas, the box predictors (scores and box deltas of every cascade
+#: stage) and the mask predictor.
+SPEC_FLOAT32_LAYERS = (
+    "rpn.objectness_logits",
+    "rpn.anchor_deltas",
+    "box_predictors.0",
+    "box_predictors.1",
+    "box_predictors.2",
+    "mask_head.predictor",
+)
+
+
 def test_cast_keeps_prediction_layers_and_anchors_float32() -> None:
     model = cast_for_inference(conditioned_model(), torch.bfloat16)
+    assert set(FLOAT32_LAYERS) <= {"rpn.objectness_logits", "rpn.anchor_deltas",
+                                   "box_predictors", "mask_head.predictor"}  # fmt: skip
+    kept = set()
     for name, param in model.named_parameters():
-        keep = any(name.startswith(k + ".") for k in FLOAT32_LAYERS)
+        keep = [k for k in SPEC_FLOAT32_LAYERS if name.startswith(k + ".")]
+        kept.update(keep)
         assert param.dtype == (torch.float32 if keep else torch.bfloat16), name
+    assert kept == set(SPEC_FLOAT32_LAYERS)  # each named layer exists and was checked
     for name, buf in model.named_buffers():
         if name.startswith("_cell_anchors"):
             assert buf.dtype == torch.float32, name
@@ -228,3 +247,22 @@ def test_separable_geometry_survives_a_reciprocal_division(monkeypatch: pytest.M
     sep = ops.multilevel_roi_align(feats, boxes, 7, (4, 8, 16, 32), method="separable")
     monkeypatch.undo()
     torch.testing.assert_close(sep, sparse, atol=2e-6, rtol=1e-5)
+
+
+def test_multilevel_roi_align_samples_float32_boxes_on_bf16_features() -> None:
+    """bf16 feature maps are upcast level by level; the boxes, sample positions and weights stay
+    float32, so the result equals the float32 path on the upcast maps exactly. Boxes rounded to
+    bf16 (8 mantissa bits: +-2 px at 500 px) would move the samples."""
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(1, 8, 160 // s, 224 // s, generator=g).bfloat16() for s in (4, 8, 16, 32)]
+    x0y0 = torch.rand(40, 2, generator=g) * torch.tensor([200.0, 140.0])
+    size = 1 + torch.rand(40, 2, generator=g) * 150  # boxes on every level
+    boxes = torch.cat([x0y0, x0y0 + size], dim=1)
+    for method in ("sparse", "separable"):
+        got = ops.multilevel_roi_align(feats, boxes, 7, (4, 8, 16, 32), method=method)
+        want = ops.multilevel_roi_align(
+            [f.float() for f in feats], boxes, 7, (4, 8, 16, 32), method=method
+        )
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+

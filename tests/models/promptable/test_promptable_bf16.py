@@ -90,6 +90,9 @@ def test_bf16_is_weights_and_activations_and_the_sampling_stays_float32(
         return real(value, grid, *args, **kwargs)
 
     monkeypatch.setattr(msda_module.F, "grid_sample", spy)
+    refs: list[torch.dtype] = []  # each decoder layer's reference boxes (the box decoding)
+    for layer in predictor.model.sem_seg_head.predictor.decoder.layers:
+        layer.register_forward_pre_hook(lambda mod, args: refs.append(args[2].dtype))
     predictor.set_image(photo())
     state = predictor._require_state()
     n_encode = len(seen)
@@ -100,6 +103,7 @@ def test_bf16_is_weights_and_activations_and_the_sampling_stays_float32(
     bad = [(n, d, a) for n, d, a in seen if d != torch.bfloat16 or a]
     assert bad == []
     assert samples and set(samples) == {(torch.float32, torch.float32)}
+    assert len(refs) >= 2 and set(refs) == {torch.float32}  # boxes decoded in float32
     assert {v.dtype for layer in state.values for v in layer} == {torch.float32}
     assert state.mask_features.dtype == torch.bfloat16
     assert out.mask_logits.dtype == out.iou.dtype == out.boxes.dtype == torch.float32
