@@ -51,7 +51,8 @@ class Row:
             return None
         if self.unit in ("images/s",):
             return self.value / self.reference  # type: ignore[operator]
-        if self.unit in ("s", "ms", "s/image", "s/mask", "s/step", "ms/click", "ms/region"):
+        times = ("s", "ms", "s/image", "s/mask", "s/step", "ms/click", "ms/region", "s/crop")
+        if self.unit in times:
             return self.reference / self.value  # type: ignore[operator]
         return None
 
@@ -163,21 +164,116 @@ def _pseudo_label(d: dict[str, Any]) -> Table:
 
 
 def _cutler(d: dict[str, Any]) -> Table:
-    steps = d.get("seconds_per_step") or {}
-    rows = [
-        Row(
-            f"CutLER detector, {d.get('detections', '?')} detections, input "
-            f"{_hw(d.get('network_input_hw'))}",
-            "s/image",
-            d.get("seconds_per_image"),
+    """float32 and bf16 in one run (``results``), with bf16's agreement on photos; older result
+    files (one run, no dtype) keep their single row."""
+    if "results" not in d:  # before dtypes
+        steps = d.get("seconds_per_step") or {}
+        rows = [Row(f"CutLER detector, input {_hw(d.get('network_input_hw'))}", "s/image",
+                    d.get("seconds_per_image"))]  # fmt: skip
+        rows += [Row(f"of which {k.replace('_', ' ')}", "s/image", v) for k, v in steps.items()]
+        return Table("cutler_speed", "CutLER Cascade Mask R-CNN divide on CPU.", rows)
+    res = d["results"]
+    f32, b16 = res.get("float32") or {}, res.get("bfloat16") or {}
+    size = _hw(d.get("network_input_hw"))
+    rows = []
+    if b16:
+        rows.append(
+            Row(
+                f"CutLER detector in bf16, {b16.get('detections', '?')} detections, input {size}",
+                "s/image",
+                b16.get("seconds_per_image"),
+                f32.get("seconds_per_image"),
+                "the same detector in float32",
+            )
         )
-    ]
-    rows += [Row(f"of which {k.replace('_', ' ')}", "s/image", v) for k, v in steps.items()]
-    rows.append(Row("peak resident memory", "MB", d.get("peak_rss_mb")))
+    if f32:
+        rows.append(
+            Row(f"CutLER detector in float32, input {size}", "s/image",
+                f32.get("seconds_per_image"), compare=False)  # fmt: skip
+        )
+    for name, r in (("bf16", b16), ("float32", f32)):
+        for k, v in (r.get("seconds_per_step") or {}).items():
+            rows.append(Row(f"{name}: of which {k.replace('_', ' ')}", "s/image", v, compare=False))
+    for name, r in (("bf16", b16), ("float32", f32)):
+        if r.get("peak_memory_gib") is not None:
+            rows.append(Row(f"{name}: peak resident memory", "GiB", r["peak_memory_gib"],
+                            compare=False))  # fmt: skip
+    for a in b16.get("agreement") or []:
+        photo = str(a.get("photo", "?")).rsplit("/", 1)[-1]
+        rows += [
+            Row(f"bf16 vs float32 on {photo}: detections matched", "of 100", a.get("matched"),
+                compare=False),
+            Row(f"bf16 vs float32 on {photo}: score difference, median / max", "",
+                a.get("score_diff_median"), a.get("score_diff_max"), "max", compare=False),
+            Row(f"bf16 vs float32 on {photo}: box difference, median / max", "px",
+                a.get("box_diff_median_px"), a.get("box_diff_max_px"), "max", compare=False),
+            Row(f"bf16 vs float32 on {photo}: mask IoU, mean / min", "",
+                a.get("mask_iou_mean"), a.get("mask_iou_min"), "min", compare=False),
+            Row(f"bf16 vs float32 on {photo}: identical masks", "%",
+                100 * a["masks_identical"] if a.get("masks_identical") is not None else None,
+                compare=False),
+        ]  # fmt: skip
+    kernel = (d.get("kernel") or {}).get("bf16_kernel")
     return Table(
         "cutler_speed",
-        "CutLER Cascade Mask R-CNN divide on CPU (random weights, conditioned to the worst case).",
+        "CutLER Cascade Mask R-CNN divide (random weights, conditioned to the worst case), float32 "
+        "and bf16 (weights and activations; BN folded, predictors, anchors, box decoding, ROIAlign "
+        "sampling and pasting in float32) in the same run, and bf16's agreement with float32 on "
+        "real photos (detections matched one to one by box IoU).",
         rows,
+        note=f"bf16 kernel: {kernel}." if kernel else "",
+    )
+
+
+def _dino(d: dict[str, Any]) -> Table:
+    """ViT-B/8 region crops: the fused encoder and transformers' forward, each in float32 and
+    bf16, against transformers' float32 forward (the reference) in the same run."""
+    res = d.get("results") or {}
+    ref = res.get("fp32-hf") or {}
+    peak = d.get("matmul_peak_gflops") or {}
+    names = {
+        "bf16": "fused encoder, bf16 (weights and activations)",
+        "fp32": "fused encoder, float32",
+        "bf16-hf": "transformers forward, bf16 weights",
+        "fp32-hf": "transformers forward, float32",
+    }
+    rows = []
+    for key, label in names.items():
+        r = res.get(key)
+        if not r:
+            continue
+        rows.append(
+            Row(f"ViT-B/8 crop, {label} ({r.get('kernel')})", "s/crop", r.get("wall_s_per_crop"),
+                ref.get("wall_s_per_crop") if key != "fp32-hf" else None,
+                "transformers forward, float32" if key != "fp32-hf" else "")  # fmt: skip
+        )
+    for key in ("bf16", "fp32"):
+        r = res.get(key) or {}
+        dtype = "bfloat16" if key == "bf16" else "float32"
+        if r.get("gflops") is not None:
+            rows.append(Row(f"fused encoder {key}: achieved rate", "GFLOP/s", r["gflops"],
+                            peak.get(dtype), f"a 2048² {dtype} matmul", compare=False))  # fmt: skip
+    b16 = res.get("bf16") or {}
+    if b16.get("cos_min") is not None:
+        rows.append(Row("bf16 keys vs float32: 1 - smallest cosine", "", 1 - b16["cos_min"],
+                        compare=False))  # fmt: skip
+        rows.append(Row("bf16 vs float32: largest change of an adjacent-patch similarity", "",
+                        b16.get("adjacent_cos_diff_max"), compare=False))  # fmt: skip
+    gflop = d.get("gflop_per_crop")
+    note = ""
+    if gflop and peak.get("bfloat16"):
+        note = (
+            f"{gflop:g} GFLOP per crop: 100 region crops need "
+            f"{100 * gflop / peak['bfloat16']:.0f} s at this machine's bf16 matmul peak, the floor "
+            "of the released pipeline's conquer step."
+        )
+    return Table(
+        "dino_speed",
+        f"DINO ViT-B/8 keys of region crops (batch {d.get('batch')}, CPU time per crop), the "
+        "project's fused encoder (one q/k/v product, SDPA, oneDNN pre-packed linears) and "
+        "transformers' forward, float32 and bf16, with bf16's agreement on real photos.",
+        rows,
+        note=note,
     )
 
 
@@ -719,6 +815,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], Table]] = {
     "conquer_speed": _conquer,
     "eval_speed": _eval,
     "pseudo_label_speed": _pseudo_label,
+    "dino_speed": _dino,
     "cutler_speed": _cutler,
     "cascadepsp_speed": _cascadepsp,
     "segment_speed": _segment,
