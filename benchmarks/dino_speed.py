@@ -52,19 +52,12 @@ PHOTOS = [
 
 
 def vit_b8(seed: int = 0) -> Any:
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTModel
+
+    from unsam.features.convert import dino_vit_config
 
     torch.manual_seed(seed)
-    config = ViTConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=8,
-        image_size=224,
-        qkv_bias=True,
-        layer_norm_eps=1e-6,
-    )
+    config = dino_vit_config("vitb8")
     return ViTModel(config, add_pooling_layer=False).eval()
 
 

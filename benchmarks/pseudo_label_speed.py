@@ -24,13 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, peak_rss_bytes, write_result  # noqa: E402
 
-ARCHS = {
-    "vits8": (384, 6, 8),
-    "vitb8": (768, 12, 8),
-    "vits16": (384, 6, 16),
-    "vitb16": (768, 12, 16),
-}
-
 
 def _image_1024():
     import numpy as np
@@ -60,19 +53,11 @@ def child(arch: str, repeats: int, refine: str) -> dict:
         if arch == "classic":
             features = "classic"
         else:
-            from transformers import ViTConfig, ViTModel
+            from transformers import ViTModel
 
-            hidden, heads, patch = ARCHS[arch]
-            cfg = ViTConfig(
-                hidden_size=hidden,
-                num_hidden_layers=12,
-                num_attention_heads=heads,
-                intermediate_size=4 * hidden,
-                patch_size=patch,
-                image_size=224,
-                qkv_bias=True,
-                layer_norm_eps=1e-6,
-            )
+            from unsam.features.convert import dino_vit_config
+
+            cfg = dino_vit_config(arch)
             ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp)
             features = tmp
         dico = DivideAndConquer(

@@ -111,19 +111,12 @@ def cutler_checkpoint(path: Path, seed: int = 0) -> Path:
 def vit_b8_folder(folder: Path, seed: int = 0) -> Path:
     """A random-init DINO ViT-B/8 (12 layers, 768-d, 12 heads, qkv bias, eps 1e-6), saved as HF."""
     import torch
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTModel
+
+    from unsam.features.convert import dino_vit_config
 
     torch.manual_seed(seed)
-    cfg = ViTConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=8,
-        image_size=224,
-        qkv_bias=True,
-        layer_norm_eps=1e-6,
-    )
+    cfg = dino_vit_config("vitb8")
     ViTModel(cfg, add_pooling_layer=False).save_pretrained(folder)
     return folder
 

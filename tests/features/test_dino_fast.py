@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import ViTConfig, ViTModel
+from transformers import ViTModel
 
 from tests.features.test_dino import _tiny_vit
+from unsam.features.convert import dino_vit_config
 from unsam.features.dino import DinoFeatureExtractor, _KeyEncoder, load_feature_extractor
 from unsam.masks import resize_image
 
@@ -21,16 +22,7 @@ IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 def _vit_b8(seed: int = 0) -> ViTModel:
     """The released architecture (DINO ViT-B/8) with transformers' random init."""
     torch.manual_seed(seed)
-    config = ViTConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=8,
-        image_size=224,
-        qkv_bias=True,
-        layer_norm_eps=1e-6,
-    )
+    config = dino_vit_config("vitb8")
     return ViTModel(config, add_pooling_layer=False).eval()
 
 
@@ -177,3 +169,26 @@ def _save_tiny() -> str:
     folder = Path(tempfile.mkdtemp(prefix="tiny_vit_")) / "hf"
     _tiny_vit().save_pretrained(folder)
     return str(folder)
+
+
+def test_dino_vit_config_is_what_an_official_checkpoint_gives() -> None:
+    """dino_vit_config (the random stand-ins' shapes) equals what dino_config_from_state_dict
+    infers from an official DINO state dict of that architecture (shapes written out here)."""
+    from unsam.features.convert import dino_config_from_state_dict
+
+    for arch, (hidden, patch) in {"vits8": (384, 8), "vitb16": (768, 16)}.items():
+        state = {
+            "cls_token": torch.zeros(1, 1, hidden),
+            "pos_embed": torch.zeros(1, (224 // patch) ** 2 + 1, hidden),
+            "patch_embed.proj.weight": torch.zeros(hidden, 3, patch, patch),
+            "blocks.0.attn.qkv.bias": torch.zeros(3 * hidden),
+            "blocks.0.mlp.fc1.weight": torch.zeros(4 * hidden, hidden),
+            **{f"blocks.{i}.norm1.weight": torch.zeros(hidden) for i in range(12)},
+        }
+        inferred = dino_config_from_state_dict(state).to_dict()
+        made = dino_vit_config(arch).to_dict()
+        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "patch_size", "image_size", "qkv_bias", "layer_norm_eps", "hidden_act")  # fmt: skip
+        assert {k: made[k] for k in keys} == {k: inferred[k] for k in keys}
+    with pytest.raises(ValueError, match="unknown DINO architecture 'vitl8'"):
+        dino_vit_config("vitl8")

@@ -31,6 +31,8 @@ __all__ = [
     "DINO_LAYER_NORM_EPS",
     "load_dino_state_dict",
     "dino_config_from_state_dict",
+    "dino_vit_config",
+    "DINO_ARCHS",
     "convert_dino_state_dict",
     "vit_from_dino_checkpoint",
 ]
@@ -129,6 +131,42 @@ def _drop_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if dropped:
         logger.debug("ignoring %d non-backbone keys (head.*)", len(dropped))
     return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+#: DINO's released ViTs (facebook/dino-*): name -> (hidden size, attention heads, patch size).
+DINO_ARCHS: dict[str, tuple[int, int, int]] = {
+    "vits8": (384, 6, 8),
+    "vits16": (384, 6, 16),
+    "vitb8": (768, 12, 8),
+    "vitb16": (768, 12, 16),
+}
+
+
+def dino_vit_config(arch: str) -> ViTConfig:
+    """The ``ViTConfig`` of a released DINO ViT (:data:`DINO_ARCHS`): 12 blocks, MLP 4x,
+    LayerNorm eps 1e-6, exact GELU, no dropout, q/k/v bias, the 224-px pretraining grid. What
+    :func:`dino_config_from_state_dict` infers from an official checkpoint of that model; used to
+    build random-initialised stand-ins with the real shapes (tests, benchmarks)."""
+    if arch not in DINO_ARCHS:
+        raise ValueError(
+            f"unknown DINO architecture {arch!r}; expected one of {sorted(DINO_ARCHS)}"
+        )
+    from transformers import ViTConfig
+
+    hidden, heads, patch = DINO_ARCHS[arch]
+    return ViTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=12,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=DINO_LAYER_NORM_EPS,
+        image_size=224,
+        patch_size=patch,
+        qkv_bias=True,
+    )
 
 
 def dino_config_from_state_dict(
