@@ -115,7 +115,9 @@ def test_ctrl_c_prints_the_command_that_resumes(
 ) -> None:
     import matplotlib.figure  # noqa: F401 - imported before the interrupt: a clean module
 
-    argv = _argv(command, tmp_path, steps=40)
+    # far more steps than run before the interrupt: on a fast machine 40 steps could all finish
+    # before the watcher saw a checkpoint (seen on a quiet CPU), and the run then ended normally
+    argv = _argv(command, tmp_path, steps=100_000)
     watcher = _interrupt_after_new_checkpoint(tmp_path / "run")
     assert main(argv) == 130
     watcher.join()
