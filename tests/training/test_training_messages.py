@@ -14,6 +14,7 @@ import shlex
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,24 @@ def _interrupt_after_new_checkpoint(run: Path, done: set[str] = frozenset()) -> 
     return thread
 
 
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT as a fresh ``unsam`` process has it (Python's handler, which raises
+    KeyboardInterrupt), set at the OS level too: a library used by an earlier test of the suite may
+    have replaced the process's disposition underneath Python's (the interrupt was then lost and the
+    run went on). Restored afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.timeout(300)  # a lost interrupt fails here instead of training 100,000 steps
 @pytest.mark.parametrize("command", ["train", "train-promptable"])
 def test_ctrl_c_prints_the_command_that_resumes(
-    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], default_sigint: None
 ) -> None:
     import matplotlib.figure  # noqa: F401 - imported before the interrupt: a clean module
 
