@@ -165,7 +165,7 @@ def test_refiner_is_built_with_the_resolved_channel_order(
     monkeypatch.setattr(
         cascadepsp.CascadePSPRefiner,
         "from_config",
-        classmethod(lambda cls, config, device="cpu": seen.append(config)),
+        classmethod(lambda cls, config, device="cpu", dtype=None: seen.append(config)),
     )
     DivideAndConquer(RecordingExtractor(), preset="released", refine="cascadepsp:/w/model")
     DivideAndConquer(RecordingExtractor(), preset="spec", refine="cascadepsp:/w/model")

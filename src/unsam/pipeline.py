@@ -34,7 +34,6 @@ alone is about 290 lines of stage wiring, and the presets it applies are documen
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -384,11 +383,8 @@ class DivideAndConquer:
         if self.config.divide.startswith("model:"):
             from unsam.models.whole_image import WholeImageSegmenter
 
-            extra = (
-                {"dtype": dtype} if _accepts(WholeImageSegmenter.from_pretrained, "dtype") else {}
-            )
             self.divide_model = WholeImageSegmenter.from_pretrained(
-                self.config.divide[len("model:") :], device=device, **extra
+                self.config.divide[len("model:") :], device=device, dtype=dtype
             )
         self.cutler = None
         if self.config.divide == "cutler" or self.config.divide.startswith("cutler:"):
@@ -628,37 +624,12 @@ class DivideAndConquer:
         return records, {"refine": refine_s, "encode": encode_s}, stats
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    """Whether ``fn`` takes a keyword argument ``name`` (by name or through ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
 def _load_cascadepsp(refine: RefineConfig, device: str, dtype: Any) -> Any:
     """The CascadePSP refiner of ``refine`` on ``device``, its weights and activations in
-    ``dtype`` (float32: exactly ``CascadePSPRefiner.from_config``)."""
-    import torch
-
+    ``dtype``."""
     from unsam.refine.cascadepsp import CascadePSPRefiner
 
-    if dtype == torch.float32:
-        return CascadePSPRefiner.from_config(refine, device=device)
-    if _accepts(CascadePSPRefiner.from_config, "dtype"):
-        return CascadePSPRefiner.from_config(refine, device=device, dtype=dtype)
-    return CascadePSPRefiner.from_checkpoint(  # the settings from_config passes, plus the dtype
-        refine.cascadepsp_weights,
-        device=device,
-        dtype=dtype,
-        channel_order=refine.cascadepsp_channel_order,
-        min_side=refine.min_side,
-        max_side=refine.max_side,
-        context_ratio=refine.context_ratio,
-        max_area_frac=refine.max_area_frac,
-        min_iou=refine.min_iou,
-    )
+    return CascadePSPRefiner.from_config(refine, device=device, dtype=dtype)
 
 
 class _BGRInput:

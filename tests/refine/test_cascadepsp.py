@@ -603,7 +603,9 @@ def test_pipeline_refines_with_cascadepsp(monkeypatch: pytest.MonkeyPatch, test_
 
     refiner = _Recording()
     monkeypatch.setattr(
-        CascadePSPRefiner, "from_config", classmethod(lambda cls, cfg, device="cpu": refiner)
+        CascadePSPRefiner,
+        "from_config",
+        classmethod(lambda cls, cfg, device="cpu", dtype=None: refiner),
     )
     image = load_image(test_data / "images" / "coffee.jpg")
     records = DivideAndConquer(features="classic", refine="cascadepsp", max_masks=12)(
