@@ -35,12 +35,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))  # tests.reference
 
 import numpy as np
 import torch
 from common import SHARED_DATA, peak_rss_bytes, write_result
 from PIL import Image
 
+from tests.reference.box_matching import greedy_box_matching
 from unsam.divide.cutler import CascadeMaskRCNN, CutlerConfig, CutlerDetector, resize_shape
 from unsam.divide.cutler.model import ConvNorm
 
@@ -126,26 +128,6 @@ def child(dtype: str, device: str, repeats: int, quick: bool, save: str) -> dict
     }
 
 
-def _match(a: np.ndarray, b: np.ndarray, thresh: float = 0.5) -> list[tuple[int, int]]:
-    """One-to-one greedy matching of a's boxes (score order) to b's by IoU >= thresh."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    iou = inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-    used: set[int] = set()
-    pairs = []
-    for i in range(len(a)):
-        for j in np.argsort(-iou[i]):
-            if int(j) not in used and iou[i, j] >= thresh:
-                used.add(int(j))
-                pairs.append((i, int(j)))
-                break
-    return pairs
-
-
 def agreement(path_a: str, path_b: str, names: list[str]) -> list[dict[str, Any]]:
     a, b = np.load(path_a), np.load(path_b)
     out = []
@@ -153,7 +135,7 @@ def agreement(path_a: str, path_b: str, names: list[str]) -> list[dict[str, Any]
         w = int(a[f"hw{k}"][1])
         ma = np.unpackbits(a[f"masks{k}"], axis=-1, count=w).astype(bool)
         mb = np.unpackbits(b[f"masks{k}"], axis=-1, count=w).astype(bool)
-        pairs = _match(a[f"boxes{k}"], b[f"boxes{k}"])
+        pairs = greedy_box_matching(a[f"boxes{k}"], b[f"boxes{k}"])
         sd = np.array([abs(a[f"scores{k}"][i] - b[f"scores{k}"][j]) for i, j in pairs])
         bd = np.array([np.abs(a[f"boxes{k}"][i] - b[f"boxes{k}"][j]).max() for i, j in pairs])
         ious, same = [], []

@@ -14,9 +14,9 @@ import torch
 from tests.divide.test_cutler_model import conditioned_model
 from tests.divide.test_cutler_ops import _random_boxes
 from tests.reference import cutler_ops_naive as ref
+from tests.reference.box_matching import greedy_box_matching
 from unsam.divide.cutler import CascadeMaskRCNN, CutlerConfig, CutlerDetector, ops
 from unsam.divide.cutler.model import FLOAT32_LAYERS, cast_for_inference, fold_frozen_batchnorm
-from unsam.masks import box_iou_matrix
 
 IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 CONFIG = CutlerConfig(min_size=480, max_size=800)
@@ -34,24 +34,9 @@ def spread_model(seed: int = 0) -> CascadeMaskRCNN:
     return model
 
 
-def match(a_boxes: np.ndarray, b_boxes: np.ndarray, thresh: float = 0.5) -> list[tuple[int, int]]:
-    """Greedy one-to-one matching of a's detections (in score order) to b's by box IoU."""
-    boxes = torch.from_numpy(np.concatenate([a_boxes, b_boxes]))
-    iou = box_iou_matrix(boxes)[: len(a_boxes), len(a_boxes) :].numpy()
-    used: set[int] = set()
-    pairs = []
-    for i in range(len(a_boxes)):
-        for j in np.argsort(-iou[i]):
-            if int(j) not in used and iou[i, j] >= thresh:
-                used.add(int(j))
-                pairs.append((i, int(j)))
-                break
-    return pairs
-
-
 def agreement(a, b) -> dict[str, float]:  # noqa: ANN001 (CutlerDetections)
     """Matched share, score / box differences and mask IoU of b's detections against a's."""
-    pairs = match(a.boxes_xyxy, b.boxes_xyxy)
+    pairs = greedy_box_matching(a.boxes_xyxy, b.boxes_xyxy)
     score = np.array([abs(float(a.scores[i]) - float(b.scores[j])) for i, j in pairs])
     box = np.array([np.abs(a.boxes_xyxy[i] - b.boxes_xyxy[j]).max() for i, j in pairs])
     ious, same = [], []
